@@ -1,0 +1,408 @@
+"""Condition trees: the reference semantics of every lookup.
+
+A condition is an immutable, hashable value: :class:`Lookup` leaves combined by
+:class:`And`, :class:`Or` and :class:`Not`. ``cond.matches(record)`` evaluates
+it in Python; that evaluation *is* the contract that every backend's compiled
+query must reproduce. Building a lookup validates it, so errors come at the
+call to ``where`` (or ``Q``), never at run time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Final
+
+from .errors import InvalidQuery, ValidationError
+from .features import OPS
+from .values import (
+    MISSING,
+    ORDERED_KINDS,
+    freeze,
+    get_path,
+    kind_of,
+    strict_equal,
+    validate_value,
+)
+
+__all__ = [
+    "ALL",
+    "And",
+    "Condition",
+    "Lookup",
+    "Not",
+    "Or",
+    "Q",
+    "parse_key",
+    "parse_path",
+]
+
+_OP_SET: Final = frozenset(OPS)
+_STR_OPS: Final = frozenset(
+    {
+        "startswith",
+        "endswith",
+        "iequals",
+        "icontains",
+        "istartswith",
+        "iendswith",
+        "matches",
+        "imatches",
+        "like",
+    }
+)
+_CMP_OPS: Final = frozenset({"gt", "gte", "lt", "lte"})
+_DATE_PARTS: Final = frozenset({"year", "month", "day"})
+_WORD = re.compile(r"\w+")
+
+
+class Condition:
+    """Base of condition nodes. Combine with ``&``, ``|`` and ``~``."""
+
+    __slots__ = ()
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` satisfies this condition (the reference semantics)."""
+        raise NotImplementedError
+
+    def lookups(self) -> Iterable[Lookup]:
+        """Every leaf of the tree."""
+        raise NotImplementedError
+
+    def __and__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented
+        return And.of(self, other)
+
+    def __or__(self, other: Condition) -> Condition:
+        if not isinstance(other, Condition):
+            return NotImplemented
+        return Or.of(self, other)
+
+    def __invert__(self) -> Condition:
+        return Not(self)
+
+
+class Lookup(Condition):
+    """One ``path__op=value`` test."""
+
+    __slots__ = ("_frozen", "op", "path", "value")
+    _frozen: tuple[Any, ...]
+    path: tuple[str, ...]
+    op: str
+    value: Any
+
+    def __init__(self, path: tuple[str, ...], op: str, value: Any) -> None:
+        if op not in _OP_SET:
+            raise InvalidQuery(f"unknown op {op!r}; ops are: {', '.join(OPS)}")
+        object.__setattr__(self, "path", tuple(path))
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "value", _check_value(self.key, op, value))
+        object.__setattr__(self, "_frozen", (self.path, op, _freeze_operand(op, self.value)))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("conditions are immutable")
+
+    @property
+    def key(self) -> str:
+        """The path as written in a lookup (``a__b``)."""
+        return "__".join(self.path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lookup) and self._frozen == other._frozen
+
+    def __hash__(self) -> int:
+        return hash(self._frozen)
+
+    def __repr__(self) -> str:
+        return f"Q({self.key}__{self.op}={self.value!r})"
+
+    def lookups(self) -> Iterable[Lookup]:
+        yield self
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return bool(_EVALUATORS[self.op](get_path(record, self.path), self.value))
+
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        """The compiled pattern of a ``matches``/``imatches`` lookup."""
+        return _compile_regex(self.value, self.op == "imatches")
+
+
+class _Group(Condition):
+    __slots__ = ("children",)
+    children: tuple[Condition, ...]
+    _name: ClassVar[str]
+
+    def __init__(self, children: Iterable[Condition]) -> None:
+        object.__setattr__(self, "children", tuple(children))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("conditions are immutable")
+
+    @classmethod
+    def of(cls, *conditions: Condition) -> Condition:
+        """Combine, flattening nested groups of the same type."""
+        flat: list[Condition] = []
+        for c in conditions:
+            for child in c.children if isinstance(c, _Group) and type(c) is cls else (c,):
+                # x & x is x: repeated children only cost the engine time.
+                if child not in flat:
+                    flat.append(child)
+        return flat[0] if len(flat) == 1 else cls(flat)
+
+    def lookups(self) -> Iterable[Lookup]:
+        for child in self.children:
+            yield from child.lookups()
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Group)
+            and type(other) is type(self)
+            and self.children == other.children
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._name, self.children))
+
+    def __repr__(self) -> str:
+        if not self.children:
+            return f"{self._name}()"
+        sep = f" {'&' if self._name == 'And' else '|'} "
+        return "(" + sep.join(map(repr, self.children)) + ")"
+
+
+class And(_Group):
+    """Every child holds. ``And(())`` holds for every record."""
+
+    __slots__ = ()
+    _name = "And"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return all(c.matches(record) for c in self.children)
+
+
+class Or(_Group):
+    """At least one child holds. ``Or(())`` holds for no record."""
+
+    __slots__ = ()
+    _name = "Or"
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return any(c.matches(record) for c in self.children)
+
+
+class Not(Condition):
+    """The exact Boolean opposite of its child (two-valued logic)."""
+
+    __slots__ = ("child",)
+    child: Condition
+
+    def __init__(self, child: Condition) -> None:
+        object.__setattr__(self, "child", child)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("conditions are immutable")
+
+    def __invert__(self) -> Condition:
+        return self.child
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        return not self.child.matches(record)
+
+    def lookups(self) -> Iterable[Lookup]:
+        return self.child.lookups()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Not) and self.child == other.child
+
+    def __hash__(self) -> int:
+        return hash(("Not", self.child))
+
+    def __repr__(self) -> str:
+        return f"~{self.child!r}"
+
+
+#: The condition every record satisfies.
+ALL: Final[Condition] = And(())
+
+
+def Q(*conditions: Condition, **lookups: Any) -> Condition:
+    """Build a condition from lookups (``Q(age__gte=18, name="Ann")``), all ANDed."""
+    parts = list(conditions)
+    for c in parts:
+        if not isinstance(c, Condition):
+            raise InvalidQuery(f"Q() takes conditions and lookups, not {c!r}")
+    parts.extend(parse_key(key, value) for key, value in lookups.items())
+    if not parts:
+        return ALL
+    return And.of(*parts)
+
+
+def parse_key(key: str, value: Any) -> Lookup:
+    """Parse ``path__op=value`` into a :class:`Lookup`, validating it."""
+    parts = key.split("__")
+    if any(not p for p in parts):
+        raise InvalidQuery(f"lookup {key!r} has an empty path part")
+    if len(parts) >= 2 and parts[-1] in _OP_SET:
+        path, op = tuple(parts[:-1]), parts[-1]
+    else:
+        if len(parts) >= 2:
+            near = _near_op(parts[-1])
+            if near is not None:
+                raise InvalidQuery(
+                    f"lookup {key!r}: {parts[-1]!r} is not an op; did you mean {near!r}? "
+                    f"(to reach a key named {parts[-1]!r} write {key}__equals)"
+                )
+        path, op = tuple(parts), "equals"
+    return Lookup(path, op, value)
+
+
+def parse_path(name: str) -> tuple[str, ...]:
+    """Parse a path as given to ``order_by`` or ``values`` (``a__b``)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidQuery(f"a field path must be a non-empty str, not {name!r}")
+    parts = tuple(name.split("__"))
+    if any(not p for p in parts):
+        raise InvalidQuery(f"path {name!r} has an empty part")
+    return parts
+
+
+def _near_op(word: str) -> str | None:
+    return next((op for op in OPS if _one_edit(word, op)), None)
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by exactly one insertion, deletion or substitution."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long = sorted((a, b), key=len)
+    i = next((i for i, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[i:] == long[i + 1 :]
+
+
+# -- value checks at build time ----------------------------------------------
+
+
+def _check_value(key: str, op: str, value: Any) -> Any:
+    where = f"{key}__{op}"
+    try:
+        return _check_value_unwrapped(where, op, value)
+    except ValidationError as e:
+        raise InvalidQuery(f"lookup {where}: {e}") from e
+
+
+def _check_value_unwrapped(where: str, op: str, value: Any) -> Any:
+    def bad(expected: str) -> InvalidQuery:
+        return InvalidQuery(f"lookup {where} takes {expected}, not {value!r}")
+
+    if op == "exists":
+        if type(value) is not bool:
+            raise bad("True or False")
+        return value
+    if op in _DATE_PARTS:
+        if type(value) is not int:
+            raise bad("an int")
+        return value
+    if op in _STR_OPS:
+        if type(value) is not str:
+            raise bad("a str")
+        value = validate_value(value, where)
+        if op in ("matches", "imatches"):
+            _compile_regex(value, op == "imatches", where)
+        return value
+    if op in ("in", "contains_all", "contains_any"):
+        if type(value) not in (list, tuple):
+            raise bad("a list of values")
+        return tuple(_domain(v, where) for v in value)
+    if op == "between":
+        if type(value) not in (list, tuple) or len(value) != 2:
+            raise bad("a (low, high) pair")
+        low, high = (_domain(v, where) for v in value)
+        if kind_of(low) not in ORDERED_KINDS or kind_of(low) != kind_of(high):
+            raise bad("two ordered values of one kind")
+        return (low, high)
+    value = _domain(value, where)
+    if op in _CMP_OPS and kind_of(value) not in ORDERED_KINDS:
+        raise bad("a number, Decimal, str, bytes, date or datetime")
+    return value
+
+
+def _domain(value: Any, where: str) -> Any:
+    if value is None:
+        raise InvalidQuery(
+            f"lookup {where}: None is not a value; to match absent fields use exists"
+        )
+    return validate_value(value, where)
+
+
+def _freeze_operand(op: str, value: Any) -> Any:
+    if op in ("in", "contains_all", "contains_any", "between"):
+        return tuple(freeze(v) for v in value)
+    return freeze(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_regex(pattern: str, ignore_case: bool, where: str = "matches") -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    except re.error as e:
+        raise InvalidQuery(f"lookup {where}: invalid regular expression {pattern!r}: {e}") from e
+
+
+# -- evaluation (the reference semantics) --------------------------------------
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    return a is not MISSING and kind_of(a) == kind_of(b) and kind_of(a) in ORDERED_KINDS
+
+
+def _contains(field: Any, item: Any) -> bool:
+    if type(field) is str:
+        return type(item) is str and item in field
+    if type(field) is list:
+        return any(strict_equal(e, item) for e in field)
+    return False
+
+
+def _is_date(v: Any) -> bool:
+    return type(v) in (datetime.date, datetime.datetime)
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def _str_op(fn: Any) -> Any:
+    return lambda f, v: type(f) is str and fn(f, v)
+
+
+_EVALUATORS: Final[dict[str, Any]] = {
+    "equals": lambda f, v: f is not MISSING and strict_equal(f, v),
+    "exists": lambda f, v: (f is not MISSING) is v,
+    "gt": lambda f, v: _comparable(f, v) and f > v,
+    "gte": lambda f, v: _comparable(f, v) and f >= v,
+    "lt": lambda f, v: _comparable(f, v) and f < v,
+    "lte": lambda f, v: _comparable(f, v) and f <= v,
+    "between": lambda f, v: _comparable(f, v[0]) and v[0] <= f <= v[1],
+    "in": lambda f, v: f is not MISSING and any(strict_equal(f, x) for x in v),
+    "contains": lambda f, v: _contains(f, v),
+    "contains_all": lambda f, v: type(f) in (str, list) and all(_contains(f, x) for x in v),
+    "contains_any": lambda f, v: any(_contains(f, x) for x in v),
+    "startswith": _str_op(lambda f, v: f.startswith(v)),
+    "endswith": _str_op(lambda f, v: f.endswith(v)),
+    "iequals": _str_op(lambda f, v: f.lower() == v.lower()),
+    "icontains": _str_op(lambda f, v: v.lower() in f.lower()),
+    "istartswith": _str_op(lambda f, v: f.lower().startswith(v.lower())),
+    "iendswith": _str_op(lambda f, v: f.lower().endswith(v.lower())),
+    "matches": _str_op(lambda f, v: _compile_regex(v, False).search(f) is not None),
+    "imatches": _str_op(lambda f, v: _compile_regex(v, True).search(f) is not None),
+    "year": lambda f, v: _is_date(f) and f.year == v,
+    "month": lambda f, v: _is_date(f) and f.month == v,
+    "day": lambda f, v: _is_date(f) and f.day == v,
+    "like": _str_op(lambda f, v: _words(v) <= _words(f)),
+}

@@ -1,0 +1,562 @@
+"""Documents: pydantic models that are views over stored records.
+
+A :class:`Document` subclass declares fields with type hints. A record belongs
+to the class when it has every required field and matches ``Meta.must_have``
+and none of ``Meta.must_not_have``; ``DocClass.objects(storage)`` queries
+exactly the members. Loading validates in strict mode and keeps fields the
+class does not declare, so saving writes them back as they were.
+
+A field typed as another Document class is a *reference*: the record holds
+the other document's pk, and the loaded document holds a placeholder instance
+of the referenced class that loads itself from the same storage on first
+attribute access.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self, Union
+
+import pydantic
+from pydantic import Field
+
+from . import codec
+from .conditions import ALL, And, Condition, Not, Q
+from .errors import ConfigurationError, InvalidQuery, PyModelsError, ValidationError
+from .values import MISSING, check_field_name, validate_value
+
+if TYPE_CHECKING:
+    from .query import BaseQuery
+    from .storage import BaseStorage
+
+__all__ = ["Document", "Field", "Model"]
+
+#: Names a Document subclass cannot declare: they are the document API.
+RESERVED = frozenset(
+    {"pk", "save", "delete", "objects", "object", "get", "keys", "items", "values", "Meta"}
+)
+
+
+class _Meta:
+    """The merged ``Meta`` of a Document class (parents first, then the child)."""
+
+    def __init__(self, cls: type[Document]) -> None:
+        self.must_have: dict[str, Any] = {}
+        self.must_not_have: dict[str, Any] = {}
+        self.indexes: list[Any] = []
+        self.version_field: str | None = None
+        for klass in reversed(cls.__mro__):
+            meta = klass.__dict__.get("Meta")
+            if meta is None:
+                continue
+            self.must_have.update(getattr(meta, "must_have", {}) or {})
+            self.must_not_have.update(getattr(meta, "must_not_have", {}) or {})
+            for entry in getattr(meta, "indexes", ()) or ():
+                if entry not in self.indexes:
+                    self.indexes.append(entry)
+            self.version_field = getattr(meta, "version_field", self.version_field)
+        try:
+            self.must_have_condition = Q(**self.must_have)
+            self.must_not_have_conditions = [Q(**{k: v}) for k, v in self.must_not_have.items()]
+        except InvalidQuery as e:
+            raise ConfigurationError(f"{cls.__name__}.Meta: {e}") from e
+        if self.version_field is not None:
+            check_field_name(self.version_field)
+
+
+class Document(pydantic.BaseModel):
+    """A record as a validated Python object; subclass it to declare fields."""
+
+    model_config = pydantic.ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        arbitrary_types_allowed=False,
+        revalidate_instances="never",
+    )
+
+    _pk: str | None = pydantic.PrivateAttr(default=None)
+    _storage: Any = pydantic.PrivateAttr(default=None)
+    _extra: dict[str, Any] = pydantic.PrivateAttr(default_factory=dict)
+    # None: never loaded or saved; else the stored version value (maybe MISSING).
+    _version: Any = pydantic.PrivateAttr(default=None)
+    _partial: bool = pydantic.PrivateAttr(default=False)
+    # (storage, pk) while this instance is an unloaded reference.
+    _lazy: Any = pydantic.PrivateAttr(default=None)
+
+    __pymodels_meta__: ClassVar[_Meta | None] = None
+
+    # ------------------------------------------------------- class set-up
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in inspect.get_annotations(cls):
+            if name in RESERVED or name.startswith(("_", "model_")):
+                raise ConfigurationError(
+                    f"{cls.__name__} cannot declare a field named {name!r}: "
+                    "the name belongs to the document API"
+                )
+            check_field_name(name)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as e:
+            raise _wrap(type(self), e, None) from e
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        self._ensure_loaded()
+        try:
+            super().__setattr__(name, value)
+        except pydantic.ValidationError as e:
+            raise _wrap(type(self), e, self._pk) from e
+        except (AttributeError, ValueError) as e:
+            raise ValidationError(
+                f"{type(self).__name__} has no field {name!r} (use doc[{name!r}] = ... "
+                "to set an undeclared one)",
+                field=name,
+            ) from e
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            cls = type(self)
+            if name in cls.model_fields:
+                private = object.__getattribute__(self, "__pydantic_private__")
+                if private.get("_lazy") is not None:
+                    self._ensure_loaded()
+                    return self.__dict__[name]
+                if private.get("_partial"):
+                    raise AttributeError(f"{name!r} was not loaded (the query used only())")
+            else:
+                private = object.__getattribute__(self, "__pydantic_private__")
+                extra = private.get("_extra") if private else None
+                if extra and name in extra:
+                    return extra[name]
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    @classmethod
+    def _meta(cls) -> _Meta:
+        meta = cls.__dict__.get("__pymodels_meta__")
+        if meta is None:
+            meta = _Meta(cls)
+            type.__setattr__(cls, "__pymodels_meta__", meta)
+        return meta
+
+    @classmethod
+    @functools.cache
+    def _membership(cls) -> Condition:
+        """The condition that selects this class's members."""
+        meta = cls._meta()
+        parts: list[Condition] = [
+            Q(**{f"{name}__exists": True})
+            for name, info in cls.model_fields.items()
+            if info.is_required()
+        ]
+        if meta.must_have_condition != ALL:
+            parts.append(meta.must_have_condition)
+        parts.extend(Not(c) for c in meta.must_not_have_conditions)
+        return And.of(*parts) if parts else ALL
+
+    @classmethod
+    def _is_member(cls, record: Mapping[str, Any]) -> bool:
+        return cls._membership().matches(record)
+
+    @classmethod
+    @functools.cache
+    def _references(cls) -> dict[str, tuple[type[Document], bool]]:
+        """Reference fields: name -> (target class, is a list)."""
+        refs: dict[str, tuple[type[Document], bool]] = {}
+        for name, info in cls.model_fields.items():
+            target = _reference_target(info.annotation)
+            if target is not None:
+                refs[name] = target
+        return refs
+
+    @classmethod
+    def _check_query_path(cls, path: tuple[str, ...], where: str) -> None:
+        if len(path) < 2 or path[0] not in cls.model_fields:
+            return
+        annotation = cls.model_fields[path[0]].annotation
+        if not _allows_nesting(annotation):
+            raise InvalidQuery(
+                f"{where}: {cls.__name__}.{path[0]} is declared as {_type_name(annotation)}, "
+                "so a path cannot pass through it"
+            )
+
+    # ------------------------------------------------------- loading
+
+    @classmethod
+    def _from_storage(
+        cls,
+        storage: BaseStorage | None,
+        pk: str | None,
+        record: Mapping[str, Any],
+        partial: bool = False,
+    ) -> Self:
+        fields = cls.model_fields
+        declared: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in record.items():
+            (declared if key in fields else extra)[key] = value
+        for name, (target, many) in cls._references().items():
+            value = declared.get(name, MISSING)
+            if many and type(value) is list and all(type(v) is str for v in value):
+                declared[name] = [target._placeholder(storage, v) for v in value]
+            elif not many and type(value) is str:
+                declared[name] = target._placeholder(storage, value)
+        try:
+            if partial:
+                doc = cls._partial_instance(declared)
+            else:
+                doc = cls.model_validate(declared, strict=True)
+        except pydantic.ValidationError as e:
+            raise _wrap(cls, e, pk) from e
+        private = doc.__pydantic_private__
+        assert private is not None
+        private["_pk"] = pk
+        private["_storage"] = storage
+        private["_extra"] = extra
+        private["_partial"] = partial
+        version_field = cls._meta().version_field
+        if version_field is not None:
+            private["_version"] = record.get(version_field, MISSING)
+        return doc
+
+    @classmethod
+    def _partial_instance(cls, declared: dict[str, Any]) -> Self:
+        values = {
+            name: _strict_adapter(cls, name).validate_python(value, strict=True)
+            for name, value in declared.items()
+        }
+        doc = typing.cast(Self, cls.model_construct(**values))
+        for name in set(cls.model_fields) - set(values):
+            doc.__dict__.pop(name, None)
+        return doc
+
+    @classmethod
+    def _placeholder(cls, storage: BaseStorage | None, pk: str) -> Self:
+        """An unloaded instance standing for the record ``pk`` (a lazy reference)."""
+        doc = cls.__new__(cls)
+        object.__setattr__(doc, "__dict__", {})
+        object.__setattr__(doc, "__pydantic_fields_set__", set())
+        object.__setattr__(doc, "__pydantic_extra__", None)
+        object.__setattr__(
+            doc,
+            "__pydantic_private__",
+            {
+                "_pk": pk,
+                "_storage": storage,
+                "_extra": {},
+                "_version": None,
+                "_partial": False,
+                "_lazy": (storage, pk),
+            },
+        )
+        return doc
+
+    def _ensure_loaded(self) -> None:
+        private = object.__getattribute__(self, "__pydantic_private__")
+        lazy = private.get("_lazy") if private else None
+        if lazy is None:
+            return
+        storage, pk = lazy
+        if storage is None:
+            raise PyModelsError(f"reference {type(self).__name__} {pk!r} has no storage")
+        loaded = storage.get(type(self), pk)
+        object.__setattr__(self, "__dict__", loaded.__dict__)
+        object.__setattr__(self, "__pydantic_fields_set__", loaded.__pydantic_fields_set__)
+        private.update(loaded.__pydantic_private__)
+        private["_lazy"] = None
+
+    # ------------------------------------------------------- saving
+
+    def _to_record(self) -> dict[str, Any]:
+        """The record this document stores (references as pks), validated."""
+        self._ensure_loaded()
+        cls = type(self)
+        refs = cls._references()
+        record: dict[str, Any] = {}
+        for key, value in self._extra.items():
+            record[key] = value
+        for name in cls.model_fields:
+            value = self.__dict__.get(name)
+            if value is None:
+                record.pop(name, None)
+                continue
+            if name in refs:
+                value = (
+                    _ref_pk(value, name) if not refs[name][1] else [_ref_pk(v, name) for v in value]
+                )
+            record[name] = validate_value(value, name)
+        return record
+
+    def _stored_values(self) -> dict[str, Any]:
+        try:
+            return self._to_record()
+        except ValidationError:
+            return {}
+
+    def _unsaved_references(self) -> list[Document]:
+        """Unsaved documents reachable through references (not self), each once."""
+        found: list[Document] = []
+        seen: set[int] = {id(self)}
+
+        def visit(doc: Document) -> None:
+            if doc.__pydantic_private__ and doc.__pydantic_private__.get("_lazy") is not None:
+                return
+            for name, (_target, many) in type(doc)._references().items():
+                value = doc.__dict__.get(name)
+                for ref in (value or []) if many else ([value] if value is not None else []):
+                    if isinstance(ref, Document) and id(ref) not in seen:
+                        seen.add(id(ref))
+                        if ref.pk is None:
+                            found.append(ref)
+                            visit(ref)
+
+        visit(self)
+        return found
+
+    def _set_saved(self, storage: BaseStorage, pk: str) -> None:
+        self._pk = pk
+        self._storage = storage
+
+    def _set_version_value(self, field: str, value: int) -> None:
+        if field in type(self).model_fields:
+            self.__dict__[field] = value
+        else:
+            self._extra[field] = value
+
+    # ------------------------------------------------------- public API
+
+    @property
+    def pk(self) -> str | None:
+        """The primary key, None until saved."""
+        return self._pk
+
+    def save(self, storage: BaseStorage | None = None) -> str:
+        """Save to ``storage`` (default: where it was loaded from or last saved); return the pk."""
+        target = storage if storage is not None else self._storage
+        if target is None:
+            raise PyModelsError(
+                f"{type(self).__name__}.save() needs a storage: this document was never "
+                "loaded or saved"
+            )
+        pk: str = target.save(self)
+        return pk
+
+    def delete(self) -> None:
+        """Delete this document's record from its storage."""
+        if self._pk is None or self._storage is None:
+            raise PyModelsError(f"{type(self).__name__} was never saved: nothing to delete")
+        self._storage.delete(self._pk)
+
+    @classmethod
+    def objects(cls, storage: BaseStorage) -> BaseQuery[Self]:
+        """The query of every member of this class in ``storage``."""
+        return storage.query(cls)
+
+    @classmethod
+    def object(cls, storage: BaseStorage, pk: str) -> Self:
+        """The member under ``pk``; :class:`DoesNotExist` otherwise."""
+        return storage.get(cls, pk)
+
+    @classmethod
+    def get_or_create(
+        cls, storage: BaseStorage, defaults: Mapping[str, Any] | None = None, **lookups: Any
+    ) -> tuple[Self, bool]:
+        """The first member matching ``lookups``, or a new one saved from them.
+
+        A new document takes its fields from the plain-equality lookups
+        (``name="x"`` or ``name__equals="x"``) and from ``defaults``. Two
+        processes racing here may both create: use a unique index to prevent it.
+        """
+        found = cls.objects(storage).where(**lookups).first()
+        if found is not None:
+            return found, False
+        data: dict[str, Any] = {}
+        for key, value in lookups.items():
+            bare = key.removesuffix("__equals")
+            if "__" not in bare:
+                data[bare] = value
+        data.update(defaults or {})
+        doc = cls(**data)
+        doc.save(storage)
+        return doc, True
+
+    # ---- the mapping view of the stored values
+
+    def _stored(self, key: str) -> Any:
+        if key in type(self).model_fields:
+            self._ensure_loaded()
+            value = self.__dict__.get(key)
+            if value is None:
+                return MISSING
+            refs = type(self)._references()
+            if key in refs:
+                many = refs[key][1]
+                return [v.pk for v in value] if many else value.pk
+            return value
+        return self._extra.get(key, MISSING)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._stored(key)
+        if value is MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in type(self).model_fields:
+            setattr(self, key, value)
+            return
+        check_field_name(key)
+        if value is None:
+            self._extra.pop(key, None)
+        else:
+            self._extra[key] = validate_value(value, key)
+
+    def __delitem__(self, key: str) -> None:
+        if key in type(self).model_fields:
+            setattr(self, key, None)
+        elif self._extra.pop(key, MISSING) is MISSING:
+            raise KeyError(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and self._stored(key) is not MISSING
+
+    def keys(self) -> list[str]:
+        """Names of the stored fields: declared ones that are set, then undeclared ones."""
+        self._ensure_loaded()
+        names = [n for n in type(self).model_fields if self.__dict__.get(n) is not None]
+        return names + [n for n in self._extra if n not in type(self).model_fields]
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.keys())
+
+    def values(self) -> list[Any]:
+        """The stored values, aligned with :meth:`keys`."""
+        return [self[k] for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` pairs of the stored values."""
+        return [(k, self[k]) for k in self.keys()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The stored value of ``key``, or ``default``."""
+        value = self._stored(key)
+        return default if value is MISSING else value
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    # ---- interchange
+
+    def to_json(self) -> str:
+        """This document as tagged JSON (every value kind survives; ``$pk`` holds the pk)."""
+        record = self._to_record()
+        if self._pk is not None:
+            return codec.dumps({"$pk": self._pk, **record})
+        return codec.dumps(record)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        """A document from :meth:`to_json` output (validated strictly, extras kept)."""
+        record = codec.loads(text)
+        if not isinstance(record, dict):
+            raise ValidationError("document JSON must be an object")
+        pk = record.pop("$pk", None)
+        return cls._from_storage(None, pk, record)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        private = self.__pydantic_private__ or {}
+        if private.get("_lazy") is not None:
+            return f"<{name} pk={self._pk!r} (not loaded)>"
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.items())
+        pk = f"pk={self._pk!r}" + (", " if shown else "")
+        return f"<{name} {pk}{shown}>"
+
+    __str__ = __repr__
+
+
+#: The library's oldest name for :class:`Document`.
+Model = Document
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _wrap(cls: type[Document], error: pydantic.ValidationError, pk: str | None) -> ValidationError:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    where = f"{cls.__name__} {pk!r}" if pk is not None else cls.__name__
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(document)'}: {err['msg']}"
+        for err in error.errors()
+    )
+    return ValidationError(f"{where}: {details}", field=field, pk=pk)
+
+
+def _ref_pk(value: Any, field: str) -> str:
+    if not isinstance(value, Document):
+        raise ValidationError(
+            f"{field}: expected a document, not {type(value).__name__}", field=field
+        )
+    if value.pk is None:
+        raise ValidationError(f"{field}: the referenced document is not saved", field=field)
+    return value.pk
+
+
+def _strip_optional(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _strip_optional(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                out.extend(_strip_optional(arg))
+        return out
+    return [annotation]
+
+
+def _reference_target(annotation: Any) -> tuple[type[Document], bool] | None:
+    options = _strip_optional(annotation)
+    if len(options) != 1:
+        return None
+    ann = options[0]
+    if isinstance(ann, type) and issubclass(ann, Document):
+        return ann, False
+    if typing.get_origin(ann) is list:
+        args = typing.get_args(ann)
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], Document):
+            return args[0], True
+    return None
+
+
+def _allows_nesting(annotation: Any) -> bool:
+    for option in _strip_optional(annotation):
+        if option is Any or option is object:
+            return True
+        origin = typing.get_origin(option) or option
+        if isinstance(origin, type) and issubclass(origin, Mapping):
+            return True
+    return False
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+@functools.cache
+def _strict_adapter_cached(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(cls.model_fields[name].annotation or Any)
+
+
+def _strict_adapter(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
+    return _strict_adapter_cached(cls, name)

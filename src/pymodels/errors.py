@@ -1,0 +1,110 @@
+"""The exceptions pymodels raises.
+
+Every error is a :class:`PyModelsError`. Where a driver or the standard library
+raised first, the original is chained (``raise ... from e``) so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BackendNotFound",
+    "BackendUnavailable",
+    "BulkWriteError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectionFailed",
+    "DoesNotExist",
+    "IntegrityError",
+    "InvalidQuery",
+    "NotSupported",
+    "PyModelsError",
+    "ValidationError",
+]
+
+
+class PyModelsError(Exception):
+    """Base class of every error raised by pymodels."""
+
+
+class ValidationError(PyModelsError, ValueError):
+    """A value, field name or document failed validation.
+
+    ``field`` names the offending field (dotted for nested ones) and ``pk`` the
+    record when the error arose while loading one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, pk: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.pk = pk
+
+
+class InvalidQuery(PyModelsError, ValueError):
+    """A lookup, ordering or slice that can never be run (raised when it is built)."""
+
+
+class DoesNotExist(PyModelsError, KeyError):
+    """The record is missing or is not a member of the requested class."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message, quoting it.
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(PyModelsError):
+    """Settings are missing, unknown or malformed."""
+
+
+class BackendNotFound(ConfigurationError):
+    """No backend is known by that name; ``known`` lists the names that are."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(f"unknown backend {name!r}; known backends: {', '.join(self.known)}")
+
+
+class BackendUnavailable(PyModelsError):
+    """The backend exists but its driver or C library is missing; says what to install."""
+
+
+class NotSupported(PyModelsError):
+    """The engine lacks a storage capability (transactions, an index kind, ...)."""
+
+
+class ConnectionFailed(PyModelsError):
+    """The server could not be reached (or the connection broke).
+
+    After this error the outcome of the last write is unknown: pymodels never
+    retries a write by itself.
+    """
+
+    def __init__(self, message: str, *, host: str | None = None, port: int | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+
+
+class IntegrityError(PyModelsError):
+    """A write would break a uniqueness rule (existing pk, unique index)."""
+
+
+class ConflictError(IntegrityError):
+    """An optimistic-concurrency save found a newer version than the one loaded."""
+
+
+class BulkWriteError(PyModelsError):
+    """``save_many`` failed on one record.
+
+    ``index`` is the position of the failing record in the input and
+    ``written_pks`` the pks that are stored (committed) despite the failure.
+    The cause (an :class:`IntegrityError` or :class:`ValidationError`) is
+    ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, index: int, written_pks: Sequence[str]) -> None:
+        super().__init__(message)
+        self.index = index
+        self.written_pks = list(written_pks)

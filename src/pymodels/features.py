@@ -1,0 +1,98 @@
+"""Capabilities a backend declares, as data.
+
+Each backend module exposes ``features``, an instance of :class:`Features`.
+Defaults are conservative: a backend says what it can do, never the reverse.
+Tests and callers ask for capabilities here instead of naming backends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = ["OPS", "Features", "OpSupport"]
+
+#: How a lookup op runs: entirely in the engine, as an engine-side superset
+#: re-checked in Python, or only in Python.
+OpSupport = Literal["native", "prefilter", "python"]
+
+#: Every lookup op of the contract (API.md section 4).
+OPS: tuple[str, ...] = (
+    "equals",
+    "exists",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "between",
+    "in",
+    "contains",
+    "contains_all",
+    "contains_any",
+    "startswith",
+    "endswith",
+    "iequals",
+    "icontains",
+    "istartswith",
+    "iendswith",
+    "matches",
+    "imatches",
+    "year",
+    "month",
+    "day",
+    "like",
+)
+
+
+def _all_python() -> Mapping[str, OpSupport]:
+    return MappingProxyType(dict.fromkeys(OPS, "python"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """What one backend's engine can do. One flag per capability."""
+
+    # How does each lookup op run: "native", "prefilter" or "python"?
+    ops: Mapping[str, OpSupport] = dataclasses.field(default_factory=_all_python)
+    # Does the engine sort query results itself (at least by one key)?
+    native_ordering: bool = False
+    # Does the engine sort by several keys, each with its own direction?
+    multi_key_ordering: bool = False
+    # Do slices (offset/limit) go to the engine?
+    native_slicing: bool = False
+    # Does the engine count matches without returning them?
+    native_count: bool = False
+    # Does storage.transaction() work (all or nothing, nothing visible before the end)?
+    transactions: bool = False
+    # Does create_index() build an index the engine uses?
+    indexes: bool = False
+    # Does create_index(unique=True) enforce uniqueness?
+    unique_indexes: bool = False
+    # Does create_index() accept a tuple of paths (a compound index)?
+    compound_indexes: bool = False
+    # Which index kinds does create_index(kind=...) accept (besides None)?
+    index_kinds: frozenset[str] = frozenset()
+    # Does the engine have a full-text index that serves the "like" op?
+    full_text: bool = False
+    # Does update() change fields without reading the record into Python first?
+    partial_update: bool = False
+    # May one storage object be used from several threads at once?
+    thread_safe: bool = False
+    # May a storage object opened before fork() be used in the child?
+    fork_safe: bool = False
+    # May several processes use the same database at the same time?
+    concurrent_processes: bool = False
+    # Does the data outlive the process (a file or a server)?
+    persistent: bool = True
+    # Does the engine talk to a server over the network?
+    networked: bool = False
+
+    def op(self, name: str) -> OpSupport:
+        """How the op ``name`` runs on this backend."""
+        return self.ops.get(name, "python")
+
+    def replace(self, **changes: object) -> Features:
+        """A copy with some flags changed (for backends that derive from another)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

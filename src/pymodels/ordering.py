@@ -1,0 +1,89 @@
+"""Ordering: parsed sort keys and the reference sort.
+
+Every query result has one total order: its ``order_by`` keys, then the pk
+ascending. Values of different kinds sort by kind rank (see
+:func:`pymodels.values.sort_key`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from .conditions import parse_path
+from .errors import InvalidQuery
+from .values import MISSING, get_path, sort_key
+
+__all__ = ["PK", "OrderKey", "parse_order", "record_sort_key", "sort_items"]
+
+T = TypeVar("T")
+
+#: The path that names the primary key in ``order_by``.
+PK: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderKey:
+    """One sort key: a path (``()`` is the pk) and a direction."""
+
+    path: tuple[str, ...]
+    descending: bool = False
+
+    @property
+    def is_pk(self) -> bool:
+        return self.path == PK
+
+    @property
+    def key(self) -> str:
+        """The path as written in lookups, ``"pk"`` for the primary key."""
+        return "__".join(self.path) if self.path else "pk"
+
+    def __str__(self) -> str:
+        return ("-" if self.descending else "") + self.key
+
+
+def parse_order(names: Iterable[str]) -> tuple[OrderKey, ...]:
+    """Parse ``order_by`` arguments (``"-age"``, ``"address__city"``, ``"pk"``)."""
+    keys: list[OrderKey] = []
+    for name in names:
+        if not isinstance(name, str) or name in ("", "-"):
+            raise InvalidQuery(f"order_by takes field paths, not {name!r}")
+        descending = name.startswith("-")
+        bare = name[1:] if descending else name
+        path = PK if bare == "pk" else parse_path(bare)
+        keys.append(OrderKey(path, descending))
+    return tuple(keys)
+
+
+def full_order(keys: Sequence[OrderKey]) -> tuple[OrderKey, ...]:
+    """The keys followed by the implicit ``pk`` ascending (unless a pk key came already)."""
+    out: list[OrderKey] = []
+    for k in keys:
+        out.append(k)
+        if k.is_pk:
+            # Keys after the pk can never change the order: pks are unique.
+            return tuple(out)
+    out.append(OrderKey(PK))
+    return tuple(out)
+
+
+def record_sort_key(pk: str, record: Mapping[str, Any], key: OrderKey) -> tuple[Any, ...]:
+    """The sort key of one record for one order key (ascending form)."""
+    if key.is_pk:
+        return (pk,)
+    value = get_path(record, key.path)
+    return sort_key(value) if value is not MISSING else (0,)
+
+
+def sort_items(items: list[T], keys: Sequence[OrderKey], key_of: Any = None) -> list[T]:
+    """Sort ``items`` in place by ``keys`` (then pk) and return the list.
+
+    ``key_of(item, order_key)`` gives one key's ascending sort key; by default
+    an item is a ``(pk, record)`` pair. Python's sort is stable, so sorting by
+    each key from the last to the first gives every key its own direction.
+    """
+    fn = key_of or (lambda item, k: record_sort_key(item[0], item[1], k))
+    for k in reversed(full_order(keys)):
+        items.sort(key=lambda item, k=k: fn(item, k), reverse=k.descending)  # type: ignore[misc]
+    return items

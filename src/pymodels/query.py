@@ -1,0 +1,452 @@
+"""Queries: lazy, immutable descriptions of a set of records.
+
+:class:`BaseQuery` holds the public API every backend shares. Each builder
+method returns a new query (peewee's clone-on-write); nothing reaches the
+engine until a query is iterated, indexed, counted, printed or deleted.
+
+A backend plugs in by subclassing :class:`BaseQuery` and overriding the
+*engine hooks* (``_compile``, ``_engine_order``, ``_engine_fetch`` and
+optionally the ``_engine_count``/``_engine_delete``/... fast paths). The
+generic executor in this module combines what the engine ran with exact
+filtering, sorting and slicing in Python for whatever it could not, so every
+op works on every backend and gives the reference answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
+
+from .conditions import ALL, And, Condition, Not, Q, parse_path
+from .errors import InvalidQuery
+from .ordering import OrderKey, full_order, parse_order, record_sort_key, sort_items
+from .values import MISSING, freeze, get_path
+
+if TYPE_CHECKING:
+    from .documents import Document
+    from .storage import BaseStorage
+
+__all__ = ["BaseQuery", "Compiled"]
+
+D = TypeVar("D", bound="Document")
+
+#: How many records the executor pulls from the engine at a time.
+BATCH_SIZE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """A condition as a backend compiled it.
+
+    ``native`` is the engine's form of (a superset of) the condition, or None
+    for "every record". ``residual`` is what Python must still check on each
+    record the engine returns (None when ``native`` is exact).
+    """
+
+    native: Any
+    residual: Condition | None
+    description: str = ""
+
+
+class BaseQuery(Generic[D]):
+    """A lazy, immutable query over one storage (and optionally one class)."""
+
+    # ------------------------------------------------------------------ state
+
+    def __init__(self, storage: BaseStorage, doc_class: type[D] | None = None) -> None:
+        self.storage = storage
+        self.doc_class = doc_class
+        self._where: Condition = ALL
+        self._order: tuple[OrderKey, ...] = ()
+        self._offset = 0
+        self._limit: int | None = None
+        self._only: tuple[str, ...] | None = None
+        self._after: tuple[str, dict[str, Any]] | None = None
+
+    def _clone(self, **changes: Any) -> Self:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        # Derived values cached on the old query do not hold for the new one.
+        for cached in ("condition", "_compiled"):
+            new.__dict__.pop(cached, None)
+        new.__dict__.update(changes)
+        return new
+
+    # ------------------------------------------------------- engine hooks
+    # A backend overrides these. The defaults describe an engine that can
+    # only list every record: everything else happens in Python.
+
+    def _compile(self, condition: Condition) -> Compiled:
+        """Translate ``condition`` for the engine (hook).
+
+        Return the native form of the condition (or of a superset of it) and
+        the residual that Python must check. The default runs nothing natively.
+        """
+        return Compiled(None, None if condition == ALL else condition, "full scan")
+
+    def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
+        """Whether the engine sorts by all of ``order`` exactly as the contract does (hook)."""
+        return False
+
+    def _engine_fetch(
+        self,
+        native: Any,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(pk, record)`` pairs the engine selects with ``native`` (hook).
+
+        ``order`` is given only when :meth:`_engine_order` accepted it, and
+        ``offset``/``limit`` are non-trivial only when the result needs no
+        filtering in Python. The default scans the whole storage.
+        """
+        it: Iterable[tuple[str, dict[str, Any]]] = self.storage._scan()
+        if order is not None:
+            it = sort_items(list(it), order)
+        yield from itertools.islice(it, offset, None if limit is None else offset + limit)
+
+    def _engine_count(self, native: Any) -> int:
+        """Count what ``native`` selects (optional fast path)."""
+        return sum(1 for _ in self._engine_fetch(native, None, 0, None))
+
+    def _engine_delete(self, native: Any) -> int | None:
+        """Delete what ``native`` selects and return how many (optional fast path).
+
+        Return None to let the generic code delete by pk instead.
+        """
+        return None
+
+    def _engine_explain(self, compiled: Compiled, order: tuple[OrderKey, ...] | None) -> str:
+        """What the engine would run, for humans (optional)."""
+        return compiled.description or repr(compiled.native)
+
+    # ------------------------------------------------------------ building
+
+    @property
+    def condition(self) -> Condition:
+        """The whole condition: class membership and every ``where``."""
+        value = self.__dict__.get("condition")
+        if value is None:
+            membership = self.doc_class._membership() if self.doc_class is not None else ALL
+            value = And.of(membership, self._where) if membership != ALL else self._where
+            self.__dict__["condition"] = value
+        return value
+
+    def where(self, *conditions: Condition, **lookups: Any) -> Self:
+        """Records for which every argument holds (AND)."""
+        cond = Q(*conditions, **lookups)
+        self._check_paths(cond)
+        return self._unsliced("where")._clone(_where=And.of(self._where, cond))
+
+    def where_not(self, *conditions: Condition, **lookups: Any) -> Self:
+        """Records for which each argument fails (each negated, then ANDed)."""
+        parts = [Not(c) if not isinstance(c, Not) else c.child for c in conditions]
+        parts += [Not(Q(**{k: v})) for k, v in lookups.items()]
+        cond = Q(*parts)
+        self._check_paths(cond)
+        return self._unsliced("where_not")._clone(_where=And.of(self._where, cond))
+
+    def order_by(self, *names: str) -> Self:
+        """Sort by these paths; ``"-name"`` descends and ``"pk"`` is the primary key."""
+        keys = parse_order(names)
+        for k in keys:
+            if not k.is_pk:
+                self._check_path(k.path, f"order_by({str(k)!r})")
+        return self._unsliced("order_by")._clone(_order=keys)
+
+    def only(self, *names: str) -> Self:
+        """Load just these fields; such documents cannot be saved."""
+        for name in names:
+            self._check_path(parse_path(name), f"only({name!r})")
+        return self._clone(_only=tuple(names))
+
+    def after(self, doc_or_pk: Document | str) -> Self:
+        """Continue after this document in the query's order (keyset pagination)."""
+        from .documents import Document
+
+        if isinstance(doc_or_pk, Document):
+            if doc_or_pk.pk is None:
+                raise InvalidQuery("after() needs a saved document")
+            anchor = (doc_or_pk.pk, doc_or_pk._stored_values())
+        else:
+            anchor = (doc_or_pk, self.storage._load_checked(doc_or_pk))
+        return self._unsliced("after")._clone(_after=anchor)
+
+    def _unsliced(self, method: str) -> Self:
+        if self._offset or self._limit is not None:
+            raise InvalidQuery(f"{method}() cannot follow a slice; slice last")
+        return self
+
+    def _check_paths(self, cond: Condition) -> None:
+        for lookup in cond.lookups():
+            self._check_path(lookup.path, f"{lookup.key}__{lookup.op}")
+
+    def _check_path(self, path: tuple[str, ...], where: str) -> None:
+        if self.doc_class is not None:
+            self.doc_class._check_query_path(path, where)
+
+    # -------------------------------------------------------------- slicing
+
+    @overload
+    def __getitem__(self, index: int) -> D: ...
+    @overload
+    def __getitem__(self, index: slice) -> Self: ...
+
+    def __getitem__(self, index: int | slice) -> D | Self:
+        if isinstance(index, slice):
+            if index.step not in (None, 1):
+                raise ValueError("query slices take no step")
+            start = 0 if index.start is None else index.start
+            if not isinstance(start, int) or (
+                index.stop is not None and not isinstance(index.stop, int)
+            ):
+                raise TypeError("query slice bounds must be ints")
+            if start < 0 or (index.stop is not None and index.stop < 0):
+                raise ValueError("query slices take no negative bounds")
+            offset = self._offset + start
+            limit = self._limit
+            if limit is not None:
+                limit = max(0, limit - start)
+            if index.stop is not None:
+                stop_limit = max(0, index.stop - start)
+                limit = stop_limit if limit is None else min(limit, stop_limit)
+            return self._clone(_offset=offset, _limit=limit)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"query indices must be ints or slices, not {type(index).__name__}")
+        if index < 0:
+            raise ValueError("queries take no negative indices")
+        for doc in self[index : index + 1]:
+            return doc
+        raise IndexError(f"query index {index} out of range")
+
+    # ------------------------------------------------------------ execution
+
+    @property
+    def _compiled(self) -> Compiled:
+        value = self.__dict__.get("_compiled")
+        if value is None:
+            value = self._compile(self.condition)
+            self.__dict__["_compiled"] = value
+        return value
+
+    def _residual_matches(self, order: tuple[OrderKey, ...]) -> Any:
+        """A predicate over ``(pk, record)`` for what Python must still check, or None."""
+        residual = self._compiled.residual
+        after = self._after
+        if residual is None and after is None:
+            return None
+        anchor_key = None
+        if after is not None:
+            anchor_key = _total_key(after[0], after[1], order)
+
+        def check(pk: str, record: dict[str, Any]) -> bool:
+            if residual is not None and not residual.matches(record):
+                return False
+            return anchor_key is None or _after(_total_key(pk, record, order), anchor_key, order)
+
+        return check
+
+    def _items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield the ``(pk, record)`` pairs of this query, ordered and sliced."""
+        self.storage._check_open()
+        order = full_order(self._order)
+        compiled = self._compiled
+        check = self._residual_matches(order)
+        stop = None if self._limit is None else self._offset + self._limit
+        if self._limit == 0:
+            return
+        if self._engine_order(order):
+            if check is None:
+                yield from self._engine_fetch(compiled.native, order, self._offset, self._limit)
+                return
+            stream = self._engine_fetch(compiled.native, order, 0, None)
+            yield from itertools.islice(
+                (item for item in stream if check(*item)), self._offset, stop
+            )
+            return
+        # The engine cannot order: keep only sort keys and pks in memory, sort
+        # them, then load the records of the slice in batches.
+        keyed: list[tuple[tuple[Any, ...], str]] = []
+        for pk, record in self._engine_fetch(compiled.native, None, 0, None):
+            if check is None or check(pk, record):
+                keyed.append((_total_key(pk, record, order), pk))
+        _sort_keyed(keyed, order)
+        chosen = [pk for _, pk in keyed[self._offset : stop]]
+        for start in range(0, len(chosen), BATCH_SIZE):
+            batch = chosen[start : start + BATCH_SIZE]
+            for pk, loaded in zip(batch, self.storage._load_many(batch), strict=True):
+                if loaded is not None:  # deleted meanwhile
+                    yield pk, loaded
+
+    def __iter__(self) -> Iterator[D]:
+        make = self._materializer()
+        for pk, record in self._items():
+            yield make(pk, record)
+
+    def _materializer(self) -> Any:
+        from .documents import Document
+
+        cls: type[Document] = self.doc_class or Document
+        only = self._only
+        storage = self.storage
+        if only is None:
+            return lambda pk, record: cls._from_storage(storage, pk, record)
+        paths = [parse_path(n) for n in only]
+
+        def project(pk: str, record: dict[str, Any]) -> Document:
+            projected: dict[str, Any] = {}
+            for path in paths:
+                value = get_path(record, path)
+                if value is not MISSING:
+                    target = projected
+                    for part in path[:-1]:
+                        target = target.setdefault(part, {})
+                    target[path[-1]] = value
+            return cls._from_storage(storage, pk, projected, partial=True)
+
+        return project
+
+    def count(self) -> int:
+        """How many records match (honouring a slice)."""
+        self.storage._check_open()
+        compiled = self._compiled
+        if self._residual_matches(full_order(self._order)) is None:
+            total = self._engine_count(compiled.native)
+            total = max(0, total - self._offset)
+            return total if self._limit is None else min(total, self._limit)
+        return sum(1 for _ in self._items())
+
+    def exists(self) -> bool:
+        """Whether at least one record matches."""
+        for _ in self[:1]._items():
+            return True
+        return False
+
+    def __bool__(self) -> bool:
+        return self.exists()
+
+    def first(self) -> D | None:
+        """The first document in order, or None."""
+        for doc in self[:1]:
+            return doc
+        return None
+
+    def values(self, name: str) -> list[Any]:
+        """The distinct values of a field among matching records, in query order."""
+        path = parse_path(name)
+        self._check_path(path, f"values({name!r})")
+        seen: set[Any] = set()
+        out: list[Any] = []
+        for _pk, record in self._items():
+            value = get_path(record, path)
+            if value is MISSING:
+                continue
+            frozen = freeze(value)
+            if frozen not in seen:
+                seen.add(frozen)
+                out.append(value)
+        return out
+
+    def delete(self) -> int:
+        """Delete exactly the records iteration yields; return how many."""
+        self.storage._check_writable()
+        if (
+            self._offset == 0
+            and self._limit is None
+            and self._residual_matches(full_order(self._order)) is None
+        ):
+            deleted = self._engine_delete(self._compiled.native)
+            if deleted is not None:
+                return deleted
+        pks = [pk for pk, _ in self._items()]
+        return self.storage._remove_many(pks)
+
+    def update(self, **changes: Any) -> int:
+        """Apply partial changes (``f=v``, ``f__unset=True``, ``f__inc=n``) to every match."""
+        self.storage._check_writable()
+        parsed = self.storage._parse_changes(changes)
+        pks = [pk for pk, _ in self._items()]
+        return self.storage._update_many(pks, parsed)
+
+    # ---------------------------------------------------------- set algebra
+
+    def _combine(self, other: BaseQuery[Any], op: str) -> Self:
+        if not isinstance(other, BaseQuery):
+            return NotImplemented
+        if other.storage is not self.storage or other.doc_class is not self.doc_class:
+            raise InvalidQuery(f"{op} needs two queries over the same storage and class")
+        for q in (self, other):
+            if q._offset or q._limit is not None or q._after is not None:
+                raise InvalidQuery(f"{op} takes unsliced queries without after()")
+        if op == "&":
+            where = And.of(self._where, other._where)
+        elif op == "|":
+            where = Q(self._where) | Q(other._where)
+        else:
+            where = And.of(self._where, Not(other._where))
+        return self._clone(_where=where)
+
+    def __and__(self, other: BaseQuery[Any]) -> Self:
+        return self._combine(other, "&")
+
+    def __or__(self, other: BaseQuery[Any]) -> Self:
+        return self._combine(other, "|")
+
+    def __sub__(self, other: BaseQuery[Any]) -> Self:
+        return self._combine(other, "-")
+
+    # ----------------------------------------------------------- for humans
+
+    def explain(self) -> str:
+        """What the engine runs and what Python does after it."""
+        order = full_order(self._order)
+        compiled = self._compiled
+        native_order = self._engine_order(order)
+        lines = [
+            f"backend: {type(self.storage).__module__}",
+            f"condition: {self.condition!r}",
+            f"engine: {self._engine_explain(compiled, order if native_order else None)}",
+            f"python filter: {compiled.residual!r}"
+            if compiled.residual is not None
+            else "python filter: none",
+            f"order: {', '.join(map(str, order))} ({'engine' if native_order else 'python'})",
+        ]
+        if self._after is not None:
+            lines.append(f"after: pk {self._after[0]!r} (python)")
+        if self._offset or self._limit is not None:
+            lines.append(f"slice: offset {self._offset}, limit {self._limit}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        name = self.doc_class.__name__ if self.doc_class is not None else "Document"
+        if self.storage.closed:
+            return f"<Query {name} (storage closed)>"
+        docs = list(self[:11])
+        shown = ", ".join(repr(d) for d in docs[:10])
+        more = ""
+        if len(docs) > 10:
+            more = f" ...and {self.count() - 10} more"
+        return f"<Query {name}: [{shown}]{more}>"
+
+    def __len__(self) -> int:
+        raise TypeError("len() of a query is not defined; use q.count()")
+
+
+def _total_key(pk: str, record: Mapping[str, Any], order: tuple[OrderKey, ...]) -> tuple[Any, ...]:
+    return tuple(record_sort_key(pk, record, k) for k in order)
+
+
+def _sort_keyed(keyed: list[tuple[tuple[Any, ...], str]], order: tuple[OrderKey, ...]) -> None:
+    for i in reversed(range(len(order))):
+        keyed.sort(key=lambda item, i=i: item[0][i], reverse=order[i].descending)  # type: ignore[misc]
+
+
+def _after(key: tuple[Any, ...], anchor: tuple[Any, ...], order: tuple[OrderKey, ...]) -> bool:
+    """Whether ``key`` comes strictly after ``anchor`` in the total order."""
+    for k, a, o in zip(key, anchor, order, strict=True):
+        if k != a:
+            return bool(k < a) if o.descending else bool(k > a)
+    return False

@@ -1,0 +1,705 @@
+"""Storages: one namespace of records in one database.
+
+:class:`BaseStorage` is the backend contract. Its methods fall in three groups,
+kept apart below:
+
+* **required hooks** every backend implements (``_open``, ``_load``,
+  ``_store``, ``_remove``, ``_scan``, ``_clear``, ``_close``);
+* **optional overrides** a backend implements only to be faster or to expose a
+  capability (bulk writes, counting, transactions, indexes, partial updates);
+* the **public API** users call, built on the hooks and identical everywhere.
+
+Records cross the hook boundary as plain dicts of values from the value domain
+(already validated, aware datetimes in UTC); each backend encodes them for its
+engine and decodes them back exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, TypeVar, overload
+
+import pydantic
+
+from .errors import (
+    BulkWriteError,
+    ConfigurationError,
+    ConflictError,
+    DoesNotExist,
+    IntegrityError,
+    NotSupported,
+    PyModelsError,
+    ValidationError,
+)
+from .features import Features
+from .ordering import OrderKey, parse_order
+from .pks import new_pk
+from .query import BaseQuery
+from .values import (
+    INT_MAX,
+    INT_MIN,
+    MISSING,
+    check_field_name,
+    check_pk,
+    get_path,
+    strict_equal,
+    validate_record,
+    validate_value,
+)
+
+if TYPE_CHECKING:
+    from .documents import Document
+
+__all__ = ["BaseSettings", "BaseStorage", "Change", "IndexSpec"]
+
+D = TypeVar("D", bound="Document")
+
+
+class BaseSettings(pydantic.BaseModel):
+    """Settings every backend accepts; backends subclass it with their own keys."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    #: Open the storage for reading only: writes raise NotSupported.
+    read_only: bool = False
+
+
+class Change(NamedTuple):
+    """One partial change of ``update()``: set, unset or inc at a path."""
+
+    path: tuple[str, ...]
+    op: str  # "set", "unset" or "inc"
+    value: Any
+
+
+class IndexSpec(NamedTuple):
+    """An index request as ``create_index`` received it, parsed."""
+
+    keys: tuple[OrderKey, ...]
+    unique: bool
+    kind: str | None
+
+    @property
+    def name(self) -> str:
+        """A stable name built from the keys (used by engines that name indexes)."""
+        return "__".join(("d_" if k.descending else "") + "_".join(k.path) for k in self.keys)
+
+
+class BaseStorage:
+    """The backend contract and the public storage API."""
+
+    #: What this backend's engine can do.
+    features: ClassVar[Features] = Features()
+    #: The query class this storage's queries are made of.
+    query_class: ClassVar[type[BaseQuery[Any]]] = BaseQuery
+    #: The pydantic model that validates this backend's settings.
+    settings_class: ClassVar[type[BaseSettings]] = BaseSettings
+    #: URL schemes this backend answers to (``get_storage("scheme://...")``).
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = _validate_settings(type(self), settings)
+        self.closed = False
+        # Guards the generic read-modify-write paths (update, compare-and-swap)
+        # and makes a transaction exclusive to the thread that opened it.
+        self._lock = threading.RLock()
+        self._tx_depth = 0
+        self._indexed: set[type[Any]] = set()
+        self._open()
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> dict[str, Any]:
+        """Settings for a URL of one of :attr:`url_schemes` (override per backend)."""
+        raise ConfigurationError(f"{cls.__module__} takes no URLs")
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the storage was opened for reading only."""
+        return self.settings.read_only
+
+    # ================================================== required hooks
+
+    def _open(self) -> None:
+        """Connect to or open the database described by ``self.settings``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _open()")
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        """Return the record stored under ``pk``, or None."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _load()")
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        """Write ``record`` under ``pk``, replacing it if ``overwrite``.
+
+        Without ``overwrite``, leave an existing record alone and return False.
+        Return True when written.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _store()")
+
+    def _remove(self, pk: str) -> bool:
+        """Delete the record under ``pk``; return whether it existed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _remove()")
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield every ``(pk, record)`` pair, in any order, without library metadata."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _scan()")
+
+    def _clear(self) -> None:
+        """Remove every record (library metadata stays)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _clear()")
+
+    def _close(self) -> None:
+        """Release the engine's resources (called once)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _close()")
+
+    # ================================================ optional overrides
+
+    def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
+        """Records for several pks, aligned with ``pks``."""
+        return [self._load(pk) for pk in pks]
+
+    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write several records, replacing existing ones (one batch of ``save_many``).
+
+        Called inside a transaction when the engine has them. On failure raise
+        the error; the generic code then finds the failing record one by one.
+        """
+        for pk, record in items:
+            self._store(pk, record, overwrite=True)
+
+    def _keys(self) -> Iterator[str]:
+        """Every pk (engine order)."""
+        for pk, _ in self._scan():
+            yield pk
+
+    def _count(self) -> int:
+        """The number of records."""
+        return sum(1 for _ in self._keys())
+
+    def _contains(self, pk: str) -> bool:
+        """Whether a record is stored under ``pk``."""
+        return self._load(pk) is not None
+
+    def _begin(self) -> None:
+        """Start a transaction (only when ``features.transactions``)."""
+        raise NotSupported(f"{type(self).__module__} has no transactions")
+
+    def _commit(self) -> None:
+        """Commit the transaction :meth:`_begin` started."""
+        raise NotSupported(f"{type(self).__module__} has no transactions")
+
+    def _rollback(self) -> None:
+        """Abandon the transaction :meth:`_begin` started."""
+        raise NotSupported(f"{type(self).__module__} has no transactions")
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        """Create an index (idempotently). Only called when ``features.indexes``."""
+
+    def _update(self, pk: str, changes: list[Change]) -> bool:
+        """Apply partial changes to one record; return whether it existed.
+
+        The default reads, changes and writes the record under the storage lock
+        (and in a transaction where there are transactions).
+        """
+        with self._lock, self._atomic():
+            record = self._load(pk)
+            if record is None:
+                return False
+            self._store(pk, apply_changes(record, changes), overwrite=True)
+            return True
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        """Write ``record`` only if the stored record's ``field`` equals ``expected``.
+
+        ``expected`` is None for "no record stored yet" and MISSING for "stored
+        without that field". Return False on a mismatch. The default holds the
+        storage lock, which is exact within one process; backends shared
+        between processes override it.
+        """
+        with self._lock, self._atomic():
+            current = self._load(pk)
+            if expected is None:
+                return current is None and self._store(pk, record, overwrite=False)
+            if current is None or not _same(current.get(field, MISSING), expected):
+                return False
+            return self._store(pk, record, overwrite=True)
+
+    def _new_pk(self) -> str:
+        """A new primary key (backends with their own generator override this)."""
+        return new_pk()
+
+    # ======================================================= public API
+
+    # ---- writing
+
+    def save(self, data: Document | Mapping[str, Any], primary_key: str | None = None) -> str:
+        """Store a document or mapping, replacing any record under its pk; return the pk."""
+        return self._write_data(data, primary_key, insert=False)
+
+    def insert(self, data: Document | Mapping[str, Any], primary_key: str | None = None) -> str:
+        """As :meth:`save`, but raise :class:`IntegrityError` if the pk exists."""
+        return self._write_data(data, primary_key, insert=True)
+
+    def update(self, pk: str, **changes: Any) -> int:
+        """Change fields of one record without loading it into a document.
+
+        ``field=value`` sets, ``field__unset=True`` removes, ``field__inc=n``
+        adds. Returns the number of records changed (0 when ``pk`` is missing).
+        """
+        self._check_writable()
+        return self._update_many([check_pk(pk)], self._parse_changes(changes))
+
+    def save_many(
+        self, items: Iterable[Document | Mapping[str, Any]], batch_size: int = 1000
+    ) -> list[str]:
+        """Save many documents or mappings, committing once per batch; return their pks.
+
+        On failure raise :class:`BulkWriteError` with ``.index`` (the failing
+        item) and ``.written_pks``. With transactions a failing batch writes
+        nothing; without, the records before the failing one stay.
+        """
+        from .documents import Document
+
+        self._check_writable()
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        written: list[str] = []
+        batch: list[tuple[int, Any]] = []
+
+        def flush() -> None:
+            docs = any(isinstance(item, Document) for _, item in batch)
+            if docs or not self.features.transactions:
+                self._save_batch_one_by_one(batch, written)
+            else:
+                self._save_batch_bulk(batch, written)
+            batch.clear()
+
+        for index, item in enumerate(items):
+            batch.append((index, item))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+        return written
+
+    # ---- reading
+
+    @overload
+    def get(self, doc_class: type[D], pk: str) -> D: ...
+    @overload
+    def get(self, doc_class: None, pk: str) -> Document: ...
+
+    def get(self, doc_class: type[D] | None, pk: str) -> D | Document:
+        """The document under ``pk``; :class:`DoesNotExist` if missing or not a member."""
+        from .documents import Document
+
+        cls: type[Document] = doc_class or Document
+        self._check_open()
+        record = self._load(check_pk(pk))
+        if record is None or not cls._is_member(record):
+            raise DoesNotExist(f"no {cls.__name__} with pk {pk!r}")
+        return cls._from_storage(self, pk, record)
+
+    def get_many(self, doc_class: type[D] | None, pks: Iterable[str]) -> list[D | None]:
+        """Documents for several pks, aligned with them; None for missing or non-members."""
+        from .documents import Document
+
+        cls: Any = doc_class or Document
+        self._check_open()
+        keys = [check_pk(pk) for pk in pks]
+        out: list[D | None] = []
+        for pk, record in zip(keys, self._load_many(keys), strict=True):
+            member = record is not None and cls._is_member(record)
+            out.append(cls._from_storage(self, pk, record) if member else None)
+        return out
+
+    def query(self, doc_class: type[D] | None = None) -> BaseQuery[D]:
+        """A query over every record (or every member of ``doc_class``)."""
+        self._check_open()
+        return self.query_class(self, doc_class)
+
+    def __contains__(self, pk: object) -> bool:
+        self._check_open()
+        return type(pk) is str and bool(pk) and self._contains(pk)
+
+    def __len__(self) -> int:
+        self._check_open()
+        return self._count()
+
+    def __iter__(self) -> Iterator[str]:
+        self._check_open()
+        return self._keys()
+
+    # ---- removing
+
+    def delete(self, pk: str) -> None:
+        """Delete the record under ``pk``; :class:`DoesNotExist` if there is none."""
+        self._check_writable()
+        if not self._remove(check_pk(pk)):
+            raise DoesNotExist(f"no record with pk {pk!r}")
+
+    def clear(self) -> None:
+        """Delete every record."""
+        self._check_writable()
+        self._clear()
+
+    # ---- transactions and indexes
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Self]:
+        """All writes in the block commit together at its end, or none do.
+
+        Raises :class:`NotSupported` where the engine has no transactions.
+        Nested blocks join the outermost one.
+        """
+        if not self.features.transactions:
+            raise NotSupported(
+                f"{type(self).__module__} has no transactions (features.transactions is False)"
+            )
+        self._check_writable()
+        with self._lock:
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield self
+                finally:
+                    self._tx_depth -= 1
+                return
+            self._begin()
+            self._tx_depth = 1
+            try:
+                yield self
+            except BaseException:
+                self._tx_depth = 0
+                self._rollback()
+                raise
+            self._tx_depth = 0
+            self._commit()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a :meth:`transaction` block is open."""
+        return self._tx_depth > 0
+
+    def create_index(
+        self,
+        path_or_tuple: str | tuple[str, ...] | list[str],
+        unique: bool = False,
+        kind: str | None = None,
+    ) -> None:
+        """Create an index on a path or (compound) on a tuple of paths, ``-`` for descending.
+
+        Raises :class:`NotSupported` for a kind or ``unique`` the engine lacks.
+        On an engine without indexes a plain index succeeds and changes nothing.
+        """
+        self._check_writable()
+        spec = self._parse_index(path_or_tuple, unique, kind)
+        if spec.unique and not self.features.unique_indexes:
+            raise NotSupported(f"{type(self).__module__} has no unique indexes")
+        if spec.kind is not None and spec.kind not in self.features.index_kinds:
+            accepted = ", ".join(sorted(self.features.index_kinds)) or "none"
+            raise NotSupported(
+                f"{type(self).__module__} has no index kind {spec.kind!r} (kinds: {accepted})"
+            )
+        if len(spec.keys) > 1 and not self.features.compound_indexes and self.features.indexes:
+            raise NotSupported(f"{type(self).__module__} has no compound indexes")
+        if self.features.indexes:
+            self._create_index(spec)
+
+    def ensure_indexes(self, doc_class: type[Document]) -> None:
+        """Create the indexes ``doc_class.Meta.indexes`` asks for (idempotent)."""
+        if self.read_only:
+            warnings.warn(
+                f"storage is read-only: indexes of {doc_class.__name__} not created",
+                stacklevel=2,
+            )
+            self._indexed.add(doc_class)
+            return
+        for entry in doc_class._meta().indexes:
+            if isinstance(entry, Mapping):
+                self.create_index(
+                    entry["fields"], unique=entry.get("unique", False), kind=entry.get("kind")
+                )
+            else:
+                self.create_index(entry)
+        self._indexed.add(doc_class)
+
+    # ---- lifecycle
+
+    def close(self) -> None:
+        """Close the storage (idempotent). Later use raises :class:`PyModelsError`."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<{type(self).__module__}.{type(self).__name__}{state}>"
+
+    # ======================================================== internals
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PyModelsError(f"{type(self).__module__} storage is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise NotSupported(f"{type(self).__module__} storage is open read-only")
+
+    def _atomic(self) -> contextlib.AbstractContextManager[Any]:
+        """A transaction where the engine has them, else nothing."""
+        if self.features.transactions:
+            return self.transaction()
+        return contextlib.nullcontext()
+
+    def _load_checked(self, pk: str) -> dict[str, Any]:
+        self._check_open()
+        record = self._load(check_pk(pk))
+        if record is None:
+            raise DoesNotExist(f"no record with pk {pk!r}")
+        return record
+
+    def _write_data(self, data: Any, primary_key: str | None, *, insert: bool) -> str:
+        from .documents import Document
+
+        self._check_writable()
+        pk = None if primary_key is None else check_pk(primary_key)
+        if isinstance(data, Document):
+            return self._save_document(data, pk, insert=insert)
+        if not isinstance(data, Mapping):
+            raise ValidationError(
+                f"save() takes a Document or a mapping, not {type(data).__name__}"
+            )
+        return self._write_record(pk, validate_record(data), insert=insert)
+
+    def _write_record(self, pk: str | None, record: dict[str, Any], *, insert: bool) -> str:
+        if pk is None:
+            while True:
+                pk = self._new_pk()
+                if self._store(pk, record, overwrite=False):
+                    return pk
+        if not self._store(pk, record, overwrite=not insert):
+            raise IntegrityError(f"a record with pk {pk!r} exists already")
+        return pk
+
+    def _save_document(self, doc: Document, pk: str | None, *, insert: bool) -> str:
+        """Save ``doc`` and, first, every unsaved document it references."""
+        if doc._partial:
+            raise PyModelsError(
+                f"{type(doc).__name__} {doc.pk!r} was loaded with only(): it cannot be saved"
+            )
+        graph = doc._unsaved_references()
+        given: list[Any] = []  # documents that get a pk here: restored if the save fails
+        for cls in {type(d) for d in [doc, *graph]}:
+            if cls not in self._indexed:
+                self.ensure_indexes(cls)
+        try:
+            with self._atomic():
+                if pk is not None:
+                    given.append((doc, doc.pk))
+                    doc._set_saved(self, pk)
+                for ref in graph:
+                    given.append((ref, ref.pk))
+                    ref._set_saved(self, self._new_pk())
+                for ref in graph:
+                    self._write_document(ref, insert=True)
+                return self._write_document(doc, insert=insert)
+        except BaseException:
+            for d, old in given:
+                d._pk = old
+            raise
+
+    def _write_document(self, doc: Document, *, insert: bool) -> str:
+        record = doc._to_record()
+        version_field = type(doc)._meta().version_field
+        generated = doc.pk is None
+        pk = doc.pk if doc.pk is not None else self._new_pk()
+        if version_field is not None:
+            # None: a new document, so no record may exist yet; else the value loaded.
+            expected = doc._version
+            fresh = expected is None or expected is MISSING
+            record[version_field] = 1 if fresh else _next_version(expected)
+            if not self._compare_and_store(pk, record, version_field, expected):
+                if generated:
+                    return self._write_document(doc, insert=insert)
+                raise ConflictError(
+                    f"{type(doc).__name__} {pk!r} changed since it was loaded "
+                    f"({version_field} is no longer {expected!r})"
+                )
+            doc._version = record[version_field]
+            doc._set_version_value(version_field, record[version_field])
+        elif generated:
+            pk = self._write_record(None, record, insert=True)
+        elif not self._store(pk, record, overwrite=not insert):
+            raise IntegrityError(f"a record with pk {pk!r} exists already")
+        doc._set_saved(self, pk)
+        return pk
+
+    def _save_batch_one_by_one(self, batch: list[tuple[int, Any]], written: list[str]) -> None:
+        done: list[str] = []
+        index = batch[0][0] if batch else 0
+        try:
+            with self._atomic():
+                for index, item in batch:  # noqa: B007 - index names the failure below
+                    done.append(self._write_data(item, None, insert=False))
+        except (IntegrityError, ValidationError) as e:
+            if not self.features.transactions:
+                written.extend(done)
+            raise BulkWriteError(
+                f"save_many failed at item {index}: {e}", index=index, written_pks=written
+            ) from e
+        written.extend(done)
+
+    def _save_batch_bulk(self, batch: list[tuple[int, Any]], written: list[str]) -> None:
+        prepared: list[tuple[str, dict[str, Any]]] = []
+        for index, item in batch:
+            try:
+                if not isinstance(item, Mapping):
+                    raise ValidationError(
+                        f"save_many takes Documents or mappings, not {type(item).__name__}"
+                    )
+                prepared.append((self._new_pk(), validate_record(item)))
+            except ValidationError as e:
+                raise BulkWriteError(
+                    f"save_many failed at item {index}: {e}", index=index, written_pks=written
+                ) from e
+        try:
+            with self.transaction():
+                self._store_many(prepared)
+        except IntegrityError:
+            # Find the failing record: redo the batch one by one, which rolls
+            # back again and raises BulkWriteError naming it.
+            self._save_batch_one_by_one(batch, written)
+            return
+        written.extend(pk for pk, _ in prepared)
+
+    def _parse_index(
+        self, path_or_tuple: str | tuple[str, ...] | list[str], unique: bool, kind: str | None
+    ) -> IndexSpec:
+        names = [path_or_tuple] if isinstance(path_or_tuple, str) else list(path_or_tuple)
+        if not names:
+            raise ConfigurationError("create_index needs at least one path")
+        keys = parse_order(names)
+        if any(k.is_pk for k in keys):
+            raise ConfigurationError("the pk is always indexed; name fields in create_index")
+        return IndexSpec(keys, bool(unique), kind)
+
+    def _parse_changes(self, changes: Mapping[str, Any]) -> list[Change]:
+        if not changes:
+            raise ValidationError("update() needs at least one change")
+        parsed: list[Change] = []
+        for key, value in changes.items():
+            parts = key.split("__")
+            op = "set"
+            if len(parts) > 1 and parts[-1] in ("unset", "inc", "set"):
+                op = parts.pop()
+            for i, part in enumerate(parts):
+                check_field_name(part, "__".join(parts[:i]))
+            if op == "set" and value is None:
+                op = "unset"
+            if op == "unset":
+                if value not in (True, None):
+                    raise ValidationError(f"{key}: unset takes True", field=key)
+                value = None
+            elif op == "inc":
+                if type(value) not in (int, float):
+                    raise ValidationError(f"{key}: inc takes an int or float", field=key)
+                value = validate_value(value, key)
+            else:
+                value = validate_value(value, key)
+            parsed.append(Change(tuple(parts), op, value))
+        return parsed
+
+    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
+        with self._atomic():
+            return sum(1 for pk in pks if self._update(pk, changes))
+
+    def _remove_many(self, pks: list[str]) -> int:
+        with self._atomic():
+            return sum(1 for pk in pks if self._remove(pk))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, Any]:
+    """A copy of ``record`` with partial changes applied (the reference semantics)."""
+    out = copy.deepcopy(record)
+    for change in changes:
+        *parents, leaf = change.path
+        target: Any = out
+        for i, part in enumerate(parents):
+            nxt = target.get(part, MISSING)
+            if nxt is MISSING:
+                if change.op == "unset":
+                    target = None
+                    break
+                nxt = target[part] = {}
+            elif type(nxt) is not dict:
+                where = "__".join(change.path[: i + 1])
+                raise ValidationError(f"update: {where} is not a dict", field=where)
+            target = nxt
+        if target is None:
+            continue
+        key = "__".join(change.path)
+        if change.op == "unset":
+            target.pop(leaf, None)
+        elif change.op == "inc":
+            current = target.get(leaf, 0)
+            if type(current) not in (int, float):
+                raise ValidationError(f"update: {key} is not a number", field=key)
+            result = current + change.value
+            if type(result) is int and not INT_MIN <= result <= INT_MAX:
+                raise ValidationError(f"update: {key} would leave the int64 range", field=key)
+            target[leaf] = validate_value(result, key)
+        else:
+            target[leaf] = copy.deepcopy(change.value)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is MISSING or b is MISSING:
+        return a is b
+    return strict_equal(a, b)
+
+
+def _next_version(value: Any) -> Any:
+    if type(value) is not int:
+        raise ConflictError(f"version field holds {value!r}, not an int")
+    return value + 1
+
+
+def _validate_settings(cls: type[BaseStorage], settings: Mapping[str, Any]) -> BaseSettings:
+    model = cls.settings_class
+    accepted = ", ".join(model.model_fields)
+    try:
+        return model(**settings)
+    except pydantic.ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown setting {key!r}")
+            elif err["type"] == "missing":
+                problems.append(f"missing setting {key!r}")
+            else:
+                problems.append(f"setting {key!r}: {err['msg']}")
+        raise ConfigurationError(
+            f"{cls.__module__}: {'; '.join(problems)} (accepted settings: {accepted})"
+        ) from e
+
+
+# get_path is re-exported for backends that apply changes themselves.
+__all__ += ["apply_changes", "get_path"]

@@ -1,0 +1,1 @@
+"""Helpers for testing pymodels and code built on it (throwaway database servers, ...)."""

@@ -1,0 +1,267 @@
+"""The value domain (API.md section 3) and the total order of values.
+
+Everything here is pure: validation and normalisation of values before they
+are stored, the kind of a value, deep strict equality, and the sort key that
+gives every backend the same total order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal
+
+from .errors import ValidationError
+
+__all__ = [
+    "KINDS",
+    "MISSING",
+    "Kind",
+    "check_field_name",
+    "check_pk",
+    "freeze",
+    "get_path",
+    "kind_of",
+    "sort_key",
+    "strict_equal",
+    "validate_record",
+    "validate_value",
+]
+
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
+DECIMAL_MAX_DIGITS: Final = 34
+# IEEE 754 decimal128's exponent range: every encoding of Decimal in the
+# backends (order-preserving text, Tokyo's columns) is sized for it.
+DECIMAL_MIN_EXP: Final = -6143
+DECIMAL_MAX_EXP: Final = 6144
+
+Kind = Literal[
+    "bool", "number", "decimal", "str", "bytes", "date", "datetime", "datetime_tz", "list", "dict"
+]
+
+#: Kinds in the contract's sort order; absent values sort before all of them.
+KINDS: tuple[Kind, ...] = (
+    "bool",
+    "number",
+    "decimal",
+    "str",
+    "bytes",
+    "date",
+    "datetime",
+    "datetime_tz",
+    "list",
+    "dict",
+)
+_RANK: Final = {k: i + 1 for i, k in enumerate(KINDS)}
+
+#: Kinds that gt/gte/lt/lte/between accept.
+ORDERED_KINDS: frozenset[Kind] = frozenset(
+    {"number", "decimal", "str", "bytes", "date", "datetime", "datetime_tz"}
+)
+
+
+class _Missing:
+    """The marker for an absent field (``None`` is never a stored value)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+
+
+def kind_of(value: Any) -> Kind:
+    """The contract kind of a value already in the domain."""
+    # bool before int (bool is an int subclass); datetime before date likewise.
+    t = type(value)
+    if t is bool:
+        return "bool"
+    if t is int or t is float:
+        return "number"
+    if t is str:
+        return "str"
+    if t is decimal.Decimal:
+        return "decimal"
+    if t is bytes:
+        return "bytes"
+    if t is datetime.datetime:
+        return "datetime" if value.tzinfo is None else "datetime_tz"
+    if t is datetime.date:
+        return "date"
+    if t is list:
+        return "list"
+    if t is dict:
+        return "dict"
+    raise ValidationError(f"{type(value).__name__} is not a storable value")
+
+
+def check_field_name(name: object, where: str = "") -> str:
+    """Return ``name`` if it may be a field name at any depth, else raise."""
+    label = f"{where}.{name}" if where else repr(name)
+    if not isinstance(name, str) or type(name) is not str:
+        raise ValidationError(
+            f"field name {label} must be a str, not {type(name).__name__}", field=where or None
+        )
+    if not name:
+        raise ValidationError(f"empty field name in {where or 'record'}", field=where or None)
+    bad = next((c for c in (".", "__", "\x00", '"') if c in name), None)
+    if bad is not None:
+        raise ValidationError(f"field name {label} must not contain {bad!r}", field=label)
+    if name[0] in "$_":
+        raise ValidationError(f"field name {label} must not start with {name[0]!r}", field=label)
+    _check_unicode(name, label)
+    return name
+
+
+def check_pk(pk: object) -> str:
+    """Return ``pk`` if it is a valid primary key: a non-empty str without NUL."""
+    if type(pk) is not str or not pk:
+        raise ValidationError(f"primary key must be a non-empty str, not {pk!r}", field="pk")
+    if "\x00" in pk:
+        raise ValidationError("primary key must not contain U+0000", field="pk")
+    _check_unicode(pk, "pk")
+    return pk
+
+
+def _check_unicode(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValidationError(
+            f"{field}: text is not valid Unicode ({e.reason})", field=field
+        ) from e
+
+
+def validate_value(value: Any, field: str = "value") -> Any:
+    """Check ``value`` against the value domain and return its stored form.
+
+    The stored form is a fresh copy in which aware datetimes are in UTC and
+    ``None`` values of nested dicts are dropped (``None`` means absent). Raises
+    :class:`ValidationError` naming ``field`` for anything outside the domain.
+    """
+    t = type(value)
+    if t is str:
+        if "\x00" in value:
+            raise ValidationError(f"{field}: str must not contain U+0000", field=field)
+        _check_unicode(value, field)
+        return value
+    if t is bool:
+        return value
+    if t is int:
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValidationError(f"{field}: int {value} is outside [-2**63, 2**63-1]", field=field)
+        return value
+    if t is float:
+        if not math.isfinite(value):
+            raise ValidationError(f"{field}: float must be finite, not {value}", field=field)
+        return value
+    if t is decimal.Decimal:
+        if not value.is_finite():
+            raise ValidationError(f"{field}: Decimal must be finite, not {value}", field=field)
+        digits = value.as_tuple().digits
+        if len(digits) > DECIMAL_MAX_DIGITS:
+            raise ValidationError(
+                f"{field}: Decimal has {len(digits)} significant digits (at most 34)", field=field
+            )
+        exp = value.as_tuple().exponent
+        assert isinstance(exp, int)
+        if not DECIMAL_MIN_EXP - DECIMAL_MAX_DIGITS < exp <= DECIMAL_MAX_EXP:
+            raise ValidationError(f"{field}: Decimal exponent {exp} out of range", field=field)
+        return value
+    if t is bytes:
+        return value
+    if t is datetime.datetime:
+        if value.tzinfo is None:
+            return value
+        if value.utcoffset() is None:
+            raise ValidationError(f"{field}: datetime tzinfo gives no UTC offset", field=field)
+        try:
+            return value.astimezone(datetime.UTC)
+        except OverflowError as e:
+            raise ValidationError(f"{field}: datetime is out of range in UTC", field=field) from e
+    if t is datetime.date:
+        return value
+    if t is list:
+        out = []
+        for i, item in enumerate(value):
+            if item is None:
+                raise ValidationError(f"{field}[{i}]: lists cannot hold None", field=field)
+            out.append(validate_value(item, f"{field}[{i}]"))
+        return out
+    if t is dict:
+        return validate_record(value, field)
+    if value is None:
+        raise ValidationError(f"{field}: None is not a value (it means absent)", field=field)
+    raise ValidationError(
+        f"{field}: {type(value).__name__} is not a storable value "
+        "(str, int, float, bool, Decimal, bytes, date, datetime, list, dict)",
+        field=field,
+    )
+
+
+def validate_record(record: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Validate a mapping of field name to value; ``None`` values are dropped."""
+    out: dict[str, Any] = {}
+    for name, value in record.items():
+        check_field_name(name, where)
+        if value is None:
+            continue
+        out[name] = validate_value(value, f"{where}.{name}" if where else name)
+    return out
+
+
+def strict_equal(a: Any, b: Any) -> bool:
+    """Deep strict equality of two domain values (API.md section 4)."""
+    return bool(freeze(a) == freeze(b))
+
+
+def freeze(value: Any) -> Any:
+    """A hashable form of a domain value; equal forms mean strictly equal values."""
+    k = kind_of(value)
+    if k == "list":
+        return (k, tuple(freeze(v) for v in value))
+    if k == "dict":
+        return (k, frozenset((name, freeze(v)) for name, v in value.items()))
+    return (k, value)
+
+
+def sort_key(value: Any) -> tuple[Any, ...]:
+    """The key that sorts values in the contract's total order.
+
+    Absent (``MISSING``) sorts first; then by kind rank; within a kind by
+    Python's order, lists element by element and dicts by sorted items.
+    """
+    if value is MISSING:
+        return (0,)
+    k = kind_of(value)
+    if k == "list":
+        return (_RANK[k], tuple(sort_key(v) for v in value))
+    if k == "dict":
+        return (_RANK[k], tuple((name, sort_key(value[name])) for name in sorted(value)))
+    return (_RANK[k], value)
+
+
+def get_path(record: Mapping[str, Any], path: Iterable[str]) -> Any:
+    """The value at ``path`` (dict keys only), or ``MISSING``."""
+    current: Any = record
+    for part in path:
+        if type(current) is not dict or part not in current:
+            return MISSING
+        current = current[part]
+    return current
