@@ -431,6 +431,7 @@ def test_index_survives_reopen(path: Path) -> None:
 
 
 def test_transaction_commit_and_abort(db: TableDB) -> None:
+    db.setindex("v", IndexType.LEXICAL)
     db.tranbegin()
     db.put(b"a", {b"v": b"1"})
     db.trancommit()
@@ -439,6 +440,9 @@ def test_transaction_commit_and_abort(db: TableDB) -> None:
     db.out(b"a")
     db.tranabort()
     assert db.keys() == [b"a"]
+    with db.query() as q:  # the index entries were rolled back too
+        assert q.addcond("v", Cond.STRBW, "").search() == [b"a"]
+        assert 'using an index: "v"' in q.hint()
     with db.transaction():
         db.put(b"c", {b"v": b"3"})
     with pytest.raises(RuntimeError), db.transaction():

@@ -73,6 +73,9 @@ class Document(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(
         extra="forbid",
+        # Strict everywhere: in lax mode a union such as ``int | None`` would
+        # still coerce "7" to 7 even when validation is asked to be strict.
+        strict=True,
         validate_assignment=True,
         arbitrary_types_allowed=False,
         revalidate_instances="never",

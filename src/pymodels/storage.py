@@ -318,7 +318,12 @@ class BaseStorage:
             out.append(cls._from_storage(self, pk, record) if member else None)
         return out
 
-    def query(self, doc_class: type[D] | None = None) -> BaseQuery[D]:
+    @overload
+    def query(self, doc_class: None = None) -> BaseQuery[Document]: ...
+    @overload
+    def query(self, doc_class: type[D]) -> BaseQuery[D]: ...
+
+    def query(self, doc_class: type[D] | None = None) -> BaseQuery[D] | BaseQuery[Document]:
         """A query over every record (or every member of ``doc_class``)."""
         self._check_open()
         return self.query_class(self, doc_class)
@@ -507,9 +512,12 @@ class BaseStorage:
                 self.ensure_indexes(cls)
         try:
             with self._atomic():
-                if pk is not None:
+                if pk is not None or doc.pk is None:
+                    # Every document of the graph has its pk before any is
+                    # written, so references (cycles included) can be stored.
+                    insert = insert or (doc.pk is None and pk is None)
                     given.append((doc, doc.pk))
-                    doc._set_saved(self, pk)
+                    doc._set_saved(self, pk if pk is not None else self._new_pk())
                 for ref in graph:
                     given.append((ref, ref.pk))
                     ref._set_saved(self, self._new_pk())
@@ -524,24 +532,20 @@ class BaseStorage:
     def _write_document(self, doc: Document, *, insert: bool) -> str:
         record = doc._to_record()
         version_field = type(doc)._meta().version_field
-        generated = doc.pk is None
-        pk = doc.pk if doc.pk is not None else self._new_pk()
+        pk = doc.pk
+        assert pk is not None, "_save_document gives every document a pk first"
         if version_field is not None:
             # None: a new document, so no record may exist yet; else the value loaded.
             expected = doc._version
             fresh = expected is None or expected is MISSING
             record[version_field] = 1 if fresh else _next_version(expected)
             if not self._compare_and_store(pk, record, version_field, expected):
-                if generated:
-                    return self._write_document(doc, insert=insert)
                 raise ConflictError(
                     f"{type(doc).__name__} {pk!r} changed since it was loaded "
                     f"({version_field} is no longer {expected!r})"
                 )
             doc._version = record[version_field]
             doc._set_version_value(version_field, record[version_field])
-        elif generated:
-            pk = self._write_record(None, record, insert=True)
         elif not self._store(pk, record, overwrite=not insert):
             raise IntegrityError(f"a record with pk {pk!r} exists already")
         doc._set_saved(self, pk)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hypothesis import strategies as st
 
 if TYPE_CHECKING:
-    from pymodels import Q
+    from pymodels.conditions import Condition
 
 __all__ = [
     "FIELD_NAMES",
@@ -437,7 +437,7 @@ def query_cases(
 # --- specs to library queries (public API of API.md §4 only) ---------------------------------
 
 
-def to_q(cond: CondSpec) -> Q:
+def to_q(cond: CondSpec) -> Condition:
     """The ``pymodels.Q`` for a CondSpec, combined with ``&``, ``|`` and ``~``."""
     from pymodels import Q  # late: this module must import without the core
 

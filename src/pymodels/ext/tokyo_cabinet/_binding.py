@@ -7,15 +7,15 @@ Status
     in this package is its only intended user.
 
 Why ctypes and not cffi
-    cffi is not a dependency of pymodels, and its ABI mode would add one for a modest gain
-    (on this machine, 100k records: put 118k/s ctypes vs 148k/s cffi ABI, get 115k/s vs
-    139k/s, with both bindings using the same batched-serialisation tricks; cffi API mode is
-    faster still but needs a compiler and headers at install time). Most of the per-record cost
-    is foreign-call overhead, so the binding cuts the *number* of foreign calls instead:
-    a record is serialised in Python and handed over with one ``tcmapload`` call (instead of
-    ``tcmapnew`` + one ``tcmapput`` per column), and records and key lists come back with one
+    cffi is not a dependency of pymodels, and its ABI mode would add one for a small gain.
+    Measured here (100k records of 6 columns, one transaction, no index; same serialisation
+    tricks in both): put 146-152k/s with ctypes vs 148k/s with cffi ABI, get 182-188k/s vs
+    205k/s. cffi API mode is faster still but needs a compiler and headers at install time.
+    What matters is the *number* of foreign calls, so the binding batches them: a record is
+    serialised in Python and handed over with one ``tcmapload`` call (instead of ``tcmapnew``
+    plus one ``tcmapput`` per column: 92k/s), and records and key lists come back with one
     ``tcmapdump`` / ``tclistdump`` call parsed in Python (instead of one call per column or
-    key). Queries run inside the library at C speed either way.
+    key: 98k/s for get). Queries run inside the library at C speed either way.
 
 Memory ownership
     Every pointer the library hands over for us to free (handles, queries, TCMAPs, TCLISTs,
@@ -41,7 +41,12 @@ Known limits (Tokyo Cabinet behaviour the caller must respect)
     - The record iterator (``iterinit``/``iternext``) is one per handle, so it is shared by
       every user of the file in this process; prefer :meth:`TableDB.keys` (a snapshot).
     - Column names and condition expressions are C strings: they may not contain NUL.
-    - Numbers are compared by NUM* conditions and orders as decimal text.
+    - Numbers are compared by NUM* conditions and orders as decimal text. Records lacking
+      the order column come last in both directions; full-text (FTS*) matching folds case
+      and accents; ``tctdbqrysearch`` reports errors as an empty result, not a failure.
+    - Indexes live in separate files next to the database (``<path>.idx.<col>.<lex|dec|tok|
+      qgr>``), found again on open by that name: ``copy`` does not copy them, and removing
+      a database means removing them too.
 """
 
 from __future__ import annotations
@@ -485,7 +490,7 @@ def _check_pk(pk: bytes) -> None:
 class _Handle:
     """One open ``TCTDB*``; shared by every :class:`TableDB` on the same real path."""
 
-    __slots__ = ("__weakref__", "mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
+    __slots__ = ("mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
 
     def __init__(self, ptr: int, path: str, realpath: str, mode: int) -> None:
         self.ptr: int | None = ptr
@@ -1139,7 +1144,8 @@ class Query:
 def metasearch(queries: Iterable[Query], settype: int = SetOp.UNION) -> list[bytes]:
     """Combine the results of several queries on one database with :class:`SetOp` ``settype``.
 
-    The first query's order and limit apply to the combined result.
+    The first query's order and limit apply to the combined result (not to its own hits);
+    the other queries' limits apply to their own hits.
     """
     qs = list(queries)
     if not qs:

@@ -1,0 +1,152 @@
+"""Raw Tokyo Cabinet throughput through pymodels' own binding, with no pymodels types involved.
+
+This is the floor the Tokyo Cabinet backend is measured against: the simplest correct binding
+calls on bytes, nothing else. Workload (as in shared/notes/performance.md): N records of six
+columns (name, unique email, age, score, city of 50 values, tags as text), primary keys
+"1".."N"; lexical indexes on email and name.
+
+Usage:
+    python bench/raw_tokyo_cabinet.py            # N = 100k
+    python bench/raw_tokyo_cabinet.py --n 1000000
+
+Each figure is the median of three runs in this process, each on a fresh file. The project-level
+benchmark imports :func:`run` and gets the figures as a dict of operations per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pymodels.ext.tokyo_cabinet._binding import Cond, IndexType, OpenMode, TableDB
+
+Record = tuple[bytes, dict[bytes, bytes]]
+
+#: What each figure measures (all in operations per second).
+METRICS: dict[str, str] = {
+    "put_tx": "bulk put, one transaction, no index",
+    "put_tx_indexed": "bulk put, one transaction, email + name lexical indexes maintained",
+    "get": "get by primary key, random order",
+    "email_eq": "indexed STREQ on email (1 hit), keys only",
+    "name_prefix": "indexed STRBW on name (100 hits), keys only",
+}
+
+#: Reference figures from shared/notes/tokyo.md section 6 and performance.md (ctypes, 100k).
+REFERENCE: dict[str, str] = {
+    "put_tx": "154k/s (put, no tx, no index; 3 columns)",
+    "put_tx_indexed": "88k/s (one tx, 2 indexes; 3 columns)",
+    "get": "101k/s",
+    "email_eq": "52k/s",
+    "name_prefix": "~3.3k/s (0.3 ms per 100-hit STRBW)",
+}
+
+EMAIL_QUERIES = 20_000
+PREFIX_QUERIES = 5_000
+
+
+def make_records(n: int) -> list[Record]:
+    """The N records of the workload, as ready-to-store bytes."""
+    return [
+        (
+            b"%d" % i,
+            {
+                b"name": b"name%07d" % i,  # name[:-2] is a prefix shared by exactly 100 names
+                b"email": b"user%d@example.com" % i,
+                b"age": b"%d" % (18 + i * 7 % 70),
+                b"score": b"%.2f" % (i * 37 % 10_000 / 100),
+                b"city": b"city%02d" % (i % 50),
+                b"tags": b"t%d t%d" % (i % 10, i % 7),
+            },
+        )
+        for i in range(n)
+    ]
+
+
+def _rate(count: int, func: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    func()
+    return count / (time.perf_counter() - started)
+
+
+def _load(db: TableDB, records: list[Record]) -> None:
+    put = db.put
+    db.tranbegin()
+    for pk, cols in records:
+        put(pk, cols)
+    db.trancommit()
+
+
+def run_once(n: int, records: list[Record] | None = None, seed: int = 0) -> dict[str, float]:
+    """One run of every measurement on fresh files; operations per second by metric."""
+    records = records if records is not None else make_records(n)
+    rng = random.Random(seed)
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="raw-tc-") as tmp:
+        mode = OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC
+        with TableDB().open(Path(tmp) / "plain.tct", mode) as db:
+            result["put_tx"] = _rate(n, lambda: _load(db, records))
+
+        with TableDB().open(Path(tmp) / "indexed.tct", mode) as db:
+            db.setindex("email", IndexType.LEXICAL)
+            db.setindex("name", IndexType.LEXICAL)
+            result["put_tx_indexed"] = _rate(n, lambda: _load(db, records))
+
+            keys = [pk for pk, _ in records]
+            rng.shuffle(keys)
+
+            def gets() -> None:
+                get = db.get
+                for pk in keys:
+                    get(pk)
+
+            result["get"] = _rate(len(keys), gets)
+
+            emails = [records[rng.randrange(n)][1][b"email"] for _ in range(EMAIL_QUERIES)]
+
+            def email_eq() -> None:
+                for email in emails:
+                    with db.query() as q:
+                        q.addcond(b"email", Cond.STREQ, email)
+                        q.search()
+
+            result["email_eq"] = _rate(len(emails), email_eq)
+
+            prefixes = [records[rng.randrange(n)][1][b"name"][:-2] for _ in range(PREFIX_QUERIES)]
+
+            def name_prefix() -> None:
+                for prefix in prefixes:
+                    with db.query() as q:
+                        q.addcond(b"name", Cond.STRBW, prefix)
+                        q.search()
+
+            result["name_prefix"] = _rate(len(prefixes), name_prefix)
+    return result
+
+
+def run(n: int = 100_000, runs: int = 3) -> dict[str, float]:
+    """Median over ``runs`` runs of every metric (operations per second), N records each."""
+    records = make_records(n)
+    samples = [run_once(n, records, seed=i) for i in range(runs)]
+    return {name: statistics.median(s[name] for s in samples) for name in METRICS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=100_000, help="records (default 100000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs to take the median of")
+    args = parser.parse_args(argv)
+    figures = run(args.n, args.runs)
+    print(f"Tokyo Cabinet raw binding, N={args.n:,}, median of {args.runs} runs")
+    for name, description in METRICS.items():
+        print(f"  {name:15} {figures[name]:>12,.0f} ops/s  {description}")
+        print(f"  {'':15} {'':>12}        reference: {REFERENCE[name]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

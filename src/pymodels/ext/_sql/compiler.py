@@ -1,0 +1,334 @@
+"""Condition trees to SQL, shared by the SQLite and PostgreSQL backends.
+
+:class:`Compiler` walks a condition tree (:mod:`pymodels.conditions`) and asks a
+:class:`Dialect` for the SQL of each lookup. A dialect answers with a
+:class:`Leaf`: a SQL fragment plus whether it is *exact* (true for exactly the
+records the lookup matches) or a *superset* (Python re-checks the lookup on
+every row it returns), or None when the engine cannot help at all.
+
+Boolean structure is where exactness is easiest to lose, so it lives here once:
+
+* ``And``: the SQL of every child that has some; the residual is the And of the
+  children that are not exact.
+* ``Or``: exact only if every child is; if some child is only a superset the
+  whole Or is re-checked; if some child has no SQL at all the Or has none.
+* ``Not``: pushed down only when its child is exact, as ``(child) IS NOT TRUE``
+  so that a NULL inside (an absent field) counts as false, never as unknown.
+  The negation of a superset is a subset, which can never be pushed.
+
+Values never enter SQL text: fragments carry bound parameters, written as the
+:data:`PARAM` marker and numbered for the driver when the statement is rendered.
+Field names are not values but identifiers of JSON paths; they are validated
+and quoted as SQL string literals (index expressions must repeat them exactly,
+and DDL takes no parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from ...conditions import And, Condition, Lookup, Not, Or
+from ...errors import ValidationError
+from ...ordering import OrderKey
+from ...query import Compiled
+from ...values import check_field_name, kind_of
+
+__all__ = ["PARAM", "Compiler", "Dialect", "Frag", "Leaf", "str_successor", "valid_path"]
+
+#: Where a bound parameter goes in fragment text (NUL never appears in SQL we write:
+#: field names and table names cannot hold it).
+PARAM: Final = "\x00"
+
+
+@dataclasses.dataclass(frozen=True)
+class Frag:
+    """A piece of SQL with its bound parameters, in order."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+
+    def __str__(self) -> str:
+        return self.sql
+
+
+TRUE: Final = Frag("TRUE")
+FALSE: Final = Frag("FALSE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A lookup's SQL: ``exact`` when it selects exactly the matching records."""
+
+    frag: Frag
+    exact: bool = True
+
+
+def join(sep: str, frags: Iterable[Frag]) -> Frag:
+    """Fragments joined by ``sep`` (each parenthesised), parameters in order."""
+    parts = list(frags)
+    return Frag(sep.join(f"({f.sql})" for f in parts), tuple(p for f in parts for p in f.params))
+
+
+def and_leaves(leaves: Sequence[Leaf | None]) -> Leaf | None:
+    """All of the leaves (None: no SQL, so a superset that is everything)."""
+    present = [leaf for leaf in leaves if leaf is not None]
+    if not present:
+        return None
+    exact = len(present) == len(leaves) and all(leaf.exact for leaf in present)
+    if len(present) == 1:
+        return Leaf(present[0].frag, exact)
+    return Leaf(join(" AND ", (leaf.frag for leaf in present)), exact)
+
+
+def or_leaves(leaves: Sequence[Leaf | None]) -> Leaf | None:
+    """Any of the leaves: without SQL for one of them there is none for the whole."""
+    if not leaves:
+        return Leaf(FALSE)
+    if any(leaf is None for leaf in leaves):
+        return None
+    present = [leaf for leaf in leaves if leaf is not None]
+    exact = all(leaf.exact for leaf in present)
+    if len(present) == 1:
+        return present[0]
+    return Leaf(join(" OR ", (leaf.frag for leaf in present)), exact)
+
+
+def str_successor(prefix: str) -> str | None:
+    """The least str above every str that starts with ``prefix`` (None: there is none).
+
+    ``prefix <= s < str_successor(prefix)`` is ``s.startswith(prefix)`` under
+    code point order, so a prefix test becomes an indexable range.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:
+            code = 0xE000  # surrogates are not valid Unicode text
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+def valid_path(path: Sequence[str]) -> bool:
+    """Whether every part can be a stored field name.
+
+    A part that cannot (``$r``, ``a.b``, ``"``...) names a field no record has,
+    so the lookup reads an absent value; it must never reach a JSON path, where
+    it could be syntax or reach into a tagged value.
+    """
+    try:
+        for part in path:
+            check_field_name(part)
+    except ValidationError:
+        return False
+    return bool(path)
+
+
+class Dialect:
+    """One engine's SQL for the pieces the compiler assembles.
+
+    Expressions are over the table's ``body`` column at a JSON path. Every
+    predicate a dialect returns must be true, false or NULL (NULL meaning
+    false); the compiler adds ``IS NOT TRUE`` where it negates.
+    """
+
+    #: The engine's name, for messages.
+    name: str = "sql"
+
+    # ------------------------------------------------------------ literals
+
+    @staticmethod
+    def literal(text: str) -> str:
+        """A SQL string literal (standard quoting: quotes doubled)."""
+        return "'" + text.replace("'", "''") + "'"
+
+    @staticmethod
+    def ident(name: str) -> str:
+        """A quoted SQL identifier."""
+        return '"' + name.replace('"', '""') + '"'
+
+    def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
+        """The driver's SQL text and parameters for a fragment."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------- expressions
+
+    def rank(self, path: tuple[str, ...]) -> str:
+        """The kind rank of the value at ``path`` (0 when absent), as SQL."""
+        raise NotImplementedError
+
+    def order_terms(self, path: tuple[str, ...]) -> list[str]:
+        """Expressions that sort values at ``path`` in the contract's order (rank first).
+
+        Exact except between two lists or two dicts, which tie or misorder:
+        the query re-sorts those in Python.
+        """
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- leaves
+
+    def exists(self, path: tuple[str, ...], present: bool) -> Leaf:
+        raise NotImplementedError
+
+    def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf | None:
+        """``value_at_path <op> value`` for a scalar value, same kind only (op: = < <= > >=)."""
+        raise NotImplementedError
+
+    def between(self, path: tuple[str, ...], low: Any, high: Any) -> Leaf | None:
+        raise NotImplementedError
+
+    def container_equals(self, path: tuple[str, ...], value: Any) -> Leaf | None:
+        """Deep strict equality with a list or dict value."""
+        raise NotImplementedError
+
+    def list_has(self, path: tuple[str, ...], values: Sequence[Any]) -> Leaf | None:
+        """The value at ``path`` is a list with an element equal to one of ``values``."""
+        raise NotImplementedError
+
+    def str_contains(self, path: tuple[str, ...], value: str) -> Leaf | None:
+        raise NotImplementedError
+
+    def startswith(self, path: tuple[str, ...], prefix: str) -> Leaf | None:
+        raise NotImplementedError
+
+    def endswith(self, path: tuple[str, ...], suffix: str) -> Leaf | None:
+        raise NotImplementedError
+
+    def case_insensitive(self, path: tuple[str, ...], op: str, value: str) -> Leaf | None:
+        """iequals, icontains, istartswith, iendswith (``str.lower()`` on both sides)."""
+        raise NotImplementedError
+
+    def regex(self, path: tuple[str, ...], pattern: str, ignore_case: bool) -> Leaf | None:
+        raise NotImplementedError
+
+    def date_part(self, path: tuple[str, ...], part: str, value: int) -> Leaf | None:
+        raise NotImplementedError
+
+    def like(self, path: tuple[str, ...], value: str) -> Leaf | None:
+        raise NotImplementedError
+
+    def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- order
+
+    def order_by(self, order: Sequence[OrderKey]) -> str:
+        """The ORDER BY list for a full order (its last key is the pk)."""
+        terms: list[str] = []
+        for key in order:
+            direction = " DESC" if key.descending else ""
+            if key.is_pk:
+                terms.append("pk" + direction)
+            elif valid_path(key.path):
+                terms.extend(t + direction for t in self.order_terms(key.path))
+            # An invalid path is absent in every record: it cannot change the order.
+        return ", ".join(terms)
+
+
+_CMP: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+class Compiler:
+    """Compiles condition trees with one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def compile(self, condition: Condition) -> Compiled:
+        """The engine's form of ``condition`` (a :class:`Frag` or None) and the residual."""
+        frag, residual = self._node(condition)
+        description = frag.sql if frag is not None else "every row"
+        return Compiled(frag, residual, description)
+
+    # A node compiles to (SQL or None for "every row", residual or None for exact).
+    def _node(self, cond: Condition) -> tuple[Frag | None, Condition | None]:
+        if isinstance(cond, Lookup):
+            leaf = self.lookup(cond)
+            if leaf is None:
+                return None, cond
+            return leaf.frag, None if leaf.exact else cond
+        if isinstance(cond, And):
+            frags: list[Frag] = []
+            residuals: list[Condition] = []
+            for child in cond.children:
+                f, r = self._node(child)
+                if f is not None:
+                    frags.append(f)
+                if r is not None:
+                    residuals.append(r)
+            frag = None if not frags else frags[0] if len(frags) == 1 else join(" AND ", frags)
+            return frag, And.of(*residuals) if residuals else None
+        if isinstance(cond, Or):
+            if not cond.children:
+                return FALSE, None
+            parts = [self._node(child) for child in cond.children]
+            if any(f is None and r is None for f, r in parts):
+                return None, None  # one child holds for every row: so does the Or
+            if any(f is None for f, _ in parts):
+                return None, cond
+            frag = join(" OR ", (f for f, _ in parts if f is not None))
+            exact = all(r is None for _, r in parts)
+            return frag, None if exact else cond
+        if isinstance(cond, Not):
+            f, r = self._node(cond.child)
+            if r is not None:
+                return None, cond
+            if f is None:
+                return FALSE, None
+            # IS NOT TRUE, not NOT: NOT NULL is NULL, which would drop the row.
+            return Frag(f"({f.sql}) IS NOT TRUE", f.params), None
+        raise TypeError(f"not a condition: {cond!r}")
+
+    def lookup(self, lk: Lookup) -> Leaf | None:
+        """The SQL of one lookup (the op table of API.md section 4)."""
+        d = self.dialect
+        path, op, value = lk.path, lk.op, lk.value
+        if not valid_path(path):
+            # No record has this field: only exists=False holds.
+            return Leaf(TRUE if (op == "exists" and value is False) else FALSE)
+        if op == "exists":
+            return d.exists(path, value)
+        if op == "equals":
+            return self.equals(path, value)
+        if op == "in":
+            return or_leaves([self.equals(path, v) for v in value])
+        if op in _CMP:
+            return d.compare(path, _CMP[op], value)
+        if op == "between":
+            return d.between(path, value[0], value[1])
+        if op == "contains":
+            return self.contains_any(path, [value])
+        if op == "contains_any":
+            return self.contains_any(path, list(value))
+        if op == "contains_all":
+            if not value:
+                return d.is_str_or_list(path)
+            return and_leaves([self.contains_any(path, [v]) for v in value])
+        if op == "startswith":
+            return d.startswith(path, value)
+        if op == "endswith":
+            return d.endswith(path, value)
+        if op in ("iequals", "icontains", "istartswith", "iendswith"):
+            return d.case_insensitive(path, op, value)
+        if op in ("matches", "imatches"):
+            return d.regex(path, value, op == "imatches")
+        if op in ("year", "month", "day"):
+            return d.date_part(path, op, value)
+        if op == "like":
+            return d.like(path, value)
+        return None
+
+    def equals(self, path: tuple[str, ...], value: Any) -> Leaf | None:
+        if kind_of(value) in ("list", "dict"):
+            return self.dialect.container_equals(path, value)
+        return self.dialect.compare(path, "=", value)
+
+    def contains_any(self, path: tuple[str, ...], values: list[Any]) -> Leaf | None:
+        """A str field containing one of the str values, or a list holding one of the values."""
+        if not values:
+            return Leaf(FALSE)
+        leaves = [self.dialect.str_contains(path, v) for v in values if type(v) is str]
+        leaves.append(self.dialect.list_has(path, values))
+        return or_leaves(leaves)

@@ -1,0 +1,306 @@
+"""How the SQL backends store values: tagged JSON whose SQL form compares and sorts.
+
+A record is one JSON object. ``str``, ``bool``, ``int``, ``float``, ``list`` and
+``dict`` are plain JSON. The other kinds become one-member objects under the key
+``"$"`` (field names never start with ``$``, so no dict can be mistaken for one)
+holding a *sort key*: a string whose first character is the kind's rank digit
+and whose rest sorts, under binary (code point) comparison, exactly as Python
+orders the values::
+
+    Decimal("2.50")  -> {"$": "3p1000025", "$r": "2.50"}     (see decimal_key)
+    b"\\x00\\xff"      -> {"$": "500ff"}                       (hex)
+    date(2024, 5, 1) -> {"$": "62024-05-01"}
+    naive datetime   -> {"$": "72024-05-01T12:00:00.000000"}
+    aware datetime   -> {"$": "82024-05-01T10:00:00.000000"}  (UTC)
+
+Equal values have equal sort keys, so SQL equality on the key is the contract's
+equality, and ``ORDER BY rank, key`` is the contract's order. A Decimal's key is
+canonical (``2.5`` and ``2.50`` share it); when ``str(value)`` differs from the
+key's canonical form, ``"$r"`` keeps the exact digits and exponent for the round
+trip. Every character of a key sorts above ``"`` and needs no JSON escaping.
+
+PostgreSQL's ``jsonb`` stores numbers as ``numeric``: it prints ``1e16`` as
+``10000000000000000`` (which would load as an int) and drops the sign of
+``-0.0``. :func:`dumps_pg` therefore writes floats of magnitude 1e16 and above
+positionally with a ``.0`` (numeric keeps the scale, so they print with it and
+load as floats) and negative zero as ``0.00``, a scale no float repr produces,
+which :func:`loads` maps back to ``-0.0``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import functools
+import json
+import re
+from typing import Any, Final
+
+from ...errors import ValidationError
+from ...values import INT_MAX, INT_MIN, KINDS, kind_of
+
+__all__ = [
+    "RANK",
+    "TAG",
+    "canonical",
+    "canonical_from_json",
+    "decimal_from_key",
+    "decimal_key",
+    "decimal_paths",
+    "dumps",
+    "dumps_pg",
+    "dumps_pg_match",
+    "loads",
+    "loads_pg",
+    "sort_key",
+]
+
+#: The key of a tagged value (and, with ``RAW``, the only keys that start with ``$``).
+TAG: Final = "$"
+#: The key holding a Decimal's exact text when it differs from its canonical form.
+RAW: Final = "$r"
+#: Kind -> rank in the contract's total order (absent is 0).
+RANK: Final[dict[str, int]] = {k: i + 1 for i, k in enumerate(KINDS)}
+
+_DEC, _BYTES, _DATE, _NAIVE, _AWARE = (
+    str(RANK[k]) for k in ("decimal", "bytes", "date", "datetime", "datetime_tz")
+)
+# Adjusted exponents of storable Decimals lie in [-6176, 6177]; biased by
+# 10000 they always take five digits, so the text compares like the number.
+_EXP_BIAS: Final = 10000
+
+
+# ----------------------------------------------------------------- sort keys
+
+
+def decimal_key(value: decimal.Decimal) -> str:
+    """An order-preserving text for a finite Decimal (equal values, equal texts).
+
+    Zero is ``o``. A positive number is ``p``, its biased adjusted exponent in
+    five digits, then its significant digits without trailing zeros; a negative
+    one is ``n``, the exponent mirrored, the digits nine-complemented and ``~``
+    (so that a longer digit string, a larger magnitude, sorts first).
+    """
+    sign, digits_t, exponent = value.as_tuple()
+    digits = "".join(map(str, digits_t)).rstrip("0")
+    if not digits:
+        return "o"
+    assert isinstance(exponent, int)
+    # The adjusted exponent: the power of ten of the first significant digit.
+    adjusted = exponent + len(digits_t) - 1
+    if sign == 0:
+        return f"p{_EXP_BIAS + adjusted:05d}{digits}"
+    flipped = digits.translate(_NINES)
+    return f"n{_EXP_BIAS - adjusted:05d}{flipped}~"
+
+
+_NINES: Final = str.maketrans("0123456789", "9876543210")
+
+
+def decimal_from_key(key: str) -> decimal.Decimal:
+    """The canonical Decimal of a :func:`decimal_key` text."""
+    if key == "o":
+        return decimal.Decimal(0)
+    if key[0] == "p":
+        adjusted = int(key[1:6]) - _EXP_BIAS
+        digits = key[6:]
+        sign = 0
+    else:
+        adjusted = _EXP_BIAS - int(key[1:6])
+        digits = key[6:-1].translate(_NINES)
+        sign = 1
+    return decimal.Decimal((sign, tuple(map(int, digits)), adjusted - len(digits) + 1))
+
+
+def sort_key(value: Any) -> str:
+    """The tagged sort key (rank digit first) of a Decimal, bytes, date or datetime."""
+    t = type(value)
+    if t is decimal.Decimal:
+        return _DEC + decimal_key(value)
+    if t is bytes:
+        return _BYTES + value.hex()
+    if t is datetime.datetime:
+        if value.tzinfo is None:
+            return _NAIVE + value.isoformat(timespec="microseconds")
+        utc = value.astimezone(datetime.UTC).replace(tzinfo=None)
+        return _AWARE + utc.isoformat(timespec="microseconds")
+    if t is datetime.date:
+        return _DATE + value.isoformat()
+    raise TypeError(f"{t.__name__} is not a tagged kind")
+
+
+def _tagged(value: Any) -> dict[str, str]:
+    """The stored JSON form of a tagged value (json.dumps ``default`` hook)."""
+    try:
+        key = sort_key(value)
+    except TypeError:
+        raise TypeError(f"{type(value).__name__} is not storable") from None
+    if type(value) is decimal.Decimal:
+        text = str(value)
+        if text != str(decimal_from_key(key[1:])):
+            return {TAG: key, RAW: text}
+    return {TAG: key}
+
+
+# ------------------------------------------------------------------- writing
+
+_dumps_plain: Final = functools.partial(
+    json.dumps, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_tagged
+)
+
+
+def dumps(value: Any) -> str:
+    """The stored JSON text of a domain value (SQLite form)."""
+    return _dumps_plain(value)
+
+
+# A JSON string (skipped as a whole) or a number with a positive exponent or
+# exactly -0.0: the only number tokens jsonb would print differently.
+_PG_FIX: Final = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+|-0\.0(?![\d.e])')
+
+
+def _pg_number(match: re.Match[str]) -> str:
+    token = match.group()
+    if token[0] == '"':
+        return token
+    if token == "-0.0":
+        return "0.00"
+    text = format(decimal.Decimal(token), "f")
+    return text if "." in text else text + ".0"
+
+
+def _fix_pg(text: str) -> str:
+    if "e+" in text or "-0.0" in text:
+        return _PG_FIX.sub(_pg_number, text)
+    return text
+
+
+def dumps_pg(value: Any) -> str:
+    """The stored JSON text of a domain value for PostgreSQL ``jsonb``."""
+    return _fix_pg(_dumps_plain(value))
+
+
+_dumps_match: Final = functools.partial(
+    json.dumps,
+    ensure_ascii=False,
+    separators=(",", ":"),
+    allow_nan=False,
+    default=lambda value: {TAG: sort_key(value)},
+)
+
+
+def dumps_pg_match(value: Any) -> str:
+    """jsonb text to compare stored values with: Decimals without their exact text.
+
+    jsonb equality and containment then hold exactly for strictly equal values
+    once the ``"$r"`` members of stored Decimals are ignored (see
+    :func:`decimal_paths`); containment ignores them by itself.
+    """
+    return _fix_pg(_dumps_match(value))
+
+
+def decimal_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """jsonb paths (list indexes as text) of the ``"$r"`` members Decimals in ``value`` may have."""
+    t = type(value)
+    if t is decimal.Decimal:
+        return [[*prefix, RAW]]
+    if t is list:
+        return [p for i, v in enumerate(value) for p in decimal_paths(v, (*prefix, str(i)))]
+    if t is dict:
+        return [p for k, v in value.items() for p in decimal_paths(v, (*prefix, k))]
+    return []
+
+
+# ------------------------------------------------------------------- reading
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    key = obj[TAG]
+    try:
+        rank, body = key[0], key[1:]
+        if rank == _DEC:
+            raw = obj.get(RAW)
+            return decimal.Decimal(raw) if raw is not None else decimal_from_key(body)
+        if rank == _BYTES:
+            return bytes.fromhex(body)
+        if rank == _DATE:
+            return datetime.date.fromisoformat(body)
+        if rank == _NAIVE:
+            return datetime.datetime.fromisoformat(body)
+        if rank == _AWARE:
+            return datetime.datetime.fromisoformat(body).replace(tzinfo=datetime.UTC)
+    except (TypeError, ValueError, IndexError, decimal.InvalidOperation) as e:
+        raise ValidationError(f"malformed tagged value {obj!r}: {e}") from e
+    raise ValidationError(f"unknown tagged value {obj!r}")
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    if TAG in obj:
+        return _untag(obj)
+    # A JSON null written by another client reads as absent.
+    if None in obj.values():
+        return {k: v for k, v in obj.items() if v is not None}
+    return obj
+
+
+_loads: Final = functools.partial(json.loads, object_hook=_object_hook)
+
+
+def loads(text: str | bytes) -> Any:
+    """The domain value of stored JSON text."""
+    return _loads(text)
+
+
+def _pg_float(token: str) -> float:
+    # "0.00" is how dumps_pg writes -0.0 (jsonb has no negative zero).
+    return -0.0 if token == "0.00" else float(token)
+
+
+_loads_pg: Final = functools.partial(
+    json.loads, object_hook=_object_hook, parse_float=_pg_float
+)
+
+
+def loads_pg(text: str | bytes) -> Any:
+    """The domain value of JSON text printed by PostgreSQL ``jsonb``."""
+    return _loads_pg(text)
+
+
+# --------------------------------------------------------- canonical equality
+
+
+def _canonical_number(value: int | float) -> int | float:
+    # Equal numbers get one text: an integral float in the int64 range is
+    # written as the int it equals (-0.0 becomes 0).
+    if type(value) is float and value.is_integer() and INT_MIN <= value <= INT_MAX:
+        return int(value)
+    return value
+
+
+def _canonical_ready(value: Any) -> Any:
+    k = kind_of(value)
+    if k == "number":
+        return _canonical_number(value)
+    if k == "list":
+        return [_canonical_ready(v) for v in value]
+    if k == "dict":
+        return {name: _canonical_ready(v) for name, v in value.items()}
+    if k in ("str", "bool"):
+        return value
+    return {TAG: sort_key(value)}
+
+
+def canonical(value: Any) -> str:
+    """One JSON text per equivalence class of strict equality (for list/dict equality).
+
+    Dict keys sorted, numbers that are equal written alike, Decimals by sort key.
+    """
+    return json.dumps(
+        _canonical_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_from_json(text: str) -> str:
+    """:func:`canonical` of the value a stored JSON text holds."""
+    return canonical(loads(text))

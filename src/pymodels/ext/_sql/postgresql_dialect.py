@@ -1,0 +1,247 @@
+"""PostgreSQL's SQL for the shared compiler (PostgreSQL 12+, jsonb; tested on 15).
+
+Expressions over ``body`` (jsonb) at a path, written ``J`` (``body->'a'->'b'``):
+
+* ``rank(J)``: the contract's kind rank from ``jsonb_typeof`` (tagged objects
+  take it from the first character of their ``"$"`` member); 0 when absent.
+* ``num(J)``: the jsonb value itself for numbers and booleans (jsonb compares
+  numbers as ``numeric``, exactly), ``'null'`` for other kinds, NULL if absent.
+* ``txt(J)``: the text of a str or the sort key of a tagged value, ``''`` for
+  other kinds, NULL if absent, always ``COLLATE "C"``: code point order on any
+  cluster (a linguistic collation would sort ``"B" < "a"`` differently).
+
+``ORDER BY rank, num, txt`` is the contract's order (lists and dicts tie and
+are re-sorted in Python). Every expression is NULL-safe (a CASE on
+``jsonb_typeof``, never a cast that can fail), so an expression index over
+them never makes a record of another kind fail to insert. Equality binds all
+three (``rank = 4 AND num = 'null' AND txt = $1``) so that a compound index
+on ``(rank, num, txt)`` of one field then another gives ordered scans.
+
+What PostgreSQL cannot decide exactly runs as a superset re-checked in Python:
+``lower()`` folds ASCII only under ``COLLATE "C"`` (and differs from Python's
+``str.lower()`` under any locale), and its regular expressions are not
+Python's. The case-insensitive ops and ``like`` are still narrowed for
+all-ASCII strings, where ``lower(x COLLATE "C")`` is ``str.lower()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ...values import kind_of
+from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, join, str_successor
+from .encoding import RANK, decimal_paths, dumps_pg_match, sort_key
+
+__all__ = ["PostgresDialect"]
+
+_TAGGED: Final = frozenset({"decimal", "bytes", "date", "datetime", "datetime_tz"})
+_WORD: Final = re.compile(r"\w+")
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL 12+ with jsonb."""
+
+    name = "postgresql"
+
+    def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
+        parts = frag.sql.split(PARAM)
+        out = [parts[0]]
+        for i, part in enumerate(parts[1:], 1):
+            out.append(f"${i}")
+            out.append(part)
+        return "".join(out), frag.params
+
+    # --------------------------------------------------------- expressions
+
+    def j(self, path: Sequence[str]) -> str:
+        """The jsonb value at ``path`` (NULL when absent)."""
+        return "body" + "".join(f"->{self.literal(p)}" for p in path)
+
+    def tx(self, path: Sequence[str]) -> str:
+        """The text at ``path`` (``->>``: a str's characters, unquoted)."""
+        return self.j(path[:-1]) + f"->>{self.literal(path[-1])}"
+
+    def typeof(self, path: Sequence[str]) -> str:
+        return f"jsonb_typeof({self.j(path)})"
+
+    def rank(self, path: tuple[str, ...]) -> str:
+        j = self.j(path)
+        return (
+            f"CASE jsonb_typeof({j}) WHEN 'string' THEN 4 WHEN 'number' THEN 2 "
+            "WHEN 'boolean' THEN 1 WHEN 'array' THEN 9 "
+            f"WHEN 'object' THEN coalesce(ascii({j}->>'$') - 48, 10) ELSE 0 END"
+        )
+
+    def num(self, path: tuple[str, ...]) -> str:
+        j = self.j(path)
+        return (
+            f"CASE jsonb_typeof({j}) WHEN 'number' THEN {j} WHEN 'boolean' THEN {j} "
+            "WHEN 'string' THEN 'null'::jsonb WHEN 'array' THEN 'null'::jsonb "
+            "WHEN 'object' THEN 'null'::jsonb END"
+        )
+
+    def txt(self, path: tuple[str, ...]) -> str:
+        j = self.j(path)
+        return (
+            f"(CASE jsonb_typeof({j}) WHEN 'string' THEN {self.tx(path)} "
+            f"WHEN 'object' THEN coalesce({j}->>'$', '') WHEN 'number' THEN '' "
+            "WHEN 'boolean' THEN '' WHEN 'array' THEN '' END) COLLATE \"C\""
+        )
+
+    def unique_term(self, path: tuple[str, ...]) -> str:
+        """What tells lists and dicts apart in a unique index (jsonb equality)."""
+        j = self.j(path)
+        return (
+            f"CASE jsonb_typeof({j}) WHEN 'array' THEN {j} "
+            f"WHEN 'object' THEN (CASE WHEN {j} ? '$' THEN 'null'::jsonb ELSE {j} END) "
+            "WHEN 'string' THEN 'null'::jsonb WHEN 'number' THEN 'null'::jsonb "
+            "WHEN 'boolean' THEN 'null'::jsonb END"
+        )
+
+    def order_terms(self, path: tuple[str, ...]) -> list[str]:
+        return [self.rank(path), self.num(path), self.txt(path)]
+
+    def _is_string(self, path: tuple[str, ...]) -> str:
+        return f"{self.typeof(path)} = 'string'"
+
+    # --------------------------------------------------------------- leaves
+
+    def exists(self, path: tuple[str, ...], present: bool) -> Leaf:
+        # A JSON null (written by another client) reads as absent.
+        op = "<>" if present else "="
+        return Leaf(Frag(f"coalesce({self.typeof(path)}, 'null') {op} 'null'"))
+
+    def _scalar(self, path: tuple[str, ...], op: str, values: tuple[Any, ...]) -> Frag:
+        """``rank = k AND <the kind's column> op values`` for scalars of one kind."""
+        k = kind_of(values[0])
+        rank = self.rank(path)
+        if k in ("number", "bool"):
+            rhs = " AND ".join([f"{PARAM}::jsonb"] * len(values))
+            sql = f"{rank} = {RANK[k]} AND {self.num(path)} {op} {rhs}"
+            if op == "=":
+                sql += f" AND {self.txt(path)} = ''"
+            return Frag(sql, tuple(dumps_pg_match(v) for v in values))
+        rhs = " AND ".join([f"{PARAM}::text"] * len(values))
+        sql = f"{rank} = {RANK[k]} AND {self.num(path)} = 'null'::jsonb AND {self.txt(path)} "
+        params = tuple(sort_key(v) if k in _TAGGED else v for v in values)
+        return Frag(f"{sql}{op} {rhs}", params)
+
+    def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
+        return Leaf(self._scalar(path, op, (value,)))
+
+    def between(self, path: tuple[str, ...], low: Any, high: Any) -> Leaf:
+        return Leaf(self._scalar(path, "BETWEEN", (low, high)))
+
+    def _strip_equal(self, expr: str, value: Any) -> Frag:
+        """``expr`` (jsonb) strictly equals ``value``, a list or dict.
+
+        jsonb ``=`` is deep, ignores key order and compares numbers as numeric,
+        which is the contract's equality once the exact text of Decimals is
+        removed at the places where ``value`` holds Decimals.
+        """
+        strip = decimal_paths(value)
+        sql = expr + "".join(f" #- {PARAM}::text[]" for _ in strip)
+        if strip:
+            sql = f"({sql})"
+        return Frag(f"{sql} = {PARAM}::jsonb", (*strip, dumps_pg_match(value)))
+
+    def container_equals(self, path: tuple[str, ...], value: Any) -> Leaf:
+        return Leaf(self._strip_equal(self.j(path), value))
+
+    def list_has(self, path: tuple[str, ...], values: Sequence[Any]) -> Leaf:
+        j = self.j(path)
+        parts: list[Frag] = []
+        # Containment of a one-element array is element equality for scalars
+        # (a GIN jsonb_path_ops index on the path serves it); not for lists or
+        # dicts, where containment is looser than equality.
+        scalars = [v for v in values if kind_of(v) not in ("list", "dict")]
+        parts.extend(Frag(f"{j} @> {PARAM}::jsonb", (dumps_pg_match([v]),)) for v in scalars)
+        containers = [v for v in values if kind_of(v) in ("list", "dict")]
+        if containers:
+            inner = join(" OR ", (self._strip_equal("e.v", v) for v in containers))
+            parts.append(
+                Frag(
+                    "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN "
+                    f"jsonb_typeof({j}) = 'array' THEN {j} END) AS e(v) WHERE {inner.sql})",
+                    inner.params,
+                )
+            )
+        return Leaf(parts[0] if len(parts) == 1 else join(" OR ", parts))
+
+    def str_contains(self, path: tuple[str, ...], value: str) -> Leaf:
+        sql = f"{self._is_string(path)} AND strpos({self.tx(path)}, {PARAM}::text) > 0"
+        return Leaf(Frag(sql, (value,)))
+
+    def startswith(self, path: tuple[str, ...], prefix: str) -> Leaf:
+        # A range under COLLATE "C" (byte order of UTF-8 = code point order):
+        # exact and indexable, never LIKE.
+        upper = str_successor(prefix)
+        low = self._scalar(path, ">=", (prefix,))
+        if upper is None:
+            return Leaf(low)
+        return Leaf(Frag(f"{low.sql} AND {self.txt(path)} < {PARAM}::text", (prefix, upper)))
+
+    def endswith(self, path: tuple[str, ...], suffix: str) -> Leaf:
+        if not suffix:
+            return Leaf(Frag(self._is_string(path)))
+        sql = f"{self._is_string(path)} AND right({self.tx(path)}, {PARAM}::int) = {PARAM}::text"
+        return Leaf(Frag(sql, (len(suffix), suffix)))
+
+    def _ascii_or(self, path: tuple[str, ...], test: Frag) -> Leaf:
+        """A superset: ``test`` on all-ASCII strings, every other string passes.
+
+        For ASCII text ``lower(x COLLATE "C")`` is exactly ``str.lower()``;
+        beyond ASCII (``"K"`` Kelvin sign lowers to ``"k"`` in Python, not in
+        PostgreSQL) Python decides.
+        """
+        tx = self.tx(path)
+        sql = (
+            f"{self._is_string(path)} AND (octet_length({tx}) <> char_length({tx}) "
+            f"OR ({test.sql}))"
+        )
+        return Leaf(Frag(sql, test.params), exact=False)
+
+    def _folded(self, path: tuple[str, ...]) -> str:
+        return f'lower({self.tx(path)} COLLATE "C")'
+
+    def case_insensitive(self, path: tuple[str, ...], op: str, value: str) -> Leaf:
+        low = value.lower()
+        folded = self._folded(path)
+        if op == "iequals":
+            test = Frag(f"{folded} = {PARAM}::text", (low,))
+        elif op == "icontains":
+            test = Frag(f"strpos({folded}, {PARAM}::text) > 0", (low,))
+        elif op == "istartswith":
+            test = Frag(f"starts_with({folded}, {PARAM}::text)", (low,))
+        else:
+            test = Frag(f"right({folded}, {PARAM}::int) = {PARAM}::text", (len(low), low))
+        return self._ascii_or(path, test)
+
+    def regex(self, path: tuple[str, ...], pattern: str, ignore_case: bool) -> Leaf:
+        # PostgreSQL's regular expressions are not Python's (\d, \b, \Z,
+        # classes, case folding differ): only the kind runs here.
+        return Leaf(Frag(self._is_string(path)), exact=False)
+
+    def date_part(self, path: tuple[str, ...], part: str, value: int) -> Leaf:
+        # Sort keys of dates and datetimes: rank digit, then YYYY-MM-DD... (UTC when aware).
+        start, width, top = {"year": (2, 4, 9999), "month": (7, 2, 12), "day": (10, 2, 31)}[part]
+        if not 1 <= value <= top:
+            return Leaf(FALSE)
+        tag = f"({self.j(path)}->>'$')"
+        sql = f"left({tag}, 1) IN ('6', '7', '8') AND substr({tag}, {start}, {width}) = {PARAM}"
+        return Leaf(Frag(sql, (f"{value:0{width}d}",)))
+
+    def like(self, path: tuple[str, ...], value: str) -> Leaf:
+        # Every word of the value is a substring of the lowered field: a
+        # superset of "is one of its words", exact enough to use for ASCII.
+        words = sorted(set(_WORD.findall(value.lower())))
+        if not words:
+            return Leaf(Frag(self._is_string(path)))
+        folded = self._folded(path)
+        test = join(" AND ", (Frag(f"strpos({folded}, {PARAM}::text) > 0", (w,)) for w in words))
+        return self._ascii_or(path, test)
+
+    def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
+        return Leaf(Frag(f"{self.typeof(path)} IN ('string', 'array')"))

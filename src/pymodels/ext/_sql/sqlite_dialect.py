@@ -1,0 +1,254 @@
+"""SQLite's SQL for the shared compiler (SQLite 3.38+ with JSON1; tested on 3.40).
+
+Expressions over ``body`` (JSON text) at a path ``P`` (``'$."a"."b"'``):
+
+* ``rank(P)``: ``CASE json_type(body, P) ...`` giving the contract's kind rank;
+  tagged objects take their rank from the first character of their ``"$"`` key.
+* ``value(P)``: ``coalesce(json_extract(body, P."$"), json_extract(body, P))``:
+  the sort key of a tagged value, else what ``json_extract`` returns (0/1 for
+  booleans, the number, the text, the JSON text of a list or dict).
+
+``ORDER BY rank, value`` is the contract's order except among lists and among
+dicts (their JSON text does not sort element by element), which the shared
+query re-sorts in Python. Every comparison carries ``rank = k``: SQLite
+compares text above numbers and gives 1 for ``true``, so the kind guard is what
+makes ``a > 5`` false for ``"6"`` and ``true``. An index on ``(rank, value)``
+serves equality, ranges and order; the queries spell those expressions exactly.
+
+Some predicates call functions this module registers on every connection
+(deterministic, so SQLite may cache them; never used in indexes or schema, so
+the file stays readable by any SQLite tool): ``pm_lower`` (``str.lower``),
+``pm_regexp`` (``re.search``), ``pm_like`` (the ``like`` word test) and
+``pm_canon`` (canonical JSON text, for list and dict equality where ``1`` and
+``1.0`` are equal).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+from ...values import kind_of
+from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, join, str_successor
+from .encoding import RANK, canonical, canonical_from_json, sort_key
+
+__all__ = ["SQLiteDialect", "register_functions"]
+
+_TAGGED: Final = frozenset({"decimal", "bytes", "date", "datetime", "datetime_tz"})
+_WORD: Final = re.compile(r"\w+")
+
+
+# ------------------------------------------------------ registered functions
+
+
+def _pm_lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str, ignore_case: int) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+
+
+def _pm_regexp(pattern: str, ignore_case: int, text: Any) -> int:
+    if not isinstance(text, str):
+        return 0
+    return int(_regex(pattern, ignore_case).search(text) is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(text.lower()))
+
+
+def _pm_like(text: Any, value: str) -> int:
+    if not isinstance(text, str):
+        return 0
+    wanted = _words(value)
+    return int(wanted <= frozenset(_WORD.findall(text.lower())))
+
+
+def _pm_canon(text: Any) -> Any:
+    return canonical_from_json(text) if isinstance(text, str) else None
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Register the functions compiled queries call (once per connection)."""
+    conn.create_function("pm_lower", 1, _pm_lower, deterministic=True)
+    conn.create_function("pm_regexp", 3, _pm_regexp, deterministic=True)
+    conn.create_function("pm_like", 2, _pm_like, deterministic=True)
+    conn.create_function("pm_canon", 1, _pm_canon, deterministic=True)
+
+
+# --------------------------------------------------------------- the dialect
+
+
+def _json_path(path: Sequence[str]) -> str:
+    # Field names hold no '"' or '.', so quoting each part needs no escaping.
+    return "$" + "".join(f'."{part}"' for part in path)
+
+
+def _bind(value: Any) -> Any:
+    """The SQL parameter that compares with ``value(P)`` for a scalar of any kind."""
+    k = kind_of(value)
+    if k == "bool":
+        return int(value)
+    if k in _TAGGED:
+        return sort_key(value)
+    return value
+
+
+class SQLiteDialect(Dialect):
+    """SQLite 3.38+ (JSON1 built in)."""
+
+    name = "sqlite"
+
+    def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
+        return frag.sql.replace(PARAM, "?"), frag.params
+
+    # --------------------------------------------------------- expressions
+
+    def path_literal(self, path: Sequence[str]) -> str:
+        return self.literal(_json_path(path))
+
+    def json_type(self, path: tuple[str, ...]) -> str:
+        return f"json_type(body, {self.path_literal(path)})"
+
+    def text(self, path: tuple[str, ...]) -> str:
+        """The value at ``path`` (a str when ``json_type`` is 'text')."""
+        return f"json_extract(body, {self.path_literal(path)})"
+
+    def tag(self, path: tuple[str, ...]) -> str:
+        """The sort key of a tagged value at ``path``, else NULL."""
+        return f"json_extract(body, {self.path_literal((*path, '$'))})"
+
+    def rank(self, path: tuple[str, ...]) -> str:
+        return (
+            f"CASE {self.json_type(path)} WHEN 'text' THEN 4 WHEN 'integer' THEN 2 "
+            "WHEN 'real' THEN 2 WHEN 'true' THEN 1 WHEN 'false' THEN 1 WHEN 'array' THEN 9 "
+            f"WHEN 'object' THEN coalesce(unicode({self.tag(path)}) - 48, 10) ELSE 0 END"
+        )
+
+    def value(self, path: tuple[str, ...]) -> str:
+        return f"coalesce({self.tag(path)}, {self.text(path)})"
+
+    def order_terms(self, path: tuple[str, ...]) -> list[str]:
+        return [self.rank(path), self.value(path)]
+
+    def _is_text(self, path: tuple[str, ...]) -> str:
+        return f"{self.json_type(path)} = 'text'"
+
+    # --------------------------------------------------------------- leaves
+
+    def exists(self, path: tuple[str, ...], present: bool) -> Leaf:
+        # A JSON null (written by another client) reads as absent.
+        op = "<>" if present else "="
+        return Leaf(Frag(f"coalesce({self.json_type(path)}, 'null') {op} 'null'"))
+
+    def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
+        rank = RANK[kind_of(value)]
+        sql = f"{self.rank(path)} = {rank} AND {self.value(path)} {op} {PARAM}"
+        return Leaf(Frag(sql, (_bind(value),)))
+
+    def between(self, path: tuple[str, ...], low: Any, high: Any) -> Leaf:
+        rank = RANK[kind_of(low)]
+        sql = f"{self.rank(path)} = {rank} AND {self.value(path)} BETWEEN {PARAM} AND {PARAM}"
+        return Leaf(Frag(sql, (_bind(low), _bind(high))))
+
+    def container_equals(self, path: tuple[str, ...], value: Any) -> Leaf:
+        rank = RANK[kind_of(value)]
+        sql = f"{self.rank(path)} = {rank} AND pm_canon({self.text(path)}) = {PARAM}"
+        return Leaf(Frag(sql, (canonical(value),)))
+
+    def _element(self, value: Any) -> Frag:
+        """Whether the json_each row ``e`` is an element equal to ``value``."""
+        k = kind_of(value)
+        if k == "bool":
+            return Frag(f"e.type = '{'true' if value else 'false'}'")
+        if k == "number":
+            return Frag(f"e.type IN ('integer', 'real') AND e.atom = {PARAM}", (value,))
+        if k == "str":
+            return Frag(f"e.type = 'text' AND e.atom = {PARAM}", (value,))
+        if k in _TAGGED:
+            return Frag(
+                f"e.type = 'object' AND json_extract(e.value, '$.\"$\"') = {PARAM}",
+                (sort_key(value),),
+            )
+        json_type = "array" if k == "list" else "object"
+        return Frag(
+            f"e.type = '{json_type}' AND pm_canon(e.value) = {PARAM}", (canonical(value),)
+        )
+
+    def list_has(self, path: tuple[str, ...], values: Sequence[Any]) -> Leaf:
+        inner = join(" OR ", (self._element(v) for v in values))
+        sql = (
+            f"{self.json_type(path)} = 'array' AND EXISTS (SELECT 1 FROM "
+            f"json_each(body, {self.path_literal(path)}) AS e WHERE {inner.sql})"
+        )
+        return Leaf(Frag(sql, inner.params))
+
+    def str_contains(self, path: tuple[str, ...], value: str) -> Leaf:
+        sql = f"{self._is_text(path)} AND instr({self.text(path)}, {PARAM}) > 0"
+        return Leaf(Frag(sql, (value,)))
+
+    def startswith(self, path: tuple[str, ...], prefix: str) -> Leaf:
+        # A range on value(P), never LIKE (which ignores ASCII case): indexable
+        # and exact, since text compares by code point (BINARY collation).
+        sql = f"{self.rank(path)} = 4 AND {self.value(path)} >= {PARAM}"
+        params: tuple[Any, ...] = (prefix,)
+        upper = str_successor(prefix)
+        if upper is not None:
+            sql += f" AND {self.value(path)} < {PARAM}"
+            params += (upper,)
+        return Leaf(Frag(sql, params))
+
+    def endswith(self, path: tuple[str, ...], suffix: str) -> Leaf:
+        if not suffix:
+            return Leaf(Frag(self._is_text(path)))
+        # substr(x, -n) is the last n characters (all of x when shorter).
+        sql = f"{self._is_text(path)} AND substr({self.text(path)}, {PARAM}) = {PARAM}"
+        return Leaf(Frag(sql, (-len(suffix), suffix)))
+
+    def case_insensitive(self, path: tuple[str, ...], op: str, value: str) -> Leaf:
+        # pm_lower is Python's str.lower(), so this is the contract exactly.
+        low = value.lower()
+        folded = f"pm_lower({self.text(path)})"
+        guard = self._is_text(path)
+        if op == "iequals":
+            return Leaf(Frag(f"{guard} AND {folded} = {PARAM}", (low,)))
+        if op == "icontains":
+            return Leaf(Frag(f"{guard} AND instr({folded}, {PARAM}) > 0", (low,)))
+        if not low:
+            return Leaf(Frag(guard))
+        if op == "istartswith":
+            sql = f"{guard} AND substr({folded}, 1, {PARAM}) = {PARAM}"
+            return Leaf(Frag(sql, (len(low), low)))
+        sql = f"{guard} AND substr({folded}, {PARAM}) = {PARAM}"
+        return Leaf(Frag(sql, (-len(low), low)))
+
+    def regex(self, path: tuple[str, ...], pattern: str, ignore_case: bool) -> Leaf:
+        sql = f"{self._is_text(path)} AND pm_regexp({PARAM}, {PARAM}, {self.text(path)})"
+        return Leaf(Frag(sql, (pattern, int(ignore_case))))
+
+    def date_part(self, path: tuple[str, ...], part: str, value: int) -> Leaf:
+        # Sort keys of dates and datetimes: rank digit, then YYYY-MM-DD... (UTC when aware).
+        start, width, top = {"year": (2, 4, 9999), "month": (7, 2, 12), "day": (10, 2, 31)}[part]
+        if not 1 <= value <= top:
+            return Leaf(FALSE)
+        tag = self.tag(path)
+        sql = (
+            f"substr({tag}, 1, 1) IN ('6', '7', '8') "
+            f"AND substr({tag}, {start}, {width}) = {PARAM}"
+        )
+        return Leaf(Frag(sql, (f"{value:0{width}d}",)))
+
+    def like(self, path: tuple[str, ...], value: str) -> Leaf:
+        sql = f"{self._is_text(path)} AND pm_like({self.text(path)}, {PARAM})"
+        return Leaf(Frag(sql, (value,)))
+
+    def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
+        return Leaf(Frag(f"{self.json_type(path)} IN ('text', 'array')"))
+

@@ -1,0 +1,818 @@
+"""The conformance suite every backend runs (API.md sections 2 to 6).
+
+A backend runs the whole suite by subclassing :class:`StorageTests` and
+providing one fixture, ``storage_factory``: a callable that opens a new storage
+on the same database each time it is called (empty when the test starts)::
+
+    class TestMyBackend(StorageTests):
+        @pytest.fixture
+        def storage_factory(self, tmp_path):
+            return lambda: pymodels.get_storage({"backend": "mine", "path": str(tmp_path / "db")})
+
+Tests are never gated by backend name. Lookups, ordering, slicing and round
+trips are never gated at all; storage capabilities (transactions, unique
+indexes, ...) are, with :func:`requires`, which skips with the reason.
+The differential tests compare each backend with :mod:`pymodels.testing.oracle`,
+an evaluator that shares no code with the library.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pymodels import (
+    BulkWriteError,
+    ConflictError,
+    Document,
+    DoesNotExist,
+    Field,
+    IntegrityError,
+    InvalidQuery,
+    NotSupported,
+    PyModelsError,
+    Q,
+    ValidationError,
+)
+from pymodels.storage import BaseStorage
+
+from . import oracle
+from . import strategies as pst
+
+__all__ = ["StorageTests", "identical", "requires", "stored_form"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Factory = Callable[[], BaseStorage]
+
+UTC = dt.UTC
+
+
+def requires(*flags: str) -> Callable[[F], F]:
+    """Skip the test (with the reason) unless the storage's features have these flags."""
+
+    def mark(fn: F) -> F:
+        fn.__pymodels_requires__ = flags  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+# -------------------------------------------------------------- exact equality
+
+
+def stored_form(value: Any) -> Any:
+    """What a value reads back as: aware datetimes in UTC, ``None`` dict entries gone."""
+    if isinstance(value, dict):
+        return {k: stored_form(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [stored_form(v) for v in value]
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC)
+    return value
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Equal with the same types at every depth (``1 != 1.0``, ``Decimal("2.5") != "2.50"``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return bool(a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, Decimal):
+        return bool(a.as_tuple() == b.as_tuple())
+    if isinstance(a, dt.datetime):
+        return bool(a == b and a.utcoffset() == b.utcoffset())
+    return bool(a == b)
+
+
+# -------------------------------------------------------------- documents used
+
+
+class Country(Document):
+    name: str
+    code: str = Field(min_length=2, max_length=2)
+
+
+class Person(Document):
+    first_name: str
+    last_name: str = ""
+    age: int | None = None
+    birth_date: dt.date | None = None
+    birth_place: Country | None = None
+    tags: list[str] = []
+
+    class Meta:
+        must_have = {"first_name__exists": True}
+        indexes = ["last_name", ("tags", "-birth_date")]
+
+
+class Employee(Person):
+    company: str
+
+    class Meta:
+        must_not_have = {"retired": True}
+
+
+class Node(Document):
+    label: str
+    next: Node | None = None
+    children: list[Node] = []
+
+
+class Versioned(Document):
+    title: str
+
+    class Meta:
+        version_field = "v"
+
+
+class Profile(Document):
+    nick: str
+    address: dict[str, Any] = {}
+
+
+EVERY_KIND: dict[str, Any] = {
+    "s": "héllo wörld ✓ $%_*.^'\"",
+    "i": -(2**63),
+    "j": 2**63 - 1,
+    "f": 0.1,
+    "big": 1e16,
+    "whole": 3.0,
+    "neg0": -0.0,
+    "t": True,
+    "fa": False,
+    "d": Decimal("2.50"),
+    "dneg": Decimal("-1E-30"),
+    "b": b"\x00\xff bytes",
+    "date": dt.date(1999, 12, 31),
+    "naive": dt.datetime(2020, 2, 29, 23, 59, 59, 999999),
+    "aware": dt.datetime(2021, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    "list": [1, 1.0, "1", [True], {"k": None, "z": b""}],
+    "dict": {"n": {"m": [Decimal("0.000")]}, "e": {}},
+    "empty_s": "",
+    "empty_l": [],
+}
+
+
+class StorageTests:
+    """Subclass and provide ``storage_factory`` to run the conformance suite."""
+
+    # ----------------------------------------------------------- fixtures
+
+    @pytest.fixture
+    def storage_factory(self) -> Factory:
+        """Override: a callable opening a new storage on one (initially empty) database."""
+        raise NotImplementedError("StorageTests subclasses must provide storage_factory")
+
+    @pytest.fixture
+    def storage(self, storage_factory: Factory) -> Iterator[BaseStorage]:
+        s = storage_factory()
+        s.clear()
+        try:
+            yield s
+        finally:
+            s.close()
+
+    @pytest.fixture(autouse=True)
+    def _capabilities(self, request: pytest.FixtureRequest) -> None:
+        flags = getattr(request.function, "__pymodels_requires__", ())
+        if not flags:
+            return
+        storage = request.getfixturevalue("storage")
+        missing = [f for f in flags if not getattr(storage.features, f)]
+        if missing:
+            pytest.skip(f"{type(storage).__module__} lacks {', '.join(missing)}")
+
+    # ============================================================ records
+
+    def test_save_returns_str_pk_and_get_round_trips_every_kind(self, storage: BaseStorage) -> None:
+        pk = storage.save(EVERY_KIND)
+        assert isinstance(pk, str) and pk
+        loaded = dict(storage.get(None, pk))
+        assert identical(loaded, stored_form(EVERY_KIND)), loaded
+
+    def test_reopened_storage_reads_the_same(self, storage_factory: Factory) -> None:
+        first = storage_factory()
+        first.clear()
+        pk = first.save(EVERY_KIND)
+        first.close()
+        with storage_factory() as again:
+            assert identical(dict(again.get(None, pk)), stored_form(EVERY_KIND))
+            assert len(again) == 1
+
+    def test_save_with_primary_key_replaces_the_whole_record(self, storage: BaseStorage) -> None:
+        assert storage.save({"a": 1, "b": 2}, primary_key="k1") == "k1"
+        storage.save({"a": 3}, primary_key="k1")
+        assert dict(storage.get(None, "k1")) == {"a": 3}
+        assert len(storage) == 1
+
+    def test_insert_refuses_an_existing_pk(self, storage: BaseStorage) -> None:
+        storage.insert({"a": 1}, primary_key="k")
+        with pytest.raises(IntegrityError):
+            storage.insert({"a": 2}, primary_key="k")
+        assert dict(storage.get(None, "k")) == {"a": 1}
+        assert isinstance(storage.insert({"a": 3}), str)
+
+    def test_saving_after_delete_recreates(self, storage: BaseStorage) -> None:
+        storage.save({"a": 1}, primary_key="k")
+        storage.delete("k")
+        assert "k" not in storage
+        storage.save({"a": 2}, primary_key="k")
+        assert dict(storage.get(None, "k")) == {"a": 2}
+
+    def test_missing_records(self, storage: BaseStorage) -> None:
+        with pytest.raises(DoesNotExist):
+            storage.get(None, "nope")
+        with pytest.raises(KeyError):  # DoesNotExist is a KeyError
+            storage.get(None, "nope")
+        with pytest.raises(DoesNotExist):
+            storage.delete("nope")
+        assert "nope" not in storage
+
+    def test_get_many_aligns_with_pks(self, storage: BaseStorage) -> None:
+        a = storage.save({"first_name": "A"})
+        b = storage.save({"other": 1})
+        got = storage.get_many(Person, [b, "missing", a])
+        assert got[0] is None and got[1] is None
+        assert got[2] is not None and got[2].first_name == "A"
+
+    def test_len_contains_iter_and_clear(self, storage: BaseStorage) -> None:
+        assert len(storage) == 0 and list(storage) == []
+        pks = {storage.save({"n": i}) for i in range(5)}
+        assert len(storage) == 5
+        assert set(storage) == pks
+        assert all(pk in storage for pk in pks)
+        assert 5 not in storage  # not a str: never a pk
+        storage.clear()
+        assert len(storage) == 0 and list(storage) == [] and storage.query().count() == 0
+
+    def test_library_metadata_is_outside_the_namespace(self, storage: BaseStorage) -> None:
+        assert len(storage) == 0
+        assert list(storage) == []
+        assert list(storage.query()) == []
+        storage.save({"x": 1}, primary_key="only")
+        assert list(storage) == ["only"]
+        assert storage.query().values("x") == [1]
+
+    def test_none_means_absent(self, storage: BaseStorage) -> None:
+        pk = storage.save({"a": None, "b": 1, "c": {"d": None, "e": 2}})
+        assert dict(storage.get(None, pk)) == {"b": 1, "c": {"e": 2}}
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"s": "nul\x00"},
+            {"i": 2**63},
+            {"i": -(2**63) - 1},
+            {"f": float("nan")},
+            {"f": float("inf")},
+            {"d": Decimal("NaN")},
+            {"d": Decimal("1" * 35)},
+            {"t": (1, 2)},
+            {"o": object()},
+            {"l": [1, None]},
+            {"": 1},
+            {"a.b": 1},
+            {"a__b": 1},
+            {"_x": 1},
+            {"$x": 1},
+            {'q"': 1},
+            {"nested": {"bad.name": 1}},
+            {"s": "\ud800"},
+        ],
+    )
+    def test_values_outside_the_domain_raise_and_write_nothing(
+        self, storage: BaseStorage, bad: dict[str, Any]
+    ) -> None:
+        with pytest.raises(ValidationError):
+            storage.save(bad)
+        with pytest.raises(ValidationError):
+            storage.save({"ok": 1, **bad}, primary_key="p")
+        assert len(storage) == 0
+
+    @pytest.mark.parametrize("pk", ["", "nul\x00", 5, b"k"])
+    def test_bad_primary_keys(self, storage: BaseStorage, pk: Any) -> None:
+        with pytest.raises(ValidationError):
+            storage.save({"a": 1}, primary_key=pk)
+        assert len(storage) == 0
+
+    def test_generated_pks_are_unique_and_time_ordered(self, storage: BaseStorage) -> None:
+        pks = [storage.save({"n": i}) for i in range(50)]
+        assert len(set(pks)) == 50
+        assert pks == sorted(pks)
+        assert [d["n"] for d in storage.query()] == list(range(50))
+
+    def test_update_set_unset_inc(self, storage: BaseStorage) -> None:
+        pk = storage.save({"a": 1, "b": "x", "n": {"c": 1}})
+        assert storage.update(pk, a__inc=2, b__unset=True, n__c=5, n__d=[1], z=1.5) == 1
+        assert identical(dict(storage.get(None, pk)), {"a": 3, "n": {"c": 5, "d": [1]}, "z": 1.5})
+        assert storage.update(pk, a__inc=0.5) == 1
+        assert identical(storage.get(None, pk)["a"], 3.5)
+        assert storage.update("missing", a=1) == 0
+        assert storage.update(pk, fresh__inc=4) == 1
+        assert storage.get(None, pk)["fresh"] == 4
+
+    def test_update_rejects_bad_changes_and_changes_nothing(self, storage: BaseStorage) -> None:
+        pk = storage.save({"a": "text", "n": 1})
+        with pytest.raises(ValidationError):
+            storage.update(pk, a__inc=1)
+        with pytest.raises(ValidationError):
+            storage.update(pk, n__inc=True)
+        with pytest.raises(ValidationError):
+            storage.update(pk, bad_value=float("nan"))
+        with pytest.raises(ValidationError):
+            storage.update(pk, **{"$x": 1})
+        assert dict(storage.get(None, pk)) == {"a": "text", "n": 1}
+
+    def test_query_update_honours_slice(self, storage: BaseStorage) -> None:
+        for i in range(6):
+            storage.save({"n": i, "flag": False}, primary_key=f"k{i}")
+        q = storage.query().where(n__gte=1).order_by("-n")
+        assert q[:2].update(flag=True) == 2
+        assert sorted(storage.query().where(flag=True).values("n")) == [4, 5]
+        assert q.update(n__inc=10) == 5
+        assert sorted(storage.query().values("n")) == [0, 11, 12, 13, 14, 15]
+
+    # --------------------------------------------------------- save_many
+
+    def test_save_many_returns_pks_in_order(self, storage: BaseStorage) -> None:
+        pks = storage.save_many(({"n": i} for i in range(25)), batch_size=10)
+        assert len(pks) == 25 and len(set(pks)) == 25
+        assert [storage.get(None, pk)["n"] for pk in pks] == list(range(25))
+
+    def test_save_many_failure_reports_index_and_written(self, storage: BaseStorage) -> None:
+        items: list[Any] = [{"n": i} for i in range(7)]
+        items[5] = {"n": float("nan")}
+        with pytest.raises(BulkWriteError) as info:
+            storage.save_many(items, batch_size=3)
+        err = info.value
+        assert err.index == 5
+        assert isinstance(err.__cause__, ValidationError)
+        stored = sorted(d["n"] for d in storage.query())
+        if storage.features.transactions:
+            assert stored == [0, 1, 2]  # the failing batch (3, 4, 5) wrote nothing
+        else:
+            assert stored == [0, 1, 2, 3, 4]
+        assert sorted(storage.get(None, pk)["n"] for pk in err.written_pks) == stored
+
+    def test_save_many_documents(self, storage: BaseStorage) -> None:
+        people = [
+            Person(first_name=f"P{i}", birth_place=Country(name="X", code="XX")) for i in range(3)
+        ]
+        pks = storage.save_many(people)
+        assert pks == [p.pk for p in people]
+        assert Person.objects(storage).count() == 3 and Country.objects(storage).count() == 3
+
+    # ------------------------------------------------------- transactions
+
+    def test_transaction_without_support_raises(self, storage: BaseStorage) -> None:
+        if storage.features.transactions:
+            with storage.transaction():
+                storage.save({"a": 1}, primary_key="t")
+            assert "t" in storage
+        else:
+            with pytest.raises(NotSupported), storage.transaction():
+                pass  # pragma: no cover - never entered
+
+    @requires("transactions")
+    def test_transaction_rolls_back_on_error(self, storage: BaseStorage) -> None:
+        storage.save({"a": 0}, primary_key="keep")
+        with pytest.raises(RuntimeError), storage.transaction():
+            storage.save({"a": 1}, primary_key="t1")
+            storage.delete("keep")
+            storage.update("t1", a=2)
+            raise RuntimeError("boom")
+        assert "t1" not in storage
+        assert dict(storage.get(None, "keep")) == {"a": 0}
+
+    @requires("transactions")
+    def test_nested_transactions_join_the_outer_one(self, storage: BaseStorage) -> None:
+        with pytest.raises(RuntimeError), storage.transaction():
+            with storage.transaction():
+                storage.save({"a": 1}, primary_key="inner")
+            raise RuntimeError("outer fails")
+        assert "inner" not in storage
+
+    @requires("transactions")
+    def test_references_save_in_one_transaction(self, storage: BaseStorage) -> None:
+        bad = Person(first_name="X", birth_place=Country(name="C", code="CC"))
+        bad.birth_place["weird"] = "ok"  # type: ignore[index]
+        storage.save({"x": 1}, primary_key="taken")
+        with pytest.raises(IntegrityError):
+            storage.insert(bad, primary_key="taken")
+        assert Country.objects(storage).count() == 0
+
+    # ------------------------------------------------------------ indexes
+
+    def test_plain_indexes_always_succeed(self, storage: BaseStorage) -> None:
+        storage.create_index("a")
+        storage.create_index("a")  # idempotent
+        storage.create_index("n__m")
+        if storage.features.compound_indexes or not storage.features.indexes:
+            storage.create_index(("a", "-b"))
+        storage.ensure_indexes(Person)
+        storage.ensure_indexes(Person)
+        pk = storage.save({"a": 1, "b": "x", "n": {"m": [1]}})
+        assert storage.query().where(a=1).values("b") == ["x"]
+        assert storage.query().where(n__m=[1]).count() == 1
+        storage.delete(pk)
+
+    def test_unique_index_or_not_supported(self, storage: BaseStorage) -> None:
+        if not storage.features.unique_indexes:
+            with pytest.raises(NotSupported):
+                storage.create_index("email", unique=True)
+            return
+        storage.create_index("email", unique=True)
+        storage.save({"email": "a@x"}, primary_key="1")
+        with pytest.raises(IntegrityError):
+            storage.save({"email": "a@x"}, primary_key="2")
+        assert "2" not in storage
+        storage.save({"email": 5}, primary_key="3")  # another kind never clashes with a str
+        storage.save({"other": 1}, primary_key="4")
+        storage.save({"other": 2}, primary_key="5")  # absent values never clash
+        storage.save({"email": "a@x", "more": 1}, primary_key="1")  # same record may keep it
+
+    def test_unknown_index_kind_raises(self, storage: BaseStorage) -> None:
+        with pytest.raises(NotSupported):
+            storage.create_index("a", kind="no-such-kind")
+
+    # ---------------------------------------------------------- lifecycle
+
+    def test_close_is_idempotent_and_closed_storages_refuse(self, storage_factory: Factory) -> None:
+        s = storage_factory()
+        s.clear()
+        pk = s.save(Person(first_name="A", birth_place=Country(name="C", code="CC")))
+        person = s.get(Person, pk)
+        q = s.query()
+        s.close()
+        s.close()
+        assert s.closed
+        with pytest.raises(PyModelsError):
+            s.get(None, pk)
+        with pytest.raises(PyModelsError):
+            s.save({"a": 1})
+        with pytest.raises(PyModelsError):
+            list(q)
+        with pytest.raises(PyModelsError):
+            len(s)
+        with pytest.raises(PyModelsError):
+            _ = person.birth_place.name  # type: ignore[union-attr]
+
+    def test_context_manager_closes(self, storage_factory: Factory) -> None:
+        with storage_factory() as s:
+            assert not s.closed
+        assert s.closed
+
+    def test_threads_when_thread_safe(self, storage: BaseStorage) -> None:
+        if not storage.features.thread_safe:
+            pytest.skip(f"{type(storage).__module__} is not thread-safe (features.thread_safe)")
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                for i in range(50):
+                    storage.save({"t": t, "i": i}, primary_key=f"{t}-{i}")
+                    assert storage.get(None, f"{t}-{i}")["i"] == i
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert len(storage) == 200
+
+    # ========================================================== documents
+
+    def test_document_save_and_lazy_reference(self, storage: BaseStorage) -> None:
+        john = Person(first_name="John", birth_place=Country(name="Finland", code="FI"))
+        pk = john.save(storage)
+        assert isinstance(pk, str) and john.pk == pk
+        assert john.birth_place is not None and john.birth_place.pk is not None
+        loaded = storage.get(Person, pk)
+        assert loaded["birth_place"] == john.birth_place.pk  # the mapping view shows the pk
+        assert loaded.birth_place is not None
+        assert loaded.birth_place.name == "Finland"
+        assert Person.object(storage, pk).first_name == "John"
+        assert dict(loaded) == {
+            "first_name": "John",
+            "last_name": "",
+            "birth_place": john.birth_place.pk,
+            "tags": [],
+        }
+
+    def test_reference_to_missing_record_raises_on_access(self, storage: BaseStorage) -> None:
+        storage.save({"first_name": "A", "birth_place": "gone"}, primary_key="p")
+        person = storage.get(Person, "p")
+        assert person.birth_place is not None and person.birth_place.pk == "gone"
+        with pytest.raises(DoesNotExist):
+            _ = person.birth_place.name
+
+    def test_reference_cycles_and_lists(self, storage: BaseStorage) -> None:
+        a, b, c = Node(label="a"), Node(label="b"), Node(label="c")
+        a.next, b.next = b, a
+        a.children = [b, c]
+        pk = a.save(storage)
+        assert all(n.pk for n in (a, b, c))
+        loaded = storage.get(Node, pk)
+        assert loaded.next is not None and loaded.next.label == "b"
+        assert loaded.next.next is not None and loaded.next.next.pk == pk
+        assert [n.label for n in loaded.children] == ["b", "c"]
+        assert storage.query(Node).count() == 3
+
+    def test_undeclared_fields_survive(self, storage: BaseStorage) -> None:
+        storage.save(
+            {"first_name": "A", "extra": {"deep": [1, 2]}, "x": Decimal("1.0")}, primary_key="p"
+        )
+        person = storage.get(Person, "p")
+        assert person["extra"] == {"deep": [1, 2]}
+        person.last_name = "B"
+        person["added"] = b"new"
+        person.save()
+        raw = dict(storage.get(None, "p"))
+        assert identical(raw["x"], Decimal("1.0"))
+        assert (
+            raw["extra"] == {"deep": [1, 2]} and raw["added"] == b"new" and raw["last_name"] == "B"
+        )
+
+    def test_membership(self, storage: BaseStorage) -> None:
+        storage.save({"first_name": "A"}, primary_key="person")
+        storage.save({"first_name": "B", "company": "X"}, primary_key="employee")
+        storage.save({"first_name": "C", "company": "X", "retired": True}, primary_key="retired")
+        storage.save({"company": "X"}, primary_key="nobody")
+        assert [p.pk for p in Person.objects(storage)] == ["employee", "person", "retired"]
+        assert [p.pk for p in Employee.objects(storage)] == ["employee"]
+        with pytest.raises(DoesNotExist):
+            storage.get(Employee, "retired")
+        assert Employee.objects(storage).count() == 1
+        assert [type(d) for d in storage.query()] == [Document] * 4
+
+    def test_strict_loading(self, storage: BaseStorage) -> None:
+        storage.save({"first_name": "A", "age": "7"}, primary_key="p")
+        q = Person.objects(storage)
+        assert q.count() == 1 and q.exists() and q.values("age") == ["7"]
+        with pytest.raises(ValidationError) as info:
+            list(q)
+        assert info.value.pk == "p" and "age" in str(info.value)
+        with pytest.raises(ValidationError):
+            storage.get(Person, "p")
+        assert q.delete() == 1
+
+    def test_optimistic_concurrency(self, storage: BaseStorage) -> None:
+        doc = Versioned(title="a")
+        pk = doc.save(storage)
+        assert doc["v"] == 1
+        one, two = storage.get(Versioned, pk), storage.get(Versioned, pk)
+        one.title = "one"
+        one.save()
+        two.title = "two"
+        with pytest.raises(ConflictError):
+            two.save()
+        assert storage.get(Versioned, pk).title == "one"
+        assert storage.get(Versioned, pk)["v"] == 2
+
+    def test_get_or_create(self, storage: BaseStorage) -> None:
+        doc, created = Person.get_or_create(storage, first_name="Ann", defaults={"age": 3})
+        assert created and doc.age == 3 and doc.pk is not None
+        again, created = Person.get_or_create(storage, first_name="Ann")
+        assert not created and again.pk == doc.pk
+
+    def test_document_delete_and_resave(self, storage: BaseStorage) -> None:
+        doc = Person(first_name="A")
+        pk = doc.save(storage)
+        doc.delete()
+        assert pk not in storage
+        doc.save()
+        assert storage.get(Person, pk).first_name == "A"
+
+    def test_only_loads_some_fields_and_refuses_save(self, storage: BaseStorage) -> None:
+        Person(first_name="A", last_name="B", age=3).save(storage)
+        doc = Person.objects(storage).only("last_name").first()
+        assert doc is not None and doc.last_name == "B"
+        with pytest.raises(AttributeError):
+            _ = doc.age
+        with pytest.raises(PyModelsError):
+            doc.save()
+
+    def test_json_interchange(self, storage: BaseStorage) -> None:
+        pk = storage.save(EVERY_KIND)
+        doc = storage.get(None, pk)
+        back = Document.from_json(doc.to_json())
+        assert back.pk == pk
+        assert identical(dict(back), stored_form(EVERY_KIND))
+
+    def test_query_path_through_declared_field(self, storage: BaseStorage) -> None:
+        with pytest.raises(InvalidQuery):
+            Person.objects(storage).where(first_name__x__equals=1)
+        with pytest.raises(InvalidQuery):
+            Person.objects(storage).order_by("age__x")
+        storage.save({"nick": "n", "address": {"city": "Oulu"}})
+        assert Profile.objects(storage).where(address__city="Oulu").count() == 1
+
+    # ============================================================ queries
+
+    def _people(self, storage: BaseStorage) -> list[str]:
+        rows: list[dict[str, Any]] = [
+            {"first_name": "Ann", "last_name": "Smith", "age": 31, "tags": ["a", "b"]},
+            {"first_name": "Bob", "last_name": "Smythe", "age": 25},
+            {"first_name": "Cid", "last_name": "Doe", "age": 25.0, "tags": ["retired"]},
+            {"first_name": "Dee", "last_name": "smith", "age": "40"},
+            {"first_name": "Eve"},
+        ]
+        return [storage.save(r, primary_key=f"p{i}") for i, r in enumerate(rows)]
+
+    def test_queries_are_lazy_and_immutable(self, storage_factory: Factory) -> None:
+        s = storage_factory()
+        s.clear()
+        base = s.query()
+        s.close()
+        q = base.where(a=1).order_by("-a")[2:5].where  # building touches nothing
+        assert callable(q)
+        narrowed = base.where(a=1)
+        assert narrowed is not base and base.condition != narrowed.condition
+        with pytest.raises(PyModelsError):
+            list(narrowed)
+
+    def test_where_where_not_and_q(self, storage: BaseStorage) -> None:
+        self._people(storage)
+        q = Person.objects(storage)
+
+        def pks(query: Any) -> list[str | None]:
+            return [d.pk for d in query.only("first_name")]
+
+        assert pks(q.where(last_name__startswith="Sm")) == ["p0", "p1"]
+        assert pks(q.where_not(age__gt=26)) == ["p1", "p2", "p3", "p4"]
+        assert pks(q.where(Q(first_name="Ann") | Q(last_name="Doe"))) == ["p0", "p2"]
+        assert pks(q.where(~~Q(age=25))) == ["p1", "p2"]
+        assert pks(q.where_not(tags__contains="retired")) == ["p0", "p1", "p3", "p4"]
+        assert pks(q.where(last_name__iequals="SMITH")) == ["p0", "p3"]
+
+    def test_order_by_and_slices(self, storage: BaseStorage) -> None:
+        self._people(storage)
+        q = storage.query().order_by("-age", "first_name")
+        names = [d["first_name"] for d in q]
+        # "40" is a str: str sorts after numbers; absent sorts last descending.
+        assert names == ["Dee", "Ann", "Bob", "Cid", "Eve"]
+        assert [d["first_name"] for d in q[1:3]] == ["Ann", "Bob"]
+        assert [d["first_name"] for d in q[1:][1:2]] == ["Bob"]
+        assert q[4]["first_name"] == "Eve"
+        with pytest.raises(IndexError):
+            q[5]
+        with pytest.raises(ValueError):
+            q[-1]
+        with pytest.raises(ValueError):
+            q[::2]
+        with pytest.raises(ValueError):
+            q[-3:]
+        with pytest.raises(TypeError):
+            len(q)
+        assert [d.pk for d in storage.query().order_by("-pk")[:2]] == ["p4", "p3"]
+
+    def test_count_exists_first_values_delete_honour_slices(self, storage: BaseStorage) -> None:
+        self._people(storage)
+        q = storage.query().order_by("first_name")
+        assert q.count() == 5 and q[1:3].count() == 2 and q[4:].count() == 1 and q[9:].count() == 0
+        assert q.exists() and bool(q) and not q.where(first_name="Zed").exists()
+        assert q.first() is not None and q.first()["first_name"] == "Ann"  # type: ignore[index]
+        assert q.where(first_name="Zed").first() is None
+        assert q.values("age") == [31, 25, "40"]  # 25.0 equals 25: first kept
+        assert q[2:].values("last_name") == ["Doe", "smith"]
+        assert q[1:3].delete() == 2
+        assert [d["first_name"] for d in q] == ["Ann", "Dee", "Eve"]
+        assert q.where(first_name="Ann").delete() == 1
+        assert q.delete() == 2 and len(storage) == 0
+
+    def test_errors_come_at_where(self, storage: BaseStorage) -> None:
+        q = storage.query()
+        for bad in (
+            {"a__gtee": 1},
+            {"a__gt": [1]},
+            {"a__gt": True},
+            {"a__startswith": 1},
+            {"a__matches": "("},
+            {"a__in": 1},
+            {"a__between": (1, "z")},
+            {"a__exists": 1},
+            {"a__year": "2020"},
+            {"a": None},
+        ):
+            with pytest.raises(InvalidQuery):
+                q.where(**bad)
+        assert q.where(id=1).count() == 0  # a plain name is never a typo
+
+    def test_values_are_data_not_syntax(self, storage: BaseStorage) -> None:
+        texts = ["100%", "a_b", "a*b", "$set", "it's", 'say "hi"', "x.y", "^a", "(a|b)", "a\\b"]
+        for i, t in enumerate(texts):
+            storage.save({"t": t, "w": t + " tail"}, primary_key=f"k{i}")
+        for t in texts:
+            for op in ("equals", "startswith", "endswith", "contains", "icontains", "iequals"):
+                got = storage.query().where(**{f"t__{op}": t}).values("t")
+                assert got == [t], (op, t, got)
+        # like compares words (\w+), so punctuation separates them and "_" joins them.
+        assert sorted(storage.query().where(t__like="a b").values("t")) == ["(a|b)", "a*b", "a\\b"]
+
+    def test_set_operations(self, storage: BaseStorage) -> None:
+        self._people(storage)
+        q = storage.query()
+        a, b = q.where(age__gte=25), q.where(last_name__startswith="Sm")
+        assert sorted(d.pk for d in (a & b)) == ["p0", "p1"]  # type: ignore[type-var]
+        assert sorted(d.pk for d in (a | b)) == ["p0", "p1", "p2"]  # type: ignore[type-var]
+        assert sorted(d.pk for d in (a - b)) == ["p2"]  # type: ignore[type-var]
+        with pytest.raises(InvalidQuery):
+            _ = a[:1] & b
+
+    def test_after_pages_through_the_order(self, storage: BaseStorage) -> None:
+        for i in range(23):
+            storage.save({"n": i % 5, "s": str(i)}, primary_key=f"k{i:02}")
+        q = storage.query().order_by("-n", "s")
+        expected = [d.pk for d in q]
+        seen: list[str | None] = []
+        page = list(q[:5])
+        while page:
+            seen.extend(d.pk for d in page)
+            page = list(q.after(page[-1])[:5])
+        assert seen == expected
+        assert [d.pk for d in q.after(expected[10])] == expected[11:]  # type: ignore[arg-type]
+
+    def test_repr_and_explain(self, storage: BaseStorage) -> None:
+        for i in range(12):
+            storage.save({"n": i}, primary_key=f"k{i:02}")
+        text = repr(storage.query())
+        assert "k09" in text and "k10" not in text and "2 more" in text
+        plan = storage.query().where(n__gt=3).order_by("n").explain()
+        assert isinstance(plan, str) and "n" in plan
+
+    def test_streaming_many_records(self, storage: BaseStorage) -> None:
+        storage.save_many(({"n": i} for i in range(2500)), batch_size=1000)
+        total = 0
+        for total, doc in enumerate(storage.query().order_by("-n"), 1):
+            assert doc["n"] == 2500 - total
+        assert total == 2500
+        assert storage.query().where(n__gte=2000).count() == 500
+
+    # ====================================================== differential
+
+    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+    @given(case=pst.query_cases(), data=st.data())
+    def test_queries_match_the_oracle(
+        self,
+        storage: BaseStorage,
+        case: tuple[dict[str, dict[str, Any]], dict[str, Any]],
+        data: st.DataObject,
+    ) -> None:
+        """Any records, any query: the same pks in the same order as the oracle.
+
+        One example checks iteration, count, exists, values and delete, so
+        each generated case is worth every terminal operation.
+        """
+        records, spec = case
+        storage.clear()
+        for pk, record in records.items():
+            storage.save(record, primary_key=pk)
+        q = pst.to_query(storage.query(), spec)
+        expected = oracle.run(records, spec)
+        assert [d.pk for d in q] == expected
+        assert q.count() == len(expected)
+        assert q.exists() == bool(expected)
+        path = data.draw(st.sampled_from(_paths_of(records) or ["x"]), label="values path")
+        assert _same_values(q.values(path), oracle.values(records, spec, path))
+        assert q.delete() == len(expected)
+        assert sorted(storage) == sorted(set(records) - set(expected))
+
+    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+    @given(record=pst.records(), pk=pst.primary_keys())
+    def test_any_record_round_trips(
+        self, storage: BaseStorage, record: dict[str, Any], pk: str
+    ) -> None:
+        storage.save(record, primary_key=pk)
+        loaded = dict(storage.get(None, pk))
+        assert identical(loaded, stored_form(record)), (loaded, record)
+
+
+def _paths_of(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    paths: set[str] = set()
+    for record in records.values():
+        for key, value in record.items():
+            paths.add(key)
+            if isinstance(value, dict):
+                paths.update(f"{key}__{sub}" for sub in value)
+    return sorted(paths)
+
+
+def _same_values(got: list[Any], expected: list[Any]) -> bool:
+    return len(got) == len(expected) and all(
+        oracle.strict_equal(a, b) for a, b in zip(got, expected, strict=True)
+    )
