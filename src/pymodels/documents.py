@@ -217,7 +217,10 @@ class Document(pydantic.BaseModel):
             if partial:
                 doc = cls._partial_instance(declared)
             else:
-                doc = cls.model_validate(declared, strict=True)
+                # As BaseModel.__init__ does: model_validate would call our
+                # __init__ (pydantic's custom-init path), hiding field errors.
+                doc = cls.__new__(cls)
+                cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
         except pydantic.ValidationError as e:
             raise _wrap(cls, e, pk) from e
         private = doc.__pydantic_private__

@@ -10,6 +10,7 @@ insert-if-absent, retrying on the (astronomically rare) clash.
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -22,12 +23,16 @@ _last_ms = -1
 _last_rand = 0
 
 
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, digit = divmod(value, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
+# RFC 4648 base32 does the 5-bit grouping in C; translating its alphabet to
+# Crockford's is a table lookup.
+_FROM_RFC = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+
+
+def _encode(value: int) -> str:
+    """26 Crockford base32 characters of a 128-bit value (two leading zero bits)."""
+    # 130 bits (value with 2 leading zeros) then 6 padding bits = 17 bytes.
+    raw = base64.b32encode((value << 6).to_bytes(17, "big"))
+    return raw[:26].decode("ascii").translate(_FROM_RFC)
 
 
 def new_pk() -> str:
@@ -45,7 +50,7 @@ def new_pk() -> str:
             # The top bit stays clear so increments within a millisecond cannot overflow.
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_ms, _last_rand = ms, rand
-    return _encode(ms, 10) + _encode(rand, 16)
+    return _encode(ms << 80 | rand)
 
 
 def _reset_after_fork() -> None:

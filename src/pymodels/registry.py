@@ -94,11 +94,13 @@ def load_backend(name: str) -> ModuleType:
                 else importlib.import_module(eps[name].module)
             )
         elif "." in name:
-            if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None or (
-                importlib.util.find_spec(name) is None
-            ):
+            try:
+                spec = importlib.util.find_spec(name)
+            except ModuleNotFoundError:  # a parent package is missing
+                spec = None
+            if spec is None:
                 raise BackendNotFound(name, known_backends())
-            module = _import(name, BUILTIN.get(name.rsplit(".", 1)[-1], ("", ""))[1])
+            module = _import(name, "")
         else:
             raise BackendNotFound(name, known_backends())
     missing = [attr for attr in ("Storage", "Query", "features") if not hasattr(module, attr)]

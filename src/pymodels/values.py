@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
@@ -21,6 +22,7 @@ __all__ = [
     "Kind",
     "check_field_name",
     "check_pk",
+    "copy_value",
     "freeze",
     "get_path",
     "kind_of",
@@ -113,6 +115,8 @@ def kind_of(value: Any) -> Kind:
 
 def check_field_name(name: object, where: str = "") -> str:
     """Return ``name`` if it may be a field name at any depth, else raise."""
+    if type(name) is str and _good_name(name):
+        return name
     label = f"{where}.{name}" if where else repr(name)
     if not isinstance(name, str) or type(name) is not str:
         raise ValidationError(
@@ -127,6 +131,20 @@ def check_field_name(name: object, where: str = "") -> str:
         raise ValidationError(f"field name {label} must not start with {name[0]!r}", field=label)
     _check_unicode(name, label)
     return name
+
+
+@functools.lru_cache(maxsize=4096)
+def _good_name(name: str) -> bool:
+    # Field names repeat across records: remember the ones already accepted.
+    if not name or name[0] in "$_" or "." in name or "__" in name or "\x00" in name:
+        return False
+    if '"' in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_pk(pk: object) -> str:
@@ -226,9 +244,28 @@ def validate_record(record: Mapping[str, Any], where: str = "") -> dict[str, Any
     return out
 
 
+_SCALARS: Final = frozenset(
+    {str, int, float, bool, bytes, decimal.Decimal, datetime.date, datetime.datetime}
+)
+
+
 def strict_equal(a: Any, b: Any) -> bool:
     """Deep strict equality of two domain values (API.md section 4)."""
+    t = type(a)
+    if t is type(b) and t in _SCALARS:
+        # Same scalar type: Python's == is the contract's (naive == aware is False).
+        return bool(a == b)
     return bool(freeze(a) == freeze(b))
+
+
+def copy_value(value: Any) -> Any:
+    """A copy of a domain value that shares no list or dict with it (scalars are immutable)."""
+    t = type(value)
+    if t is dict:
+        return {k: copy_value(v) for k, v in value.items()}
+    if t is list:
+        return [copy_value(v) for v in value]
+    return value
 
 
 def freeze(value: Any) -> Any:

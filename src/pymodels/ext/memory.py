@@ -9,7 +9,6 @@ Limits: nothing persists; one process. Storages opened with the same
 
 from __future__ import annotations
 
-import copy
 import itertools
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from ..features import OPS, Features
 from ..ordering import OrderKey, sort_items
 from ..query import BaseQuery, Compiled
 from ..storage import BaseSettings, BaseStorage
+from ..values import copy_value
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -72,7 +72,7 @@ class Query(BaseQuery[Any]):
             sort_items(items, order)
         stop = None if limit is None else offset + limit
         for pk, record in itertools.islice(items, offset, stop):
-            yield pk, copy.deepcopy(record)
+            yield pk, copy_value(record)
 
     def _engine_count(self, native: Any) -> int:
         return sum(1 for rec in list(self.storage._data().values()) if native.matches(rec))
@@ -111,14 +111,14 @@ class Storage(BaseStorage):
 
     def _load(self, pk: str) -> dict[str, Any] | None:
         record = self._data().get(pk)
-        return None if record is None else copy.deepcopy(record)
+        return None if record is None else copy_value(record)
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         with self._lock:
             data = self._data()
             if not overwrite and pk in data:
                 return False
-            data[pk] = copy.deepcopy(record)
+            data[pk] = copy_value(record)
             return True
 
     def _remove(self, pk: str) -> bool:
@@ -127,7 +127,7 @@ class Storage(BaseStorage):
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for pk, record in list(self._data().items()):
-            yield pk, copy.deepcopy(record)
+            yield pk, copy_value(record)
 
     def _keys(self) -> Iterator[str]:
         return iter(list(self._data()))

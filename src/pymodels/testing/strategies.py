@@ -20,7 +20,7 @@ import datetime as dt
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
-from functools import reduce
+from functools import cache, reduce
 from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
@@ -109,16 +109,23 @@ _MAX_AWARE = dt.datetime(9998, 12, 31, 23, 59, 59, 999999)
 _ORDERED_KINDS = ("number", "decimal", "str", "bytes", "date", "naive", "aware")
 
 
+# Strategy builders are cached: strategies are immutable, and the query strategies rebuild
+# value strategies for every drawn condition.
+
+
+@cache
 def field_names() -> st.SearchStrategy[str]:
     """Field names from a small fixed pool (see ``FIELD_NAMES``)."""
     return st.sampled_from(FIELD_NAMES)
 
 
+@cache
 def primary_keys() -> st.SearchStrategy[str]:
     """Non-empty str pks, non-ASCII included, so that pk order is by code point."""
     return st.text(st.sampled_from("abcAB09-_ ~ñ名") | _ANY_CHAR, min_size=1, max_size=6)
 
 
+@cache
 def texts(max_size: int = 8) -> st.SearchStrategy[str]:
     """Valid Unicode str without NUL or surrogates, rich in metacharacters."""
     return st.text(st.sampled_from(_SPECIAL) | _ANY_CHAR, max_size=max_size)
@@ -162,6 +169,7 @@ def _timezones() -> st.SearchStrategy[dt.tzinfo]:
     return st.just(dt.UTC) | offsets.map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
 
 
+@cache
 def scalars_of_kind(kind: str, *, big_floats: bool = True) -> st.SearchStrategy[Any]:
     """Scalar values of one kind of the oracle's type rank ("bool", "number", ... "aware")."""
     strategies: dict[str, Callable[[], st.SearchStrategy[Any]]] = {
@@ -180,12 +188,14 @@ def scalars_of_kind(kind: str, *, big_floats: bool = True) -> st.SearchStrategy[
     return strategies[kind]()
 
 
+@cache
 def scalars(*, big_floats: bool = True) -> st.SearchStrategy[Any]:
     """Any scalar of the value domain (API.md §3)."""
     kinds = ("bool", "number", "decimal", "str", "bytes", "date", "naive", "aware")
     return st.one_of([scalars_of_kind(k, big_floats=big_floats) for k in kinds])
 
 
+@cache
 def values(max_depth: int = 2, *, big_floats: bool = True) -> st.SearchStrategy[Any]:
     """Any value of the domain, lists and dicts nested at most ``max_depth`` deep."""
     if max_depth <= 0:
@@ -198,12 +208,16 @@ def values(max_depth: int = 2, *, big_floats: bool = True) -> st.SearchStrategy[
     )
 
 
+@cache
 def records(max_depth: int = 2, *, big_floats: bool = True) -> st.SearchStrategy[dict[str, Any]]:
     """Records: field name -> value, fields often absent, often nested dicts (depth-2 paths)."""
     nested = st.dictionaries(
         field_names(), values(max_depth - 1, big_floats=big_floats), max_size=3
     )
-    field = values(max_depth, big_floats=big_floats) | nested
+    # Beside any value, the shapes most ops look for (str, list of str) get their own
+    # branches, so that about half the fields can satisfy a str or contains op.
+    tags = st.lists(texts() | st.integers(-3, 3), max_size=4)
+    field = st.one_of(values(max_depth, big_floats=big_floats), nested, texts(), tags)
     return st.dictionaries(field_names(), field, max_size=6)
 
 
@@ -261,8 +275,25 @@ def _key(path: Sequence[str], op: str, spell_equals: bool) -> str:
 
 
 def _pick(seen: Sequence[Any], fallback: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Often one of the values seen in the records, else a fresh one."""
-    return st.sampled_from(seen) | fallback if seen else fallback
+    """Mostly (3 in 4) one of the things seen in the records, else a fresh one."""
+    if not seen:
+        return fallback
+    likely = st.sampled_from(seen)
+    return st.one_of(likely, likely, likely, fallback)
+
+
+def _useful(op: str, value: Any) -> bool:
+    """Whether a field holding ``value`` can satisfy ``op`` at all."""
+    k = _kind(value)
+    if op in ("gt", "gte", "lt", "lte", "between"):
+        return k in _ORDERED_KINDS
+    if op in ("contains", "contains_all", "contains_any"):
+        return k in ("str", "list")
+    if op in ("year", "month", "day"):
+        return k in ("date", "naive", "aware")
+    if op in ("equals", "exists", "in"):
+        return True
+    return k == "str"  # the str ops
 
 
 def _cut(text: str, where: str) -> st.SearchStrategy[str]:
@@ -295,15 +326,28 @@ def _like_value(text: str) -> st.SearchStrategy[str]:
 _REGEX_POOL = [r"^a", r"b$", r".", r"\d", r"[%_]", r"a|b", r"^$", r"\w+\s", r"^.{3}$", r"ß|ss"]
 
 
+def _neighbours(value: Any, big_floats: bool) -> list[Any]:
+    """Domain values of the same kind just below and above ``value`` (where easy to make),
+    so that gt/lt hit records other than the one the value came from."""
+    k = _kind(value)
+    if k == "number":
+        limit = 2**63 - 1 if isinstance(value, int) else (1e308 if big_floats else 2.0**53 - 1)
+        return [x for x in (value - 1, value + 1) if -limit - 1 <= x <= limit]
+    if k in ("str", "bytes"):
+        return [value[:-1], value + ("a" if k == "str" else b"\x00")]
+    return []
+
+
 def _value_for(op: str, seen: Sequence[Any], big_floats: bool) -> st.SearchStrategy[Any]:
     """Values of the right kind for ``op``, often derived from the values ``seen``."""
     strs = [v for v in seen if isinstance(v, str)]
     ordered = [v for v in seen if _kind(v) in _ORDERED_KINDS]
+    ordered += [x for v in ordered for x in _neighbours(v, big_floats)]
     any_value = values(1, big_floats=big_floats)
 
     def from_strs(where: str) -> st.SearchStrategy[str]:
-        cut = st.sampled_from(strs).flatmap(lambda s: _cut(s, where)) if strs else texts()
-        return cut | texts()
+        cuts = st.sampled_from(strs).flatmap(lambda s: _cut(s, where)) if strs else None
+        return texts() if cuts is None else st.one_of(cuts, cuts, cuts, texts())
 
     if op == "equals":
         return _pick(seen, any_value)
@@ -328,9 +372,18 @@ def _value_for(op: str, seen: Sequence[Any], big_floats: bool) -> st.SearchStrat
     if op == "in":
         return st.lists(_pick(seen, any_value), max_size=4)
     if op in ("contains", "contains_all", "contains_any"):
-        elements = [item for v in seen if isinstance(v, list) for item in v]
-        one = _pick(elements, from_strs("substring") | any_value)
-        return one if op == "contains" else st.lists(one, max_size=3)
+
+        def items(container: Any) -> st.SearchStrategy[Any]:
+            """Mostly substrings or elements of one container seen, so contains_all hits."""
+            if isinstance(container, str):
+                return _pick([container], _cut(container, "substring")) | any_value
+            return _pick(container, any_value) if isinstance(container, list) else any_value
+
+        containers = [v for v in seen if isinstance(v, str | list)]
+        source = _pick(containers, st.just(None))
+        if op == "contains":
+            return source.flatmap(items)
+        return source.flatmap(lambda c: st.lists(items(c), max_size=3))
     if op in ("startswith", "istartswith"):
         found = from_strs("prefix")
     elif op in ("endswith", "iendswith"):
@@ -354,7 +407,7 @@ def _value_for(op: str, seen: Sequence[Any], big_floats: bool) -> st.SearchStrat
         parts = [getattr(d, op) for d in utc]
         return _pick(parts, st.integers(0, 32) if op != "year" else st.integers(1, 9999))
     elif op == "like":
-        found = (st.sampled_from(strs).flatmap(_like_value) if strs else texts()) | texts()
+        found = _pick(strs, texts()).flatmap(_like_value)
     else:
         raise ValueError(f"unknown op {op!r}")
     return _recase(found) if op.startswith("i") or op == "like" else found
@@ -362,11 +415,13 @@ def _value_for(op: str, seen: Sequence[Any], big_floats: bool) -> st.SearchStrat
 
 @st.composite
 def _lookups(draw: st.DrawFn, rows: Records, ops: Sequence[str], big_floats: bool) -> CondSpec:
+    op = draw(st.sampled_from(ops))
     random_path = st.lists(field_names(), min_size=1, max_size=2).map(tuple)
     present = _paths(rows)
-    path = draw(_pick(present, random_path))
+    # Prefer paths holding a value the op can match (a str for startswith, ...).
+    useful = [p for p in present if any(_useful(op, v) for row in rows for v in _at(row, p))]
+    path = draw(_pick(useful, _pick(present, random_path)))
     seen = [value for row in rows for value in _at(row, path)]
-    op = draw(st.sampled_from(ops))
     value = draw(_value_for(op, seen, big_floats))
     return ("lookup", _key(path, op, draw(st.booleans())), value)
 

@@ -26,6 +26,8 @@ and DDL takes no parameters).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -33,9 +35,19 @@ from ...conditions import And, Condition, Lookup, Not, Or
 from ...errors import ValidationError
 from ...ordering import OrderKey
 from ...query import Compiled
+from ...storage import Change, IndexSpec
 from ...values import check_field_name, kind_of
 
-__all__ = ["PARAM", "Compiler", "Dialect", "Frag", "Leaf", "str_successor", "valid_path"]
+__all__ = [
+    "PARAM",
+    "Compiler",
+    "Dialect",
+    "Frag",
+    "Leaf",
+    "independent",
+    "str_successor",
+    "valid_path",
+]
 
 #: Where a bound parameter goes in fragment text (NUL never appears in SQL we write:
 #: field names and table names cannot hold it).
@@ -109,6 +121,16 @@ def str_successor(prefix: str) -> str | None:
         if code <= 0x10FFFF:
             return "".join(chars) + chr(code)
     return None
+
+
+def independent(changes: Sequence[Change]) -> bool:
+    """Whether no change's path is another's, or a prefix of another's.
+
+    Then applying them one after the other in SQL, each guarded against the
+    original record, is what applying them in order in Python gives.
+    """
+    paths = sorted(c.path for c in changes)
+    return all(b[: len(a)] != a for a, b in itertools.pairwise(paths))
 
 
 def valid_path(path: Sequence[str]) -> bool:
@@ -211,6 +233,74 @@ class Dialect:
 
     def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
         raise NotImplementedError
+
+    # ----------------------------------------------------------- statements
+
+    def limit(self, offset: int, limit: int | None) -> Frag:
+        """The LIMIT/OFFSET clause (empty when there is neither)."""
+        raise NotImplementedError
+
+    def select(
+        self,
+        table: str,
+        where: Frag | None,
+        order: Sequence[OrderKey] | None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> Frag:
+        """``SELECT pk, body`` of the rows ``where`` selects, ordered and sliced."""
+        sql = f"SELECT pk, body FROM {self.ident(table)}"
+        params: tuple[Any, ...] = ()
+        if where is not None:
+            sql += f" WHERE {where.sql}"
+            params += where.params
+        if order:
+            sql += f" ORDER BY {self.order_by(order)}"
+        tail = self.limit(offset, limit)
+        if tail.sql:
+            sql += " " + tail.sql
+        return Frag(sql, params + tail.params)
+
+    def count(self, table: str, where: Frag | None) -> Frag:
+        sql = f"SELECT count(*) FROM {self.ident(table)}"
+        return Frag(sql + f" WHERE {where.sql}", where.params) if where else Frag(sql)
+
+    def delete(self, table: str, where: Frag | None) -> Frag:
+        sql = f"DELETE FROM {self.ident(table)}"
+        return Frag(sql + f" WHERE {where.sql}", where.params) if where else Frag(sql)
+
+    def index_name(self, table: str, spec: IndexSpec) -> str:
+        """A stable name for an index: the table's, then a digest of what it indexes."""
+        digest = hashlib.sha1(repr((spec.keys, spec.unique, spec.kind)).encode()).hexdigest()
+        return f"pm_{table}_{digest[:12]}"
+
+    def index_terms(self, spec: IndexSpec) -> list[str]:
+        """The indexed expressions: each key's order terms (then the pk, to order ties)."""
+        terms: list[str] = []
+        for key in spec.keys:
+            direction = " DESC" if key.descending else ""
+            terms.extend(f"({t}){direction}" for t in self.order_terms(key.path))
+        if not spec.unique:
+            terms.append("pk")
+        return terms
+
+    def create_index(self, table: str, spec: IndexSpec) -> str:
+        """DDL creating the index for ``spec`` if it does not exist (no parameters)."""
+        unique = "UNIQUE " if spec.unique else ""
+        return (
+            f"CREATE {unique}INDEX IF NOT EXISTS {self.ident(self.index_name(table, spec))} "
+            f"ON {self.ident(table)} ({', '.join(self.index_terms(spec))})"
+        )
+
+    def update(self, changes: Sequence[Change]) -> tuple[Frag, Frag] | None:
+        """``(new body expression, guard)`` applying ``changes`` in SQL, or None.
+
+        Exact only where the guard holds (parents are absent or plain dicts,
+        an increment meets an int that cannot overflow); rows it excludes are
+        updated by the caller's read-modify-write. None when the changes
+        cannot run in SQL at all (overlapping paths, float increments).
+        """
+        return None
 
     # --------------------------------------------------------------- order
 

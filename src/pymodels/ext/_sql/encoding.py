@@ -33,6 +33,7 @@ import datetime
 import decimal
 import functools
 import json
+import json.scanner
 import re
 from typing import Any, Final
 
@@ -114,17 +115,19 @@ def decimal_from_key(key: str) -> decimal.Decimal:
 
 def sort_key(value: Any) -> str:
     """The tagged sort key (rank digit first) of a Decimal, bytes, date or datetime."""
+    # isinstance narrows for the type checker; the exact type() checks keep
+    # bool/int and datetime/date apart (subclasses are not other kinds).
     t = type(value)
-    if t is decimal.Decimal:
+    if t is decimal.Decimal and isinstance(value, decimal.Decimal):
         return _DEC + decimal_key(value)
-    if t is bytes:
+    if t is bytes and isinstance(value, bytes):
         return _BYTES + value.hex()
-    if t is datetime.datetime:
+    if t is datetime.datetime and isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             return _NAIVE + value.isoformat(timespec="microseconds")
         utc = value.astimezone(datetime.UTC).replace(tzinfo=None)
         return _AWARE + utc.isoformat(timespec="microseconds")
-    if t is datetime.date:
+    if t is datetime.date and isinstance(value, datetime.date):
         return _DATE + value.isoformat()
     raise TypeError(f"{t.__name__} is not a tagged kind")
 
@@ -144,9 +147,13 @@ def _tagged(value: Any) -> dict[str, str]:
 
 # ------------------------------------------------------------------- writing
 
-_dumps_plain: Final = functools.partial(
-    json.dumps, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_tagged
+_plain_encoder: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_tagged
 )
+
+
+def _dumps_plain(value: Any) -> str:
+    return _plain_encoder.encode(value)
 
 
 def dumps(value: Any) -> str:
@@ -180,8 +187,7 @@ def dumps_pg(value: Any) -> str:
     return _fix_pg(_dumps_plain(value))
 
 
-_dumps_match: Final = functools.partial(
-    json.dumps,
+_match_encoder: Final = json.JSONEncoder(
     ensure_ascii=False,
     separators=(",", ":"),
     allow_nan=False,
@@ -196,7 +202,7 @@ def dumps_pg_match(value: Any) -> str:
     once the ``"$r"`` members of stored Decimals are ignored (see
     :func:`decimal_paths`); containment ignores them by itself.
     """
-    return _fix_pg(_dumps_match(value))
+    return _fix_pg(_match_encoder.encode(value))
 
 
 def decimal_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[list[str]]:
@@ -243,27 +249,43 @@ def _object_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
-_loads: Final = functools.partial(json.loads, object_hook=_object_hook)
-
-
-def loads(text: str | bytes) -> Any:
-    """The domain value of stored JSON text."""
-    return _loads(text)
-
-
 def _pg_float(token: str) -> float:
     # "0.00" is how dumps_pg writes -0.0 (jsonb has no negative zero).
     return -0.0 if token == "0.00" else float(token)
 
 
-_loads_pg: Final = functools.partial(
-    json.loads, object_hook=_object_hook, parse_float=_pg_float
+# The C scanner behind json.loads, called directly: json.loads adds a Python
+# layer (whitespace regex, end check) that costs as much as the parse of a
+# small record. Stored records start with "{" and carry nothing after it.
+# (typeshed types make_scanner's argument as make_scanner; it is the decoder.)
+_scan: Final = json.scanner.make_scanner(
+    json.JSONDecoder(object_hook=_object_hook)  # type: ignore[arg-type]
+)
+_scan_pg: Final = json.scanner.make_scanner(
+    json.JSONDecoder(object_hook=_object_hook, parse_float=_pg_float)  # type: ignore[arg-type]
 )
 
 
-def loads_pg(text: str | bytes) -> Any:
+def _parse(scan: Any, text: str) -> Any:
+    try:
+        if text[:1] in ("{", "["):
+            return scan(text, 0)[0]
+        # Not an object or array (not written by pymodels): the full parser.
+        return json.loads(text, object_hook=_object_hook)
+    except (ValueError, StopIteration) as e:
+        raise ValidationError(f"stored value is not valid JSON: {text[:80]!r}") from e
+
+
+def loads(text: str) -> Any:
+    """The domain value of stored JSON text."""
+    return _parse(_scan, text)
+
+
+def loads_pg(data: bytes | bytearray | memoryview | str) -> Any:
     """The domain value of JSON text printed by PostgreSQL ``jsonb``."""
-    return _loads_pg(text)
+    text = data if isinstance(data, str) else bytes(data).decode()
+    # parse_float costs a Python call per float: only where "0.00" (a -0.0) may be.
+    return _parse(_scan_pg if "0.00" in text else _scan, text)
 
 
 # --------------------------------------------------------- canonical equality
@@ -295,9 +317,12 @@ def canonical(value: Any) -> str:
 
     Dict keys sorted, numbers that are equal written alike, Decimals by sort key.
     """
-    return json.dumps(
-        _canonical_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True
-    )
+    return _canonical_encoder.encode(_canonical_ready(value))
+
+
+_canonical_encoder: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True
+)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -26,13 +26,15 @@ all-ASCII strings, where ``lower(x COLLATE "C")`` is ``str.lower()``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ...values import kind_of
-from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, join, str_successor
-from .encoding import RANK, decimal_paths, dumps_pg_match, sort_key
+from ...storage import Change, IndexSpec
+from ...values import INT_MAX, INT_MIN, kind_of
+from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
+from .encoding import RANK, decimal_paths, dumps_pg, dumps_pg_match, sort_key
 
 __all__ = ["PostgresDialect"]
 
@@ -53,19 +55,106 @@ class PostgresDialect(Dialect):
             out.append(part)
         return "".join(out), frag.params
 
+    def limit(self, offset: int, limit: int | None) -> Frag:
+        clauses: list[str] = []
+        params: list[int] = []
+        if limit is not None:
+            clauses.append(f"LIMIT {PARAM}::bigint")
+            params.append(limit)
+        if offset:
+            clauses.append(f"OFFSET {PARAM}::bigint")
+            params.append(offset)
+        return Frag(" ".join(clauses), tuple(params))
+
+    def index_terms(self, spec: IndexSpec) -> list[str]:
+        terms = super().index_terms(spec)
+        if spec.unique:
+            # rank/num/txt tie for all lists (and all dicts): jsonb equality tells them apart.
+            terms.extend(f"({self.unique_term(key.path)})" for key in spec.keys)
+        return terms
+
+    def create_index(self, table: str, spec: IndexSpec) -> str:
+        if spec.kind != "gin":
+            return super().create_index(table, spec)
+        # Containment (list "contains" of scalars) on one path: jsonb_path_ops.
+        columns = ", ".join(f"({self.j(key.path)}) jsonb_path_ops" for key in spec.keys)
+        return (
+            f"CREATE INDEX IF NOT EXISTS {self.ident(self.index_name(table, spec))} "
+            f"ON {self.ident(table)} USING gin ({columns})"
+        )
+
+    def update(self, changes: Sequence[Change]) -> tuple[Frag, Frag] | None:
+        if not independent(changes):
+            return None
+        guards: list[str] = []
+        params: list[Any] = []
+        # jsonb_set creates only the last key of a path: create missing parent
+        # dicts first (from the original record, so the expression stays
+        # linear), then set the leaves.
+        body = "body"
+        created: set[tuple[str, ...]] = set()
+        for change in changes:
+            for i in range(1, len(change.path)):
+                parent = change.path[:i]
+                j = self.j(parent)
+                guards.append(
+                    f"(jsonb_typeof({j}) IS NULL OR (jsonb_typeof({j}) = 'object' "
+                    f"AND NOT ({j} ? '$')))"
+                )
+                if change.op != "unset" and parent not in created:
+                    created.add(parent)
+                    body = (
+                        f"jsonb_set({body}, {self._array(parent)}, "
+                        f"coalesce({j}, '{{}}'::jsonb), true)"
+                    )
+        frag = Frag(body)
+        for change in changes:
+            path = self._array(change.path)
+            if change.op == "set":
+                frag = Frag(
+                    f"jsonb_set({frag.sql}, {path}, {PARAM}::jsonb, true)",
+                    (*frag.params, dumps_pg(change.value)),
+                )
+            elif change.op == "unset":
+                frag = Frag(f"({frag.sql} #- {path})", frag.params)
+            else:
+                if type(change.value) is not int:
+                    return None  # numeric addition is decimal, Python's float addition is not
+                delta = change.value
+                j, tx = self.j(change.path), self.tx(change.path)
+                is_int = f"jsonb_typeof({j}) = 'number' AND {tx} ~ '^-?[0-9]+$'"
+                guards.append(
+                    f"(CASE WHEN {is_int} THEN ({j})::numeric BETWEEN {PARAM}::numeric "
+                    f"AND {PARAM}::numeric ELSE coalesce(jsonb_typeof({j}), 'null') = 'null' END)"
+                )
+                params.extend((max(INT_MIN, INT_MIN - delta), min(INT_MAX, INT_MAX - delta)))
+                frag = Frag(
+                    f"jsonb_set({frag.sql}, {path}, to_jsonb((CASE WHEN jsonb_typeof({j}) = "
+                    f"'number' THEN ({j})::numeric ELSE 0 END) + {PARAM}::numeric), true)",
+                    (*frag.params, delta),
+                )
+        return frag, Frag(" AND ".join(guards) or "TRUE", tuple(params))
+
+    def _array(self, path: Sequence[str]) -> str:
+        return "ARRAY[" + ", ".join(self.literal(p) for p in path) + "]::text[]"
+
     # --------------------------------------------------------- expressions
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def j(self, path: Sequence[str]) -> str:
         """The jsonb value at ``path`` (NULL when absent)."""
         return "body" + "".join(f"->{self.literal(p)}" for p in path)
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def tx(self, path: Sequence[str]) -> str:
         """The text at ``path`` (``->>``: a str's characters, unquoted)."""
         return self.j(path[:-1]) + f"->>{self.literal(path[-1])}"
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def typeof(self, path: Sequence[str]) -> str:
         return f"jsonb_typeof({self.j(path)})"
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def rank(self, path: tuple[str, ...]) -> str:
         j = self.j(path)
         return (
@@ -74,6 +163,7 @@ class PostgresDialect(Dialect):
             f"WHEN 'object' THEN coalesce(ascii({j}->>'$') - 48, 10) ELSE 0 END"
         )
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def num(self, path: tuple[str, ...]) -> str:
         j = self.j(path)
         return (
@@ -82,6 +172,7 @@ class PostgresDialect(Dialect):
             "WHEN 'object' THEN 'null'::jsonb END"
         )
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def txt(self, path: tuple[str, ...]) -> str:
         j = self.j(path)
         return (
@@ -90,6 +181,7 @@ class PostgresDialect(Dialect):
             "WHEN 'boolean' THEN '' WHEN 'array' THEN '' END) COLLATE \"C\""
         )
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def unique_term(self, path: tuple[str, ...]) -> str:
         """What tells lists and dicts apart in a unique index (jsonb equality)."""
         j = self.j(path)
@@ -181,7 +273,7 @@ class PostgresDialect(Dialect):
         low = self._scalar(path, ">=", (prefix,))
         if upper is None:
             return Leaf(low)
-        return Leaf(Frag(f"{low.sql} AND {self.txt(path)} < {PARAM}::text", (prefix, upper)))
+        return Leaf(Frag(f"{low.sql} AND {self.txt(path)} < {PARAM}::text", (*low.params, upper)))
 
     def endswith(self, path: tuple[str, ...], suffix: str) -> Leaf:
         if not suffix:
@@ -198,8 +290,7 @@ class PostgresDialect(Dialect):
         """
         tx = self.tx(path)
         sql = (
-            f"{self._is_string(path)} AND (octet_length({tx}) <> char_length({tx}) "
-            f"OR ({test.sql}))"
+            f"{self._is_string(path)} AND (octet_length({tx}) <> char_length({tx}) OR ({test.sql}))"
         )
         return Leaf(Frag(sql, test.params), exact=False)
 
@@ -230,7 +321,9 @@ class PostgresDialect(Dialect):
         if not 1 <= value <= top:
             return Leaf(FALSE)
         tag = f"({self.j(path)}->>'$')"
-        sql = f"left({tag}, 1) IN ('6', '7', '8') AND substr({tag}, {start}, {width}) = {PARAM}"
+        sql = (
+            f"left({tag}, 1) IN ('6', '7', '8') AND substr({tag}, {start}, {width}) = {PARAM}::text"
+        )
         return Leaf(Frag(sql, (f"{value:0{width}d}",)))
 
     def like(self, path: tuple[str, ...], value: str) -> Leaf:

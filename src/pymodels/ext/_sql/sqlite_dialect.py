@@ -31,9 +31,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ...values import kind_of
-from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, join, str_successor
-from .encoding import RANK, canonical, canonical_from_json, sort_key
+from ...storage import Change
+from ...values import INT_MAX, INT_MIN, kind_of
+from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
+from .encoding import RANK, canonical, canonical_from_json, dumps, sort_key
 
 __all__ = ["SQLiteDialect", "register_functions"]
 
@@ -109,22 +110,73 @@ class SQLiteDialect(Dialect):
     def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
         return frag.sql.replace(PARAM, "?"), frag.params
 
+    def limit(self, offset: int, limit: int | None) -> Frag:
+        if limit is None and not offset:
+            return Frag("")
+        # SQLite has no OFFSET without LIMIT; -1 is "no limit".
+        return Frag(f"LIMIT {PARAM} OFFSET {PARAM}", (-1 if limit is None else limit, offset))
+
+    def update(self, changes: Sequence[Change]) -> tuple[Frag, Frag] | None:
+        if not independent(changes):
+            return None
+        body = Frag("body")
+        guards: list[str] = []
+        params: list[Any] = []
+        for change in changes:
+            path = change.path
+            for i in range(1, len(path)):
+                # json_set would write into (or silently skip) a non-dict parent.
+                parent = path[:i]
+                guards.append(
+                    f"({self.json_type(parent)} IS NULL OR ({self.json_type(parent)} = 'object' "
+                    f"AND {self.tag(parent)} IS NULL))"
+                )
+            p = self.path_literal(path)
+            if change.op == "set":
+                body = Frag(
+                    f"json_set({body.sql}, {p}, json({PARAM}))", (*body.params, dumps(change.value))
+                )
+            elif change.op == "unset":
+                body = Frag(f"json_remove({body.sql}, {p})", body.params)
+            else:
+                if type(change.value) is not int:
+                    return None  # SQLite prints reals with 15 digits: not a round trip
+                delta = change.value
+                low, high = max(INT_MIN, INT_MIN - delta), min(INT_MAX, INT_MAX - delta)
+                guards.append(
+                    f"(coalesce({self.json_type(path)}, 'null') = 'null' OR "
+                    f"({self.json_type(path)} = 'integer' "
+                    f"AND {self.text(path)} BETWEEN {PARAM} AND {PARAM}))"
+                )
+                params.extend((low, high))
+                body = Frag(
+                    f"json_set({body.sql}, {p}, coalesce({self.text(path)}, 0) + {PARAM})",
+                    (*body.params, delta),
+                )
+        guard = Frag(" AND ".join(guards) or "TRUE", tuple(params))
+        return body, guard
+
     # --------------------------------------------------------- expressions
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def path_literal(self, path: Sequence[str]) -> str:
         return self.literal(_json_path(path))
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def json_type(self, path: tuple[str, ...]) -> str:
         return f"json_type(body, {self.path_literal(path)})"
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def text(self, path: tuple[str, ...]) -> str:
         """The value at ``path`` (a str when ``json_type`` is 'text')."""
         return f"json_extract(body, {self.path_literal(path)})"
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def tag(self, path: tuple[str, ...]) -> str:
         """The sort key of a tagged value at ``path``, else NULL."""
         return f"json_extract(body, {self.path_literal((*path, '$'))})"
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def rank(self, path: tuple[str, ...]) -> str:
         return (
             f"CASE {self.json_type(path)} WHEN 'text' THEN 4 WHEN 'integer' THEN 2 "
@@ -132,6 +184,7 @@ class SQLiteDialect(Dialect):
             f"WHEN 'object' THEN coalesce(unicode({self.tag(path)}) - 48, 10) ELSE 0 END"
         )
 
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def value(self, path: tuple[str, ...]) -> str:
         return f"coalesce({self.tag(path)}, {self.text(path)})"
 
@@ -178,9 +231,7 @@ class SQLiteDialect(Dialect):
                 (sort_key(value),),
             )
         json_type = "array" if k == "list" else "object"
-        return Frag(
-            f"e.type = '{json_type}' AND pm_canon(e.value) = {PARAM}", (canonical(value),)
-        )
+        return Frag(f"e.type = '{json_type}' AND pm_canon(e.value) = {PARAM}", (canonical(value),))
 
     def list_has(self, path: tuple[str, ...], values: Sequence[Any]) -> Leaf:
         inner = join(" OR ", (self._element(v) for v in values))
@@ -240,8 +291,7 @@ class SQLiteDialect(Dialect):
             return Leaf(FALSE)
         tag = self.tag(path)
         sql = (
-            f"substr({tag}, 1, 1) IN ('6', '7', '8') "
-            f"AND substr({tag}, {start}, {width}) = {PARAM}"
+            f"substr({tag}, 1, 1) IN ('6', '7', '8') AND substr({tag}, {start}, {width}) = {PARAM}"
         )
         return Leaf(Frag(sql, (f"{value:0{width}d}",)))
 
@@ -251,4 +301,3 @@ class SQLiteDialect(Dialect):
 
     def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
         return Leaf(Frag(f"{self.json_type(path)} IN ('text', 'array')"))
-

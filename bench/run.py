@@ -1,0 +1,103 @@
+"""pymodels next to the raw engines: ops/s per backend and the ratio to raw.
+
+    python bench/run.py                       # memory and shelve at 10k and 100k
+    python bench/run.py --backends sqlite --n 100000 --runs 3
+
+For each backend the same workload (``workload.py``) runs through pymodels and
+through the plainest raw calls of the same engine (``raw_<backend>.py``):
+bulk save (``save_many``, batches of 1000), get by pk, an equality query on
+``email`` and ``city == X order by -age limit 10``. Indexes are created where
+the backend has them (``email``; ``(city, -age)``). Figures are medians of
+``--runs`` runs in one process; compare ratios, not absolute numbers, across
+machines. This is a measurement, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workload import make_records, median_of, pks, random_indices, rate, timed_loop
+
+import pymodels
+
+GETS = 10_000
+METRICS = ("bulk_save", "get", "equality", "ordered_limit")
+
+#: backend name -> settings for a storage in a temporary directory.
+OPENERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "memory": lambda tmp: {"backend": "memory"},
+    "shelve": lambda tmp: {"backend": "shelve", "path": str(tmp / "bench.shelf")},
+    "sqlite": lambda tmp: {"backend": "sqlite", "path": str(tmp / "bench.db")},
+    "tokyo_cabinet": lambda tmp: {"backend": "tokyo_cabinet", "path": str(tmp / "bench.tct")},
+}
+
+
+def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
+    """Median ops/s of the workload through pymodels on ``backend``."""
+    records, keys = make_records(n), pks(n)
+
+    def once(seed: int) -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{backend}-") as tmp:
+            storage = pymodels.get_storage(OPENERS[backend](Path(tmp)))
+            try:
+                storage.create_index("email")
+                if storage.features.compound_indexes:
+                    storage.create_index(("city", "-age"))
+                else:
+                    storage.create_index("city")
+                out = {
+                    "bulk_save": rate(
+                        n,
+                        lambda: storage.save_many(
+                            records,
+                            batch_size=1000,
+                        ),
+                    )
+                }
+                stored = [d.pk for d in storage.query().only("email")]
+                picks = random_indices(n, GETS, seed)
+                out["get"] = rate(GETS, lambda: [storage.get(None, stored[i]) for i in picks])
+                q = storage.query()
+                emails = [records[i]["email"] for i in picks]
+                out["equality"] = timed_loop(lambda i: q.where(email=emails[i]).first(), GETS)
+                cities = [records[i]["city"] for i in picks]
+                by_age = q.order_by("-age")
+                out["ordered_limit"] = timed_loop(
+                    lambda i: list(by_age.where(city=cities[i])[:10]), 2000
+                )
+                return out
+            finally:
+                storage.close()
+
+    return median_of(runs, once)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--backends", default="memory,shelve", help="comma-separated names")
+    parser.add_argument("--n", default="10000,100000", help="record counts, comma-separated")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"{'backend':<14}{'n':>8}  {'metric':<14}{'pymodels/s':>12}{'raw/s':>12}{'ratio':>8}")
+    for backend in args.backends.split(","):
+        raw = importlib.import_module(f"raw_{backend}")
+        for n in (int(x) for x in args.n.split(",")):
+            ours = run_pymodels(backend, n, args.runs)
+            theirs = raw.run(n, args.runs)
+            for metric in METRICS:
+                a, b = ours.get(metric), theirs.get(metric)
+                ratio = f"{b / a:>7.2f}x" if a and b else "     -"
+                print(f"{backend:<14}{n:>8}  {metric:<14}{a or 0:>12,.0f}{b or 0:>12,.0f}{ratio}")
+            sys.stdout.flush()
+    print("ratio = raw / pymodels: how many times faster the raw engine is (1.00x = parity)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

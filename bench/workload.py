@@ -1,0 +1,71 @@
+"""The benchmark workload shared by pymodels and the raw-driver baselines.
+
+N records of six fields (``shared/notes/performance.md``): a name, a unique
+email, an age, a score, a city out of 50 and two tags. Deterministic, so every
+engine sees the same data.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+CITIES = [f"city{i:02}" for i in range(50)]
+
+
+def make_records(n: int) -> list[dict[str, Any]]:
+    """The workload's records (pk ``"k<i>"`` is kept outside the record)."""
+    return [
+        {
+            "name": f"name{i:07}",
+            "email": f"user{i}@example.com",
+            "age": 18 + i * 7 % 70,
+            "score": (i * 7919 % 10_000) / 100,
+            "city": CITIES[i % 50],
+            "tags": [f"t{i % 7}", f"u{i % 11}"],
+        }
+        for i in range(n)
+    ]
+
+
+def pks(n: int) -> list[str]:
+    """The workload's primary keys."""
+    return [f"k{i:08}" for i in range(n)]
+
+
+def rate(count: int, fn: Callable[[], object]) -> float:
+    """Operations per second of ``fn`` doing ``count`` operations."""
+    start = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - start)
+
+
+def timed_loop(fn: Callable[[int], object], limit: int, budget: float = 1.0) -> float:
+    """Call ``fn(i)`` up to ``limit`` times or for ``budget`` seconds; return calls per second.
+
+    Scanning engines answer a query in tens of milliseconds: a time budget keeps
+    their rows from dominating the run while still measuring them.
+    """
+    start = time.perf_counter()
+    done = 0
+    while done < limit:
+        fn(done)
+        done += 1
+        if time.perf_counter() - start > budget:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def median_of(runs: int, once: Callable[[int], dict[str, float]]) -> dict[str, float]:
+    """The per-metric median of ``runs`` calls of ``once(seed)``."""
+    samples = [once(seed) for seed in range(runs)]
+    return {name: statistics.median(s[name] for s in samples) for name in samples[0]}
+
+
+def random_indices(n: int, count: int, seed: int) -> list[int]:
+    """``count`` random indices below ``n`` (repeatable by seed)."""
+    rng = random.Random(seed)
+    return [rng.randrange(n) for _ in range(count)]

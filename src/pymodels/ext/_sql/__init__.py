@@ -1,0 +1,10 @@
+"""What the SQL backends share: value encoding, the condition compiler, the query class.
+
+* :mod:`.encoding`: records as tagged JSON whose SQL form compares and sorts
+  in the contract's order.
+* :mod:`.compiler`: condition trees to SQL with bound parameters; the boolean
+  structure and exactness bookkeeping, shared by every dialect.
+* :mod:`.sqlite_dialect`, :mod:`.postgresql_dialect`: each engine's SQL.
+* :mod:`.query`: running compiled queries, with the order repaired in Python
+  only where lists or dicts meet an order key.
+"""

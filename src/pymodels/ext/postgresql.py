@@ -1,0 +1,472 @@
+"""PostgreSQL backend: production SQL with JSONB.
+
+Engine: PostgreSQL 12+ (tested with 15) through psycopg 3. Dependencies: the
+``postgresql`` extra (``pip install 'pymodels[postgresql]'``).
+Suits: servers shared by many processes and machines; everything the SQLite
+backend does, with real concurrency.
+Layout: one table per storage (setting ``table``, default ``documents``):
+``pk TEXT COLLATE "C" PRIMARY KEY`` and ``body JSONB`` holding the record as
+tagged JSON (:mod:`pymodels.ext._sql.encoding`); the library's own data lives
+in the separate table ``pymodels_meta``. Threads get one connection each.
+Queries: compiled to SQL with bound parameters (``$1``...). Everything runs in
+PostgreSQL except what its semantics cannot decide exactly: the
+case-insensitive ops, ``matches``/``imatches`` and ``like`` run there as a
+superset re-checked in Python (``features.ops`` says ``prefilter``).
+Limits: ``ConnectionFailed`` leaves the last write's outcome unknown (no write
+is ever retried); after a server restart the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import re
+from collections.abc import Generator, Iterator
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pydantic
+
+from ..errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConnectionFailed,
+    IntegrityError,
+    PyModelsError,
+)
+
+try:
+    import psycopg
+    import psycopg.conninfo
+    import psycopg.errors
+    from psycopg.types.json import set_json_loads
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise BackendUnavailable(
+        f"pymodels.ext.postgresql needs psycopg 3 ({e}): pip install 'pymodels[postgresql]'"
+    ) from e
+
+from ..conditions import Condition, Lookup
+from ..features import OPS, Features
+from ..ordering import OrderKey
+from ..query import BaseQuery, Compiled
+from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
+from ..values import MISSING
+from ._sql.compiler import PARAM, Compiler, Frag
+from ._sql.connections import Guard, ThreadConnections
+from ._sql.encoding import dumps_pg, loads_pg
+from ._sql.postgresql_dialect import PostgresDialect
+from ._sql.query import SQLQuery
+
+__all__ = ["Query", "Settings", "Storage", "features"]
+
+#: Ops PostgreSQL narrows down and Python finishes (see the dialect for why).
+PREFILTER_OPS = frozenset(
+    {"iequals", "icontains", "istartswith", "iendswith", "matches", "imatches", "like"}
+)
+
+features = Features(
+    ops={op: "prefilter" if op in PREFILTER_OPS else "native" for op in OPS},
+    native_ordering=True,
+    multi_key_ordering=True,
+    native_slicing=True,
+    native_count=True,
+    transactions=True,
+    indexes=True,
+    unique_indexes=True,
+    compound_indexes=True,
+    index_kinds=frozenset({"gin"}),
+    full_text=False,
+    partial_update=True,
+    thread_safe=True,
+    fork_safe=True,
+    concurrent_processes=True,
+    persistent=True,
+    networked=True,
+)
+
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+META_TABLE = "pymodels_meta"
+FORMAT_VERSION = "1"
+#: Serialises the library's DDL (CREATE ... IF NOT EXISTS races in PostgreSQL).
+DDL_LOCK = 0x706D_6D6F_6465_6C73  # "pmmodels"
+#: Rows per round trip while iterating a result.
+FETCH_SIZE = 1000
+#: URL parameters that are pymodels settings, removed before libpq sees the URL.
+OWN_PARAMETERS = ("table", "read_only", "connect_timeout")
+
+
+class Settings(BaseSettings):
+    """Settings of the PostgreSQL backend.
+
+    A libpq URL or key=value string (``url`` or ``dsn``), with ``host``,
+    ``port``, ``user``, ``password`` and ``dbname`` overriding its parts.
+    """
+
+    #: postgresql://user:password@host:5432/dbname?sslmode=...
+    url: str | None = None
+    #: The same as ``url`` (either form libpq accepts).
+    dsn: str | None = None
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: pydantic.SecretStr | None = None
+    dbname: str | None = None
+    #: The table holding this storage's records.
+    table: str = "documents"
+    #: Seconds to wait for a connection before ConnectionFailed.
+    connect_timeout: float = 10.0
+
+    @pydantic.field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not TABLE_NAME.fullmatch(value):
+            raise ValueError("must be a plain identifier (letters, digits, _; at most 40)")
+        if value == META_TABLE:
+            raise ValueError(f"{META_TABLE} is the library's own table")
+        return value
+
+
+class Query(SQLQuery):
+    """A query compiled to PostgreSQL SQL."""
+
+
+# One dialect for every storage: its caches of per-path SQL are shared.
+_DIALECT = PostgresDialect()
+_COMPILER = Compiler(_DIALECT)
+
+
+def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
+
+
+class Storage(BaseStorage):
+    """Records as JSONB in one PostgreSQL table."""
+
+    features: ClassVar[Features] = features
+    query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    settings_class: ClassVar[type[BaseSettings]] = Settings
+    url_schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    settings: Settings
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> dict[str, Any]:
+        """``postgresql://user@host:5432/db?table=people``: pymodels' parameters come out."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        own = {k: v for k, v in query if k in OWN_PARAMETERS}
+        rest = [(k, v) for k, v in query if k not in OWN_PARAMETERS]
+        return {"url": urlunsplit(parts._replace(query=urlencode(rest))), **own}
+
+    # ------------------------------------------------------------ connections
+
+    def _open(self) -> None:
+        s = self.settings
+        if s.url is not None and s.dsn is not None:
+            raise ConfigurationError("give either setting 'url' or 'dsn', not both")
+        given = {
+            "host": s.host,
+            "port": s.port,
+            "user": s.user,
+            "password": None if s.password is None else s.password.get_secret_value(),
+            "dbname": s.dbname,
+        }
+        try:
+            self._conninfo = psycopg.conninfo.make_conninfo(
+                s.url or s.dsn or "",
+                connect_timeout=max(1, math.ceil(s.connect_timeout)),
+                **{k: v for k, v in given.items() if v is not None},
+            )
+            parsed = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        except psycopg.ProgrammingError as e:
+            raise ConfigurationError(f"postgresql: bad connection settings: {e}") from e
+        self._host = str(parsed.get("host") or os.environ.get("PGHOST") or "localhost")
+        self._port = int(str(parsed.get("port") or os.environ.get("PGPORT") or 5432))
+        self._table = s.table
+        self._qtable = f'"{self._table}"'
+        self._dialect = _DIALECT
+        self._compiler = _COMPILER
+        self._conns = ThreadConnections(self._connect, _close_quietly)
+        self._cursor_names = itertools.count()
+        self._init_schema()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                self._conninfo, autocommit=True, cursor_factory=psycopg.RawCursor
+            )
+        except psycopg.Error as e:
+            raise ConnectionFailed(
+                f"cannot connect to PostgreSQL at {self._host}:{self._port}: {e}",
+                host=self._host,
+                port=self._port,
+            ) from e
+        set_json_loads(loads_pg, conn)
+        try:
+            # Literals in our SQL double their quotes only: backslashes must be plain.
+            conn.execute("SET standard_conforming_strings = on")
+        except psycopg.Error as e:
+            conn.close()
+            raise PyModelsError(f"postgresql: {e}") from e
+        return conn
+
+    def _db(self) -> Guard[psycopg.Connection[Any]]:
+        """``with self._db() as conn``: this thread's connection, errors translated."""
+        if self.closed:
+            raise PyModelsError("postgresql storage is closed")
+        conn = self._conns.get()
+        if conn.closed:
+            self._conns.discard()
+            conn = self._conns.get()
+        return Guard(conn, self._translate)
+
+    def _translate(self, e: BaseException) -> BaseException | None:
+        """The library's exception for a psycopg error (None: not a driver error)."""
+        if isinstance(e, psycopg.errors.IntegrityError):
+            return IntegrityError(f"postgresql: {e}")
+        if not isinstance(e, psycopg.Error):
+            return None
+        conn = self._conns.current()
+        if conn is None or conn.broken or conn.closed:
+            # Gone: the next call connects again (nothing is retried here).
+            self._conns.discard()
+            return ConnectionFailed(
+                f"lost the connection to PostgreSQL at {self._host}:{self._port}: {e}",
+                host=self._host,
+                port=self._port,
+            )
+        return PyModelsError(f"postgresql: {e}")
+
+    def _init_schema(self) -> None:
+        with self._db() as conn:
+            if self.read_only:
+                row = conn.execute("SELECT to_regclass($1)", [self._qtable]).fetchone()
+                if row is None or row[0] is None:
+                    raise ConfigurationError(f"no table {self._table!r} (read_only is set)")
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._qtable} "
+                    '(pk TEXT COLLATE "C" PRIMARY KEY, body JSONB NOT NULL)'
+                )
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                    "(name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                key = f"{self._table}.format"
+                conn.execute(
+                    f"INSERT INTO {META_TABLE} (name, value) VALUES ($1, $2) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    [key, FORMAT_VERSION],
+                )
+                row = conn.execute(
+                    f"SELECT value FROM {META_TABLE} WHERE name = $1", [key]
+                ).fetchone()
+            if row is None or row[0] != FORMAT_VERSION:
+                raise ConfigurationError(
+                    f"table {self._table!r} has format {row and row[0]}; this pymodels "
+                    f"reads format {FORMAT_VERSION}"
+                )
+
+    # ------------------------------------------------------------ required hooks
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT body FROM {self._qtable} WHERE pk = $1", [pk]).fetchone()
+        return None if row is None else row[0]
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        body = dumps_pg(record)
+        with self._db() as conn:
+            if overwrite:
+                conn.execute(
+                    f"INSERT INTO {self._qtable} (pk, body) VALUES ($1, $2::jsonb) "
+                    "ON CONFLICT (pk) DO UPDATE SET body = EXCLUDED.body",
+                    [pk, body],
+                )
+                return True
+            cur = conn.execute(
+                f"INSERT INTO {self._qtable} (pk, body) VALUES ($1, $2::jsonb) "
+                "ON CONFLICT (pk) DO NOTHING",
+                [pk, body],
+            )
+            return cur.rowcount == 1
+
+    def _remove(self, pk: str) -> bool:
+        with self._db() as conn:
+            return conn.execute(f"DELETE FROM {self._qtable} WHERE pk = $1", [pk]).rowcount == 1
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self._rows(Frag(f"SELECT pk, body FROM {self._qtable}"), None)
+
+    def _clear(self) -> None:
+        with self._db() as conn:
+            conn.execute(f"DELETE FROM {self._qtable}")
+
+    def _close(self) -> None:
+        self._conns.close_all()
+
+    # ------------------------------------------------------------ optional overrides
+
+    def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT pk, body FROM {self._qtable} WHERE pk = ANY($1::text[])", [pks]
+            ).fetchall()
+        found = dict(rows)
+        return [found.get(pk) for pk in pks]
+
+    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        rows = [(pk, dumps_pg(record)) for pk, record in items]
+        with self._db() as conn, conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self._qtable} (pk, body) VALUES ($1, $2::jsonb) "
+                "ON CONFLICT (pk) DO UPDATE SET body = EXCLUDED.body",
+                rows,
+            )
+
+    def _keys(self) -> Iterator[str]:
+        for pk, _ in self._rows(Frag(f"SELECT pk, NULL FROM {self._qtable}"), None):
+            yield pk
+
+    def _count(self) -> int:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT count(*) FROM {self._qtable}").fetchone()
+        return int(row[0]) if row else 0
+
+    def _contains(self, pk: str) -> bool:
+        with self._db() as conn:
+            sql = f"SELECT 1 FROM {self._qtable} WHERE pk = $1"
+            return conn.execute(sql, [pk]).fetchone() is not None
+
+    def _begin(self) -> None:
+        with self._db() as conn:
+            conn.execute("BEGIN")
+
+    def _commit(self) -> None:
+        with self._db() as conn:
+            conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        conn = self._conns.current()
+        if conn is None or conn.closed or conn.broken:
+            return  # the server already ended the transaction with the session
+        with self._db() as c:
+            c.execute("ROLLBACK")
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        ddl = self._dialect.create_index(self._table, spec)
+        with self._db() as conn, conn.transaction():
+            # Nested in a user's transaction this is a savepoint; the lock holds to its end.
+            conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
+            conn.execute(ddl)
+
+    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
+        compiled = self._dialect.update(changes)
+        if compiled is None:
+            return super()._update_many(pks, changes)
+        body, guard = compiled
+        sql = (
+            f"UPDATE {self._qtable} SET body = {body.sql} "
+            f"WHERE pk = ANY({PARAM}::text[]) AND ({guard.sql}) RETURNING pk"
+        )
+        text, params = self._dialect.render(Frag(sql, (*body.params, pks, *guard.params)))
+        with self._atomic():
+            with self._db() as conn:
+                done = {pk for (pk,) in conn.execute(text, params).fetchall()}
+            # What the guard kept out (a parent that is not a dict, an int that
+            # would overflow, a missing record) takes the exact generic path,
+            # with the row locked so that no other writer slips in between.
+            rest = [pk for pk in pks if pk not in done]
+            return len(done) + sum(1 for pk in rest if self._update_locked(pk, changes))
+
+    def _update_locked(self, pk: str, changes: list[Change]) -> bool:
+        with self._db() as conn:
+            conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])
+        return BaseStorage._update(self, pk, changes)
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        # One conditional statement: PostgreSQL re-checks the condition after
+        # waiting for a concurrent writer's row lock, so this is a true CAS.
+        if expected is None:
+            return self._store(pk, record, overwrite=False)
+        cond = (
+            Lookup((field,), "exists", False)
+            if expected is MISSING
+            else Lookup((field,), "equals", expected)
+        )
+        leaf = self._compiler.lookup(cond)
+        if leaf is None or not leaf.exact:
+            with self._atomic():
+                with self._db() as conn:
+                    conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])
+                return super()._compare_and_store(pk, record, field, expected)
+        sql = (
+            f"UPDATE {self._qtable} SET body = {PARAM}::jsonb "
+            f"WHERE pk = {PARAM} AND ({leaf.frag.sql})"
+        )
+        text, params = self._dialect.render(Frag(sql, (dumps_pg(record), pk, *leaf.frag.params)))
+        with self._db() as conn:
+            return conn.execute(text, params).rowcount == 1
+
+    # ------------------------------------------------------------ used by Query
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        return self._compiler.compile(condition)
+
+    def _rows(self, frag: Frag, limit: int | None) -> Generator[tuple[str, Any], None, None]:
+        text, params = self._dialect.render(frag)
+        if limit is not None and limit <= FETCH_SIZE:
+            with self._db() as conn:
+                rows = conn.execute(text, params).fetchall()
+            yield from rows
+            return
+        # A server-side cursor WITH HOLD: rows come FETCH_SIZE at a time and
+        # the connection stays usable between batches (for writes in a loop).
+        guard = self._db()
+        with guard as conn:
+            cur = psycopg.RawServerCursor(conn, f"pm_{next(self._cursor_names)}", withhold=True)
+            cur.execute(text, params)
+        try:
+            while True:
+                with guard:
+                    batch = cur.fetchmany(FETCH_SIZE)
+                if not batch:
+                    return
+                yield from batch
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                cur.close()
+
+    def _select(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        return self._rows(self._dialect.select(self._table, where, order, offset, limit), limit)
+
+    def _count_where(self, where: Frag | None) -> int:
+        text, params = self._dialect.render(self._dialect.count(self._table, where))
+        with self._db() as conn:
+            row = conn.execute(text, params).fetchone()
+        return int(row[0]) if row else 0
+
+    def _delete_where(self, where: Frag | None) -> int:
+        text, params = self._dialect.render(self._dialect.delete(self._table, where))
+        with self._db() as conn:
+            deleted: int = conn.execute(text, params).rowcount
+        return deleted
+
+    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
+        text, params = self._dialect.render(self._dialect.select(self._table, where, order))
+        with self._db() as conn:
+            plan = conn.execute("EXPLAIN " + text, params).fetchall()
+        lines = "\n".join("    " + str(line) for (line,) in plan)
+        return f"{text}\n  parameters: {list(params)!r}\n  plan (EXPLAIN):\n{lines}"

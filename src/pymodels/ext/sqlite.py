@@ -1,0 +1,470 @@
+"""SQLite backend: the embedded default.
+
+Engine: SQLite 3.38+ through the standard library's :mod:`sqlite3` (JSON1 built
+in; tested with 3.40). Dependencies: none.
+Suits: applications and tools on one machine, tests, examples; several
+processes may share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``).
+Layout: one table per storage (setting ``table``, default ``documents``) with
+``pk TEXT PRIMARY KEY`` and ``body TEXT`` holding the record as tagged JSON
+(:mod:`pymodels.ext._sql.encoding`); the library's own data lives in the
+separate table ``pymodels_meta``.
+Queries: every lookup runs in SQL (some through functions registered on each
+connection, such as ``pm_lower`` for ``str.lower()``); ordering, offset and
+limit too, except among lists and dicts at an order key, sorted in Python.
+Indexes are expression indexes on the same expressions the queries use.
+Limits: one writer at a time (SQLite's rule); ``sqlite://`` (in memory) lives
+as long as the storage and serialises its threads; list and dict values in a
+unique index compare by their JSON text (``[1]`` and ``[1.0]`` differ there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Generator, Iterator
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+import pydantic
+
+from ..conditions import Condition, Lookup
+from ..errors import ConfigurationError, IntegrityError, PyModelsError
+from ..features import OPS, Features
+from ..ordering import OrderKey
+from ..query import BaseQuery, Compiled
+from ..registry import url_path
+from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
+from ..values import MISSING
+from ._sql.compiler import Compiler, Frag
+from ._sql.connections import Guard, ThreadConnections
+from ._sql.encoding import dumps, loads
+from ._sql.query import SQLQuery
+from ._sql.sqlite_dialect import SQLiteDialect, register_functions
+
+__all__ = ["Query", "Settings", "Storage", "features"]
+
+features = Features(
+    # Every op runs in SQLite, some through functions registered per connection.
+    ops=dict.fromkeys(OPS, "native"),
+    native_ordering=True,
+    multi_key_ordering=True,
+    native_slicing=True,
+    native_count=True,
+    transactions=True,
+    indexes=True,
+    unique_indexes=True,
+    compound_indexes=True,
+    full_text=False,
+    partial_update=True,
+    thread_safe=True,
+    fork_safe=True,
+    concurrent_processes=True,
+    persistent=True,
+)
+
+#: What an in-memory storage (``sqlite://``) can do: the same, but nothing outlives it
+#: and no other process sees it.
+memory_features = features.replace(persistent=False, concurrent_processes=False)
+
+#: Table names: plain identifiers, so they need no quoting anywhere (and fit
+#: PostgreSQL's 63-byte limit with an index-name suffix).
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+META_TABLE = "pymodels_meta"
+FORMAT_VERSION = "1"
+#: Rows pulled from SQLite at a time while iterating.
+FETCH_SIZE = 500
+#: Parameters per ``pk IN (...)`` (SQLite allows 32766 since 3.32).
+CHUNK = 500
+
+
+class Settings(BaseSettings):
+    """Settings of the SQLite backend."""
+
+    #: The database file; None or ":memory:" keeps it in memory for this storage only.
+    path: str | None = None
+    #: The table holding this storage's records.
+    table: str = "documents"
+    #: Seconds a write waits for another connection's write lock before failing.
+    timeout: float = 30.0
+    #: PRAGMA synchronous: NORMAL (with WAL: durable against process crashes,
+    #: may lose the last commits on power loss) or FULL (durable against both).
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+
+    @pydantic.field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not TABLE_NAME.fullmatch(value) or value.lower().startswith("sqlite_"):
+            raise ValueError(
+                "must be a plain identifier (letters, digits, _; at most 40) "
+                "not starting with sqlite_"
+            )
+        if value == META_TABLE:
+            raise ValueError(f"{META_TABLE} is the library's own table")
+        return value
+
+
+class Query(SQLQuery):
+    """A query compiled to SQLite SQL."""
+
+
+def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
+    """The library's exception for a sqlite3 error (None: not a driver error)."""
+    if isinstance(e, sqlite3.IntegrityError):
+        return IntegrityError(f"{what}: {e}")
+    if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+        return PyModelsError(
+            f"{what}: the database stayed locked by another connection for the whole "
+            f"busy timeout ({e})"
+        )
+    if isinstance(e, sqlite3.Error):
+        return PyModelsError(f"{what}: {e}")
+    return None
+
+
+# One dialect for every storage: its caches of per-path SQL are shared.
+_DIALECT = SQLiteDialect()
+_COMPILER = Compiler(_DIALECT)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+class Storage(BaseStorage):
+    """Records as JSON in one SQLite table."""
+
+    features: ClassVar[Features] = features
+    query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    settings_class: ClassVar[type[BaseSettings]] = Settings
+    url_schemes: ClassVar[tuple[str, ...]] = ("sqlite", "sqlite3")
+    settings: Settings
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> dict[str, Any]:
+        """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite://`` (memory); ``?table=...``."""
+        parts = urlsplit(url)
+        settings: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if parts.netloc or parts.path not in ("", "/"):
+            settings["path"] = url_path(url)
+        return settings
+
+    # ------------------------------------------------------------ connections
+
+    def _open(self) -> None:
+        path = self.settings.path
+        self._memory = path is None or path == ":memory:"
+        if self._memory:
+            # Instance attribute on purpose: the class-level flags describe files.
+            self.features = memory_features  # type: ignore[misc]
+        self._table = self.settings.table
+        self._qtable = f'"{self._table}"'
+        self._dialect = _DIALECT
+        self._compiler = _COMPILER
+        # Files: one connection per thread. In memory, one connection (each
+        # connection would get a database of its own) used under self._lock.
+        self._conns = ThreadConnections(self._connect, _close_quietly)
+        self._shared: sqlite3.Connection | None = self._connect() if self._memory else None
+        with self._db() as conn:
+            self._init_schema(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.settings.path
+        try:
+            if self._memory:
+                conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            elif self.read_only:
+                if not os.path.exists(str(path)):
+                    raise ConfigurationError(f"{path} does not exist (read_only is set)")
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro",
+                    uri=True,
+                    timeout=self.settings.timeout,
+                    check_same_thread=False,
+                    isolation_level=None,
+                )
+            else:
+                conn = sqlite3.connect(
+                    str(path),
+                    timeout=self.settings.timeout,
+                    check_same_thread=False,
+                    # Autocommit: the storage issues BEGIN IMMEDIATE / COMMIT itself.
+                    isolation_level=None,
+                )
+            try:
+                conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+                register_functions(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as e:
+            raise PyModelsError(f"cannot open {path or 'an in-memory database'}: {e}") from e
+        return conn
+
+    def _db(self) -> Guard[sqlite3.Connection]:
+        """``with self._db() as conn``: this thread's connection, errors translated."""
+        if self.closed:
+            raise PyModelsError("sqlite storage is closed")
+        if self._shared is not None:
+            return Guard(self._shared, _translate, self._lock)
+        return Guard(self._conns.get(), _translate)
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        if self.read_only:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (self._table,)
+            ).fetchone()
+            if found is None:
+                raise ConfigurationError(
+                    f"{self.settings.path} has no table {self._table!r} (read_only is set)"
+                )
+            return
+        if not self._memory:
+            self._set_wal(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # WITHOUT ROWID: the pk is the table's key, so a lookup by pk is one
+            # B-tree search and secondary indexes end with the pk (the order's tiebreak).
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._qtable} "
+                "(pk TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
+            )
+            key = f"{self._table}.format"
+            conn.execute(
+                f"INSERT OR IGNORE INTO {META_TABLE} (name, value) VALUES (?, ?)",
+                (key, FORMAT_VERSION),
+            )
+            (version,) = conn.execute(
+                f"SELECT value FROM {META_TABLE} WHERE name = ?", (key,)
+            ).fetchone()
+            if version != FORMAT_VERSION:
+                raise ConfigurationError(
+                    f"table {self._table!r} has format {version}; this pymodels reads "
+                    f"format {FORMAT_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _set_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL needs a moment alone with the file and does not
+        # wait on the busy handler: retry while other processes open it too.
+        deadline = time.monotonic() + self.settings.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    # ------------------------------------------------------------ required hooks
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        with self._db() as conn:
+            row = conn.execute(f"SELECT body FROM {self._qtable} WHERE pk = ?", (pk,)).fetchone()
+        return None if row is None else loads(row[0])
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        body = dumps(record)
+        with self._db() as conn:
+            if overwrite:
+                conn.execute(
+                    f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) "
+                    "ON CONFLICT (pk) DO UPDATE SET body = excluded.body",
+                    (pk, body),
+                )
+                return True
+            cur = conn.execute(
+                f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) ON CONFLICT (pk) DO NOTHING",
+                (pk, body),
+            )
+            return cur.rowcount == 1
+
+    def _remove(self, pk: str) -> bool:
+        with self._db() as conn:
+            return conn.execute(f"DELETE FROM {self._qtable} WHERE pk = ?", (pk,)).rowcount == 1
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self._rows(Frag(f"SELECT pk, body FROM {self._qtable}"))
+
+    def _clear(self) -> None:
+        with self._db() as conn:
+            conn.execute(f"DELETE FROM {self._qtable}")
+
+    def _close(self) -> None:
+        self._conns.close_all()
+        if self._shared is not None:
+            _close_quietly(self._shared)
+
+    # ------------------------------------------------------------ optional overrides
+
+    def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(pks), CHUNK):
+            chunk = pks[start : start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            with self._db() as conn:
+                rows = conn.execute(
+                    f"SELECT pk, body FROM {self._qtable} WHERE pk IN ({marks})", chunk
+                ).fetchall()
+            found.update((pk, loads(body)) for pk, body in rows)
+        return [found.get(pk) for pk in pks]
+
+    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        rows = [(pk, dumps(record)) for pk, record in items]
+        with self._db() as conn:
+            conn.executemany(
+                f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) "
+                "ON CONFLICT (pk) DO UPDATE SET body = excluded.body",
+                rows,
+            )
+
+    def _keys(self) -> Iterator[str]:
+        for pk, _ in self._rows(Frag(f"SELECT pk, NULL FROM {self._qtable}"), decode=False):
+            yield pk
+
+    def _count(self) -> int:
+        with self._db() as conn:
+            count: int = conn.execute(f"SELECT count(*) FROM {self._qtable}").fetchone()[0]
+        return count
+
+    def _contains(self, pk: str) -> bool:
+        with self._db() as conn:
+            sql = f"SELECT 1 FROM {self._qtable} WHERE pk = ?"
+            return conn.execute(sql, (pk,)).fetchone() is not None
+
+    def _begin(self) -> None:
+        # IMMEDIATE takes the write lock now (waiting on the busy timeout):
+        # a deferred transaction that reads first could fail with "database
+        # is locked" when it later tries to write, without waiting.
+        with self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        with self._db() as conn:
+            conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        with self._db() as conn:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        ddl = self._dialect.create_index(self._table, spec)
+        with self._db() as conn:
+            conn.execute(ddl)
+
+    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
+        compiled = self._dialect.update(changes)
+        if compiled is None:
+            return super()._update_many(pks, changes)
+        body, guard = compiled
+        with self._atomic():
+            done: set[str] = set()
+            for start in range(0, len(pks), CHUNK):
+                chunk = pks[start : start + CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                sql = (
+                    f"UPDATE {self._qtable} SET body = {body.sql} "
+                    f"WHERE pk IN ({marks}) AND ({guard.sql}) RETURNING pk"
+                )
+                text, params = self._dialect.render(
+                    Frag(sql, (*body.params, *chunk, *guard.params))
+                )
+                with self._db() as conn:
+                    done.update(pk for (pk,) in conn.execute(text, params).fetchall())
+            # What the guard kept out (a parent that is not a dict, an int that
+            # would overflow, a missing record) takes the exact generic path.
+            rest = [pk for pk in pks if pk not in done]
+            return len(done) + sum(1 for pk in rest if BaseStorage._update(self, pk, changes))
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        # One conditional statement: atomic across threads and processes.
+        if expected is None:
+            return self._store(pk, record, overwrite=False)
+        cond = (
+            Lookup((field,), "exists", False)
+            if expected is MISSING
+            else Lookup((field,), "equals", expected)
+        )
+        leaf = self._compiler.lookup(cond)
+        if leaf is None or not leaf.exact:
+            return super()._compare_and_store(pk, record, field, expected)
+        sql = f"UPDATE {self._qtable} SET body = ? WHERE pk = ? AND ({leaf.frag.sql})"
+        text, params = self._dialect.render(Frag(sql, (dumps(record), pk, *leaf.frag.params)))
+        with self._db() as conn:
+            return conn.execute(text, params).rowcount == 1
+
+    # ------------------------------------------------------------ used by Query
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        return self._compiler.compile(condition)
+
+    def _rows(
+        self, frag: Frag, limit: int | None = None, *, decode: bool = True
+    ) -> Generator[tuple[str, Any], None, None]:
+        text, params = self._dialect.render(frag)
+        guard = self._db()
+        if limit is not None and limit <= FETCH_SIZE:
+            with guard as conn:
+                rows = conn.execute(text, params).fetchall()
+            for pk, body in rows:
+                yield pk, loads(body) if decode else body
+            return
+        with guard as conn:
+            cursor = conn.execute(text, params)
+        try:
+            while True:
+                with guard:
+                    batch = cursor.fetchmany(FETCH_SIZE)
+                if not batch:
+                    return
+                for pk, body in batch:
+                    yield pk, loads(body) if decode else body
+        finally:
+            cursor.close()
+
+    def _select(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        return self._rows(self._dialect.select(self._table, where, order, offset, limit), limit)
+
+    def _count_where(self, where: Frag | None) -> int:
+        text, params = self._dialect.render(self._dialect.count(self._table, where))
+        with self._db() as conn:
+            count: int = conn.execute(text, params).fetchone()[0]
+        return count
+
+    def _delete_where(self, where: Frag | None) -> int:
+        text, params = self._dialect.render(self._dialect.delete(self._table, where))
+        with self._db() as conn:
+            deleted: int = conn.execute(text, params).rowcount
+        return deleted
+
+    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
+        text, params = self._dialect.render(self._dialect.select(self._table, where, order))
+        with self._db() as conn:
+            plan = conn.execute("EXPLAIN QUERY PLAN " + text, params).fetchall()
+        depth: dict[int, int] = {0: 0}
+        lines = []
+        for node, parent, _, detail in plan:
+            depth[node] = depth.get(parent, 0) + 1
+            lines.append("  " * depth[node] + str(detail))
+        head = f"{text}\n  parameters: {list(params)!r}\n  plan (EXPLAIN QUERY PLAN):\n"
+        return head + "\n".join("  " + line for line in lines)

@@ -1,0 +1,101 @@
+"""Condition trees as values: parsing, validation at build time, hashing, negation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from pymodels import InvalidQuery, Q
+from pymodels.conditions import ALL, And, Lookup, Not, Or, parse_key
+
+
+def test_parsing_paths_and_ops() -> None:
+    assert parse_key("a", 1) == Lookup(("a",), "equals", 1)
+    assert parse_key("a__b__gte", 1) == Lookup(("a", "b"), "gte", 1)
+    assert parse_key("a__gt__equals", 1) == Lookup(("a", "gt"), "equals", 1)
+    assert parse_key("gt", 1) == Lookup(("gt",), "equals", 1)  # a plain name is a field
+    assert parse_key("address__city", "x").path == ("address", "city")
+
+
+@pytest.mark.parametrize("key", ["a__gtee", "a__startwith", "a__contain", "a__id", "a__iin"])
+def test_one_edit_from_an_op_is_a_typo(key: str) -> None:
+    with pytest.raises(InvalidQuery, match="did you mean"):
+        parse_key(key, "x")
+
+
+def test_ops_far_from_any_op_are_nested_keys() -> None:
+    assert parse_key("a__city", 1).path == ("a", "city")
+    assert parse_key("id", 1).path == ("id",)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("a__gt", None),
+        ("a__gt", True),
+        ("a__gt", [1]),
+        ("a__gt", {"x": 1}),
+        ("a__between", (1,)),
+        ("a__between", (1, "b")),
+        ("a__between", (dt.date(2020, 1, 1), dt.datetime(2020, 1, 1))),
+        ("a__in", "abc"),
+        ("a__contains_all", 1),
+        ("a__exists", "yes"),
+        ("a__year", 2020.0),
+        ("a__year", True),
+        ("a__like", 1),
+        ("a__matches", "[unclosed"),
+        ("a__imatches", "(?P<"),
+        ("a", float("nan")),
+        ("a", "nul\x00"),
+        ("a__", 1),
+        ("__a", 1),
+    ],
+)
+def test_bad_lookups_fail_when_built(key: str, value: object) -> None:
+    with pytest.raises(InvalidQuery) as info:
+        Q(**{key: value})
+    assert isinstance(info.value, ValueError)
+
+
+def test_error_names_path_and_op() -> None:
+    with pytest.raises(InvalidQuery, match="age__gt"):
+        Q(age__gt=[1])
+
+
+def test_conditions_are_hashable_values() -> None:
+    a = Q(x=[1, {"k": Decimal("1.0")}]) | ~Q(y__in=[1, 2])
+    b = Q(x=[1, {"k": Decimal("1.0")}]) | ~Q(y__in=[1, 2])
+    assert a == b and hash(a) == hash(b)
+    assert {a: 1}[b] == 1
+    assert Q(x=1) != Q(x=True) and Q(x=[1]) != Q(x=[True])
+    assert Q(x=1) == Q(x=1.0)  # one kind: numbers
+    with pytest.raises(AttributeError):
+        Q(x=1).op = "gt"  # type: ignore[attr-defined]
+
+
+def test_boolean_algebra() -> None:
+    c = Q(a=1)
+    assert ~~c == c and isinstance(~c, Not)
+    assert isinstance(c & Q(b=2), And) and isinstance(c | Q(b=2), Or)
+    assert (c & Q(b=2)) & Q(d=3) == And((c, Q(b=2), Q(d=3)))  # flattened
+    assert c & c == c
+    assert Q() == ALL and ALL.matches({})
+    assert Q(a=1, b=2) == Q(a=1) & Q(b=2)
+
+
+def test_two_valued_logic() -> None:
+    assert not Q(age__gt=5).matches({})
+    assert (~Q(age__gt=5)).matches({})
+    assert Q(age__exists=False).matches({})
+    assert not (~Q(age__exists=False)).matches({})
+
+
+def test_aware_values_are_normalised_to_utc() -> None:
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    noon = dt.datetime(2020, 1, 1, 12, tzinfo=plus2)
+    lookup = parse_key("t", noon)
+    assert lookup.value.utcoffset() == dt.timedelta(0)
+    assert lookup.matches({"t": noon.astimezone(dt.UTC)})

@@ -1,0 +1,143 @@
+"""Documents without a database: declaration rules, validation, the mapping view, JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from pymodels import ConfigurationError, Document, Field, Model, ValidationError
+from pymodels.conditions import ALL, Q
+
+
+class Country(Document):
+    name: str
+    code: str = Field(min_length=2, max_length=2)
+
+
+class Person(Document):
+    first_name: str
+    last_name: str = ""
+    age: int | None = None
+    birth_place: Country | None = None
+
+    class Meta:
+        must_have = {"first_name__exists": True}
+        must_not_have = {"deleted": True}
+        indexes = ["last_name"]
+
+
+class Employee(Person):
+    company: str
+
+    class Meta:
+        must_have = {"company__startswith": "A"}
+        indexes = ["company"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pk",
+        "save",
+        "delete",
+        "objects",
+        "object",
+        "get",
+        "keys",
+        "items",
+        "values",
+        "model_x",
+        "_private",
+    ],
+)
+def test_reserved_names_cannot_be_declared(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=repr(name)):
+        type("Bad", (Document,), {"__annotations__": {name: int}})
+
+
+def test_model_is_document() -> None:
+    assert Model is Document
+
+
+def test_construction_and_assignment_validate() -> None:
+    with pytest.raises(ValidationError, match="code"):
+        Country(name="Finland", code="FIN")
+    with pytest.raises(ValidationError, match="unknown|extra|not permitted"):
+        Country(name="X", code="XX", population=5)
+    country = Country(name="X", code="XX")
+    with pytest.raises(ValidationError, match="code") as info:
+        country.code = "Q"
+    assert info.value.field == "code" and isinstance(info.value, ValueError)
+    with pytest.raises(ValidationError):
+        Person(first_name="A", age="7")  # strict: no coercion
+
+
+def test_meta_merges_parent_then_child() -> None:
+    meta = Employee._meta()
+    assert meta.must_have == {"first_name__exists": True, "company__startswith": "A"}
+    assert meta.must_not_have == {"deleted": True}
+    assert meta.indexes == ["last_name", "company"]
+    assert Employee._is_member({"first_name": "a", "company": "Acme"})
+    assert not Employee._is_member({"first_name": "a", "company": "Bcme"})
+    assert not Employee._is_member({"first_name": "a", "company": "Acme", "deleted": True})
+    assert not Employee._is_member({"company": "Acme"})
+    assert Document._membership() == ALL
+
+
+def test_membership_includes_required_fields() -> None:
+    assert Country._membership() == Q(name__exists=True, code__exists=True)
+
+
+def test_mapping_view() -> None:
+    country = Country(name="Finland", code="FI")
+    person = Person(first_name="A", birth_place=country)
+    assert person.keys() == ["first_name", "last_name", "birth_place"]
+    with pytest.raises(KeyError):
+        _ = person["age"]
+    assert person.get("age", 5) == 5
+    country._pk = "c1"
+    assert person["birth_place"] == "c1"  # a reference shows as its pk
+    person["extra"] = [1, 2]
+    assert dict(person)["extra"] == [1, 2] and "extra" in person
+    person["age"] = 3
+    assert person.age == 3
+    with pytest.raises(ValidationError):
+        person["bad.name"] = 1
+    with pytest.raises(ValidationError):
+        person["nan"] = float("nan")
+    del person["extra"]
+    assert "extra" not in person
+    with pytest.raises(ValidationError):
+        person.not_a_field = 1
+
+
+def test_json_round_trip_keeps_every_kind() -> None:
+    values: dict[str, Any] = {
+        "i": 7,
+        "f": 7.0,
+        "d": Decimal("2.50"),
+        "b": b"\x00\xff",
+        "day": dt.date(2020, 1, 2),
+        "naive": dt.datetime(2020, 1, 2, 3, 4, 5, 6),
+        "aware": dt.datetime(2020, 1, 2, 3, tzinfo=dt.UTC),
+        "nested": {"l": [True, 1, 1.5, "s", [b""]]},
+    }
+    doc = Document.from_json(Document(**{}).to_json())
+    assert dict(doc) == {}
+    free = Document()
+    for k, v in values.items():
+        free[k] = v
+    back = Document.from_json(free.to_json())
+    assert dict(back) == values
+    assert type(back["f"]) is float and type(back["i"]) is int
+    assert str(back["d"]) == "2.50"
+
+
+def test_loading_wraps_errors_with_pk_and_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        Person._from_storage(None, "p1", {"first_name": 5})
+    assert info.value.pk == "p1" and info.value.field == "first_name"
+    assert "p1" in str(info.value)

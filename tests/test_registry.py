@@ -1,0 +1,137 @@
+"""get_storage: settings dicts, overrides, aliases, dotted paths, entry points and URLs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import pymodels
+from pymodels import BackendNotFound, BackendUnavailable, ConfigurationError
+from pymodels.ext import memory, shelve
+from pymodels.registry import ENTRY_POINT_GROUP, known_backends, url_path
+
+
+def test_short_name_alias_and_dotted_path() -> None:
+    assert isinstance(pymodels.get_storage({"backend": "memory"}), memory.Storage)
+    assert isinstance(pymodels.get_storage({"backend": "pymodels.ext.memory"}), memory.Storage)
+    assert pymodels.get_db is pymodels.get_storage
+
+
+def test_keyword_overrides_replace_dict_keys(tmp_path: Path) -> None:
+    settings = {"backend": "shelve", "path": str(tmp_path / "a"), "dbm": "dbm.dumb"}
+    with pymodels.get_storage(settings, path=str(tmp_path / "b")) as s:
+        assert s.settings.path == str(tmp_path / "b")  # type: ignore[attr-defined]
+    assert settings["path"] == str(tmp_path / "a")  # the caller's dict is untouched
+
+
+def test_missing_backend_key() -> None:
+    with pytest.raises(ConfigurationError, match="'backend'"):
+        pymodels.get_storage({"path": "x"})
+
+
+def test_unknown_and_missing_settings_name_the_key_and_what_is_accepted() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown setting 'colour'.*accepted settings"):
+        pymodels.get_storage({"backend": "memory", "colour": "red"})
+    with pytest.raises(ConfigurationError, match=r"missing setting 'path'.*dbm"):
+        pymodels.get_storage({"backend": "shelve"})
+    with pytest.raises(ConfigurationError, match="'read_only'"):
+        pymodels.get_storage({"backend": "memory"}, read_only="perhaps")
+
+
+def test_unknown_backend_lists_the_known_ones() -> None:
+    with pytest.raises(BackendNotFound) as info:
+        pymodels.get_storage({"backend": "nosuchdb"})
+    assert "memory" in info.value.known and "shelve" in info.value.known
+    assert "memory" in str(info.value)
+    with pytest.raises(BackendNotFound):
+        pymodels.get_storage({"backend": "no.such.module"})
+    with pytest.raises(BackendNotFound):
+        pymodels.get_storage("nosuchscheme://x")
+
+
+def test_a_module_that_is_not_a_backend() -> None:
+    with pytest.raises(ConfigurationError, match="lacks Storage, Query, features"):
+        pymodels.get_storage({"backend": "pymodels.errors"})
+
+
+def test_missing_driver_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "thirdparty_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "needs_driver.py").write_text("import a_driver_that_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendUnavailable, match="a_driver_that_is_not_installed") as info:
+        pymodels.get_storage({"backend": "thirdparty_pkg.needs_driver"})
+    assert isinstance(info.value.__cause__, ImportError)
+    for name in ("thirdparty_pkg.needs_driver", "thirdparty_pkg"):
+        sys.modules.pop(name, None)
+
+
+def test_installed_plugin_is_found_by_entry_point() -> None:
+    try:
+        importlib.metadata.distribution("pymodels-testbackend")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - setup error
+        pytest.fail("tests/plugins/pymodels_testbackend is not installed; scripts/test installs it")
+    names = [ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    assert "testbackend" in names
+    assert "testbackend" in known_backends()
+    with pymodels.get_storage({"backend": "testbackend", "greeting": "hi"}) as s:
+        assert type(s).__module__ == "pymodels_testbackend"
+        assert s.settings.greeting == "hi"  # type: ignore[attr-defined]
+        s.save({"a": 1}, primary_key="k")
+        assert s.get(None, "k")["a"] == 1
+    with pymodels.get_storage("testbackend://shared") as s:
+        assert type(s).__module__ == "pymodels_testbackend"
+
+
+def test_url_path_rule() -> None:
+    assert url_path("shelve:///data.db") == "data.db"
+    assert url_path("shelve:///dir/data.db") == "dir/data.db"
+    assert url_path("shelve:////abs/data.db") == "/abs/data.db"
+    assert url_path("sqlite:///with%20space.db") == "with space.db"
+    with pytest.raises(ConfigurationError):
+        url_path("shelve://host/data.db")
+    with pytest.raises(ConfigurationError):
+        url_path("shelve:///")
+
+
+def test_shelve_urls_are_relative_or_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage("shelve:///rel.db?dbm=dbm.dumb") as s:
+        assert isinstance(s, shelve.Storage)
+        s.save({"a": 1}, primary_key="k")
+    assert any(p.name.startswith("rel.db") for p in tmp_path.iterdir())
+    absolute = tmp_path / "sub"
+    absolute.mkdir()
+    with pymodels.get_storage(f"shelve:///{absolute}/abs.db", dbm="dbm.dumb") as s:
+        s.save({"a": 1}, primary_key="k")
+    assert any(p.name.startswith("abs.db") for p in absolute.iterdir())
+    assert os.path.isabs(str(absolute))
+
+
+def test_memory_urls_share_by_name() -> None:
+    with (
+        pymodels.get_storage("memory://registry-test") as a,
+        pymodels.get_storage("memory://registry-test") as b,
+    ):
+        a.save({"x": 1}, primary_key="k")
+        assert b.get(None, "k")["x"] == 1
+    with pymodels.get_storage("memory://") as fresh:
+        assert len(fresh) == 0
+
+
+def test_settings_must_be_dict_or_url() -> None:
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage(42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage("no-scheme-here")
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage({"backend": "memory"}, backend="shelve")
