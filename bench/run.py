@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workload import make_records, median_of, pks, random_indices, rate, timed_loop
+from workload import make_records, median_of, random_indices, rate, timed_loop
 
 import pymodels
 
@@ -40,7 +40,7 @@ OPENERS: dict[str, Callable[[Path], dict[str, Any]]] = {
 
 def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
     """Median ops/s of the workload through pymodels on ``backend``."""
-    records, keys = make_records(n), pks(n)
+    records = make_records(n)
 
     def once(seed: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix=f"bench-{backend}-") as tmp:
