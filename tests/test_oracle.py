@@ -4,12 +4,11 @@ strategies stay inside the value domain and produce well-formed specs."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 from decimal import Decimal as D
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pymodels.testing import oracle
@@ -20,6 +19,9 @@ NAIVE = dt.datetime(2020, 5, 17, 10, 30, 0, 123456)
 # 23:30 at -02:00 on New Year's Eve is 01:30 UTC on 1 January: year, month and day all move.
 AWARE = dt.datetime(2020, 12, 31, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
 DAY = dt.date(2020, 5, 17)
+
+
+Records = dict[str, dict[str, Any]]
 
 
 def lookup(key: str, value: Any) -> oracle.CondSpec:
@@ -356,15 +358,15 @@ def test_compare_is_consistent_with_rank() -> None:
 
 
 def test_pk_breaks_ties_in_both_directions() -> None:
-    records = {"p3": {"a": 1}, "p1": {"a": 1.0}, "p2": {"a": 1}, "p0": {"a": 2}}
+    records: Records = {"p3": {"a": 1}, "p1": {"a": 1.0}, "p2": {"a": 1}, "p0": {"a": 2}}
     assert oracle.run(records, {"order_by": ["a"]}) == ["p1", "p2", "p3", "p0"]
     assert oracle.run(records, {"order_by": ["-a"]}) == ["p0", "p1", "p2", "p3"]
-    equal = {"x": {"d": D("2.50")}, "w": {"d": D("2.5")}, "v": {"d": -0.0}, "u": {"d": 0}}
+    equal: Records = {"x": {"d": D("2.50")}, "w": {"d": D("2.5")}, "v": {"d": -0.0}, "u": {"d": 0}}
     assert oracle.run(equal, {"order_by": ["-d"]}) == ["w", "x", "u", "v"]
 
 
 def test_multi_key_mixed_directions() -> None:
-    records = {
+    records: Records = {
         "1": {"a": 1, "b": "x"},
         "2": {"a": 1, "b": "y"},
         "3": {"a": 0, "b": "z"},
@@ -377,7 +379,7 @@ def test_multi_key_mixed_directions() -> None:
 
 
 def test_pk_order_and_nested_paths() -> None:
-    records = {"é": {"x": {"y": 2}}, "a": {"x": {"y": 1}}, "B": {"x": 5}, "b": {}}
+    records: Records = {"é": {"x": {"y": 2}}, "a": {"x": {"y": 1}}, "B": {"x": 5}, "b": {}}
     assert oracle.run(records, {}) == ["B", "a", "b", "é"]  # code point order
     assert oracle.run(records, {"order_by": ["-pk"]}) == ["é", "b", "a", "B"]
     assert oracle.run(records, {"order_by": ["x__y"]}) == ["B", "b", "a", "é"]
@@ -403,7 +405,7 @@ def test_slicing(offset: int, limit: int | None, expected: list[str]) -> None:
 
 
 def test_where_and_where_not() -> None:
-    records = {"1": {"age": 4}, "2": {"age": 6}, "3": {}, "4": {"age": "9"}}
+    records: Records = {"1": {"age": 4}, "2": {"age": 6}, "3": {}, "4": {"age": "9"}}
     assert oracle.run(records, {"where_not": [lookup("age__gt", 5)]}) == ["1", "3", "4"]
     both = {"where": [lookup("age__exists", True)], "where_not": [lookup("age__gt", 5)]}
     assert oracle.run(records, both) == ["1", "4"]
@@ -445,7 +447,11 @@ def test_values_follow_query_order_and_slice() -> None:
 
 
 def test_values_of_nested_paths() -> None:
-    records = {"1": {"a": {"b": [1, 2]}}, "2": {"a": {"b": [1, 2]}}, "3": {"a": [{"b": 3}]}}
+    records: Records = {
+        "1": {"a": {"b": [1, 2]}},
+        "2": {"a": {"b": [1, 2]}},
+        "3": {"a": [{"b": 3}]},
+    }
     assert oracle.values(records, {}, "a__b") == [[1, 2]]  # lists are not flattened
 
 
@@ -555,22 +561,20 @@ def test_negation_is_the_complement(data: dict[str, dict[str, Any]], draw: st.Da
 
 @pytest.mark.parametrize("op", gen.OPS)
 def test_conditions_often_hit(op: str) -> None:
-    """The value bias works: for each op, a generated condition matching a record exists."""
+    """The value bias works: for each op, generated conditions often match a record."""
+    hits: list[bool] = []
 
     @st.composite
     def case(draw: st.DrawFn) -> tuple[dict[str, Any], oracle.CondSpec]:
         data = draw(gen.record_sets(max_size=4))
         return data, draw(gen.conditions(list(data.values()), max_depth=0, ops=[op]))
 
-    found = find(
-        case(),
-        lambda c: any(oracle.matches(r, c[1]) for r in c[0].values()) and c[1][2] not in ([], ""),
-        settings=settings(max_examples=2000, database=None),
-    )
-    assert oracle.parse_key(found[1][1])[1] == op
+    @settings(max_examples=100, derandomize=True, database=None)
+    @given(case())
+    def probe(c: tuple[dict[str, Any], oracle.CondSpec]) -> None:
+        assert oracle.parse_key(c[1][1])[1] == op
+        # Trivial hits (contains "" or contains_all []) do not count.
+        hits.append(c[1][2] not in ([], "") and any(oracle.matches(r, c[1]) for r in c[0].values()))
 
-
-def test_regexes_are_python_regexes() -> None:
-    # Sanity for the pool used by matches/imatches: every entry compiles.
-    for pattern in gen._REGEX_POOL:
-        re.compile(pattern)
+    probe()
+    assert sum(hits) >= 3, f"{op}: {sum(hits)} hits in {len(hits)}"
