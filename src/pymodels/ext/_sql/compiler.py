@@ -181,13 +181,18 @@ class Dialect:
         """The kind rank of the value at ``path`` (0 when absent), as SQL."""
         raise NotImplementedError
 
-    def order_terms(self, path: tuple[str, ...]) -> list[str]:
-        """Expressions that sort values at ``path`` in the contract's order (rank first).
+    def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
+        """ORDER BY terms (with their direction) sorting values at ``path`` as the contract does.
 
-        Exact except between two lists or two dicts, which tie or misorder:
-        the query re-sorts those in Python.
+        Kind rank first, then the value within its kind. Exact except between
+        two lists or two dicts, which tie or misorder: the query re-sorts those
+        in Python. Indexes list the same terms, so ordered scans can use them.
         """
         raise NotImplementedError
+
+    def unique_terms(self, path: tuple[str, ...]) -> list[str]:
+        """Extra index terms a unique index needs to tell values at ``path`` apart."""
+        return []
 
     # --------------------------------------------------------------- leaves
 
@@ -275,12 +280,18 @@ class Dialect:
         return f"pm_{table}_{digest[:12]}"
 
     def index_terms(self, spec: IndexSpec) -> list[str]:
-        """The indexed expressions: each key's order terms (then the pk, to order ties)."""
+        """The indexed expressions: each key's order terms, then the pk (it orders ties).
+
+        A unique index has no pk (that would make every row unique) but the
+        dialect's :meth:`unique_terms`.
+        """
         terms: list[str] = []
         for key in spec.keys:
-            direction = " DESC" if key.descending else ""
-            terms.extend(f"({t}){direction}" for t in self.order_terms(key.path))
-        if not spec.unique:
+            terms.extend(self.order_terms(key.path, key.descending))
+        if spec.unique:
+            for key in spec.keys:
+                terms.extend(self.unique_terms(key.path))
+        else:
             terms.append("pk")
         return terms
 
@@ -308,11 +319,10 @@ class Dialect:
         """The ORDER BY list for a full order (its last key is the pk)."""
         terms: list[str] = []
         for key in order:
-            direction = " DESC" if key.descending else ""
             if key.is_pk:
-                terms.append("pk" + direction)
+                terms.append("pk DESC" if key.descending else "pk")
             elif valid_path(key.path):
-                terms.extend(t + direction for t in self.order_terms(key.path))
+                terms.extend(self.order_terms(key.path, key.descending))
             # An invalid path is absent in every record: it cannot change the order.
         return ", ".join(terms)
 

@@ -188,8 +188,10 @@ class SQLiteDialect(Dialect):
     def value(self, path: tuple[str, ...]) -> str:
         return f"coalesce({self.tag(path)}, {self.text(path)})"
 
-    def order_terms(self, path: tuple[str, ...]) -> list[str]:
-        return [self.rank(path), self.value(path)]
+    def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
+        # NULL (absent) sorts first ascending and last descending, as in the contract.
+        direction = " DESC" if descending else ""
+        return [f"({self.rank(path)}){direction}", f"({self.value(path)}){direction}"]
 
     def _is_text(self, path: tuple[str, ...]) -> str:
         return f"{self.json_type(path)} = 'text'"
