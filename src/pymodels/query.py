@@ -309,21 +309,33 @@ class BaseQuery(Generic[D]):
 
         return project
 
+    def _matching(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every matching record, unordered and unsliced (for counting and testing)."""
+        compiled = self._compiled
+        check = self._residual_matches(full_order(self._order))
+        for item in self._engine_fetch(compiled.native, None, 0, None):
+            if check is None or check(*item):
+                yield item
+
     def count(self) -> int:
         """How many records match (honouring a slice)."""
         self.storage._check_open()
-        compiled = self._compiled
         if self._residual_matches(full_order(self._order)) is None:
-            total = self._engine_count(compiled.native)
-            total = max(0, total - self._offset)
-            return total if self._limit is None else min(total, self._limit)
-        return sum(1 for _ in self._items())
+            total = self._engine_count(self._compiled.native)
+        else:
+            # Order cannot change a count: no sorting, no second read.
+            total = sum(1 for _ in self._matching())
+        total = max(0, total - self._offset)
+        return total if self._limit is None else min(total, self._limit)
 
     def exists(self) -> bool:
         """Whether at least one record matches."""
-        for _ in self[:1]._items():
-            return True
-        return False
+        self.storage._check_open()
+        if self._offset or self._limit is not None:
+            return self.count() > 0
+        if self._residual_matches(full_order(self._order)) is None:
+            return any(True for _ in self._engine_fetch(self._compiled.native, None, 0, 1))
+        return any(True for _ in self._matching())
 
     def __bool__(self) -> bool:
         return self.exists()

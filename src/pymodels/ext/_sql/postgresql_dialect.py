@@ -2,20 +2,23 @@
 
 Expressions over ``body`` (jsonb) at a path, written ``J`` (``body->'a'->'b'``):
 
-* ``rank(J)``: the contract's kind rank from ``jsonb_typeof`` (tagged objects
-  take it from the first character of their ``"$"`` member); 0 when absent.
-* ``num(J)``: the jsonb value itself for numbers and booleans (jsonb compares
-  numbers as ``numeric``, exactly), ``'null'`` for other kinds, NULL if absent.
-* ``txt(J)``: the text of a str or the sort key of a tagged value, ``''`` for
-  other kinds, NULL if absent, always ``COLLATE "C"``: code point order on any
-  cluster (a linguistic collation would sort ``"B" < "a"`` differently).
+* ``key(J)``: text ``COLLATE "C"`` (code point order on any cluster; a
+  linguistic collation would sort ``"B"`` and ``"a"`` differently) that starts
+  with the kind's rank digit: ``'1true'``/``'1false'`` for booleans, ``'2'``
+  for every number, ``'4' || s`` for a str, the sort key of a tagged value
+  (which starts with its rank already), ``'9'`` for lists and ``':'`` (after
+  ``'9'``) for dicts; NULL when absent.
+* ``num(J)``: the number as ``numeric`` (exact, like jsonb's own numbers), 0
+  for every other kind.
 
-``ORDER BY rank, num, txt`` is the contract's order (lists and dicts tie and
-are re-sorted in Python). Every expression is NULL-safe (a CASE on
-``jsonb_typeof``, never a cast that can fail), so an expression index over
-them never makes a record of another kind fail to insert. Equality binds all
-three (``rank = 4 AND num = 'null' AND txt = $1``) so that a compound index
-on ``(rank, num, txt)`` of one field then another gives ordered scans.
+``ORDER BY key NULLS FIRST, num`` (``DESC NULLS LAST`` descending) is the
+contract's order; lists and dicts tie and are re-sorted in Python. A kind
+guard is a range of ``key`` (``key >= '4' || $1 AND key < '5'``), so the
+same two index columns serve equality, ranges, prefixes and order. Both
+expressions are NULL-safe (a CASE on ``jsonb_typeof``, never a cast that can
+fail), so an expression index over them never makes a record of another kind
+fail to insert. Text and numeric index columns compare cheaply: an earlier
+design with a jsonb column cost twice as much per indexed insert.
 
 What PostgreSQL cannot decide exactly runs as a superset re-checked in Python:
 ``lower()`` folds ASCII only under ``COLLATE "C"`` (and differs from Python's
@@ -38,7 +41,6 @@ from .encoding import RANK, decimal_paths, dumps_pg, dumps_pg_match, sort_key
 
 __all__ = ["PostgresDialect"]
 
-_TAGGED: Final = frozenset({"decimal", "bytes", "date", "datetime", "datetime_tz"})
 _WORD: Final = re.compile(r"\w+")
 
 
@@ -65,13 +67,6 @@ class PostgresDialect(Dialect):
             clauses.append(f"OFFSET {PARAM}::bigint")
             params.append(offset)
         return Frag(" ".join(clauses), tuple(params))
-
-    def index_terms(self, spec: IndexSpec) -> list[str]:
-        terms = super().index_terms(spec)
-        if spec.unique:
-            # rank/num/txt tie for all lists (and all dicts): jsonb equality tells them apart.
-            terms.extend(f"({self.unique_term(key.path)})" for key in spec.keys)
-        return terms
 
     def create_index(self, table: str, spec: IndexSpec) -> str:
         if spec.kind != "gin":
@@ -142,58 +137,52 @@ class PostgresDialect(Dialect):
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def j(self, path: Sequence[str]) -> str:
-        """The jsonb value at ``path`` (NULL when absent)."""
-        return "body" + "".join(f"->{self.literal(p)}" for p in path)
+        """The jsonb value at ``path`` (NULL when absent), parenthesised."""
+        return "(body" + "".join(f"->{self.literal(p)}" for p in path) + ")"
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def tx(self, path: Sequence[str]) -> str:
-        """The text at ``path`` (``->>``: a str's characters, unquoted)."""
-        return self.j(path[:-1]) + f"->>{self.literal(path[-1])}"
+        """The text at ``path`` (``->>``: a str's characters, unquoted), parenthesised."""
+        inner = "body" + "".join(f"->{self.literal(p)}" for p in path[:-1])
+        return f"({inner}->>{self.literal(path[-1])})"
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def typeof(self, path: Sequence[str]) -> str:
         return f"jsonb_typeof({self.j(path)})"
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
-    def rank(self, path: tuple[str, ...]) -> str:
-        j = self.j(path)
+    def key(self, path: tuple[str, ...]) -> str:
+        """Rank digit then the value's text or sort key, ``COLLATE "C"``; NULL if absent."""
+        j, tx = self.j(path), self.tx(path)
         return (
-            f"CASE jsonb_typeof({j}) WHEN 'string' THEN 4 WHEN 'number' THEN 2 "
-            "WHEN 'boolean' THEN 1 WHEN 'array' THEN 9 "
-            f"WHEN 'object' THEN coalesce(ascii({j}->>'$') - 48, 10) ELSE 0 END"
+            f"(CASE jsonb_typeof({j}) WHEN 'string' THEN '4' || {tx} WHEN 'number' THEN '2' "
+            f"WHEN 'boolean' THEN '1' || {tx} WHEN 'array' THEN '9' "
+            f"WHEN 'object' THEN coalesce({j}->>'$', ':') END) COLLATE \"C\""
         )
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def num(self, path: tuple[str, ...]) -> str:
+        """The number as numeric, 0 for any other kind (so equality can pin it)."""
         j = self.j(path)
-        return (
-            f"CASE jsonb_typeof({j}) WHEN 'number' THEN {j} WHEN 'boolean' THEN {j} "
-            "WHEN 'string' THEN 'null'::jsonb WHEN 'array' THEN 'null'::jsonb "
-            "WHEN 'object' THEN 'null'::jsonb END"
-        )
+        return f"(CASE jsonb_typeof({j}) WHEN 'number' THEN ({j})::numeric ELSE 0 END)"
 
-    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
-    def txt(self, path: tuple[str, ...]) -> str:
+    def unique_terms(self, path: tuple[str, ...]) -> list[str]:
+        # key and num tie for all lists (and all dicts): jsonb equality tells
+        # them apart (deep, numbers numerically; NULL, so never equal, when absent).
         j = self.j(path)
-        return (
-            f"(CASE jsonb_typeof({j}) WHEN 'string' THEN {self.tx(path)} "
-            f"WHEN 'object' THEN coalesce({j}->>'$', '') WHEN 'number' THEN '' "
-            "WHEN 'boolean' THEN '' WHEN 'array' THEN '' END) COLLATE \"C\""
-        )
-
-    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
-    def unique_term(self, path: tuple[str, ...]) -> str:
-        """What tells lists and dicts apart in a unique index (jsonb equality)."""
-        j = self.j(path)
-        return (
-            f"CASE jsonb_typeof({j}) WHEN 'array' THEN {j} "
+        return [
+            f"(CASE jsonb_typeof({j}) WHEN 'array' THEN {j} "
             f"WHEN 'object' THEN (CASE WHEN {j} ? '$' THEN 'null'::jsonb ELSE {j} END) "
             "WHEN 'string' THEN 'null'::jsonb WHEN 'number' THEN 'null'::jsonb "
-            "WHEN 'boolean' THEN 'null'::jsonb END"
-        )
+            "WHEN 'boolean' THEN 'null'::jsonb END)"
+        ]
 
-    def order_terms(self, path: tuple[str, ...]) -> list[str]:
-        return [self.rank(path), self.num(path), self.txt(path)]
+    def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
+        # Absent (NULL key) first ascending, last descending; PostgreSQL's
+        # default puts NULLs the other way round.
+        if descending:
+            return [f"{self.key(path)} DESC NULLS LAST", f"{self.num(path)} DESC"]
+        return [f"{self.key(path)} NULLS FIRST", self.num(path)]
 
     def _is_string(self, path: tuple[str, ...]) -> str:
         return f"{self.typeof(path)} = 'string'"
@@ -201,30 +190,42 @@ class PostgresDialect(Dialect):
     # --------------------------------------------------------------- leaves
 
     def exists(self, path: tuple[str, ...], present: bool) -> Leaf:
-        # A JSON null (written by another client) reads as absent.
-        op = "<>" if present else "="
-        return Leaf(Frag(f"coalesce({self.typeof(path)}, 'null') {op} 'null'"))
+        # key is NULL exactly when the field is absent (or a JSON null, which reads as absent).
+        return Leaf(Frag(f"{self.key(path)} IS {'NOT ' if present else ''}NULL"))
 
-    def _scalar(self, path: tuple[str, ...], op: str, values: tuple[Any, ...]) -> Frag:
-        """``rank = k AND <the kind's column> op values`` for scalars of one kind."""
-        k = kind_of(values[0])
-        rank = self.rank(path)
-        if k in ("number", "bool"):
-            rhs = " AND ".join([f"{PARAM}::jsonb"] * len(values))
-            sql = f"{rank} = {RANK[k]} AND {self.num(path)} {op} {rhs}"
-            if op == "=":
-                sql += f" AND {self.txt(path)} = ''"
-            return Frag(sql, tuple(dumps_pg_match(v) for v in values))
-        rhs = " AND ".join([f"{PARAM}::text"] * len(values))
-        sql = f"{rank} = {RANK[k]} AND {self.num(path)} = 'null'::jsonb AND {self.txt(path)} "
-        params = tuple(sort_key(v) if k in _TAGGED else v for v in values)
-        return Frag(f"{sql}{op} {rhs}", params)
+    def _key_of(self, value: Any) -> str:
+        """What ``key(J)`` is for a str, bool or tagged value."""
+        k = kind_of(value)
+        if k == "str":
+            return "4" + str(value)
+        if k == "bool":
+            return "1true" if value else "1false"
+        return sort_key(value)
 
     def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
-        return Leaf(self._scalar(path, op, (value,)))
+        key, num = self.key(path), self.num(path)
+        k = kind_of(value)
+        if k == "number":
+            # numeric from the value's repr: exact, as jsonb's numbers are.
+            sql = f"{key} = '2' AND {num} {op} {PARAM}::numeric"
+            return Leaf(Frag(sql, (repr(value),)))
+        rank = str(RANK[k])
+        if op == "=":
+            # num = 0 pins the second index column, so a compound index on this
+            # field and then another still delivers rows in the other's order.
+            return Leaf(Frag(f"{key} = {PARAM}::text AND {num} = 0", (self._key_of(value),)))
+        # Stay within the kind: its keys run from the rank digit to the next one.
+        bound = f"{key} < '{int(rank) + 1}'" if op in (">", ">=") else f"{key} >= '{rank}'"
+        return Leaf(Frag(f"{key} {op} {PARAM}::text AND {bound}", (self._key_of(value),)))
 
     def between(self, path: tuple[str, ...], low: Any, high: Any) -> Leaf:
-        return Leaf(self._scalar(path, "BETWEEN", (low, high)))
+        key, num = self.key(path), self.num(path)
+        if kind_of(low) == "number":
+            sql = f"{key} = '2' AND {num} BETWEEN {PARAM}::numeric AND {PARAM}::numeric"
+            return Leaf(Frag(sql, (repr(low), repr(high))))
+        # Both bounds start with the kind's rank digit, so whatever lies between does too.
+        sql = f"{key} BETWEEN {PARAM}::text AND {PARAM}::text"
+        return Leaf(Frag(sql, (self._key_of(low), self._key_of(high))))
 
     def _strip_equal(self, expr: str, value: Any) -> Frag:
         """``expr`` (jsonb) strictly equals ``value``, a list or dict.
@@ -267,13 +268,12 @@ class PostgresDialect(Dialect):
         return Leaf(Frag(sql, (value,)))
 
     def startswith(self, path: tuple[str, ...], prefix: str) -> Leaf:
-        # A range under COLLATE "C" (byte order of UTF-8 = code point order):
-        # exact and indexable, never LIKE.
+        # A range of key under COLLATE "C" (byte order of UTF-8 = code point
+        # order): exact and indexable, never LIKE.
+        key = self.key(path)
         upper = str_successor(prefix)
-        low = self._scalar(path, ">=", (prefix,))
-        if upper is None:
-            return Leaf(low)
-        return Leaf(Frag(f"{low.sql} AND {self.txt(path)} < {PARAM}::text", (*low.params, upper)))
+        sql = f"{key} >= {PARAM}::text AND {key} < {PARAM}::text"
+        return Leaf(Frag(sql, ("4" + prefix, "5" if upper is None else "4" + upper)))
 
     def endswith(self, path: tuple[str, ...], suffix: str) -> Leaf:
         if not suffix:
