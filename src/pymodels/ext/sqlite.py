@@ -213,46 +213,55 @@ class Storage(BaseStorage):
         return Guard(self._conns.get(), _translate)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        if self.read_only:
-            found = conn.execute(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (self._table,)
-            ).fetchone()
-            if found is None:
+        if not self._memory and not self.read_only:
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode != "wal":
+                self._set_wal(conn)
+        key = f"{self._table}.format"
+        version = self._format_version(conn, key)
+        if version is None:
+            if self.read_only:
                 raise ConfigurationError(
-                    f"{self.settings.path} has no table {self._table!r} (read_only is set)"
+                    f"{self.settings.path} has no pymodels table {self._table!r} (read_only is set)"
                 )
-            return
-        if not self._memory:
-            self._set_wal(conn)
-        conn.execute("BEGIN IMMEDIATE")
+            # Only a new table takes the write lock: opening an existing one
+            # never waits behind another connection's transaction.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # WITHOUT ROWID: the pk is the table's key, so a lookup by pk is one
+                # B-tree search and secondary indexes end with the pk (the order's tiebreak).
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._qtable} "
+                    "(pk TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID"
+                )
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                    "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
+                )
+                conn.execute(
+                    f"INSERT OR IGNORE INTO {META_TABLE} (name, value) VALUES (?, ?)",
+                    (key, FORMAT_VERSION),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version = self._format_version(conn, key)
+        if version != FORMAT_VERSION:
+            raise ConfigurationError(
+                f"table {self._table!r} has format {version}; this pymodels reads "
+                f"format {FORMAT_VERSION}"
+            )
+
+    def _format_version(self, conn: sqlite3.Connection, key: str) -> str | None:
+        """The table's format version, None when it was never set up."""
         try:
-            # WITHOUT ROWID: the pk is the table's key, so a lookup by pk is one
-            # B-tree search and secondary indexes end with the pk (the order's tiebreak).
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._qtable} "
-                "(pk TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID"
-            )
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
-                "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
-            )
-            key = f"{self._table}.format"
-            conn.execute(
-                f"INSERT OR IGNORE INTO {META_TABLE} (name, value) VALUES (?, ?)",
-                (key, FORMAT_VERSION),
-            )
-            (version,) = conn.execute(
-                f"SELECT value FROM {META_TABLE} WHERE name = ?", (key,)
-            ).fetchone()
-            if version != FORMAT_VERSION:
-                raise ConfigurationError(
-                    f"table {self._table!r} has format {version}; this pymodels reads "
-                    f"format {FORMAT_VERSION}"
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+            row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?", (key,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return None
             raise
+        return None if row is None else str(row[0])
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
         # Switching to WAL needs a moment alone with the file and does not

@@ -252,9 +252,10 @@ class Dialect:
         order: Sequence[OrderKey] | None,
         offset: int = 0,
         limit: int | None = None,
+        columns: str = "pk, body",
     ) -> Frag:
-        """``SELECT pk, body`` of the rows ``where`` selects, ordered and sliced."""
-        sql = f"SELECT pk, body FROM {self.ident(table)}"
+        """``SELECT pk, body`` (or ``columns``) of the rows ``where`` selects, ordered, sliced."""
+        sql = f"SELECT {columns} FROM {self.ident(table)}"
         params: tuple[Any, ...] = ()
         if where is not None:
             sql += f" WHERE {where.sql}"

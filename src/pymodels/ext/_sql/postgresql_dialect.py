@@ -231,14 +231,39 @@ class PostgresDialect(Dialect):
         """``expr`` (jsonb) strictly equals ``value``, a list or dict.
 
         jsonb ``=`` is deep, ignores key order and compares numbers as numeric,
-        which is the contract's equality once the exact text of Decimals is
-        removed at the places where ``value`` holds Decimals.
+        which is the contract's equality once the exact text of Decimals
+        (``"$r"``) is removed where ``value`` holds Decimals. ``#-`` raises on a
+        path through a scalar, or through an array by a key, so the stored
+        value's shape along those paths is checked first (``#>`` never raises,
+        and CASE evaluates its branch only when the check holds); a value of
+        another shape is unequal anyway.
         """
         strip = decimal_paths(value)
-        sql = expr + "".join(f" #- {PARAM}::text[]" for _ in strip)
-        if strip:
-            sql = f"({sql})"
-        return Frag(f"{sql} = {PARAM}::jsonb", (*strip, dumps_pg_match(value)))
+        if not strip:
+            return Frag(f"{expr} = {PARAM}::jsonb", (dumps_pg_match(value),))
+        shapes: dict[tuple[str, ...], str] = {}
+        for path in strip:
+            target: Any = value
+            position = tuple(path[:-1])  # where the Decimal is (its "$r" is the last part)
+            for depth in range(len(position) + 1):
+                shapes[position[:depth]] = "array" if type(target) is list else "object"
+                if depth < len(position):
+                    part = position[depth]
+                    target = target[int(part)] if type(target) is list else target[part]
+        checks: list[Frag] = []
+        for prefix, kind in shapes.items():
+            if prefix:
+                checks.append(
+                    Frag(f"jsonb_typeof({expr} #> {PARAM}::text[]) = '{kind}'", (list(prefix),))
+                )
+            else:
+                checks.append(Frag(f"jsonb_typeof({expr}) = '{kind}'"))
+        guard = join(" AND ", checks)
+        stripped = expr + "".join(f" #- {PARAM}::text[]" for _ in strip)
+        return Frag(
+            f"(CASE WHEN {guard.sql} THEN {stripped} END) = {PARAM}::jsonb",
+            (*guard.params, *strip, dumps_pg_match(value)),
+        )
 
     def container_equals(self, path: tuple[str, ...], value: Any) -> Leaf:
         return Leaf(self._strip_equal(self.j(path), value))
@@ -264,7 +289,11 @@ class PostgresDialect(Dialect):
         return Leaf(parts[0] if len(parts) == 1 else join(" OR ", parts))
 
     def str_contains(self, path: tuple[str, ...], value: str) -> Leaf:
-        sql = f"{self._is_string(path)} AND strpos({self.tx(path)}, {PARAM}::text) > 0"
+        # The kind guard as a range of key: with a plain index on the path it
+        # is an index scan (empty when the field holds lists), so a GIN index
+        # can serve the list branch of "contains" beside it (BitmapOr).
+        key = self.key(path)
+        sql = f"{key} >= '4' AND {key} < '5' AND strpos({self.tx(path)}, {PARAM}::text) > 0"
         return Leaf(Frag(sql, (value,)))
 
     def startswith(self, path: tuple[str, ...], prefix: str) -> Leaf:
