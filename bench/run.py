@@ -15,7 +15,9 @@ machines. This is a measurement, never a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -35,6 +37,13 @@ OPENERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "shelve": lambda tmp: {"backend": "shelve", "path": str(tmp / "bench.shelf")},
     "sqlite": lambda tmp: {"backend": "sqlite", "path": str(tmp / "bench.db")},
     "tokyo_cabinet": lambda tmp: {"backend": "tokyo_cabinet", "path": str(tmp / "bench.tct")},
+    # PostgreSQL needs a server: main() starts a throwaway one (or uses
+    # PYMODELS_TEST_POSTGRESQL_URL) and sets BENCH_POSTGRESQL_URL.
+    "postgresql": lambda tmp: {
+        "backend": "postgresql",
+        "url": os.environ["BENCH_POSTGRESQL_URL"],
+        "table": f"bench_{tmp.name.replace('-', '_')}",
+    },
 }
 
 
@@ -85,18 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     print(f"{'backend':<14}{'n':>8}  {'metric':<14}{'pymodels/s':>12}{'raw/s':>12}{'ratio':>8}")
+    with contextlib.ExitStack() as stack:
+        if "postgresql" in args.backends.split(","):
+            from pymodels.testing.postgresql import postgres_url_for_tests
+
+            os.environ["BENCH_POSTGRESQL_URL"] = stack.enter_context(postgres_url_for_tests())
+        _report(args)
+    print("ratio = raw / pymodels: how many times faster the raw engine is (1.00x = parity)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> None:
     for backend in args.backends.split(","):
         raw = importlib.import_module(f"raw_{backend}")
         for n in (int(x) for x in args.n.split(",")):
             ours = run_pymodels(backend, n, args.runs)
-            theirs = raw.run(n, args.runs)
+            extra = {"url": os.environ["BENCH_POSTGRESQL_URL"]} if backend == "postgresql" else {}
+            theirs = raw.run(n, args.runs, **extra)
             for metric in METRICS:
                 a, b = ours.get(metric), theirs.get(metric)
                 ratio = f"{b / a:>7.2f}x" if a and b else "     -"
                 print(f"{backend:<14}{n:>8}  {metric:<14}{a or 0:>12,.0f}{b or 0:>12,.0f}{ratio}")
             sys.stdout.flush()
-    print("ratio = raw / pymodels: how many times faster the raw engine is (1.00x = parity)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -194,7 +194,11 @@ class Storage(BaseStorage):
         self._compiler = _COMPILER
         self._conns = ThreadConnections(self._connect, _close_quietly)
         self._cursor_names = itertools.count()
-        self._init_schema()
+        try:
+            self._init_schema()
+        except BaseException:
+            self._close()
+            raise
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -244,36 +248,49 @@ class Storage(BaseStorage):
         return PyModelsError(f"postgresql: {e}")
 
     def _init_schema(self) -> None:
+        key = f"{self._table}.format"
         with self._db() as conn:
-            if self.read_only:
-                row = conn.execute("SELECT to_regclass($1)", [self._qtable]).fetchone()
-                if row is None or row[0] is None:
-                    raise ConfigurationError(f"no table {self._table!r} (read_only is set)")
-                return
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {self._qtable} "
-                    '(pk TEXT COLLATE "C" PRIMARY KEY, body JSONB NOT NULL)'
-                )
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
-                    "(name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-                )
-                key = f"{self._table}.format"
-                conn.execute(
-                    f"INSERT INTO {META_TABLE} (name, value) VALUES ($1, $2) "
-                    "ON CONFLICT (name) DO NOTHING",
-                    [key, FORMAT_VERSION],
-                )
-                row = conn.execute(
+            # Both tables there and the format recorded: nothing to create, and
+            # no lock to wait for (another session may be building an index).
+            row = conn.execute(
+                "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL",
+                [self._qtable, META_TABLE],
+            ).fetchone()
+            version = None
+            if row is not None and row[0]:
+                found = conn.execute(
                     f"SELECT value FROM {META_TABLE} WHERE name = $1", [key]
                 ).fetchone()
-            if row is None or row[0] != FORMAT_VERSION:
-                raise ConfigurationError(
-                    f"table {self._table!r} has format {row and row[0]}; this pymodels "
-                    f"reads format {FORMAT_VERSION}"
-                )
+                version = None if found is None else found[0]
+            if version is None:
+                if self.read_only:
+                    raise ConfigurationError(
+                        f"no pymodels table {self._table!r} (read_only is set)"
+                    )
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {self._qtable} "
+                        '(pk TEXT COLLATE "C" PRIMARY KEY, body JSONB NOT NULL)'
+                    )
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
+                        "(name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                    )
+                    conn.execute(
+                        f"INSERT INTO {META_TABLE} (name, value) VALUES ($1, $2) "
+                        "ON CONFLICT (name) DO NOTHING",
+                        [key, FORMAT_VERSION],
+                    )
+                    found = conn.execute(
+                        f"SELECT value FROM {META_TABLE} WHERE name = $1", [key]
+                    ).fetchone()
+                    version = None if found is None else found[0]
+        if version != FORMAT_VERSION:
+            raise ConfigurationError(
+                f"table {self._table!r} has format {version}; this pymodels "
+                f"reads format {FORMAT_VERSION}"
+            )
 
     # ------------------------------------------------------------ required hooks
 

@@ -25,6 +25,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -168,8 +169,12 @@ class Storage(BaseStorage):
         # connection would get a database of its own) used under self._lock.
         self._conns = ThreadConnections(self._connect, _close_quietly)
         self._shared: sqlite3.Connection | None = self._connect() if self._memory else None
-        with self._db() as conn:
-            self._init_schema(conn)
+        try:
+            with self._db() as conn:
+                self._init_schema(conn)
+        except BaseException:
+            self._close()
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         path = self.settings.path
@@ -180,7 +185,8 @@ class Storage(BaseStorage):
                 if not os.path.exists(str(path)):
                     raise ConfigurationError(f"{path} does not exist (read_only is set)")
                 conn = sqlite3.connect(
-                    f"file:{path}?mode=ro",
+                    # as_uri() percent-quotes the path ("?" or "%" in a name stay names).
+                    Path(str(path)).absolute().as_uri() + "?mode=ro",
                     uri=True,
                     timeout=self.settings.timeout,
                     check_same_thread=False,

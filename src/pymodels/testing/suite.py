@@ -54,6 +54,10 @@ Factory = Callable[[], BaseStorage]
 
 UTC = dt.UTC
 
+# The property tests reuse the test's storage fixture (cleared per example), and
+# every StorageTests subclass runs the same test function on its own backend.
+_SHARED_FIXTURE = [HealthCheck.function_scoped_fixture, HealthCheck.differing_executors]
+
 
 def requires(*flags: str) -> Callable[[F], F]:
     """Skip the test (with the reason) unless the storage's features have these flags."""
@@ -765,7 +769,7 @@ class StorageTests:
 
     # ====================================================== differential
 
-    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+    @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None)
     @given(case=pst.query_cases(), data=st.data())
     def test_queries_match_the_oracle(
         self,
@@ -792,7 +796,7 @@ class StorageTests:
         assert q.delete() == len(expected)
         assert sorted(storage) == sorted(set(records) - set(expected))
 
-    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+    @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None)
     @given(record=pst.records(), pk=pst.primary_keys())
     def test_any_record_round_trips(
         self, storage: BaseStorage, record: dict[str, Any], pk: str

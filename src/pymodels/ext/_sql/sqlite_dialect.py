@@ -26,6 +26,7 @@ the file stays readable by any SQLite tool): ``pm_lower`` (``str.lower``),
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -88,8 +89,10 @@ def register_functions(conn: sqlite3.Connection) -> None:
 
 
 def _json_path(path: Sequence[str]) -> str:
-    # Field names hold no '"' or '.', so quoting each part needs no escaping.
-    return "$" + "".join(f'."{part}"' for part in path)
+    # SQLite compares a quoted path label with the key's raw token in the JSON
+    # text, escapes included: write each part as json.dumps writes the key
+    # ("a\\b" for a\b, "\n" for a newline). Field names hold no '"'.
+    return "$" + "".join(f'."{json.dumps(part, ensure_ascii=False)[1:-1]}"' for part in path)
 
 
 def _bind(value: Any) -> Any:
@@ -118,6 +121,11 @@ class SQLiteDialect(Dialect):
 
     def update(self, changes: Sequence[Change]) -> tuple[Frag, Frag] | None:
         if not independent(changes):
+            return None
+        if any(_json_path((part,)) != f'$."{part}"' for c in changes for part in c.path):
+            # A name JSON escapes (a backslash, a control character): json_set
+            # finds existing keys by their escaped form but writes new keys by
+            # escaping the label once more. The generic path is exact.
             return None
         body = Frag("body")
         guards: list[str] = []

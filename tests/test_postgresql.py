@@ -1,0 +1,532 @@
+"""PostgreSQL backend: what only PostgreSQL needs checking (the suite covers the contract).
+
+The tests run against a throwaway server (``pymodels.testing.postgresql``), or the one
+``PYMODELS_TEST_POSTGRESQL_URL`` names; each test gets a table of its own. Every engine trap
+has a test: ``NOT`` over NULL drops rows, ``lower()`` under the C collation folds ASCII
+only, regular expressions differ from Python's, string order depends on the collation,
+jsonb prints 1e16 as an integer and has no negative zero. Then URLs, errors, indexes and
+plans, transactions, partial updates, threads, fork and four processes at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+from unittest import mock
+
+import pytest
+
+import pymodels
+from pymodels import Document, IntegrityError, Q
+from pymodels.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailed,
+    NotSupported,
+    PyModelsError,
+    ValidationError,
+)
+from pymodels.storage import BaseStorage
+from pymodels.testing.postgresql import postgres_skip_reason, postgres_url_for_tests
+
+psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
+backend = pytest.importorskip("pymodels.ext.postgresql")
+
+pytestmark = pytest.mark.skipif(
+    postgres_skip_reason() is not None, reason=str(postgres_skip_reason())
+)
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    with postgres_url_for_tests() as url:
+        yield url
+
+
+@pytest.fixture
+def table() -> str:
+    return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def url(server_url: str, table: str) -> str:
+    sep = "&" if "?" in server_url else "?"
+    return f"{server_url}{sep}table={table}"
+
+
+@pytest.fixture
+def storage(url: str) -> Iterator[Any]:
+    s = pymodels.get_storage(url)
+    yield s
+    s.close()
+
+
+def pks(query: Any) -> list[str]:
+    return [d.pk for d in query]
+
+
+def raw(server_url: str) -> Any:
+    return psycopg.connect(server_url, autocommit=True)
+
+
+# ------------------------------------------------------------------- settings and errors
+
+
+def test_url_parameters_of_pymodels_never_reach_libpq(url: str, table: str) -> None:
+    settings = backend.Storage.settings_from_url(url + "&connect_timeout=3&sslmode=disable")
+    assert settings["table"] == table and settings["connect_timeout"] == "3"
+    assert "table=" not in settings["url"] and "sslmode=disable" in settings["url"]
+    with pymodels.get_storage(url) as s:
+        assert "table" not in s._conninfo
+        assert s.settings.table == table
+    with pymodels.get_storage(url.replace("postgresql://", "postgres://", 1)) as s:
+        assert len(s) == 0
+
+
+def test_settings_as_a_dict(server_url: str, table: str) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    with pymodels.get_storage(
+        {
+            "backend": "postgresql",
+            "host": info["host"],
+            "port": int(info["port"]),
+            "user": info.get("user", "postgres"),
+            "dbname": info.get("dbname", "postgres"),
+            "table": table,
+        }
+    ) as s:
+        s.save({"a": 1}, primary_key="k")
+        assert s.get(None, "k")["a"] == 1
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage({"backend": "postgresql", "url": server_url, "table": "no-good"})
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage({"backend": "postgresql", "url": server_url, "colour": "red"})
+
+
+def test_unreachable_server_names_host_and_port_within_the_timeout() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        pymodels.get_storage(f"postgresql://nobody@127.0.0.1:{port}/db?connect_timeout=2")
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert (info.value.host, info.value.port) == ("127.0.0.1", port)
+    assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_a_dropped_connection_fails_once_then_reconnects(storage: Any, server_url: str) -> None:
+    storage.save({"a": 1}, primary_key="k")
+    with raw(server_url) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+            "AND application_name = ''"
+        )
+    time.sleep(0.2)
+    with pytest.raises(ConnectionFailed):
+        storage.get(None, "k")
+    assert storage.get(None, "k")["a"] == 1  # the storage works again
+
+
+def test_missing_psycopg_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from pymodels.errors import BackendUnavailable\n"
+        "try:\n"
+        "    import pymodels.ext.postgresql\n"
+        "except BackendUnavailable as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'pymodels[postgresql]'" in out.stdout
+
+
+def test_driver_errors_are_wrapped(storage: Any, server_url: str, table: str) -> None:
+    storage.save({"a": 1}, primary_key="k")
+    with raw(server_url) as admin:
+        admin.execute(f'ALTER TABLE "{table}" RENAME TO "{table}_gone"')
+    with pytest.raises(PyModelsError) as info:
+        storage.get(None, "k")
+    assert not isinstance(info.value, psycopg.Error)
+    assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_read_only(url: str, storage: Any, server_url: str) -> None:
+    storage.save({"a": 1}, primary_key="k")
+    with pymodels.get_storage(url + "&read_only=true") as ro:
+        assert ro.get(None, "k")["a"] == 1
+        with pytest.raises(NotSupported):
+            ro.save({"a": 2})
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage(f"{server_url}?table=never_made&read_only=true")
+
+
+# ------------------------------------------------------------------------ engine traps
+
+
+def test_trap_not_over_null_drops_rows(storage: Any) -> None:
+    storage.save({"a": 9}, primary_key="big")
+    storage.save({"a": 1}, primary_key="small")
+    storage.save({}, primary_key="none")
+    storage.save({"a": "text"}, primary_key="str")
+    assert pks(storage.query().where_not(a__gt=5)) == ["none", "small", "str"]
+    assert pks(storage.query().where(~(Q(a__gt=5) | Q(a__lt=0)))) == ["none", "small", "str"]
+    plan = storage.query().where_not(a__gt=5).explain()
+    assert "IS NOT TRUE" in plan and "python filter: none" in plan
+
+
+def test_trap_lower_under_the_c_collation_folds_ascii_only(storage: Any) -> None:
+    storage.save({"s": "İSTANBUL"}, primary_key="tr")
+    storage.save({"s": "\u212a"}, primary_key="kelvin")  # KELVIN SIGN lowers to "k" in Python
+    storage.save({"s": "ÉCOLE"}, primary_key="fr")
+    storage.save({"s": "Kilo"}, primary_key="ascii")
+    assert pks(storage.query().where(s__istartswith="i̇s")) == ["tr"]
+    assert pks(storage.query().where(s__iequals="k")) == ["kelvin"]
+    assert pks(storage.query().where(s__icontains="éco")) == ["fr"]
+    assert pks(storage.query().where(s__istartswith="KI")) == ["ascii"]
+    assert pks(storage.query().where(s__like="école")) == ["fr"]
+    plan = storage.query().where(s__iequals="k").explain()
+    assert "python filter: Q(s__iequals='k')" in plan
+
+
+def test_trap_regular_expressions_are_python_s(storage: Any) -> None:
+    storage.save({"s": "\u0663"}, primary_key="arabic_digit")  # Python's \d matches it
+    storage.save({"s": "ab\n"}, primary_key="newline")
+    storage.save({"s": "x"}, primary_key="x")
+    assert pks(storage.query().where(s__matches=r"^\d$")) == ["arabic_digit"]
+    assert pks(storage.query().where(s__matches=r"b$")) == ["newline"]  # $ before a final \n
+    assert pks(storage.query().where(s__matches=r"b\Z")) == []  # \Z is Python's end
+    assert pks(storage.query().where(s__imatches=r"X")) == ["x"]
+    assert backend.features.op("matches") == "prefilter"
+
+
+def test_trap_string_order_is_code_point_order_on_any_collation(server_url: str) -> None:
+    words = ["b", "B", "a", "A", "é", "e", "Z", "z", "_", "ä", "a b", "ab"]
+    dbname = "icu_" + uuid.uuid4().hex[:8]
+    with raw(server_url) as admin:
+        try:
+            admin.execute(
+                f"CREATE DATABASE {dbname} TEMPLATE template0 LOCALE_PROVIDER icu "
+                "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            )
+        except psycopg.Error as e:
+            pytest.skip(f"cannot make an ICU database here: {e}")
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(server_url)
+        info["dbname"] = dbname
+        dsn = psycopg.conninfo.make_conninfo(**info)
+        with pymodels.get_storage({"backend": "postgresql", "dsn": dsn}) as s:
+            for i, w in enumerate(words):
+                s.save({"w": w}, primary_key=f"k{i:02d}")
+            assert [d["w"] for d in s.query().order_by("w")] == sorted(words)
+            assert [d["w"] for d in s.query().where(w__gt="a")] == [w for w in words if w > "a"]
+            assert sorted(pks(s.query().where(w__startswith="a"))) == ["k02", "k10", "k11"]
+    finally:
+        with raw(server_url) as admin:
+            admin.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
+
+
+def test_trap_jsonb_numbers(storage: Any, server_url: str, table: str) -> None:
+    values = [
+        1e16,
+        -1e16,
+        1.5e300,
+        1.7976931348623157e308,
+        5e-324,
+        -0.0,
+        0.0,
+        2**63 - 1,
+        -(2**63),
+        1,
+    ]
+    storage.save({"v": values, "x": -0.0, "big": 1e16}, primary_key="k")
+    got = storage.get(None, "k")
+    for a, b in zip(got["v"], values, strict=True):
+        assert type(a) is type(b) and a == b and math.copysign(1, a) == math.copysign(1, b)
+    assert math.copysign(1, got["x"]) == -1.0 and type(got["big"]) is float
+    assert pks(storage.query().where(x=0)) == ["k"]
+    assert pks(storage.query().where(big=10**16)) == ["k"]  # 1e16 == 10**16
+    with raw(server_url) as c:
+        (text,) = c.execute(f"SELECT body->>'big' FROM \"{table}\"").fetchone()
+    assert text == "10000000000000000.0"  # positional, so it stays a float
+
+
+def test_trap_decimals_keep_their_digits_and_compare_by_value(storage: Any) -> None:
+    storage.save({"d": Decimal("2.50"), "l": [Decimal("2.50"), 1]}, primary_key="k")
+    storage.save({"d": Decimal("-0"), "l": [Decimal("2.5")]}, primary_key="z")
+    got = storage.get(None, "k")
+    assert str(got["d"]) == "2.50" and str(got["l"][0]) == "2.50"
+    assert str(storage.get(None, "z")["d"]) == "-0"
+    assert pks(storage.query().where(d=Decimal("2.5"))) == ["k"]
+    assert pks(storage.query().where(l=[Decimal("2.5"), 1.0])) == ["k"]
+    assert pks(storage.query().where(l__contains=Decimal("2.500"))) == ["k", "z"]
+    assert pks(storage.query().where(d=Decimal("0.000"))) == ["z"]
+    assert pks(storage.query().where(d__gt=Decimal("-1"), d__lt=Decimal("2.6"))) == ["k", "z"]
+
+
+def test_decimals_inside_lists_and_dicts_of_any_shape(storage: Any) -> None:
+    # Equality strips the exact text of stored Decimals with #-, which raises on
+    # a scalar or on an array reached by a key: the shape is checked first.
+    shapes = {
+        "false": False,
+        "str": "s",
+        "list": [1],
+        "dict_of_list": {"x": [1]},
+        "list_of_dict": [{"x": Decimal("2.50")}],
+        "dict": {"x": Decimal("1")},
+        "mixed": [Decimal("2.5"), {"-1": Decimal("3")}],
+        "minus_one": {"-1": Decimal("3")},
+    }
+    for pk, value in shapes.items():
+        storage.save({"v": value}, primary_key=pk)
+    wanted = {"name": Decimal("2.50")}
+    assert pks(storage.query().where(v=wanted)) == []
+    assert pks(storage.query().where(v={"x": Decimal("1.0")})) == ["dict"]
+    assert pks(storage.query().where(v=[Decimal("2.50"), {"-1": Decimal("3.0")}])) == ["mixed"]
+    assert pks(storage.query().where(v={"-1": Decimal("3")})) == ["minus_one"]
+    assert pks(storage.query().where(v__contains={"x": Decimal("2.5")})) == ["list_of_dict"]
+    assert pks(storage.query().where(v__in=[[1], {"x": [1]}])) == ["dict_of_list", "list"]
+
+
+# ------------------------------------------------------------------- indexes and plans
+
+
+def test_indexes_are_used_by_the_queries(storage: Any, server_url: str, table: str) -> None:
+    storage.create_index("email")
+    storage.create_index(("city", "-age"))
+    storage.create_index("tags", kind="gin")
+    storage.create_index("tags")  # finds str values, for "contains" beside the GIN index
+    storage.save_many(
+        {"email": f"u{i}@x", "city": f"c{i % 50}", "age": i % 70, "tags": [f"t{i % 100}"]}
+        for i in range(5000)
+    )
+    with raw(server_url) as c:
+        c.execute(f'ANALYZE "{table}"')
+    plan = storage.query().where(email="u7@x").explain()
+    assert "Index Scan using pm_" in plan
+    q = storage.query().where(city="c1").order_by("-age")[:10]
+    # 100 rows per city: the planner may sort them rather than walk the index in order.
+    assert "Index Scan on pm_" in q.explain() or "Index Scan using pm_" in q.explain()
+    ages = [d["age"] for d in q]
+    assert ages == sorted(ages, reverse=True) and len(ages) == 10
+    assert "Index" in storage.query().where(email__startswith="u12").explain()
+    assert "Bitmap Index Scan on pm_" in storage.query().where(tags__contains="t7").explain()
+    assert storage.query().where(tags__contains="t7").count() == 50
+
+
+def test_unique_index(storage: Any) -> None:
+    storage.create_index("email", unique=True)
+    storage.save({"email": "a"}, primary_key="1")
+    with pytest.raises(IntegrityError):
+        storage.save({"email": "a"}, primary_key="2")
+    # Records of other kinds, without the field, and the record itself are fine.
+    storage.save({"email": ["a"]}, primary_key="3")
+    storage.save({"email": ["b"]}, primary_key="3b")
+    storage.save({"email": {"a": 1}}, primary_key="4")
+    storage.save({}, primary_key="5")
+    storage.save({}, primary_key="6")
+    storage.save({"email": "a", "other": 1}, primary_key="1")
+    with pytest.raises(IntegrityError):
+        storage.save({"email": ["a"]})  # lists compare as lists
+    storage.save({"n": 1}, primary_key="n1")
+    storage.create_index("n", unique=True)
+    with pytest.raises(IntegrityError):
+        storage.save({"n": 1.0})  # 1 == 1.0
+    storage.save({"n": True})  # True is not 1
+    with pytest.raises(BulkWriteError) as info:
+        storage.save_many([{"email": "b"}, {"email": "b"}])
+    assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
+    assert storage.query().where(email="b").count() == 0
+
+
+def test_index_kinds(storage: Any) -> None:
+    with pytest.raises(NotSupported):
+        storage.create_index("a", kind="hash")
+    storage.create_index("a", kind="gin")
+    storage.create_index("a", kind="gin")  # idempotent
+
+
+# --------------------------------------------------------- transactions and updates
+
+
+def test_transaction_isolation_between_connections(storage: Any, url: str) -> None:
+    with pymodels.get_storage(url) as other:
+        with storage.transaction():
+            storage.save({"a": 1}, primary_key="k")
+            assert "k" not in other
+        assert "k" in other
+        with pytest.raises(ZeroDivisionError), storage.transaction():
+            storage.save({"a": 2}, primary_key="k")
+            1 / 0  # noqa: B018 - the point is the exception
+        assert other.get(None, "k")["a"] == 1
+
+
+def test_save_many_in_a_transaction_spans_batches(storage: Any) -> None:
+    with pytest.raises(ZeroDivisionError), storage.transaction():
+        storage.save_many(({"i": i} for i in range(2500)), batch_size=1000)
+        assert len(storage) == 2500
+        1 / 0  # noqa: B018
+    assert len(storage) == 0
+    storage.save_many(({"i": i} for i in range(2500)), batch_size=1000)
+    assert len(storage) == 2500 and storage.query().where(i__gte=2000).count() == 500
+
+
+def test_partial_update_runs_in_sql(storage: Any) -> None:
+    storage.save({"n": 1, "d": {"x": 1}, "f": 1.5}, primary_key="k")
+    with mock.patch.object(BaseStorage, "_update", side_effect=AssertionError("read-modify-write")):
+        assert storage.update("k", n__inc=2, d__y__z="new", d__x__unset=True, e=Decimal("1.0")) == 1
+        assert storage.query().where(n__gte=3).update(n__inc=1, g=[1, 2.0]) == 1
+    assert dict(storage.get(None, "k")) == {
+        "n": 4,
+        "d": {"y": {"z": "new"}},
+        "f": 1.5,
+        "e": Decimal("1.0"),
+        "g": [1, 2.0],
+    }
+    assert type(storage.get(None, "k")["g"][1]) is float
+    assert storage.update("k", f__inc=0.1) == 1  # decimal arithmetic would differ: generic path
+    assert storage.get(None, "k")["f"] == 1.5 + 0.1
+    with pytest.raises(ValidationError):
+        storage.update("k", n__x=1)
+    with pytest.raises(ValidationError):
+        storage.update("k", n__inc=2**63)
+    assert storage.update("missing", n__inc=1) == 0
+
+
+def test_iterating_while_writing_in_the_loop(storage: Any) -> None:
+    storage.save_many(({"i": i} for i in range(2500)), batch_size=1000)
+    seen = 0
+    for doc in storage.query().order_by("i"):
+        doc["seen"] = True
+        doc.save()
+        seen += 1
+    assert seen == 2500 and storage.query().where(seen=True).count() == 2500
+
+
+# ----------------------------------------------------------- threads, fork, processes
+
+
+def test_threads_share_a_storage(storage: Any) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(50):
+                storage.save({"t": t, "i": i})
+                assert storage.query().where(t=t).count() == i + 1
+            with storage.transaction():
+                storage.save({"t": t, "tx": True})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(storage) == 204
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_storage_opened_before_fork_works_in_both(storage: Any) -> None:
+    storage.save({"who": "parent"}, primary_key="p")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            storage.save({"who": "child"}, primary_key="c")
+            code = 0 if storage.get(None, "p")["who"] == "parent" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The child opened its own connection and left ours alone.
+    assert storage.get(None, "c")["who"] == "child"
+    storage.save({"who": "parent again"}, primary_key="p2")
+
+
+def _save_many_times(url: str, worker: int, count: int) -> None:
+    with pymodels.get_storage(url) as s:
+        for i in range(count):
+            s.save({"worker": worker, "i": i})
+
+
+def test_four_processes_saving_at_once(url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_many_times, args=(url, w, 2000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    with pymodels.get_storage(url) as s:
+        assert len(s) == 8000
+        for w in range(4):
+            assert s.query().where(worker=w).count() == 2000
+
+
+def _increment(url: str, times: int) -> None:
+    class Counter(Document):
+        n: int = 0
+
+        class Meta:
+            version_field = "v"
+
+    with pymodels.get_storage(url) as s:
+        done = 0
+        while done < times:
+            c = Counter.object(s, "counter")
+            c.n += 1
+            try:
+                c.save(s)
+            except ConflictError:
+                continue
+            done += 1
+
+
+def test_compare_and_swap_across_processes(url: str, storage: Any) -> None:
+    storage.save({"n": 0, "v": 1}, primary_key="counter")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_increment, args=(url, 50)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert storage.get(None, "counter")["n"] == 200
+
+
+def test_round_trip_of_every_kind(storage: Any) -> None:
+    record = {
+        "s": "naïve ☃ 'quoted' \"double\" \\ back",
+        "i": 2**63 - 1,
+        "f": 0.1,
+        "b": True,
+        "d": Decimal("-1.23E+5"),
+        "y": b"\x00\xff",
+        "day": dt.date(1, 1, 1),
+        "naive": dt.datetime(9999, 12, 31, 23, 59, 59, 999999),
+        "aware": dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        "l": [[], {}, [1, [2.0]]],
+        "m": {"in": {"day": 1}},
+    }
+    storage.save(record, primary_key="k")
+    got = dict(storage.get(None, "k"))
+    assert got["aware"] == record["aware"] and got["aware"].utcoffset() == dt.timedelta(0)
+    assert str(got["d"]) == "-1.23E+5"
+    record["aware"] = got["aware"]
+    assert got == record

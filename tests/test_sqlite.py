@@ -1,0 +1,534 @@
+"""SQLite backend: what only SQLite needs checking (the conformance suite covers the contract).
+
+Every engine trap the backend works around has a test here: ``json_extract`` gives 1 for
+true, text compares greater than numbers, ``LIKE`` ignores ASCII case, ``DISTINCT`` merges
+1, 1.0 and true, and ``lower()`` folds ASCII only. Then the file layout, URLs, indexes and
+plans, transactions, partial updates, threads, fork, four processes writing one file, and a
+SIGKILL in the middle of a bulk save.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+import pymodels
+from pymodels import Document, IntegrityError, Q
+from pymodels.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    ConflictError,
+    NotSupported,
+    PyModelsError,
+    ValidationError,
+)
+from pymodels.ext import sqlite as backend
+from pymodels.storage import BaseStorage
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "app.db"
+
+
+@pytest.fixture
+def storage(path: Path) -> Any:
+    s = pymodels.get_storage(f"sqlite:///{path}")
+    yield s
+    s.close()
+
+
+def pks(query: Any) -> list[str]:
+    return [d.pk for d in query]
+
+
+# ----------------------------------------------------------------- settings and URLs
+
+
+def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage("sqlite:///rel.db?table=people") as s:
+        assert s.settings.path == "rel.db" and s.settings.table == "people"
+        s.save({"a": 1}, primary_key="x")
+    assert (tmp_path / "rel.db").exists()
+    with pymodels.get_storage(f"sqlite:///{tmp_path}/abs.db") as s:  # four slashes
+        assert s.settings.path == f"{tmp_path}/abs.db"
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite3://"):
+        with pymodels.get_storage(url) as s:
+            assert s.features.persistent is False and s.features.concurrent_processes is False
+            s.save({"a": 1}, primary_key="x")
+            assert len(s) == 1
+    # Two in-memory storages are two databases.
+    with pymodels.get_storage("sqlite://") as a, pymodels.get_storage("sqlite://") as b:
+        a.save({"a": 1})
+        assert len(b) == 0
+    assert backend.features.persistent is True
+
+
+def test_default_storage_is_sqlite_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage() as s:
+        assert type(s).__module__ == "pymodels.ext.sqlite"
+        s.save({"a": 1})
+    assert (tmp_path / "pymodels.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///x.db?colour=red",
+        "sqlite:///x.db?table=bad-name",
+        "sqlite:///x.db?table=sqlite_master",
+        "sqlite:///x.db?table=pymodels_meta",
+        "sqlite://host/x.db",
+    ],
+)
+def test_bad_settings(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage(url)
+
+
+def test_layout_is_plain_json_in_one_table(storage: Any, path: Path) -> None:
+    storage.save({"n": 1, "d": Decimal("2.50"), "when": dt.date(2024, 5, 1)}, primary_key="p")
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    (body,) = raw.execute("SELECT body FROM documents WHERE pk = 'p'").fetchone()
+    assert raw.execute("SELECT json_extract(?, '$.n')", (body,)).fetchone()[0] == 1
+    assert '"$":"62024-05-01"' in body and '"$r":"2.50"' in body
+    # The library's own data is in another table, never in the namespace.
+    assert raw.execute("SELECT value FROM pymodels_meta").fetchall() == [("1",)]
+    assert list(storage) == ["p"]
+    raw.close()
+
+
+def test_tables_are_separate_namespaces(path: Path) -> None:
+    with (
+        pymodels.get_storage(f"sqlite:///{path}?table=a") as a,
+        pymodels.get_storage(f"sqlite:///{path}?table=b") as b,
+    ):
+        a.save({"x": 1}, primary_key="k")
+        assert "k" in a and "k" not in b and len(b) == 0
+
+
+def test_read_only(path: Path, storage: Any, tmp_path: Path) -> None:
+    storage.save({"a": 1}, primary_key="k")
+    with pymodels.get_storage({"backend": "sqlite", "path": str(path), "read_only": True}) as ro:
+        assert ro.get(None, "k")["a"] == 1
+        with pytest.raises(NotSupported):
+            ro.save({"a": 2})
+    odd = tmp_path / "100% what?#.db"
+    with pymodels.get_storage({"backend": "sqlite", "path": str(odd)}) as rw:
+        rw.save({"a": 1}, primary_key="k")
+    with pymodels.get_storage({"backend": "sqlite", "path": str(odd), "read_only": True}) as ro:
+        assert ro.get(None, "k")["a"] == 1
+    with pytest.raises(ConfigurationError):
+        pymodels.get_storage({"backend": "sqlite", "path": str(path) + "x", "read_only": True})
+
+
+def test_foreign_nulls_read_as_absent(storage: Any, path: Path) -> None:
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("""INSERT INTO documents VALUES ('k', '{"a": null, "b": {"c": null, "d": 1}}')""")
+    raw.close()
+    assert dict(storage.get(None, "k")) == {"b": {"d": 1}}
+    assert pks(storage.query().where(a__exists=False)) == ["k"]
+    assert pks(storage.query().where(b__c__exists=True)) == []
+
+
+def test_driver_errors_are_wrapped(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is no database" * 100)
+    with pytest.raises(PyModelsError) as info:
+        pymodels.get_storage(f"sqlite:///{bad}")
+    assert not isinstance(info.value, sqlite3.Error)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+# ------------------------------------------------------------------------ engine traps
+
+
+def test_trap_json_extract_gives_1_for_true(storage: Any) -> None:
+    storage.save({"a": True}, primary_key="bool")
+    storage.save({"a": 1}, primary_key="int")
+    storage.save({"a": 1.0}, primary_key="float")
+    assert pks(storage.query().where(a=1)) == ["float", "int"]
+    assert pks(storage.query().where(a=True)) == ["bool"]
+    assert pks(storage.query().where(a__gt=0)) == ["float", "int"]
+    assert pks(storage.query().where(a__in=[True])) == ["bool"]
+    assert pks(storage.query().where(a__gte=1, a__lte=1)) == ["float", "int"]
+
+
+def test_trap_text_compares_greater_than_numbers(storage: Any) -> None:
+    storage.save({"a": "6"}, primary_key="str")
+    storage.save({"a": 5}, primary_key="five")
+    storage.save({"a": 7}, primary_key="seven")
+    storage.save({"a": b"\x00"}, primary_key="bytes")
+    assert pks(storage.query().where(a__gt=5)) == ["seven"]
+    assert pks(storage.query().where(a__lt="7")) == ["str"]
+    assert pks(storage.query().order_by("a")) == ["five", "seven", "str", "bytes"]
+    assert pks(storage.query().order_by("-a")) == ["bytes", "str", "seven", "five"]
+
+
+def test_trap_like_ignores_ascii_case_and_treats_percent_as_wildcard(storage: Any) -> None:
+    for pk, text in [("lower", "abc"), ("upper", "ABC"), ("pct", "a%c"), ("under", "a_c")]:
+        storage.save({"s": text}, primary_key=pk)
+    assert pks(storage.query().where(s__startswith="a")) == ["lower", "pct", "under"]
+    assert pks(storage.query().where(s__startswith="A")) == ["upper"]
+    assert pks(storage.query().where(s__startswith="a%")) == ["pct"]
+    assert pks(storage.query().where(s__endswith="_c")) == ["under"]
+    assert pks(storage.query().where(s__contains="%")) == ["pct"]
+    # A prefix ending in the last code point has no successor: no upper bound at all.
+    storage.save({"s": "\U0010ffff\U0010ffffz"}, primary_key="top")
+    assert pks(storage.query().where(s__startswith="\U0010ffff")) == ["top"]
+
+
+def test_trap_distinct_merges_one_one_point_zero_and_true(storage: Any) -> None:
+    for i, value in enumerate([1, 1.0, True, [1], [1.0], [True], "1"]):
+        storage.save({"a": value}, primary_key=f"k{i}")
+    assert storage.query().values("a") == [1, True, [1], [True], "1"]
+    assert pks(storage.query().where(a=[1])) == ["k3", "k4"]
+    assert pks(storage.query().where(a="[1]")) == []
+
+
+def test_trap_lower_folds_ascii_only(storage: Any) -> None:
+    # Python lowers beyond ASCII (and "İ" to two code points); SQLite's lower() does not.
+    storage.save({"s": "İSTANBUL"}, primary_key="tr")
+    storage.save({"s": "\u212a"}, primary_key="kelvin")  # KELVIN SIGN lowers to "k"
+    storage.save({"s": "ÉCOLE"}, primary_key="fr")
+    assert pks(storage.query().where(s__istartswith="i̇s")) == ["tr"]
+    assert pks(storage.query().where(s__iequals="k")) == ["kelvin"]
+    assert pks(storage.query().where(s__icontains="éco")) == ["fr"]
+    assert pks(storage.query().where(s__imatches="^é")) == ["fr"]
+    assert pks(storage.query().where(s__like="école")) == ["fr"]
+
+
+def test_trap_not_over_null_keeps_records_without_the_field(storage: Any) -> None:
+    storage.save({"a": 9}, primary_key="big")
+    storage.save({"a": 1}, primary_key="small")
+    storage.save({}, primary_key="none")
+    assert pks(storage.query().where_not(a__gt=5)) == ["none", "small"]
+    assert pks(storage.query().where(~(Q(a__gt=5) | Q(a__lt=0)))) == ["none", "small"]
+
+
+def test_trap_json_path_labels_compare_with_the_escaped_key(storage: Any) -> None:
+    # SQLite matches a quoted path label against the key's raw (escaped) JSON
+    # token, but json_set writes a new label by escaping it again.
+    names = ["a\\b", "tab\there", "bell\x07", "it's", "a[0]", "é\u2028"]
+    storage.save({n: i for i, n in enumerate(names)} | {"x": {}}, primary_key="k")
+    for i, n in enumerate(names):
+        assert pks(storage.query().where(**{n: i})) == ["k"]
+        assert pks(storage.query().order_by(n)) == ["k"]
+        storage.update("k", **{f"{n}__inc": 1, f"x__{n}": i})
+    assert dict(storage.get(None, "k")) == {n: i + 1 for i, n in enumerate(names)} | {
+        "x": {n: i for i, n in enumerate(names)}
+    }
+    assert pks(storage.query().where(**{"x__tab\there": 1})) == ["k"]
+
+
+def test_every_op_runs_in_sqlite(storage: Any) -> None:
+    assert set(backend.features.ops.values()) == {"native"}
+    plan = storage.query().where(s__imatches="x", t__like="a b", u__iendswith="Z").explain()
+    assert "python filter: none" in plan
+
+
+def test_lists_and_dicts_at_an_order_key_are_sorted_exactly(storage: Any) -> None:
+    values = [[10], [9], [9, 1], {"b": 1}, {"a": 2}, 3, "x", [True], []]
+    for i, value in enumerate(values):
+        storage.save({"v": value, "i": i}, primary_key=f"k{i}")
+    expected = sorted(range(len(values)), key=lambda i: pymodels.values.sort_key(values[i]))
+    got = [d["i"] for d in storage.query().order_by("v")]
+    assert got == expected
+    assert [d["i"] for d in storage.query().order_by("v")[3:6]] == expected[3:6]
+    assert [d["i"] for d in storage.query().order_by("-v")[:4]] == expected[::-1][:4]
+
+
+# ------------------------------------------------------------------- indexes and plans
+
+
+def test_indexes_are_used_by_the_queries(storage: Any) -> None:
+    storage.create_index("email")
+    storage.create_index(("city", "-age"))
+    storage.save_many({"email": f"u{i}@x", "city": f"c{i % 5}", "age": i % 70} for i in range(500))
+    plan = storage.query().where(email="u7@x").explain()
+    assert "USING INDEX pm_documents_" in plan
+    plan = storage.query().where(city="c1").order_by("-age")[:10].explain()
+    assert "USING INDEX pm_documents_" in plan and "TEMP B-TREE" not in plan
+    ages = [d["age"] for d in storage.query().where(city="c1").order_by("-age")[:10]]
+    assert ages == sorted(ages, reverse=True) and len(ages) == 10
+    plan = storage.query().where(email__startswith="u1").explain()
+    assert "USING INDEX" in plan
+
+
+def test_unique_index(storage: Any) -> None:
+    storage.create_index("email", unique=True)
+    storage.save({"email": "a"}, primary_key="1")
+    with pytest.raises(IntegrityError):
+        storage.save({"email": "a"}, primary_key="2")
+    # Other kinds, absent fields and the record itself are fine.
+    storage.save({"email": ["a"]}, primary_key="3")
+    storage.save({"email": {"a": 1}}, primary_key="4")
+    storage.save({}, primary_key="5")
+    storage.save({}, primary_key="6")
+    storage.save({"email": "a", "other": 1}, primary_key="1")
+    storage.save({"n": 1}, primary_key="n1")
+    storage.create_index("n", unique=True)
+    with pytest.raises(IntegrityError):
+        storage.save({"n": 1.0})  # 1 == 1.0
+    storage.save({"n": True})  # True is not 1
+    with pytest.raises(BulkWriteError) as info:
+        storage.save_many([{"email": "b"}, {"email": "b"}])
+    assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
+    assert storage.query().where(email="b").count() == 0  # the batch rolled back
+
+
+def test_meta_indexes_are_created_on_first_save(storage: Any, path: Path) -> None:
+    class Person(Document):
+        name: str
+        city: str = ""
+
+        class Meta:
+            indexes = ["name", ("city", "-name"), {"fields": ["city"], "unique": False}]
+
+    def indexes() -> list[str]:
+        raw = sqlite3.connect(path)
+        rows = raw.execute("SELECT name FROM sqlite_schema WHERE type = 'index'").fetchall()
+        raw.close()
+        return sorted(name for (name,) in rows if name.startswith("pm_documents_"))
+
+    Person(name="Ann").save(storage)
+    assert len(indexes()) == 3
+    storage.ensure_indexes(Person)  # idempotent
+    storage.create_index("name")
+    assert len(indexes()) == 3
+
+
+def test_index_kinds_are_not_supported(storage: Any) -> None:
+    with pytest.raises(NotSupported):
+        storage.create_index("a", kind="gin")
+
+
+# --------------------------------------------------------- transactions and updates
+
+
+def test_transaction_isolation_between_connections(storage: Any, path: Path) -> None:
+    with pymodels.get_storage(f"sqlite:///{path}") as other:
+        with storage.transaction():
+            storage.save({"a": 1}, primary_key="k")
+            assert "k" not in other
+        assert "k" in other
+        with pytest.raises(ZeroDivisionError), storage.transaction():
+            storage.save({"a": 2}, primary_key="k")
+            1 / 0  # noqa: B018 - the point is the exception
+        assert other.get(None, "k")["a"] == 1
+
+
+def test_partial_update_runs_in_sql(storage: Any) -> None:
+    storage.save({"n": 1, "d": {"x": 1}, "f": 1.5}, primary_key="k")
+    with mock.patch.object(BaseStorage, "_update", side_effect=AssertionError("read-modify-write")):
+        assert storage.update("k", n__inc=2, d__y__z="new", d__x__unset=True, e=Decimal("1.0")) == 1
+        assert storage.query().where(n__gte=3).update(n__inc=1, g=[1, 2]) == 1
+    assert dict(storage.get(None, "k")) == {
+        "n": 4,
+        "d": {"y": {"z": "new"}},
+        "f": 1.5,
+        "e": Decimal("1.0"),
+        "g": [1, 2],
+    }
+    # What SQL cannot do exactly goes the generic way, with the same answers.
+    assert storage.update("k", f__inc=0.1) == 1
+    assert storage.get(None, "k")["f"] == 1.5 + 0.1
+    with pytest.raises(ValidationError):
+        storage.update("k", n__x=1)  # n is not a dict
+    with pytest.raises(ValidationError):
+        storage.update("k", n__inc=2**63)  # leaves int64
+    assert storage.get(None, "k")["n"] == 4
+    assert storage.update("missing", n__inc=1) == 0
+
+
+def test_optimistic_concurrency_is_one_statement(storage: Any) -> None:
+    class Counter(Document):
+        n: int = 0
+
+        class Meta:
+            version_field = "v"
+
+    c = Counter()
+    c.save(storage)
+    stale = Counter.object(storage, c.pk)  # type: ignore[arg-type]
+    c.n = 1
+    c.save(storage)
+    stale.n = 2
+    with pytest.raises(ConflictError):
+        stale.save(storage)
+
+
+# ----------------------------------------------------------- threads, fork, processes
+
+
+def test_threads_share_a_storage(storage: Any) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(100):
+                storage.save({"t": t, "i": i})
+                assert storage.query().where(t=t).count() == i + 1
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(storage) == 400
+
+
+def test_a_transaction_is_invisible_to_other_threads_until_commit(storage: Any) -> None:
+    seen: list[bool] = []
+    inside, checked = threading.Event(), threading.Event()
+
+    def look() -> None:
+        inside.wait()
+        with pymodels.get_storage(f"sqlite:///{storage.settings.path}") as other:
+            seen.append("k" in other)
+        checked.set()
+
+    t = threading.Thread(target=look)
+    t.start()
+    with storage.transaction():
+        storage.save({"a": 1}, primary_key="k")
+        inside.set()
+        checked.wait(10)
+    t.join()
+    assert seen == [False] and "k" in storage
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_storage_opened_before_fork_works_in_the_child(storage: Any) -> None:
+    storage.save({"who": "parent"}, primary_key="p")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            storage.save({"who": "child"}, primary_key="c")
+            code = 0 if storage.get(None, "p")["who"] == "parent" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get(None, "c")["who"] == "child"
+    storage.save({"who": "parent again"}, primary_key="p2")
+
+
+def _save_many_times(path: str, worker: int, count: int) -> None:
+    with pymodels.get_storage(f"sqlite:///{path}") as s:
+        for i in range(count):
+            s.save({"worker": worker, "i": i})
+
+
+def test_four_processes_saving_into_one_file(path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_many_times, args=(str(path), w, 2000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    with pymodels.get_storage(f"sqlite:///{path}") as s:
+        assert len(s) == 8000
+        for w in range(4):
+            assert s.query().where(worker=w).count() == 2000
+
+
+def _increment(path: str, times: int) -> None:
+    class Counter(Document):
+        n: int = 0
+
+        class Meta:
+            version_field = "v"
+
+    with pymodels.get_storage(f"sqlite:///{path}") as s:
+        done = 0
+        while done < times:
+            c = Counter.object(s, "counter")
+            c.n += 1
+            try:
+                c.save(s)
+            except ConflictError:
+                continue
+            done += 1
+
+
+def test_compare_and_swap_across_processes(path: Path, storage: Any) -> None:
+    storage.save({"n": 0, "v": 1}, primary_key="counter")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_increment, args=(str(path), 100)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert storage.get(None, "counter")["n"] == 400
+
+
+def test_sigkill_during_bulk_save_keeps_committed_batches(path: Path) -> None:
+    child = textwrap.dedent(
+        f"""
+        import pymodels
+        s = pymodels.get_storage("sqlite:///{path}")
+        batch = 0
+        while True:
+            s.save_many(({{"batch": batch, "i": i, "pad": "x" * 200}} for i in range(1000)),
+                        batch_size=1000)
+            batch += 1
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if not path.exists():
+                continue
+            try:
+                raw = sqlite3.connect(path, timeout=10)
+                n = raw.execute("SELECT count(*) FROM documents").fetchone()[0]
+                raw.close()
+            except sqlite3.Error:
+                continue
+            if n >= 5000:
+                break
+        time.sleep(0.05)  # most likely in the middle of the next batch now
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    with pymodels.get_storage(f"sqlite:///{path}") as s:
+        total = len(s)
+        assert total >= 5000 and total % 1000 == 0  # whole batches only
+        batches = s.query().values("batch")
+        assert sorted(batches) == list(range(total // 1000))
+        for b in batches:
+            assert s.query().where(batch=b).count() == 1000
+        for doc in s.query()[:50]:
+            assert doc["pad"] == "x" * 200
