@@ -68,6 +68,40 @@ class _Meta:
             check_field_name(self.version_field)
 
 
+class _State:
+    """What a document knows beyond its fields: where it lives and how it was loaded."""
+
+    __slots__ = ("extra", "lazy", "partial", "pk", "storage", "version")
+
+    def __init__(
+        self,
+        pk: str | None = None,
+        storage: Any = None,
+        extra: dict[str, Any] | None = None,
+        version: Any = None,
+        partial: bool = False,
+        lazy: Any = None,
+    ) -> None:
+        self.pk = pk
+        self.storage = storage
+        self.extra = {} if extra is None else extra
+        # None: never loaded or saved; else the stored version value (maybe MISSING).
+        self.version = version
+        self.partial = partial
+        # (storage, pk) while the document is an unloaded reference.
+        self.lazy = lazy
+
+
+def _state_property(name: str) -> Any:
+    def get(self: Document) -> Any:
+        return getattr(object.__getattribute__(self, "__pydantic_private__")["_state"], name)
+
+    def set(self: Document, value: Any) -> None:
+        setattr(object.__getattribute__(self, "__pydantic_private__")["_state"], name, value)
+
+    return property(get, set)
+
+
 class Document(pydantic.BaseModel):
     """A record as a validated Python object; subclass it to declare fields."""
 
@@ -81,14 +115,15 @@ class Document(pydantic.BaseModel):
         revalidate_instances="never",
     )
 
-    _pk: str | None = pydantic.PrivateAttr(default=None)
-    _storage: Any = pydantic.PrivateAttr(default=None)
-    _extra: dict[str, Any] = pydantic.PrivateAttr(default_factory=dict)
-    # None: never loaded or saved; else the stored version value (maybe MISSING).
-    _version: Any = pydantic.PrivateAttr(default=None)
-    _partial: bool = pydantic.PrivateAttr(default=False)
-    # (storage, pk) while this instance is an unloaded reference.
-    _lazy: Any = pydantic.PrivateAttr(default=None)
+    # One private attribute, not six: pydantic initialises each private
+    # attribute of every instance it builds, and loading builds many.
+    _state: _State = pydantic.PrivateAttr(default_factory=lambda: _State())
+    _pk = _state_property("pk")
+    _storage = _state_property("storage")
+    _extra = _state_property("extra")
+    _version = _state_property("version")
+    _partial = _state_property("partial")
+    _lazy = _state_property("lazy")
 
     __pymodels_meta__: ClassVar[_Meta | None] = None
 
@@ -129,18 +164,16 @@ class Document(pydantic.BaseModel):
     def __getattr__(self, name: str) -> Any:
         if not name.startswith("_"):
             cls = type(self)
+            private = object.__getattribute__(self, "__pydantic_private__")
+            state = private.get("_state") if private else None
             if name in cls.model_fields:
-                private = object.__getattribute__(self, "__pydantic_private__")
-                if private.get("_lazy") is not None:
+                if state is not None and state.lazy is not None:
                     self._ensure_loaded()
                     return self.__dict__[name]
-                if private.get("_partial"):
+                if state is not None and state.partial:
                     raise AttributeError(f"{name!r} was not loaded (the query used only())")
-            else:
-                private = object.__getattribute__(self, "__pydantic_private__")
-                extra = private.get("_extra") if private else None
-                if extra and name in extra:
-                    return extra[name]
+            elif state is not None and name in state.extra:
+                return state.extra[name]
         return super().__getattr__(name)  # type: ignore[misc]
 
     @classmethod
@@ -223,15 +256,11 @@ class Document(pydantic.BaseModel):
                 cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
         except pydantic.ValidationError as e:
             raise _wrap(cls, e, pk) from e
+        version_field = cls._meta().version_field
+        version = None if version_field is None else record.get(version_field, MISSING)
         private = doc.__pydantic_private__
         assert private is not None
-        private["_pk"] = pk
-        private["_storage"] = storage
-        private["_extra"] = extra
-        private["_partial"] = partial
-        version_field = cls._meta().version_field
-        if version_field is not None:
-            private["_version"] = record.get(version_field, MISSING)
+        private["_state"] = _State(pk, storage, extra, version, partial)
         return doc
 
     @classmethod
@@ -255,20 +284,14 @@ class Document(pydantic.BaseModel):
         object.__setattr__(
             doc,
             "__pydantic_private__",
-            {
-                "_pk": pk,
-                "_storage": storage,
-                "_extra": {},
-                "_version": None,
-                "_partial": False,
-                "_lazy": (storage, pk),
-            },
+            {"_state": _State(pk, storage, lazy=(storage, pk))},
         )
         return doc
 
     def _ensure_loaded(self) -> None:
         private = object.__getattribute__(self, "__pydantic_private__")
-        lazy = private.get("_lazy") if private else None
+        state = private.get("_state") if private else None
+        lazy = state.lazy if state is not None else None
         if lazy is None:
             return
         storage, pk = lazy
@@ -277,8 +300,7 @@ class Document(pydantic.BaseModel):
         loaded = storage.get(type(self), pk)
         object.__setattr__(self, "__dict__", loaded.__dict__)
         object.__setattr__(self, "__pydantic_fields_set__", loaded.__pydantic_fields_set__)
-        private.update(loaded.__pydantic_private__)
-        private["_lazy"] = None
+        private["_state"] = loaded.__pydantic_private__["_state"]
 
     # ------------------------------------------------------- saving
 
@@ -314,7 +336,7 @@ class Document(pydantic.BaseModel):
         seen: set[int] = {id(self)}
 
         def visit(doc: Document) -> None:
-            if doc.__pydantic_private__ and doc.__pydantic_private__.get("_lazy") is not None:
+            if doc._lazy is not None:
                 return
             for name, (_target, many) in type(doc)._references().items():
                 value = doc.__dict__.get(name)
@@ -343,7 +365,8 @@ class Document(pydantic.BaseModel):
     @property
     def pk(self) -> str | None:
         """The primary key, None until saved."""
-        return self._pk
+        pk: str | None = self.__pydantic_private__["_state"].pk  # type: ignore[index]
+        return pk
 
     def save(self, storage: BaseStorage | None = None) -> str:
         """Save to ``storage`` (default: where it was loaded from or last saved); return the pk."""
@@ -480,8 +503,7 @@ class Document(pydantic.BaseModel):
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        private = self.__pydantic_private__ or {}
-        if private.get("_lazy") is not None:
+        if self._lazy is not None:
             return f"<{name} pk={self._pk!r} (not loaded)>"
         shown = ", ".join(f"{k}={v!r}" for k, v in self.items())
         pk = f"pk={self._pk!r}" + (", " if shown else "")

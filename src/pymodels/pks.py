@@ -10,7 +10,6 @@ insert-if-absent, retrying on the (astronomically rare) clash.
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -23,16 +22,13 @@ _last_ms = -1
 _last_rand = 0
 
 
-# RFC 4648 base32 does the 5-bit grouping in C; translating its alphabet to
-# Crockford's is a table lookup.
-_FROM_RFC = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+# Two Crockford characters per 10 bits: 13 table lookups encode a whole pk.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 
 
 def _encode(value: int) -> str:
     """26 Crockford base32 characters of a 128-bit value (two leading zero bits)."""
-    # 130 bits (value with 2 leading zeros) then 6 padding bits = 17 bytes.
-    raw = base64.b32encode((value << 6).to_bytes(17, "big"))
-    return raw[:26].decode("ascii").translate(_FROM_RFC)
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(120, -10, -10)])
 
 
 def new_pk() -> str:

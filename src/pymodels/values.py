@@ -158,6 +158,8 @@ def check_pk(pk: object) -> str:
 
 
 def _check_unicode(text: str, field: str) -> None:
+    if text.isascii():  # no surrogates possible: skip the encoding attempt
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
