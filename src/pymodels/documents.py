@@ -236,6 +236,18 @@ class Document(pydantic.BaseModel):
         partial: bool = False,
     ) -> Self:
         fields = cls.model_fields
+        if not fields:
+            # Free-form documents (storage.query(), get(None, pk)) have nothing
+            # to validate: every field is undeclared and kept as stored.
+            doc = cls.__new__(cls)
+            object.__setattr__(doc, "__dict__", {})
+            object.__setattr__(doc, "__pydantic_fields_set__", set())
+            object.__setattr__(doc, "__pydantic_extra__", None)
+            version_field = cls._meta().version_field
+            version = None if version_field is None else record.get(version_field, MISSING)
+            state = _State(pk, storage, dict(record), version, partial)
+            object.__setattr__(doc, "__pydantic_private__", {"_state": state})
+            return doc
         declared: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in record.items():
