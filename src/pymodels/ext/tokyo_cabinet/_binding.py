@@ -791,6 +791,35 @@ class TableDB:
             _tcmapdel(tcmap)
         return _parse_map(data)
 
+    def getdump(self, pk: bytes) -> bytes | None:
+        """The record in ``tcmapdump`` form (size-prefixed column names and values), or None.
+
+        For callers that decode columns themselves: one pass over these bytes is cheaper
+        than building the dict :meth:`get` returns and then walking it.
+        """
+        h = self._h()
+        if not pk:
+            _check_pk(pk)
+        tcmap = _tctdbget(h, pk, len(pk))
+        if not tcmap:
+            err = self._error("tctdbget")
+            if err.ecode == ErrorCode.NOREC:
+                return None
+            raise err
+        _LIVE[tcmap] = "TCMAP"
+        try:
+            size = _c_int()
+            buf = _tcmapdump(tcmap, size)
+            _LIVE[buf] = "buf"
+            try:
+                return _string_at(buf, size.value)
+            finally:
+                del _LIVE[buf]
+                _tcfree(buf)
+        finally:
+            del _LIVE[tcmap]
+            _tcmapdel(tcmap)
+
     def getcol(self, pk: bytes, col: bytes) -> bytes | None:
         """One column's value (``tctdbget4``), or None if the record or column is missing."""
         h = self._h()
