@@ -1,0 +1,178 @@
+"""pymodels on Tokyo Cabinet next to raw binding calls on the same workload.
+
+Runs the workload of ``raw_tokyo_cabinet.py`` (N records of six fields: name, unique
+email, age, score, city of 50 values, two tags; lexical indexes on email and name)
+through pymodels' public API, and the raw figures in the same process, and prints them
+side by side:
+
+    python bench/tokyo_cabinet.py                  # N = 100k, medians of 3 runs
+    python bench/tokyo_cabinet.py --n 1000000
+
+The raw baseline returns bytes and, for queries, only primary keys. pymodels returns
+documents (typed values, pydantic models), so besides the raw rows this also measures
+``raw+get``: the raw search followed by a raw get of every hit, the least a program
+needs to do to *use* what a query found. ``count`` rows show the engine-only side of
+pymodels (compile, search, no record loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import raw_tokyo_cabinet as raw
+
+import pymodels
+from pymodels.ext.tokyo_cabinet._binding import Cond, IndexType, OpenMode, TableDB
+
+#: Metric -> (what it measures, the raw metric it compares with).
+METRICS: dict[str, tuple[str, str]] = {
+    "put_tx": ("save_many, one transaction (batch_size=N), no index", "put_tx"),
+    "put_tx_indexed": (
+        "save_many, one transaction, email + name lexical indexes",
+        "put_tx_indexed",
+    ),
+    "put_batches": ("save_many, default batches of 1000, indexes", "put_tx_indexed"),
+    "get": ("storage.get(None, pk), random order", "get"),
+    "email_eq": ("list(query.where(email=...)), 1 document", "email_eq"),
+    "email_eq_count": ("query.where(email=...).count()", "email_eq"),
+    "name_prefix": ("list(query.where(name__startswith=...)), 100 documents", "name_prefix"),
+    "name_prefix_count": ("query.where(name__startswith=...).count()", "name_prefix"),
+}
+
+
+def records(n: int) -> list[dict[str, Any]]:
+    """The raw workload's records with their natural types (int, float, list)."""
+    return [
+        {
+            "name": f"name{i:07d}",
+            "email": f"user{i}@example.com",
+            "age": 18 + i * 7 % 70,
+            "score": i * 37 % 10_000 / 100,
+            "city": f"city{i % 50:02d}",
+            "tags": [f"t{i % 10}", f"t{i % 7}"],
+        }
+        for i in range(n)
+    ]
+
+
+def _rate(count: int, func: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    func()
+    return count / (time.perf_counter() - started)
+
+
+def _each(items: list[Any], func: Callable[[Any], object]) -> Callable[[], None]:
+    """Call ``func`` on every item, dropping the results as the raw loops do (keeping
+    100k documents alive would measure the garbage collector instead)."""
+
+    def loop() -> None:
+        for item in items:
+            func(item)
+
+    return loop
+
+
+def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
+    """One run of every pymodels measurement on fresh files; operations per second."""
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="pm-tc-") as tmp:
+        with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/plain.tct"}) as s:
+            out["put_tx"] = _rate(n, lambda: s.save_many(docs, batch_size=n))
+        with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/batch.tct"}) as s:
+            s.create_index("email")
+            s.create_index("name")
+            out["put_batches"] = _rate(n, lambda: s.save_many(docs))
+        with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/idx.tct"}) as s:
+            s.create_index("email")
+            s.create_index("name")
+            pks: list[str] = []
+            out["put_tx_indexed"] = _rate(n, lambda: pks.extend(s.save_many(docs, batch_size=n)))
+            picks = [pks[rng.randrange(n)] for _ in range(n)]
+            out["get"] = _rate(len(picks), _each(picks, lambda pk: s.get(None, pk)))
+            emails = [docs[rng.randrange(n)]["email"] for _ in range(raw.EMAIL_QUERIES)]
+            q = s.query()
+            out["email_eq"] = _rate(len(emails), _each(emails, lambda e: list(q.where(email=e))))
+            out["email_eq_count"] = _rate(
+                len(emails), _each(emails, lambda e: q.where(email=e).count())
+            )
+            prefixes = [docs[rng.randrange(n)]["name"][:-2] for _ in range(raw.PREFIX_QUERIES)]
+            out["name_prefix"] = _rate(
+                len(prefixes), _each(prefixes, lambda p: list(q.where(name__startswith=p)))
+            )
+            out["name_prefix_count"] = _rate(
+                len(prefixes), _each(prefixes, lambda p: q.where(name__startswith=p).count())
+            )
+    return out
+
+
+def raw_fetch_once(n: int, recs: list[raw.Record], seed: int) -> dict[str, float]:
+    """Raw queries that also get every hit (``raw+get``), on a fresh indexed file."""
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="raw-tc-fetch-") as tmp:
+        mode = OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC
+        with TableDB().open(Path(tmp) / "indexed.tct", mode) as db:
+            db.setindex("email", IndexType.LEXICAL)
+            db.setindex("name", IndexType.LEXICAL)
+            db.tranbegin()
+            for pk, cols in recs:
+                db.put(pk, cols)
+            db.trancommit()
+
+            def fetch(col: bytes, op: int, exprs: list[bytes]) -> None:
+                get = db.get
+                for expr in exprs:
+                    with db.query() as qry:
+                        qry.addcond(col, op, expr)
+                        for key in qry.search():
+                            get(key)
+
+            emails = [recs[rng.randrange(n)][1][b"email"] for _ in range(raw.EMAIL_QUERIES)]
+            out["email_eq"] = _rate(len(emails), lambda: fetch(b"email", Cond.STREQ, emails))
+            prefixes = [recs[rng.randrange(n)][1][b"name"][:-2] for _ in range(raw.PREFIX_QUERIES)]
+            out["name_prefix"] = _rate(len(prefixes), lambda: fetch(b"name", Cond.STRBW, prefixes))
+    return out
+
+
+def run(n: int = 100_000, runs: int = 3) -> dict[str, dict[str, float]]:
+    """Medians over ``runs`` of pymodels, raw and raw+get figures (operations per second)."""
+    docs = records(n)
+    recs = raw.make_records(n)
+    ours = [run_once(n, docs, seed) for seed in range(runs)]
+    theirs = [raw.run_once(n, recs, seed) for seed in range(runs)]
+    fetched = [raw_fetch_once(n, recs, seed) for seed in range(runs)]
+
+    def median(samples: list[dict[str, float]]) -> dict[str, float]:
+        return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+    return {"pymodels": median(ours), "raw": median(theirs), "raw+get": median(fetched)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=100_000, help="records (default 100000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs to take the median of")
+    args = parser.parse_args(argv)
+    figures = run(args.n, args.runs)
+    ours, theirs, fetched = figures["pymodels"], figures["raw"], figures["raw+get"]
+    print(f"Tokyo Cabinet, N={args.n:,}, medians of {args.runs} runs in one process (ops/s)")
+    print(f"  {'metric':<18}{'pymodels':>10}{'raw':>10}{'ratio':>7}{'raw+get':>10}{'ratio':>7}")
+    for name, (description, raw_name) in METRICS.items():
+        a, b = ours[name], theirs[raw_name]
+        c = fetched.get(raw_name) if not name.endswith("_count") else None
+        extra = f"{c:>10,.0f}{c / a:>6.2f}x" if c else f"{'':>10}{'':>7}"
+        print(f"  {name:<18}{a:>10,.0f}{b:>10,.0f}{b / a:>6.2f}x{extra}  {description}")
+    print("ratio = raw / pymodels: how many times faster the raw calls are (1.00x = parity)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,844 @@
+"""Condition trees compiled to Tokyo Cabinet table queries (``tctdbqry*``).
+
+A compiled condition is a :class:`Plan`: a union of *blocks*, each block a list of Tokyo
+conditions that must all hold (one ``TDBQRY``); several blocks run as one
+``tctdbmetasearch`` union. Every lookup compiles to blocks that are either *exact* (the
+records Tokyo returns are exactly the matches) or a *superset* (a prefilter); the parts
+that are not exact stay in a Python residual that the executor checks record by record.
+
+Why most lookups carry a *kind gate*: Tokyo compares text, so ``age NUMEQ 7`` also
+matches a str ``"7"``, a Decimal ``7`` or a bool stored elsewhere under ``age``. Each
+block therefore also tests the field's type token in the ``_types`` column (see
+:mod:`._columns`), which makes equality, prefixes and date ranges exact inside the engine.
+
+Soundness rules the compiler keeps:
+
+* ``And``: the product of the children's blocks; inexact children go to the residual.
+* ``Or``: the union of the children's blocks (a metasearch); exact only if every child is.
+* ``Not``: pushed down to lookups (De Morgan). A negated lookup runs in the engine only
+  when the lookup is exact: a superset's complement is not a superset of the complement.
+  Tokyo's negated conditions pass records that lack the column, which is exactly the
+  contract's two-valued logic.
+* Regular expressions are built only from literals, alternations and ASCII brackets:
+  glibc's regex engine follows the process locale (``.`` and case folding change with
+  ``LC_CTYPE``), and these constructs mean the same in every locale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
+
+from ...conditions import And, Condition, Lookup, Not, Or
+from ...values import kind_of
+from ._binding import Cond
+from ._columns import (
+    ALL_CODES,
+    KIND_CODES,
+    SATURATED,
+    TYPES_COLUMN,
+    date_text,
+    datetime_text,
+    decimal_text,
+    float_text,
+    json_number_forms,
+    json_text,
+    name_bytes,
+    number_forms,
+    tc_tokens,
+    token,
+    word_safe,
+)
+
+__all__ = ["Plan", "TCCond", "compile_condition", "guaranteed_kind"]
+
+#: At most this many blocks (queries of one metasearch) per plan; beyond, Python filters.
+MAX_BLOCKS: Final = 16
+#: Numbers at or beyond this magnitude are not sent to Tokyo's NUM* operators: its parser
+#: keeps integer parts exactly only below 2**64 (a long double), and this bound keeps
+#: every superset argument well inside that.
+NUM_LIMIT: Final = 2**62
+
+_OP_NAMES: Final = {int(c): c.name for c in Cond if c < Cond.NEGATE}
+
+
+class TCCond(NamedTuple):
+    """One Tokyo condition: column (``b""`` is the pk), operator, operand, negation.
+
+    A named tuple: plans build many of these per query, and tuples are cheap to make,
+    hash and compare.
+    """
+
+    col: bytes
+    op: int
+    expr: bytes
+    negate: bool = False
+    #: Keep Tokyo from answering this condition from an index (``TDBQCNOIDX``).
+    noidx: bool = False
+
+    def negated(self) -> TCCond:
+        """The same condition with the negation flipped."""
+        return TCCond(self.col, self.op, self.expr, not self.negate, self.noidx)
+
+    def __str__(self) -> str:
+        col = self.col.decode("utf-8", "replace") or '""'
+        expr = self.expr.decode("utf-8", "replace")
+        flags = ("!" if self.negate else "") + ("+" if self.noidx else "")
+        return f"{col} {flags}{_OP_NAMES.get(self.op, str(self.op))} {expr!r}"
+
+
+Block = tuple[TCCond, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanBlock:
+    """One Tokyo query: conditions that must all hold, and what Python still checks.
+
+    ``check`` is None when the conditions select exactly the matches; otherwise the
+    records Tokyo returns for this block are loaded and kept when ``check`` holds (used
+    where a small part of an otherwise exact result is uncertain, such as numbers equal
+    to a range's bound within Tokyo's 16-digit precision).
+    """
+
+    conds: Block
+    check: Condition | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What Tokyo runs: ``blocks`` None means every record, ``()`` no record.
+
+    Several blocks are a union (one metasearch). ``disjoint`` says no record can be in
+    two blocks, so counts add up without collecting keys.
+    """
+
+    blocks: tuple[PlanBlock, ...] | None
+    disjoint: bool = False
+
+    @property
+    def everything(self) -> bool:
+        """Whether the plan selects every record (no condition at all)."""
+        return self.blocks is None
+
+    @property
+    def nothing(self) -> bool:
+        """Whether the plan selects no record (no query needed)."""
+        return self.blocks == ()
+
+    @property
+    def checked(self) -> bool:
+        """Whether some block needs records checked in Python."""
+        return self.blocks is not None and any(b.check is not None for b in self.blocks)
+
+    def describe(self) -> str:
+        """The plan for humans."""
+        if self.blocks is None:
+            return "every record (no condition)"
+        if not self.blocks:
+            return "no record (the condition can never hold)"
+        texts = []
+        for b in self.blocks:
+            text = " AND ".join(map(str, b.conds)) or "(every record)"
+            if b.check is not None:
+                text += f" (then checked in Python: {b.check!r})"
+            texts.append(text)
+        if len(texts) == 1:
+            return f"tctdbqry: {texts[0]}"
+        return "tctdbmetasearch UNION of: " + " | ".join(f"[{t}]" for t in texts)
+
+
+_Blk = tuple[tuple[TCCond, ...], Condition | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """A compiled subtree: DNF blocks (None: every record, []: none) and exactness.
+
+    ``exact`` means the blocks, with their checks, select exactly the matches.
+    """
+
+    blocks: list[_Blk] | None
+    exact: bool
+    disjoint: bool = True
+
+
+def _part(blocks: list[list[TCCond]], exact: bool) -> _Part:
+    """A part of unchecked blocks."""
+    return _Part([(tuple(b), None) for b in blocks], exact, len(blocks) <= 1)
+
+
+_ALL_EXACT: Final = _Part(None, True)
+_ALL_SUPERSET: Final = _Part(None, False)
+_NONE: Final = _Part([], True)
+
+
+def compile_condition(
+    condition: Condition, indexes: Mapping[bytes, str] | None = None
+) -> tuple[Plan, Condition | None]:
+    """Compile ``condition``: the plan Tokyo runs and the residual Python checks.
+
+    ``indexes`` maps column names to their index kind; the compiler then adds conditions
+    an index can serve (only supersets of what is already there: results never change).
+    """
+    ctx = _Context(indexes or {})
+    conjuncts = condition.children if type(condition) is And else (condition,)
+    residual: list[Condition] = []
+    parts: list[tuple[Condition, _Part]] = []
+    for child in conjuncts:
+        part = ctx.plan(child, False)
+        if not part.exact:
+            residual.append(child)
+        parts.append((child, part))
+    # Fewer blocks first, so that an oversized product drops the widest disjunctions.
+    parts.sort(key=lambda cp: 0 if cp[1].blocks is None else len(cp[1].blocks))
+    blocks: list[_Blk] = [((), None)]
+    disjoint = True
+    for child, part in parts:
+        if part.blocks is None:
+            continue
+        if not part.blocks:
+            return Plan(()), None
+        product = _product(blocks, part.blocks)
+        if product is None:
+            if part.exact:
+                residual.append(child)
+            continue
+        blocks = product
+        disjoint = disjoint and part.disjoint
+    if blocks == [((), None)]:
+        plan = Plan(None)
+    else:
+        plan = Plan(tuple(PlanBlock(ctx.finish(c), k) for c, k in blocks), disjoint)
+    return plan, (And.of(*residual) if residual else None)
+
+
+def _product(left: list[_Blk], right: list[_Blk]) -> list[_Blk] | None:
+    if len(left) * len(right) > MAX_BLOCKS:
+        return None
+    out: list[_Blk] = []
+    for a_conds, a_check in left:
+        for b_conds, b_check in right:
+            checks = [c for c in (a_check, b_check) if c is not None]
+            out.append((a_conds + b_conds, And.of(*checks) if checks else None))
+    return out
+
+
+def _union(parts: Sequence[_Part]) -> _Part:
+    if any(p.blocks is None and p.exact for p in parts):
+        return _ALL_EXACT
+    if any(p.blocks is None for p in parts):
+        return _ALL_SUPERSET
+    blocks: list[_Blk] = []
+    for p in parts:
+        assert p.blocks is not None
+        for b in p.blocks:
+            if b not in blocks:
+                blocks.append(b)
+    if len(blocks) > MAX_BLOCKS:
+        return _ALL_SUPERSET
+    nonempty = [p for p in parts if p.blocks]
+    disjoint = len(nonempty) <= 1 and all(p.disjoint for p in nonempty)
+    return _Part(blocks, all(p.exact for p in parts), disjoint)
+
+
+def _intersection(parts: Sequence[_Part]) -> _Part:
+    exact = all(p.exact for p in parts)
+    if any(p.blocks == [] for p in parts):
+        return _NONE
+    blocks: list[_Blk] = [((), None)]
+    disjoint = True
+    for p in sorted(parts, key=lambda p: 0 if p.blocks is None else len(p.blocks)):
+        if p.blocks is None:
+            continue
+        product = _product(blocks, p.blocks)
+        if product is None:
+            exact = False  # this part is left to Python
+            continue
+        blocks = product
+        disjoint = disjoint and p.disjoint
+    return _Part(None if blocks == [((), None)] else blocks, exact, disjoint)
+
+
+def _negate(part: _Part) -> _Part:
+    if not part.exact or (part.blocks and any(k is not None for _, k in part.blocks)):
+        # The complement of a superset is a subset: nothing sound to run in Tokyo.
+        return _ALL_SUPERSET
+    if part.blocks is None:
+        return _NONE
+    if not part.blocks:
+        return _ALL_EXACT
+    # not (B1 or B2 ...) = (not B1) and (not B2) ...; not (c1 and c2) = not c1 or not c2.
+    return _intersection([_part([[c.negated()] for c in b], True) for b, _ in part.blocks])
+
+
+# -------------------------------------------------------------------------- lookups
+
+
+def _ex(col: bytes) -> TCCond:
+    """The column exists (an empty regex matches every value)."""
+    return TCCond(col, Cond.STRRX, b"")
+
+
+def _tokens_expr(name: str, codes: Iterable[str]) -> bytes:
+    return " ".join(token(name, c) for c in codes).encode("utf-8")
+
+
+def gate(name: str, kinds: Iterable[str]) -> TCCond | None:
+    """A condition on ``_types`` that holds exactly when field ``name`` (if present) is
+    of one of ``kinds``. None when every kind is allowed."""
+    return _gate(name, frozenset(kinds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _gate(name: str, kinds: frozenset[str]) -> TCCond | None:
+    wanted = {code for k in kinds for code in KIND_CODES[k]}
+    if "str" not in kinds:
+        return TCCond(TYPES_COLUMN, Cond.STROR, _tokens_expr(name, sorted(wanted)))
+    others = [c for c in ALL_CODES if c not in wanted]
+    if not others:
+        return None
+    return TCCond(TYPES_COLUMN, Cond.STROR, _tokens_expr(name, others), negate=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_gate(name: str, code: str) -> TCCond:
+    return TCCond(TYPES_COLUMN, Cond.STROR, _tokens_expr(name, [code]))
+
+
+def _block(*conds: TCCond | None) -> list[TCCond]:
+    return [c for c in conds if c is not None]
+
+
+def _number_text(value: int | float) -> str:
+    return str(value) if type(value) is int else float_text(value)
+
+
+def _decimal_forms(value: decimal.Decimal) -> list[str] | None:
+    """Every column text of a Decimal equal to ``value`` (None for zero: unbounded)."""
+    if value.is_zero() or abs(value) > SATURATED:
+        return None  # zero: unboundedly many forms; beyond the bound: see float_text
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    coefficient = list(digits)
+    while len(coefficient) > 1 and coefficient[-1] == 0:
+        coefficient.pop()
+        exponent += 1
+    forms: list[str] = []
+    while len(coefficient) <= 34:
+        text = format(decimal.Decimal((sign, tuple(coefficient), exponent)), "f")
+        if text not in forms:
+            forms.append(text)
+        coefficient.append(0)
+        exponent -= 1
+    return forms
+
+
+def _canonical(value: Any) -> bool:
+    """Whether equal values of this shape always have the same JSON text."""
+    t = type(value)
+    if t is list:
+        return all(_canonical(v) for v in value)
+    return t in (str, bool, bytes, datetime.date, datetime.datetime)
+
+
+class _Context:
+    def __init__(self, indexes: Mapping[bytes, str]) -> None:
+        self.indexes = indexes
+
+    def plan(self, node: Condition, negated: bool) -> _Part:
+        if isinstance(node, Lookup):
+            part = self.lookup(node)
+            return _negate(part) if negated else part
+        if isinstance(node, Not):
+            return self.plan(node.child, not negated)
+        if isinstance(node, And):
+            parts = [self.plan(c, negated) for c in node.children]
+            return _union(parts) if negated else _intersection(parts)
+        if isinstance(node, Or):
+            parts = [self.plan(c, negated) for c in node.children]
+            return _intersection(parts) if negated else _union(parts)
+        return _ALL_SUPERSET  # unknown node: Python decides
+
+    def finish(self, block: Sequence[TCCond]) -> Block:
+        """Deduplicate and order a block: Tokyo uses the first indexed condition it meets."""
+        if len(block) < 2:
+            return tuple(block)
+        ordered = sorted(dict.fromkeys(block), key=self._rank)
+        # Tokyo answers up to two conditions from indexes, walking a decimal index in its
+        # own order (finer than its number parser's, and jumping to the operand): only
+        # the leading one is planned for that, so every other NUM condition on a
+        # decimal-indexed column is evaluated on the record instead.
+        out: list[TCCond] = []
+        driver_seen = False
+        for cond in ordered:
+            served = not cond.negate and cond.op in _INDEX_SERVES.get(
+                self.indexes.get(cond.col, ""), frozenset()
+            )
+            if served and driver_seen and cond.op in _NUM_OPS:
+                cond = cond._replace(noidx=True)
+            driver_seen = driver_seen or served
+            out.append(cond)
+        return tuple(out)
+
+    def _rank(self, cond: TCCond) -> int:
+        rank = _RANKS.get(cond.op, 50)
+        if cond.col == TYPES_COLUMN:
+            rank += 100
+        if cond.negate:
+            rank += 200
+        elif cond.op in _INDEX_SERVES.get(self.indexes.get(cond.col, ""), frozenset()):
+            rank -= 100
+        return rank
+
+    def has_index(self, col: bytes, kind: str) -> bool:
+        return self.indexes.get(col) == kind
+
+    # -- one lookup ------------------------------------------------------------------
+
+    def lookup(self, lk: Lookup) -> _Part:
+        name = lk.path[0]
+        col = name_bytes(name)
+        op, value = lk.op, lk.value
+        if len(lk.path) > 1:
+            # The column holds the whole top-level dict as JSON: only its kind is tested.
+            if op == "exists" and value is False:
+                return _ALL_SUPERSET
+            return _part([_block(_ex(col), gate(name, ["dict"]))], False)
+        if op == "exists":
+            cond = _ex(col)
+            return _part([[cond if value else cond.negated()]], True)
+        if op == "equals":
+            return self.equals(name, col, value)
+        if op == "in":
+            return self.in_(name, col, value)
+        if op in ("gt", "gte", "lt", "lte"):
+            return self.compare(lk, name, col)
+        if op == "between":
+            return self.between(lk, name, col)
+        if op == "contains":
+            return self.contains(name, col, value)
+        if op == "contains_all":
+            if not value:
+                return _part([_block(_ex(col), gate(name, ["str", "list"]))], True)
+            return _intersection([self.contains(name, col, v) for v in value])
+        if op == "contains_any":
+            return _union([self.contains(name, col, v) for v in value])
+        if op == "startswith":
+            return _part([_block(TCCond(col, Cond.STRBW, _b(value)), gate(name, ["str"]))], True)
+        if op == "endswith":
+            return _part([_block(TCCond(col, Cond.STREW, _b(value)), gate(name, ["str"]))], True)
+        if op in ("iequals", "istartswith", "iendswith", "icontains"):
+            return self.case_insensitive(name, col, op, value)
+        if op in ("year", "month", "day"):
+            return self.date_part(name, col, op, value)
+        if op == "like":
+            return self.like(name, col, value)
+        # matches / imatches: Python's regex syntax is not POSIX's.
+        return _part([_block(_ex(col), gate(name, ["str"]))], False)
+
+    def equals(self, name: str, col: bytes, value: Any) -> _Part:
+        kind = kind_of(value)
+        g = gate(name, [kind])
+        if kind == "str":
+            if not value:
+                # Written as a NUL byte with an "e" token; other clients write "".
+                empty = TCCond(TYPES_COLUMN, Cond.STROR, _tokens_expr(name, ["e"]))
+                return _part([[empty], _block(TCCond(col, Cond.STREQ, b""), g)], True)
+            return _part([_block(TCCond(col, Cond.STREQ, _b(value)), g)], True)
+        if kind == "bool":
+            return _part([_block(TCCond(col, Cond.STREQ, b"true" if value else b"false"), g)], True)
+        if kind == "number":
+            forms = number_forms(value)
+            helper = None
+            if self.has_index(col, "decimal"):
+                helper = TCCond(col, Cond.NUMEQ, forms[0].encode("ascii"))
+            return _part([_block(helper, _oreq(col, forms), g)], True)
+        if kind == "decimal":
+            dforms = _decimal_forms(value)
+            numeq = TCCond(col, Cond.NUMEQ, decimal_text(value)[0].encode("ascii"))
+            if dforms is None:
+                return _part([_block(numeq, g)], False)
+            helper = numeq if self.has_index(col, "decimal") else None
+            return _part([_block(helper, _oreq(col, dforms), g)], True)
+        if kind == "bytes":
+            if not value:
+                return _part([[_code_gate(name, "E")]], True)
+            if b"\x00" in value:
+                return _part([_block(_ex(col), g)], False)
+            return _part([_block(TCCond(col, Cond.STREQ, value), g)], True)
+        if kind in ("date", "datetime", "datetime_tz"):
+            text = (date_text(value) if kind == "date" else datetime_text(value)).encode("ascii")
+            helper = None
+            if self.has_index(col, "decimal"):
+                helper = TCCond(col, Cond.NUMEQ, text)
+            return _part([_block(helper, TCCond(col, Cond.STREQ, text), g)], True)
+        if kind == "list":
+            if value and all(type(v) is str and word_safe(v) for v in value):
+                words = _b(" ".join(value))
+                conds = [TCCond(col, Cond.STREQ, words), _code_gate(name, "w")]
+                if self.has_index(col, "token"):
+                    conds.append(TCCond(col, Cond.STRAND, words))  # a superset the index serves
+                return _part([conds], True)
+            if _canonical(value):
+                listed = _b(json_text(value))
+                return _part([[TCCond(col, Cond.STREQ, listed), _code_gate(name, "l")]], True)
+        # Lists of numbers and dicts: equal values may be written differently
+        # ([1] and [1.0], key order), so only the kind is tested.
+        return _part([_block(_ex(col), g)], False)
+
+    def in_(self, name: str, col: bytes, values: Sequence[Any]) -> _Part:
+        if not values:
+            return _NONE
+        words: list[str] = []
+        numbers: list[str] = []
+        decimals: list[str] = []
+        parts: list[_Part] = []
+        for v in values:
+            kind = kind_of(v)
+            if kind == "str" and word_safe(v):
+                words.append(v)
+            elif kind == "number" and all(word_safe(f) for f in number_forms(v)):
+                numbers.extend(number_forms(v))
+            elif kind == "decimal" and (forms := _decimal_forms(v)) is not None:
+                decimals.extend(forms)
+            else:
+                parts.append(self.equals(name, col, v))
+        if words:
+            parts.append(_part([_block(_oreq(col, words), gate(name, ["str"]))], True))
+        if numbers:
+            parts.append(_part([_block(_oreq(col, numbers), gate(name, ["number"]))], True))
+        if decimals:
+            parts.append(_part([_block(_oreq(col, decimals), gate(name, ["decimal"]))], True))
+        part = _union(parts)
+        if part.blocks is None and not part.exact:
+            # Too many blocks for one metasearch: still narrow to records with the field.
+            return _part([[_ex(col)]], False)
+        return part
+
+    def compare(self, lk: Lookup, name: str, col: bytes) -> _Part:
+        op, value = lk.op, lk.value
+        kind = kind_of(value)
+        g = gate(name, [kind])
+        if kind == "date":
+            tc_op = {"gt": Cond.NUMGT, "gte": Cond.NUMGE, "lt": Cond.NUMLT, "lte": Cond.NUMLE}[op]
+            return _part([_block(TCCond(col, tc_op, date_text(value).encode()), g)], True)
+        text = self._num_text(kind, value)
+        if text is None:
+            return _part([_block(_ex(col), g)], False)
+        # Tokyo parses the column text into a long double keeping 16 digits: a monotone
+        # but not injective map. So a strict NUM comparison selects only true matches,
+        # and the only uncertain records are those Tokyo finds equal to the bound; just
+        # those are checked in Python.
+        upward = op in ("gt", "gte")
+        sure = ((TCCond(col, Cond.NUMGT if upward else Cond.NUMLT, text), *_block(g)), None)
+        return _Part([sure, self._ties(lk, col, text, upward, g)], True, True)
+
+    def _ties(self, lk: Lookup, col: bytes, text: bytes, upward: bool, g: TCCond | None) -> _Blk:
+        """The checked block of the records Tokyo cannot order against a bound: in a
+        window around it, on the other side of the strict condition (so that blocks
+        stay disjoint)."""
+        window = TCCond(col, Cond.NUMBT, tie_window(text))
+        other_side = TCCond(col, Cond.NUMLE if upward else Cond.NUMGE, text)
+        return (window, other_side, *_block(g)), lk
+
+    def between(self, lk: Lookup, name: str, col: bytes) -> _Part:
+        low, high = lk.value
+        kind = kind_of(low)
+        if low > high:
+            return _NONE
+        g = gate(name, [kind])
+        if kind == "date":
+            expr = f"{date_text(low)} {date_text(high)}".encode()
+            return _part([_block(TCCond(col, Cond.NUMBT, expr), g)], True)
+        lo, hi = self._num_text(kind, low), self._num_text(kind, high)
+        if lo is None or hi is None:
+            return _part([_block(_ex(col), g)], False)
+        # NUMBT first: an index walks just that range (the strict bounds then filter).
+        inside = (
+            TCCond(col, Cond.NUMBT, lo + b" " + hi),
+            TCCond(col, Cond.NUMGT, lo),
+            TCCond(col, Cond.NUMLT, hi),
+            *_block(g),
+        )
+        blocks: list[_Blk] = [(inside, None), self._ties(lk, col, lo, True, g)]
+        if tokyo_number(lo) != tokyo_number(hi):
+            blocks.append(self._ties(lk, col, hi, False, g))
+        return _Part(blocks, True, True)
+
+    def _num_text(self, kind: str, value: Any) -> bytes | None:
+        """The operand of a NUM* superset condition, or None where none is sound."""
+        if kind == "number" and abs(value) < NUM_LIMIT:
+            return _number_text(value).encode("ascii")
+        if kind == "decimal" and abs(value) < NUM_LIMIT:
+            return decimal_text(value)[0].encode("ascii")
+        if kind in ("datetime", "datetime_tz"):
+            return datetime_text(value).encode("ascii")
+        return None
+
+    def contains(self, name: str, col: bytes, value: Any) -> _Part:
+        if type(value) is str:
+            # A str field containing it, a word list holding it, or a JSON list holding
+            # it: all three hold the text itself, unless JSON had to escape characters.
+            blocks = [[TCCond(col, Cond.STRINC, _b(value)) if value else _ex(col)]]
+            inner = json_text(value)[1:-1]
+            if inner != value:
+                blocks.append([TCCond(col, Cond.STRINC, _b(inner)), _code_gate(name, "l")])
+            return _part(blocks, False)
+        element = self._element_cond(col, value)
+        return _part([_block(element, _code_gate(name, "l"))], False)
+
+    def _element_cond(self, col: bytes, value: Any) -> TCCond | None:
+        """A token condition every JSON list column holding ``value`` satisfies."""
+        kind = kind_of(value)
+        if kind == "number":
+            return TCCond(col, Cond.STROR, " ".join(json_number_forms(value)).encode())
+        if _canonical(value):
+            tokens = tc_tokens(json_text(value))
+            if tokens:
+                return TCCond(col, Cond.STRAND, _b(" ".join(tokens)))
+        return None
+
+    def case_insensitive(self, name: str, col: bytes, op: str, value: str) -> _Part:
+        g = gate(name, ["str"])
+        target = value.lower()
+        if not target and op != "iequals":
+            return _part([_block(_ex(col), g)], True)
+        built = case_insensitive_regex(target, op)
+        if built is None:
+            return _part([_block(_ex(col), g)], False)
+        pattern, exact = built
+        return _part([_block(TCCond(col, Cond.STRRX, _b(pattern)), g)], exact)
+
+    def date_part(self, name: str, col: bytes, op: str, value: int) -> _Part:
+        g = gate(name, ["date", "datetime", "datetime_tz"])
+        helper = None
+        if op == "year":
+            if not 1 <= value <= 9999:
+                return _NONE
+            cond = TCCond(col, Cond.STRBW, b"%04d" % value)
+            if self.has_index(col, "decimal"):
+                # Every date and datetime of that year lies in this range as a number (a
+                # superset: the STRBW below decides).
+                helper = TCCond(col, Cond.NUMBT, b"%04d0101 %04d1231235959.999999" % (value, value))
+        elif op == "month":
+            if not 1 <= value <= 12:
+                return _NONE
+            cond = TCCond(col, Cond.STRRX, b"^[0-9][0-9][0-9][0-9]%02d" % value)
+        else:
+            if not 1 <= value <= 31:
+                return _NONE
+            cond = TCCond(col, Cond.STRRX, b"^[0-9][0-9][0-9][0-9][0-9][0-9]%02d" % value)
+        return _part([_block(helper, cond, g)], True)
+
+    def like(self, name: str, col: bytes, value: str) -> _Part:
+        g = gate(name, ["str"])
+        words = list(dict.fromkeys(re.findall(r"\w+", value.lower())))
+        if not words:
+            return _part([_block(_ex(col), g)], True)
+        # Each word must occur in the lowered text: a superset of "is a word of it".
+        conds: list[TCCond | None] = [g]
+        for word in words:
+            built = case_insensitive_regex(word, "icontains")
+            if built is not None:
+                conds.append(TCCond(col, Cond.STRRX, _b(built[0])))
+        if len(conds) == 1:
+            conds.append(_ex(col))
+        return _part([_block(*conds)], False)
+
+
+def tokyo_number(text: bytes) -> decimal.Decimal:
+    """The value Tokyo's number parser (``tctdbatof``) reads from positional ``text``,
+    up to its long-double rounding: the digits after the 16th significant column go."""
+    body = text.decode("ascii")
+    sign = ""
+    if body[:1] in "+-":
+        sign, body = ("-" if body[0] == "-" else ""), body[1:]
+    whole, _, fraction = body.partition(".")
+    columns = len(whole.lstrip("0"))
+    kept = fraction[: max(0, 16 - columns)]
+    return decimal.Decimal(f"{sign}{whole or '0'}.{kept or '0'}")
+
+
+def tie_window(text: bytes) -> bytes:
+    """A ``NUMBT`` operand covering every value Tokyo reads as equal to ``text``.
+
+    Not ``NUMEQ``: a decimal index walks in its own finer order from the operand and
+    would miss equal-to-Tokyo values just below it. The window reaches one 16th-digit
+    unit beyond the truncated value on both sides.
+    """
+    body = text.decode("ascii").lstrip("+-")
+    whole = body.partition(".")[0]
+    kept = max(0, 16 - len(whole.lstrip("0")))
+    unit = decimal.Decimal(1).scaleb(-kept)
+    base = tokyo_number(text)
+    return f"{format(base - unit, 'f')} {format(base + unit, 'f')}".encode("ascii")
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def _oreq(col: bytes, forms: Sequence[str]) -> TCCond:
+    if len(forms) == 1:
+        return TCCond(col, Cond.STREQ, _b(forms[0]))
+    return TCCond(col, Cond.STROREQ, _b(" ".join(dict.fromkeys(forms))))
+
+
+# Order of conditions inside a block: Tokyo drives the search with the first condition an
+# index serves, so likely-selective conditions come first.
+_RANKS: Final[dict[int, int]] = {
+    Cond.STREQ: 0,
+    Cond.NUMEQ: 1,
+    Cond.STROREQ: 2,
+    Cond.NUMOREQ: 3,
+    Cond.STRBW: 4,
+    Cond.NUMBT: 5,
+    Cond.NUMGE: 6,
+    Cond.NUMGT: 6,
+    Cond.NUMLE: 6,
+    Cond.NUMLT: 6,
+    Cond.STRAND: 7,
+    Cond.STROR: 8,
+    Cond.STREW: 9,
+    Cond.STRINC: 10,
+    Cond.STRRX: 11,
+}
+_NUM_OPS: Final = frozenset(
+    {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}
+)
+# Which operators each index kind serves (tctdbqrysearchimpl's choice of "mcond").
+_INDEX_SERVES: Final[dict[str, frozenset[int]]] = {
+    "lexical": frozenset({Cond.STREQ, Cond.STRBW, Cond.STROREQ}),
+    "decimal": frozenset(
+        {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}
+    ),
+    "token": frozenset({Cond.STRAND, Cond.STROR}),
+    "qgram": frozenset({Cond.FTSPH}),
+}
+
+
+# ------------------------------------------------------------- case-insensitive regexes
+
+_ERE_SPECIAL: Final = frozenset(".[]()*+?{}|^$\\")
+_SIGMA: Final = "\u03c3"
+_FINAL_SIGMA: Final = "\u03c2"
+_CAPITAL_SIGMA: Final = "\u03a3"
+_SIGMAS: Final = frozenset((_SIGMA, _FINAL_SIGMA))
+
+
+@functools.cache
+def _lower_preimages() -> dict[str, tuple[str, ...]]:
+    """For each one-character lowercase form, the other characters that lower to it.
+
+    Built once from the running Python's own ``str.lower`` (about 1,400 entries), so it
+    agrees with the reference semantics whatever the Unicode version.
+    """
+    table: dict[str, list[str]] = {}
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        low = ch.lower()
+        if low != ch and len(low) == 1:
+            table.setdefault(low, []).append(ch)
+    # Final sigma: capital sigma lowers to the final form at the end of a word.
+    table.setdefault(_FINAL_SIGMA, []).append(_CAPITAL_SIGMA)
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def _literal(ch: str) -> str:
+    return "\\" + ch if ch in _ERE_SPECIAL else ch
+
+
+def case_insensitive_regex(target: str, op: str) -> tuple[str, bool] | None:
+    """A POSIX regex matching the str values ``x`` with ``x.lower()`` equal to /
+    starting with / ending with / containing ``target`` (already lowered).
+
+    Returns (pattern, exact) or None when no sound pattern is built. Exact unless the
+    target holds a sigma, whose lowering depends on its position in the word.
+    """
+    if "\u0307" in target:
+        # Part of "İ".lower() (two characters): not expressible one character at a time.
+        return None
+    table = _lower_preimages()
+    exact = not (_SIGMAS & set(target))
+    pieces: list[str] = []
+    last = len(target) - 1
+    for i, ch in enumerate(target):
+        options = [ch, *table.get(ch, ())]
+        if ch == _SIGMA:
+            options.append(_FINAL_SIGMA)  # a final capital sigma may lower to either
+        if ch == "i" and i == last and op in ("istartswith", "icontains"):
+            # "İ".lower() is "i" + U+0307: it supplies a final "i" when nothing follows.
+            options.append("\u0130")
+        options = list(dict.fromkeys(options))
+        if len(options) == 1:
+            pieces.append(_literal(ch))
+        elif all(len(o.encode("utf-8")) == 1 and o.isalpha() for o in options):
+            pieces.append("[" + "".join(options) + "]")
+        else:
+            pieces.append("(" + "|".join(_literal(o) for o in options) + ")")
+    body = "".join(pieces)
+    if op == "iequals":
+        return "^" + body + "$", exact
+    if op == "istartswith":
+        return "^" + body, exact
+    if op == "iendswith":
+        return body + "$", exact
+    return body, exact
+
+
+# ---------------------------------------------------------------- kinds for ordering
+
+
+def guaranteed_kind(condition: Condition, name: str) -> str | None:
+    """The one kind top-level field ``name`` has in every record matching ``condition``.
+
+    Only plain conjuncts count: an equality, comparison or str op on the field pins its
+    kind (and its presence). None when nothing does.
+    """
+    conjuncts = condition.children if type(condition) is And else (condition,)
+    for c in conjuncts:
+        kind = _lookup_kind(c, name)
+        if kind is not None:
+            return kind
+        if isinstance(c, Or) and c.children:
+            kinds = {_lookup_kind(child, name) for child in c.children}
+            if len(kinds) == 1 and None not in kinds:
+                return kinds.pop()
+    return None
+
+
+_STR_OPS: Final = frozenset(
+    {
+        "startswith",
+        "endswith",
+        "iequals",
+        "istartswith",
+        "iendswith",
+        "icontains",
+        "matches",
+        "imatches",
+        "like",
+    }
+)
+
+
+def _lookup_kind(c: Condition, name: str) -> str | None:
+    if not isinstance(c, Lookup) or c.path != (name,):
+        return None
+    if c.op in ("equals", "gt", "gte", "lt", "lte"):
+        return kind_of(c.value)
+    if c.op == "between":
+        return kind_of(c.value[0])
+    if c.op == "in":
+        kinds = {kind_of(v) for v in c.value}
+        return kinds.pop() if len(kinds) == 1 else None
+    if c.op in _STR_OPS:
+        return "str"
+    return None
