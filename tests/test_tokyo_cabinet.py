@@ -896,7 +896,7 @@ def test_any_records_stay_exact_after_reopen(open_storage: Callable[..., Storage
 def test_storage_is_a_base_storage() -> None:
     assert issubclass(Storage, BaseStorage)
     assert features.transactions and not features.compound_indexes
-    assert features.op("matches") == "python" and features.op("equals") == "native"
+    assert features.op("matches") == "python" and features.op("startswith") == "native"
 
 
 def test_binding_getdump_is_get_without_the_dict(path: Path) -> None:
