@@ -47,6 +47,12 @@ OPENERS: dict[str, Callable[[Path], dict[str, Any]]] = {
 }
 
 
+#: Where a raw baseline names its figures differently: our metric -> its metric.
+RAW_METRICS: dict[str, dict[str, str]] = {
+    "tokyo_cabinet": {"bulk_save": "put_tx_indexed", "get": "get", "equality": "email_eq"},
+}
+
+
 def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
     """Median ops/s of the workload through pymodels on ``backend``."""
     records = make_records(n)
@@ -111,8 +117,9 @@ def _report(args: argparse.Namespace) -> None:
             ours = run_pymodels(backend, n, args.runs)
             extra = {"url": os.environ["BENCH_POSTGRESQL_URL"]} if backend == "postgresql" else {}
             theirs = raw.run(n, args.runs, **extra)
+            names = RAW_METRICS.get(backend, {m: m for m in METRICS})
             for metric in METRICS:
-                a, b = ours.get(metric), theirs.get(metric)
+                a, b = ours.get(metric), theirs.get(names.get(metric, ""))
                 ratio = f"{b / a:>7.2f}x" if a and b else "     -"
                 print(f"{backend:<14}{n:>8}  {metric:<14}{a or 0:>12,.0f}{b or 0:>12,.0f}{ratio}")
             sys.stdout.flush()

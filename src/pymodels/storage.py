@@ -427,11 +427,23 @@ class BaseStorage:
             return
         for entry in doc_class._meta().indexes:
             if isinstance(entry, Mapping):
-                self.create_index(
-                    entry["fields"], unique=entry.get("unique", False), kind=entry.get("kind")
+                fields, unique, kind = (
+                    entry["fields"],
+                    entry.get("unique", False),
+                    entry.get("kind"),
                 )
             else:
-                self.create_index(entry)
+                fields, unique, kind = entry, False, None
+            if (
+                not isinstance(fields, str)
+                and len(fields) > 1
+                and self.features.indexes
+                and not self.features.compound_indexes
+            ):
+                # A class must stay savable on every backend: where compound
+                # indexes are missing, its leading path is indexed instead.
+                fields = fields[0]
+            self.create_index(fields, unique=unique, kind=kind)
         self._indexed.add(doc_class)
 
     # ---- lifecycle
