@@ -162,10 +162,12 @@ class BaseStorage:
         return [self._load(pk) for pk in pks]
 
     def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Write several records, replacing existing ones (one batch of ``save_many``).
+        """Write one batch of ``save_many``: new records under freshly generated pks.
 
-        Called inside a transaction when the engine has them. On failure raise
-        the error; the generic code then finds the failing record one by one.
+        Called inside a transaction when the engine has them. An engine may
+        write insert-if-absent and raise :class:`IntegrityError` on a clash (or
+        any other failure): the generic code then rolls back and redoes the
+        batch one by one to name the failing record.
         """
         for pk, record in items:
             self._store(pk, record, overwrite=True)
