@@ -60,7 +60,7 @@ from urllib.parse import unquote
 from ...codec import decode as decode_tagged
 from ...codec import encode as encode_tagged
 from ...values import check_field_name
-from ._binding import _parse_map, _read_vnum
+from ._binding import _parse_map
 
 __all__ = [
     "ALL_CODES",
@@ -550,66 +550,17 @@ def decode_record(columns: dict[bytes, bytes]) -> dict[str, Any]:
             except _BAD_COLUMN:
                 record[name] = decode_text(raw)
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", "replace")
-        record[name] = text.replace("\x00", "\ufffd") if "\x00" in text else text
+        record[name] = decode_text(raw)
     return record
 
 
 def decode_dump(buf: bytes) -> dict[str, Any]:
-    """The record of a ``tcmapdump`` (see :meth:`TableDB.getdump`), in one pass.
+    """The record of a ``tcmapdump`` (see :meth:`TableDB.getdump`).
 
-    The dump is a sequence of size-prefixed column names and values (sizes base 128,
-    see the binding). When ``_types`` is not the first column (another writer's order),
-    this falls back to :func:`decode_record`.
+    Parsing the dump into a map first costs about 5% of a decode over a single
+    fused pass, and keeps one decoder of columns.
     """
-    names = _NAMES
-    decoders = _NO_DECODERS
-    record: dict[str, Any] = {}
-    i = 0
-    end = len(buf)
-    first = True
-    while i < end:
-        size = buf[i]
-        if size < 128:
-            i += 1
-        else:
-            size, i = _read_vnum(buf, i)
-        column = buf[i : i + size]
-        i += size
-        size = buf[i]
-        if size < 128:
-            i += 1
-        else:
-            size, i = _read_vnum(buf, i)
-        raw = buf[i : i + size]
-        i += size
-        if column == TYPES_COLUMN:
-            if not first:
-                return decode_record(_parse_map(buf))
-            decoders = _column_decoders(raw)
-            continue
-        first = False
-        name = names.get(column)
-        if name is None:
-            name = _name_of(column)
-        if not name:
-            continue
-        decode = decoders.get(column)
-        if decode is not None:
-            try:
-                record[name] = decode(raw)
-            except _BAD_COLUMN:
-                record[name] = decode_text(raw)
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = raw.decode("utf-8", "replace")
-        record[name] = text.replace("\x00", "\ufffd") if "\x00" in text else text
-    return record
+    return decode_record(_parse_map(buf))
 
 
 def kind_of_code(code: str) -> str:
