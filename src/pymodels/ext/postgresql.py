@@ -47,12 +47,11 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"pymodels.ext.postgresql needs psycopg 3 ({e}): pip install 'pymodels[postgresql]'"
     ) from e
 
-from ..conditions import Condition, Lookup
+from ..conditions import Condition
 from ..features import OPS, Features
 from ..ordering import OrderKey
 from ..query import BaseQuery, Compiled
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
-from ..values import MISSING
 from ._sql.compiler import PARAM, Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps_pg, loads_pg
@@ -429,13 +428,8 @@ class Storage(BaseStorage):
         # waiting for a concurrent writer's row lock, so this is a true CAS.
         if expected is None:
             return self._store(pk, record, overwrite=False)
-        cond = (
-            Lookup((field,), "exists", False)
-            if expected is MISSING
-            else Lookup((field,), "equals", expected)
-        )
-        leaf = self._compiler.lookup(cond)
-        if leaf is None or not leaf.exact:
+        leaf = self._compiler.version_guard(field, expected)
+        if leaf is None:
             with self._atomic():
                 with self._db() as conn:
                     conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])

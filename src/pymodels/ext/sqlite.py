@@ -31,14 +31,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
-from ..conditions import Condition, Lookup
+from ..conditions import Condition
 from ..errors import ConfigurationError, IntegrityError, PyModelsError
 from ..features import OPS, Features
 from ..ordering import OrderKey
 from ..query import BaseQuery, Compiled
 from ..registry import url_path
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
-from ..values import MISSING
 from ._sql.compiler import Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads
@@ -409,13 +408,8 @@ class Storage(BaseStorage):
         # One conditional statement: atomic across threads and processes.
         if expected is None:
             return self._store(pk, record, overwrite=False)
-        cond = (
-            Lookup((field,), "exists", False)
-            if expected is MISSING
-            else Lookup((field,), "equals", expected)
-        )
-        leaf = self._compiler.lookup(cond)
-        if leaf is None or not leaf.exact:
+        leaf = self._compiler.version_guard(field, expected)
+        if leaf is None:
             return super()._compare_and_store(pk, record, field, expected)
         sql = f"UPDATE {self._qtable} SET body = ? WHERE pk = ? AND ({leaf.frag.sql})"
         text, params = self._dialect.render(Frag(sql, (dumps(record), pk, *leaf.frag.params)))

@@ -36,7 +36,7 @@ from ...errors import ValidationError
 from ...ordering import OrderKey
 from ...query import Compiled
 from ...storage import Change, IndexSpec
-from ...values import check_field_name, kind_of
+from ...values import MISSING, check_field_name, kind_of
 
 __all__ = [
     "PARAM",
@@ -381,6 +381,19 @@ class Compiler:
             # IS NOT TRUE, not NOT: NOT NULL is NULL, which would drop the row.
             return Frag(f"({f.sql}) IS NOT TRUE", f.params), None
         raise TypeError(f"not a condition: {cond!r}")
+
+    def version_guard(self, field: str, expected: Any) -> Leaf | None:
+        """An exact test that the stored ``field`` still holds ``expected``.
+
+        ``expected`` is MISSING for "the field is absent". None when the SQL
+        could not be exact (the caller then takes the locked generic path).
+        """
+        if expected is MISSING:
+            cond = Lookup((field,), "exists", False)
+        else:
+            cond = Lookup((field,), "equals", expected)
+        leaf = self.lookup(cond)
+        return leaf if leaf is not None and leaf.exact else None
 
     def lookup(self, lk: Lookup) -> Leaf | None:
         """The SQL of one lookup (the op table of API.md section 4)."""
