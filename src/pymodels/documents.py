@@ -594,9 +594,6 @@ def _type_name(annotation: Any) -> str:
 
 
 @functools.cache
-def _strict_adapter_cached(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
-    return pydantic.TypeAdapter(cls.model_fields[name].annotation or Any)
-
-
 def _strict_adapter(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
-    return _strict_adapter_cached(cls, name)
+    """A validator for one declared field (used to load only() projections)."""
+    return pydantic.TypeAdapter(cls.model_fields[name].annotation or Any)
