@@ -767,35 +767,14 @@ class TableDB:
 
     def get(self, pk: bytes) -> dict[bytes, bytes] | None:
         """The record's columns, or None if there is no record with this primary key."""
-        h = self._h()
-        if not pk:
-            _check_pk(pk)
-        tcmap = _tctdbget(h, pk, len(pk))
-        if not tcmap:
-            err = self._error("tctdbget")
-            if err.ecode == ErrorCode.NOREC:
-                return None
-            raise err
-        _LIVE[tcmap] = "TCMAP"
-        try:
-            size = _c_int()
-            buf = _tcmapdump(tcmap, size)
-            _LIVE[buf] = "buf"
-            try:
-                data = _string_at(buf, size.value)
-            finally:
-                del _LIVE[buf]
-                _tcfree(buf)
-        finally:
-            del _LIVE[tcmap]
-            _tcmapdel(tcmap)
-        return _parse_map(data)
+        dump = self.getdump(pk)
+        return None if dump is None else _parse_map(dump)
 
     def getdump(self, pk: bytes) -> bytes | None:
         """The record in ``tcmapdump`` form (size-prefixed column names and values), or None.
 
-        For callers that decode columns themselves: one pass over these bytes is cheaper
-        than building the dict :meth:`get` returns and then walking it.
+        One foreign call copies the whole record out (walking the TCMAP from Python
+        costs a call per column); :meth:`get` parses it into a dict.
         """
         h = self._h()
         if not pk:
