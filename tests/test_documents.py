@@ -141,3 +141,35 @@ def test_loading_wraps_errors_with_pk_and_field() -> None:
         Person._from_storage(None, "p1", {"first_name": 5})
     assert info.value.pk == "p1" and info.value.field == "first_name"
     assert "p1" in str(info.value)
+
+
+# ---- identity, copies and pickles
+
+
+def test_documents_compare_by_class_pk_and_stored_values() -> None:
+    a = Person._from_storage(None, "p1", {"first_name": "Ann", "note": "x"})
+    b = Person._from_storage(None, "p1", {"first_name": "Ann", "note": "x"})
+    assert a == b
+    assert a != Person._from_storage(None, "p2", {"first_name": "Ann", "note": "x"})
+    assert a != Person._from_storage(None, "p1", {"first_name": "Ann", "note": "y"})
+    assert a != Document._from_storage(None, "p1", {"first_name": "Ann", "note": "x"})
+    free = Document._from_storage(None, "p1", {"a": 1})
+    assert free != Document._from_storage(None, "p1", {"a": 2})
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_copies_keep_pk_values_and_undeclared_fields(how: str) -> None:
+    import copy
+    import pickle
+
+    doc = Person._from_storage(None, "p1", {"first_name": "Ann", "extra": {"k": [1]}})
+    clone = {
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "pickle": lambda d: pickle.loads(pickle.dumps(d)),
+    }[how](doc)
+    assert clone == doc and clone.pk == "p1" and clone["extra"] == {"k": [1]}
+    clone["other"] = 1  # the copy's undeclared fields are its own
+    assert "other" not in doc

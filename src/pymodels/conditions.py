@@ -97,10 +97,11 @@ class Lookup(Condition):
     def __init__(self, path: tuple[str, ...], op: str, value: Any) -> None:
         if op not in _OP_SET:
             raise InvalidQuery(f"unknown op {op!r}; ops are: {', '.join(OPS)}")
-        object.__setattr__(self, "path", tuple(path))
+        path = tuple(path)
+        value = _check_value(path, op, value)
+        object.__setattr__(self, "path", path)
         object.__setattr__(self, "op", op)
-        object.__setattr__(self, "value", _check_value(self.key, op, value))
-        object.__setattr__(self, "_frozen", (self.path, op, _freeze_operand(op, self.value)))
+        object.__setattr__(self, "value", value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("conditions are immutable")
@@ -110,11 +111,20 @@ class Lookup(Condition):
         """The path as written in a lookup (``a__b``)."""
         return "__".join(self.path)
 
+    def _identity(self) -> tuple[Any, ...]:
+        # Built on first comparison: most lookups are compiled, never compared.
+        try:
+            return self._frozen
+        except AttributeError:
+            frozen = (self.path, self.op, _freeze_operand(self.op, self.value))
+            object.__setattr__(self, "_frozen", frozen)
+            return frozen
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Lookup) and self._frozen == other._frozen
+        return isinstance(other, Lookup) and self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash(self._frozen)
+        return hash(self._identity())
 
     def __repr__(self) -> str:
         return f"Q({self.key}__{self.op}={self.value!r})"
@@ -231,33 +241,42 @@ ALL: Final[Condition] = And(())
 
 def Q(*conditions: Condition, **lookups: Any) -> Condition:
     """Build a condition from lookups (``Q(age__gte=18, name="Ann")``), all ANDed."""
+    if not conditions and len(lookups) == 1:
+        # The common where(field=value): no list, no And.
+        for key, value in lookups.items():
+            return parse_key(key, value)
     parts = list(conditions)
     for c in parts:
         if not isinstance(c, Condition):
             raise InvalidQuery(f"Q() takes conditions and lookups, not {c!r}")
     parts.extend(parse_key(key, value) for key, value in lookups.items())
-    if not parts:
-        return ALL
-    return And.of(*parts)
+    if len(parts) == 1:
+        return parts[0]
+    return And.of(*parts) if parts else ALL
 
 
 def parse_key(key: str, value: Any) -> Lookup:
     """Parse ``path__op=value`` into a :class:`Lookup`, validating it."""
+    path, op = _split_key(key)
+    return Lookup(path, op, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_key(key: str) -> tuple[tuple[str, ...], str]:
+    # Programs repeat the same few keys: parse each once (errors are not cached).
     parts = key.split("__")
     if any(not p for p in parts):
         raise InvalidQuery(f"lookup {key!r} has an empty path part")
     if len(parts) >= 2 and parts[-1] in _OP_SET:
-        path, op = tuple(parts[:-1]), parts[-1]
-    else:
-        if len(parts) >= 2:
-            near = _near_op(parts[-1])
-            if near is not None:
-                raise InvalidQuery(
-                    f"lookup {key!r}: {parts[-1]!r} is not an op; did you mean {near!r}? "
-                    f"(to reach a key named {parts[-1]!r} write {key}__equals)"
-                )
-        path, op = tuple(parts), "equals"
-    return Lookup(path, op, value)
+        return tuple(parts[:-1]), parts[-1]
+    if len(parts) >= 2:
+        near = _near_op(parts[-1])
+        if near is not None:
+            raise InvalidQuery(
+                f"lookup {key!r}: {parts[-1]!r} is not an op; did you mean {near!r}? "
+                f"(to reach a key named {parts[-1]!r} write {key}__equals)"
+            )
+    return tuple(parts), "equals"
 
 
 def parse_path(name: str) -> tuple[str, ...]:
@@ -288,56 +307,89 @@ def _one_edit(a: str, b: str) -> bool:
 # -- value checks at build time ----------------------------------------------
 
 
-def _check_value(key: str, op: str, value: Any) -> Any:
-    where = f"{key}__{op}"
+class _Expected(Exception):
+    """A lookup value of the wrong form; the message says what the op takes."""
+
+
+def _check_value(path: tuple[str, ...], op: str, value: Any) -> Any:
     try:
-        return _check_value_unwrapped(where, op, value)
+        return _CHECKS[op](value)
+    except _Expected as e:
+        where = f"{'__'.join(path)}__{op}"
+        raise InvalidQuery(f"lookup {where} takes {e}, not {value!r}") from None
     except ValidationError as e:
+        where = f"{'__'.join(path)}__{op}"
         raise InvalidQuery(f"lookup {where}: {e}") from e
 
 
-def _check_value_unwrapped(where: str, op: str, value: Any) -> Any:
-    def bad(expected: str) -> InvalidQuery:
-        return InvalidQuery(f"lookup {where} takes {expected}, not {value!r}")
+def _domain(value: Any) -> Any:
+    if value is None:
+        raise ValidationError("None is not a value; to match absent fields use exists")
+    return validate_value(value)
 
-    if op == "exists":
-        if type(value) is not bool:
-            raise bad("True or False")
-        return value
-    if op in _DATE_PARTS:
-        if type(value) is not int:
-            raise bad("an int")
-        return value
-    if op in _STR_OPS:
-        if type(value) is not str:
-            raise bad("a str")
-        value = validate_value(value, where)
-        if op in ("matches", "imatches"):
-            _compile_regex(value, op == "imatches", where)
-        return value
-    if op in ("in", "contains_all", "contains_any"):
-        if type(value) not in (list, tuple):
-            raise bad("a list of values")
-        return tuple(_domain(v, where) for v in value)
-    if op == "between":
-        if type(value) not in (list, tuple) or len(value) != 2:
-            raise bad("a (low, high) pair")
-        low, high = (_domain(v, where) for v in value)
-        if kind_of(low) not in ORDERED_KINDS or kind_of(low) != kind_of(high):
-            raise bad("two ordered values of one kind")
-        return (low, high)
-    value = _domain(value, where)
-    if op in _CMP_OPS and kind_of(value) not in ORDERED_KINDS:
-        raise bad("a number, Decimal, str, bytes, date or datetime")
+
+def _check_bool(value: Any) -> Any:
+    if type(value) is not bool:
+        raise _Expected("True or False")
     return value
 
 
-def _domain(value: Any, where: str) -> Any:
-    if value is None:
-        raise InvalidQuery(
-            f"lookup {where}: None is not a value; to match absent fields use exists"
-        )
-    return validate_value(value, where)
+def _check_int(value: Any) -> Any:
+    if type(value) is not int:
+        raise _Expected("an int")
+    return value
+
+
+def _check_str(value: Any) -> Any:
+    if type(value) is not str:
+        raise _Expected("a str")
+    return validate_value(value)
+
+
+def _check_regex(ignore_case: bool) -> Any:
+    def check(value: Any) -> Any:
+        value = _check_str(value)
+        _compile_regex(value, ignore_case)
+        return value
+
+    return check
+
+
+def _check_values(value: Any) -> Any:
+    if type(value) not in (list, tuple):
+        raise _Expected("a list of values")
+    return tuple(_domain(v) for v in value)
+
+
+def _check_between(value: Any) -> Any:
+    if type(value) not in (list, tuple) or len(value) != 2:
+        raise _Expected("a (low, high) pair")
+    low, high = (_domain(v) for v in value)
+    if kind_of(low) not in ORDERED_KINDS or kind_of(low) != kind_of(high):
+        raise _Expected("two ordered values of one kind")
+    return (low, high)
+
+
+def _check_ordered(value: Any) -> Any:
+    value = _domain(value)
+    if kind_of(value) not in ORDERED_KINDS:
+        raise _Expected("a number, Decimal, str, bytes, date or datetime")
+    return value
+
+
+#: op -> the check of its value, returning the value as the lookup keeps it.
+_CHECKS: Final[dict[str, Any]] = {
+    "equals": _domain,
+    "contains": _domain,
+    "exists": _check_bool,
+    **dict.fromkeys(_DATE_PARTS, _check_int),
+    **dict.fromkeys(_STR_OPS - {"matches", "imatches"}, _check_str),
+    "matches": _check_regex(False),
+    "imatches": _check_regex(True),
+    **dict.fromkeys(("in", "contains_all", "contains_any"), _check_values),
+    "between": _check_between,
+    **dict.fromkeys(_CMP_OPS, _check_ordered),
+}
 
 
 def _freeze_operand(op: str, value: Any) -> Any:
@@ -347,11 +399,11 @@ def _freeze_operand(op: str, value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=512)
-def _compile_regex(pattern: str, ignore_case: bool, where: str = "matches") -> re.Pattern[str]:
+def _compile_regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     try:
         return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
     except re.error as e:
-        raise InvalidQuery(f"lookup {where}: invalid regular expression {pattern!r}: {e}") from e
+        raise ValidationError(f"invalid regular expression {pattern!r}: {e}") from e
 
 
 # -- evaluation (the reference semantics) --------------------------------------

@@ -14,6 +14,7 @@ attribute access.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import types
@@ -68,38 +69,35 @@ class _Meta:
             check_field_name(self.version_field)
 
 
-class _State:
-    """What a document knows beyond its fields: where it lives and how it was loaded."""
+#: What a document knows beyond its fields, one slot each, and the value of a
+#: slot never set. Slots, not pydantic private attributes: loading builds many
+#: documents, and every extra object per document is more work for the
+#: garbage collector (a private-attribute dict and a state object were two).
+_STATE_DEFAULTS: dict[str, Any] = {
+    "_pk": None,
+    "_storage": None,
+    # Stored fields the class does not declare (the whole record for free-form documents).
+    "_extra": None,
+    # None: never loaded or saved; else the stored version value (maybe MISSING).
+    "_version": None,
+    # Loaded with only(): such a document cannot be saved.
+    "_partial": False,
+    # (storage, pk) while the document is an unloaded reference.
+    "_lazy": None,
+}
 
-    __slots__ = ("extra", "lazy", "partial", "pk", "storage", "version")
+#: The shared empty field set of documents built without validation (never mutated:
+#: a free-form or unloaded document has no declared field to assign).
+_NO_FIELDS_SET: frozenset[str] = frozenset()
 
-    def __init__(
-        self,
-        pk: str | None = None,
-        storage: Any = None,
-        extra: dict[str, Any] | None = None,
-        version: Any = None,
-        partial: bool = False,
-        lazy: Any = None,
-    ) -> None:
-        self.pk = pk
-        self.storage = storage
-        self.extra = {} if extra is None else extra
-        # None: never loaded or saved; else the stored version value (maybe MISSING).
-        self.version = version
-        self.partial = partial
-        # (storage, pk) while the document is an unloaded reference.
-        self.lazy = lazy
+_set = object.__setattr__
 
-
-def _state_property(name: str) -> Any:
-    def get(self: Document) -> Any:
-        return getattr(object.__getattribute__(self, "__pydantic_private__")["_state"], name)
-
-    def set(self: Document, value: Any) -> None:
-        setattr(object.__getattribute__(self, "__pydantic_private__")["_state"], name, value)
-
-    return property(get, set)
+#: Document class -> its membership test (None: every record is a member), and
+#: -> its Meta.version_field; each built on first use.
+_MEMBER_TESTS: dict[type, Any] = {}
+_VERSION_FIELDS: dict[type, str | None] = {}
+_new = object.__new__
+_UNSET: Any = object()
 
 
 class Document(pydantic.BaseModel):
@@ -115,15 +113,14 @@ class Document(pydantic.BaseModel):
         revalidate_instances="never",
     )
 
-    # One private attribute, not six: pydantic initialises each private
-    # attribute of every instance it builds, and loading builds many.
-    _state: _State = pydantic.PrivateAttr(default_factory=lambda: _State())
-    _pk = _state_property("pk")
-    _storage = _state_property("storage")
-    _extra = _state_property("extra")
-    _version = _state_property("version")
-    _partial = _state_property("partial")
-    _lazy = _state_property("lazy")
+    __slots__ = tuple(_STATE_DEFAULTS)
+    if TYPE_CHECKING:
+        _pk: str | None
+        _storage: BaseStorage | None
+        _extra: dict[str, Any]
+        _version: Any
+        _partial: bool
+        _lazy: tuple[BaseStorage | None, str] | None
 
     __pymodels_meta__: ClassVar[_Meta | None] = None
 
@@ -144,8 +141,12 @@ class Document(pydantic.BaseModel):
             super().__init__(**data)
         except pydantic.ValidationError as e:
             raise _wrap(type(self), e, None) from e
+        _set(self, "_extra", {})
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _STATE_DEFAULTS:
+            _set(self, name, value)
+            return
         if name.startswith("_"):
             super().__setattr__(name, value)
             return
@@ -162,18 +163,23 @@ class Document(pydantic.BaseModel):
             ) from e
 
     def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: an unset state slot, a field
+        # of an unloaded or partial document, or an undeclared stored field.
+        if name in _STATE_DEFAULTS:
+            if name == "_extra":
+                extra: dict[str, Any] = {}
+                _set(self, "_extra", extra)
+                return extra
+            return _STATE_DEFAULTS[name]
         if not name.startswith("_"):
-            cls = type(self)
-            private = object.__getattribute__(self, "__pydantic_private__")
-            state = private.get("_state") if private else None
-            if name in cls.model_fields:
-                if state is not None and state.lazy is not None:
+            if name in type(self).model_fields:
+                if self._lazy is not None:
                     self._ensure_loaded()
                     return self.__dict__[name]
-                if state is not None and state.partial:
+                if self._partial:
                     raise AttributeError(f"{name!r} was not loaded (the query used only())")
-            elif state is not None and name in state.extra:
-                return state.extra[name]
+            elif name in self._extra:
+                return self._extra[name]
         return super().__getattr__(name)  # type: ignore[misc]
 
     @classmethod
@@ -201,7 +207,11 @@ class Document(pydantic.BaseModel):
 
     @classmethod
     def _is_member(cls, record: Mapping[str, Any]) -> bool:
-        return cls._membership().matches(record)
+        test = _MEMBER_TESTS.get(cls, _UNSET)
+        if test is _UNSET:
+            membership = cls._membership()
+            test = _MEMBER_TESTS[cls] = None if membership == ALL else membership.matches
+        return test is None or bool(test(record))
 
     @classmethod
     @functools.cache
@@ -235,18 +245,26 @@ class Document(pydantic.BaseModel):
         record: Mapping[str, Any],
         partial: bool = False,
     ) -> Self:
-        fields = cls.model_fields
+        fields = cls.__pydantic_fields__  # model_fields without the property's cost
+        version_field = _VERSION_FIELDS.get(cls, _UNSET)
+        if version_field is _UNSET:
+            version_field = _VERSION_FIELDS[cls] = cls._meta().version_field
         if not fields:
             # Free-form documents (storage.query(), get(None, pk)) have nothing
-            # to validate: every field is undeclared and kept as stored.
-            doc = cls.__new__(cls)
-            object.__setattr__(doc, "__dict__", {})
-            object.__setattr__(doc, "__pydantic_fields_set__", set())
-            object.__setattr__(doc, "__pydantic_extra__", None)
-            version_field = cls._meta().version_field
-            version = None if version_field is None else record.get(version_field, MISSING)
-            state = _State(pk, storage, dict(record), version, partial)
-            object.__setattr__(doc, "__pydantic_private__", {"_state": state})
+            # to validate: every field is undeclared and kept as stored. The
+            # record is the caller's to give (storage hooks return fresh ones).
+            # __dict__ is left to Python, which makes an empty one on first use.
+            doc = _new(cls)
+            _set(doc, "__pydantic_fields_set__", _NO_FIELDS_SET)
+            _set(doc, "__pydantic_extra__", None)
+            _set(doc, "__pydantic_private__", None)
+            _set(doc, "_pk", pk)
+            _set(doc, "_storage", storage)
+            _set(doc, "_extra", record)
+            if version_field is not None:
+                _set(doc, "_version", record.get(version_field, MISSING))
+            if partial:
+                _set(doc, "_partial", True)
             return doc
         declared: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -268,11 +286,13 @@ class Document(pydantic.BaseModel):
                 cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
         except pydantic.ValidationError as e:
             raise _wrap(cls, e, pk) from e
-        version_field = cls._meta().version_field
-        version = None if version_field is None else record.get(version_field, MISSING)
-        private = doc.__pydantic_private__
-        assert private is not None
-        private["_state"] = _State(pk, storage, extra, version, partial)
+        _set(doc, "_pk", pk)
+        _set(doc, "_storage", storage)
+        _set(doc, "_extra", extra)
+        if version_field is not None:
+            _set(doc, "_version", record.get(version_field, MISSING))
+        if partial:
+            _set(doc, "_partial", True)
         return doc
 
     @classmethod
@@ -290,29 +310,72 @@ class Document(pydantic.BaseModel):
     def _placeholder(cls, storage: BaseStorage | None, pk: str) -> Self:
         """An unloaded instance standing for the record ``pk`` (a lazy reference)."""
         doc = cls.__new__(cls)
-        object.__setattr__(doc, "__dict__", {})
-        object.__setattr__(doc, "__pydantic_fields_set__", set())
-        object.__setattr__(doc, "__pydantic_extra__", None)
-        object.__setattr__(
-            doc,
-            "__pydantic_private__",
-            {"_state": _State(pk, storage, lazy=(storage, pk))},
-        )
+        _set(doc, "__dict__", {})
+        _set(doc, "__pydantic_fields_set__", _NO_FIELDS_SET)
+        _set(doc, "__pydantic_extra__", None)
+        _set(doc, "__pydantic_private__", None)
+        _set(doc, "_pk", pk)
+        _set(doc, "_storage", storage)
+        _set(doc, "_lazy", (storage, pk))
         return doc
 
     def _ensure_loaded(self) -> None:
-        private = object.__getattribute__(self, "__pydantic_private__")
-        state = private.get("_state") if private else None
-        lazy = state.lazy if state is not None else None
+        lazy = self._lazy
         if lazy is None:
             return
         storage, pk = lazy
         if storage is None:
             raise PyModelsError(f"reference {type(self).__name__} {pk!r} has no storage")
-        loaded = storage.get(type(self), pk)
-        object.__setattr__(self, "__dict__", loaded.__dict__)
-        object.__setattr__(self, "__pydantic_fields_set__", loaded.__pydantic_fields_set__)
-        private["_state"] = loaded.__pydantic_private__["_state"]
+        self._adopt(storage.get(type(self), pk))
+
+    def _adopt(self, other: Document) -> None:
+        """Become ``other``: its fields, its field set and its state."""
+        _set(self, "__dict__", other.__dict__)
+        _set(self, "__pydantic_fields_set__", other.__pydantic_fields_set__)
+        for name in _STATE_DEFAULTS:
+            _set(self, name, getattr(other, name))
+
+    def __copy__(self) -> Self:
+        new = super().__copy__()
+        for name in _STATE_DEFAULTS:
+            _set(new, name, getattr(self, name))
+        _set(new, "_extra", dict(self._extra))
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        new = super().__deepcopy__(memo)
+        for name in _STATE_DEFAULTS:
+            _set(new, name, getattr(self, name))
+        _set(new, "_extra", copy.deepcopy(self._extra, memo))
+        return new
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # The storage (connections, locks) does not travel: an unpickled
+        # document keeps its pk and values and is saved with save(storage).
+        self._ensure_loaded()
+        state = super().__getstate__()
+        state["__pymodels__"] = (self._pk, self._extra, self._version, self._partial)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        pk, extra, version, partial = state.pop("__pymodels__")
+        super().__setstate__(state)
+        _set(self, "_pk", pk)
+        _set(self, "_extra", extra)
+        _set(self, "_version", version)
+        _set(self, "_partial", partial)
+
+    def __eq__(self, other: object) -> bool:
+        """Same class, same pk and the same stored values."""
+        if not isinstance(other, Document):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self._pk == other._pk
+            and dict(self.items()) == dict(other.items())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     # ------------------------------------------------------- saving
 
@@ -377,8 +440,7 @@ class Document(pydantic.BaseModel):
     @property
     def pk(self) -> str | None:
         """The primary key, None until saved."""
-        pk: str | None = self.__pydantic_private__["_state"].pk  # type: ignore[index]
-        return pk
+        return self._pk
 
     def save(self, storage: BaseStorage | None = None) -> str:
         """Save to ``storage`` (default: where it was loaded from or last saved); return the pk."""

@@ -7,9 +7,8 @@ ascending. Values of different kinds sort by kind rank (see
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .conditions import parse_path
 from .errors import InvalidQuery
@@ -23,8 +22,7 @@ T = TypeVar("T")
 PK: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class OrderKey:
+class OrderKey(NamedTuple):
     """One sort key: a path (``()`` is the pk) and a direction."""
 
     path: tuple[str, ...]
@@ -56,8 +54,14 @@ def parse_order(names: Iterable[str]) -> tuple[OrderKey, ...]:
     return tuple(keys)
 
 
+#: The order of a query without ``order_by``.
+PK_ORDER: tuple[OrderKey, ...] = (OrderKey(PK),)
+
+
 def full_order(keys: Sequence[OrderKey]) -> tuple[OrderKey, ...]:
     """The keys followed by the implicit ``pk`` ascending (unless a pk key came already)."""
+    if not keys:
+        return PK_ORDER
     out: list[OrderKey] = []
     for k in keys:
         out.append(k)

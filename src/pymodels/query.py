@@ -14,18 +14,18 @@ op works on every backend and gives the reference answer.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar, overload
 
 from .conditions import ALL, And, Condition, Not, Q, parse_path
+from .documents import Document
 from .errors import InvalidQuery
-from .ordering import OrderKey, full_order, parse_order, record_sort_key, sort_items
+from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key, sort_items
 from .values import MISSING, freeze, get_path
 
 if TYPE_CHECKING:
-    from .documents import Document
     from .storage import BaseStorage
 
 __all__ = ["BaseQuery", "Compiled"]
@@ -36,8 +36,7 @@ D = TypeVar("D", bound="Document")
 BATCH_SIZE = 1000
 
 
-@dataclasses.dataclass(frozen=True)
-class Compiled:
+class Compiled(NamedTuple):
     """A condition as a backend compiled it.
 
     ``native`` is the engine's form of (a superset of) the condition, or None
@@ -60,18 +59,22 @@ class BaseQuery(Generic[D]):
         self.doc_class = doc_class
         self._where: Condition = ALL
         self._order: tuple[OrderKey, ...] = ()
+        # The total order: the order_by keys, then the pk (kept, not rebuilt per run).
+        self._full_order: tuple[OrderKey, ...] = PK_ORDER
         self._offset = 0
         self._limit: int | None = None
         self._only: tuple[str, ...] | None = None
         self._after: tuple[str, dict[str, Any]] | None = None
+        # The compiled condition, made on first use (see _compiled).
+        self._compiled_cache: Compiled | None = None
 
     def _clone(self, **changes: Any) -> Self:
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        # Derived values cached on the old query do not hold for the new one.
-        for cached in ("condition", "_compiled"):
-            new.__dict__.pop(cached, None)
-        new.__dict__.update(changes)
+        state = new.__dict__
+        state.update(self.__dict__)
+        state.update(changes)
+        # What was compiled for the old query does not hold for the new one.
+        state["_compiled_cache"] = None
         return new
 
     # ------------------------------------------------------- engine hooks
@@ -128,18 +131,19 @@ class BaseQuery(Generic[D]):
     @property
     def condition(self) -> Condition:
         """The whole condition: class membership and every ``where``."""
-        value = self.__dict__.get("condition")
-        if value is None:
-            membership = self.doc_class._membership() if self.doc_class is not None else ALL
-            value = And.of(membership, self._where) if membership != ALL else self._where
-            self.__dict__["condition"] = value
-        return value
+        if self.doc_class is None:
+            return self._where
+        membership = self.doc_class._membership()
+        return And.of(membership, self._where) if membership != ALL else self._where
 
     def where(self, *conditions: Condition, **lookups: Any) -> Self:
         """Records for which every argument holds (AND)."""
         cond = Q(*conditions, **lookups)
-        self._check_paths(cond)
-        return self._unsliced("where")._clone(_where=And.of(self._where, cond))
+        if self.doc_class is not None:
+            self._check_paths(cond)
+        if self._offset or self._limit is not None:
+            self._unsliced("where")
+        return self._clone(_where=cond if self._where is ALL else And.of(self._where, cond))
 
     def where_not(self, *conditions: Condition, **lookups: Any) -> Self:
         """Records for which each argument fails (each negated, then ANDed)."""
@@ -155,7 +159,7 @@ class BaseQuery(Generic[D]):
         for k in keys:
             if not k.is_pk:
                 self._check_path(k.path, f"order_by({str(k)!r})")
-        return self._unsliced("order_by")._clone(_order=keys)
+        return self._unsliced("order_by")._clone(_order=keys, _full_order=full_order(keys))
 
     def only(self, *names: str) -> Self:
         """Load just these fields; such documents cannot be saved."""
@@ -165,8 +169,6 @@ class BaseQuery(Generic[D]):
 
     def after(self, doc_or_pk: Document | str) -> Self:
         """Continue after this document in the query's order (keyset pagination)."""
-        from .documents import Document
-
         if isinstance(doc_or_pk, Document):
             if doc_or_pk.pk is None:
                 raise InvalidQuery("after() needs a saved document")
@@ -226,10 +228,9 @@ class BaseQuery(Generic[D]):
 
     @property
     def _compiled(self) -> Compiled:
-        value = self.__dict__.get("_compiled")
+        value = self._compiled_cache
         if value is None:
-            value = self._compile(self.condition)
-            self.__dict__["_compiled"] = value
+            value = self._compiled_cache = self._compile(self.condition)
         return value
 
     def _residual_matches(self, order: tuple[OrderKey, ...]) -> Any:
@@ -237,7 +238,7 @@ class BaseQuery(Generic[D]):
         residual = self._compiled.residual
         after = self._after
         if residual is None and after is None:
-            return None
+            return None  # the engine selects exactly
         anchor_key = None
         if after is not None:
             anchor_key = _total_key(after[0], after[1], order)
@@ -250,23 +251,28 @@ class BaseQuery(Generic[D]):
         return check
 
     def _items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield the ``(pk, record)`` pairs of this query, ordered and sliced."""
+        """The ``(pk, record)`` pairs of this query, ordered and sliced.
+
+        Not a generator: the common case hands out the engine's own iterator,
+        with no Python frame resumed per record.
+        """
         self.storage._check_open()
-        order = full_order(self._order)
+        order = self._full_order
         compiled = self._compiled
         check = self._residual_matches(order)
-        stop = None if self._limit is None else self._offset + self._limit
         if self._limit == 0:
-            return
+            return iter(())
+        stop = None if self._limit is None else self._offset + self._limit
         if self._engine_order(order):
             if check is None:
-                yield from self._engine_fetch(compiled.native, order, self._offset, self._limit)
-                return
+                return self._engine_fetch(compiled.native, order, self._offset, self._limit)
             stream = self._engine_fetch(compiled.native, order, 0, None)
-            yield from itertools.islice(
-                (item for item in stream if check(*item)), self._offset, stop
-            )
-            return
+            return itertools.islice((item for item in stream if check(*item)), self._offset, stop)
+        return self._sorted_in_python(compiled, order, check, stop)
+
+    def _sorted_in_python(
+        self, compiled: Compiled, order: tuple[OrderKey, ...], check: Any, stop: int | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         # The engine cannot order: keep only sort keys and pks in memory, sort
         # them, then load the records of the slice in batches.
         keyed: list[tuple[tuple[Any, ...], str]] = []
@@ -282,18 +288,14 @@ class BaseQuery(Generic[D]):
                     yield pk, loaded
 
     def __iter__(self) -> Iterator[D]:
-        make = self._materializer()
-        for pk, record in self._items():
-            yield make(pk, record)
+        return itertools.starmap(self._materializer(), self._items())
 
     def _materializer(self) -> Any:
-        from .documents import Document
-
         cls: type[Document] = self.doc_class or Document
         only = self._only
         storage = self.storage
         if only is None:
-            return lambda pk, record: cls._from_storage(storage, pk, record)
+            return functools.partial(cls._from_storage, storage)
         paths = [parse_path(n) for n in only]
 
         def project(pk: str, record: dict[str, Any]) -> Document:
@@ -312,7 +314,7 @@ class BaseQuery(Generic[D]):
     def _matching(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every matching record, unordered and unsliced (for counting and testing)."""
         compiled = self._compiled
-        check = self._residual_matches(full_order(self._order))
+        check = self._residual_matches(self._full_order)
         for item in self._engine_fetch(compiled.native, None, 0, None):
             if check is None or check(*item):
                 yield item
@@ -320,7 +322,7 @@ class BaseQuery(Generic[D]):
     def count(self) -> int:
         """How many records match (honouring a slice)."""
         self.storage._check_open()
-        if self._residual_matches(full_order(self._order)) is None:
+        if self._residual_matches(self._full_order) is None:
             total = self._engine_count(self._compiled.native)
         else:
             # Order cannot change a count: no sorting, no second read.
@@ -333,7 +335,7 @@ class BaseQuery(Generic[D]):
         self.storage._check_open()
         if self._offset or self._limit is not None:
             return self.count() > 0
-        if self._residual_matches(full_order(self._order)) is None:
+        if self._residual_matches(self._full_order) is None:
             return any(True for _ in self._engine_fetch(self._compiled.native, None, 0, 1))
         return any(True for _ in self._matching())
 
@@ -342,8 +344,11 @@ class BaseQuery(Generic[D]):
 
     def first(self) -> D | None:
         """The first document in order, or None."""
-        for doc in self[:1]:
-            return doc
+        first = self._clone(_limit=1 if self._limit is None else min(self._limit, 1))
+        for pk, record in first._items():
+            if self._only is not None:
+                return first._materializer()(pk, record)  # type: ignore[no-any-return]
+            return (self.doc_class or Document)._from_storage(self.storage, pk, record)  # type: ignore[return-value]
         return None
 
     def values(self, name: str) -> list[Any]:
@@ -368,7 +373,7 @@ class BaseQuery(Generic[D]):
         if (
             self._offset == 0
             and self._limit is None
-            and self._residual_matches(full_order(self._order)) is None
+            and self._residual_matches(self._full_order) is None
         ):
             deleted = self._engine_delete(self._compiled.native)
             if deleted is not None:
@@ -414,7 +419,7 @@ class BaseQuery(Generic[D]):
 
     def explain(self) -> str:
         """What the engine runs and what Python does after it."""
-        order = full_order(self._order)
+        order = self._full_order
         compiled = self._compiled
         native_order = self._engine_order(order)
         lines = [

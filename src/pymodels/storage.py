@@ -21,10 +21,11 @@ import copy
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, TypeVar, overload
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar, overload
 
 import pydantic
 
+from .documents import Document
 from .errors import (
     BulkWriteError,
     ConfigurationError,
@@ -50,9 +51,6 @@ from .values import (
     validate_record,
     validate_value,
 )
-
-if TYPE_CHECKING:
-    from .documents import Document
 
 __all__ = ["BaseSettings", "BaseStorage", "Change", "IndexSpec"]
 
@@ -265,8 +263,6 @@ class BaseStorage:
         item) and ``.written_pks``. With transactions a failing batch writes
         nothing; without, the records before the failing one stay.
         """
-        from .documents import Document
-
         self._check_writable()
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -298,10 +294,9 @@ class BaseStorage:
 
     def get(self, doc_class: type[D] | None, pk: str) -> D | Document:
         """The document under ``pk``; :class:`DoesNotExist` if missing or not a member."""
-        from .documents import Document
-
         cls: type[Document] = doc_class or Document
-        self._check_open()
+        if self.closed:
+            self._check_open()
         record = self._load(check_pk(pk))
         if record is None or not cls._is_member(record):
             raise DoesNotExist(f"no {cls.__name__} with pk {pk!r}")
@@ -309,8 +304,6 @@ class BaseStorage:
 
     def get_many(self, doc_class: type[D] | None, pks: Iterable[str]) -> list[D | None]:
         """Documents for several pks, aligned with them; None for missing or non-members."""
-        from .documents import Document
-
         cls: Any = doc_class or Document
         self._check_open()
         keys = [check_pk(pk) for pk in pks]
@@ -491,8 +484,6 @@ class BaseStorage:
         return record
 
     def _write_data(self, data: Any, primary_key: str | None, *, insert: bool) -> str:
-        from .documents import Document
-
         self._check_writable()
         pk = None if primary_key is None else check_pk(primary_key)
         if isinstance(data, Document):

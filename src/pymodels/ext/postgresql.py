@@ -47,10 +47,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"pymodels.ext.postgresql needs psycopg 3 ({e}): pip install 'pymodels[postgresql]'"
     ) from e
 
-from ..conditions import Condition
 from ..features import OPS, Features
 from ..ordering import OrderKey
-from ..query import BaseQuery, Compiled
+from ..query import BaseQuery
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
 from ._sql.compiler import PARAM, Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
@@ -443,9 +442,6 @@ class Storage(BaseStorage):
             return conn.execute(text, params).rowcount == 1
 
     # ------------------------------------------------------------ used by Query
-
-    def _compile_condition(self, condition: Condition) -> Compiled:
-        return self._compiler.compile(condition)
 
     def _rows(
         self,

@@ -31,11 +31,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
-from ..conditions import Condition
 from ..errors import ConfigurationError, IntegrityError, PyModelsError
 from ..features import OPS, Features
 from ..ordering import OrderKey
-from ..query import BaseQuery, Compiled
+from ..query import BaseQuery
 from ..registry import url_path
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
 from ._sql.compiler import Compiler, Frag
@@ -162,6 +161,7 @@ class Storage(BaseStorage):
             self.features = memory_features  # type: ignore[misc]
         self._table = self.settings.table
         self._qtable = f'"{self._table}"'
+        self._load_sql = f"SELECT body FROM {self._qtable} WHERE pk = ?"
         self._dialect = _DIALECT
         self._compiler = _COMPILER
         # Files: one connection per thread. In memory, one connection (each
@@ -208,6 +208,16 @@ class Storage(BaseStorage):
         except sqlite3.Error as e:
             raise PyModelsError(f"cannot open {path or 'an in-memory database'}: {e}") from e
         return conn
+
+    def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one statement (the hot path: no guard object for files)."""
+        if self._shared is None:
+            try:
+                return self._conns.get().execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise _translate(e) or e from e
+        with self._db() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def _db(self) -> Guard[sqlite3.Connection]:
         """``with self._db() as conn``: this thread's connection, errors translated."""
@@ -284,9 +294,8 @@ class Storage(BaseStorage):
     # ------------------------------------------------------------ required hooks
 
     def _load(self, pk: str) -> dict[str, Any] | None:
-        with self._db() as conn:
-            row = conn.execute(f"SELECT body FROM {self._qtable} WHERE pk = ?", (pk,)).fetchone()
-        return None if row is None else loads(row[0])
+        rows = self._fetchall(self._load_sql, (pk,))
+        return loads(rows[0][0]) if rows else None
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         body = dumps(record)
@@ -418,20 +427,9 @@ class Storage(BaseStorage):
 
     # ------------------------------------------------------------ used by Query
 
-    def _compile_condition(self, condition: Condition) -> Compiled:
-        return self._compiler.compile(condition)
-
-    def _rows(
-        self, frag: Frag, limit: int | None = None, *, decode: bool = True
-    ) -> Generator[tuple[str, Any], None, None]:
+    def _rows(self, frag: Frag, *, decode: bool = True) -> Generator[tuple[str, Any], None, None]:
         text, params = self._dialect.render(frag)
         guard = self._db()
-        if limit is not None and limit <= FETCH_SIZE:
-            with guard as conn:
-                rows = conn.execute(text, params).fetchall()
-            for pk, body in rows:
-                yield pk, loads(body) if decode else body
-            return
         with guard as conn:
             cursor = conn.execute(text, params)
         try:
@@ -451,8 +449,11 @@ class Storage(BaseStorage):
         order: tuple[OrderKey, ...] | None,
         offset: int,
         limit: int | None,
-    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
-        return self._rows(self._dialect.select(self._table, where, order, offset, limit), limit)
+    ) -> Iterator[tuple[str, dict[str, Any]]] | list[tuple[str, dict[str, Any]]]:
+        if limit is not None and limit <= FETCH_SIZE:
+            text, params = self._dialect.select_statement(self._table, where, order, offset, limit)
+            return [(pk, loads(body)) for pk, body in self._fetchall(text, params)]
+        return self._rows(self._dialect.select(self._table, where, order, offset, limit))
 
     def _count_where(self, where: Frag | None) -> int:
         text, params = self._dialect.render(self._dialect.count(self._table, where))

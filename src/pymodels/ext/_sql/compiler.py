@@ -25,11 +25,10 @@ and DDL takes no parameters).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ...conditions import And, Condition, Lookup, Not, Or
 from ...errors import ValidationError
@@ -53,9 +52,13 @@ __all__ = [
 #: field names and table names cannot hold it).
 PARAM: Final = "\x00"
 
+#: Condition shapes remembered per compiler, statements per dialect (each cache
+#: starts over when full).
+SHAPE_CACHE_SIZE: Final = 2048
+STATEMENT_CACHE_SIZE: Final = 2048
 
-@dataclasses.dataclass(frozen=True)
-class Frag:
+
+class Frag(NamedTuple):
     """A piece of SQL with its bound parameters, in order."""
 
     sql: str
@@ -69,8 +72,7 @@ TRUE: Final = Frag("TRUE")
 FALSE: Final = Frag("FALSE")
 
 
-@dataclasses.dataclass(frozen=True)
-class Leaf:
+class Leaf(NamedTuple):
     """A lookup's SQL: ``exact`` when it selects exactly the matching records."""
 
     frag: Frag
@@ -159,6 +161,10 @@ class Dialect:
     #: The engine's name, for messages.
     name: str = "sql"
 
+    def __init__(self) -> None:
+        # select_statement's rendered texts (a dialect lives as long as the process).
+        self._statements: dict[tuple[Any, ...], str] = {}
+
     # ------------------------------------------------------------ literals
 
     @staticmethod
@@ -239,6 +245,26 @@ class Dialect:
     def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
         raise NotImplementedError
 
+    def lookup_params(self, lookup: Lookup) -> tuple[Any, ...]:
+        """The parameters the SQL of a shaped lookup (exists, equals, ``in``, a
+        comparison or between, over scalars) binds, in order.
+
+        The compiler caches the SQL text of such lookups by path, op and kinds
+        (:func:`shape_of`) and calls this for the parameters of later ones; it
+        checks the first time that they are the parameters the dialect wrote,
+        and does not cache a shape where they are not.
+        """
+        op, value = lookup.op, lookup.value
+        if op == "exists":
+            return ()
+        if op in ("in", "between"):
+            return tuple(self.compare_param(v) for v in value)
+        return (self.compare_param(value),)
+
+    def compare_param(self, value: Any) -> Any:
+        """The parameter :meth:`compare` binds for a scalar ``value``."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------- statements
 
     def limit(self, offset: int, limit: int | None) -> Frag:
@@ -266,6 +292,35 @@ class Dialect:
         if tail.sql:
             sql += " " + tail.sql
         return Frag(sql, params + tail.params)
+
+    def select_statement(
+        self,
+        table: str,
+        where: Frag | None,
+        order: Sequence[OrderKey] | None,
+        offset: int = 0,
+        limit: int | None = None,
+        columns: str = "pk, body",
+    ) -> tuple[str, tuple[Any, ...]]:
+        """:meth:`select` rendered for the driver, the text cached.
+
+        The text depends on the WHERE text (the same object for a cached
+        condition shape), the order, and whether there is an offset and a
+        limit, never on their values, which are parameters.
+        """
+        sql = None if where is None else where.sql
+        key = (table, sql, order, bool(offset), limit is None, columns)
+        tail = self.limit(offset, limit).params
+        params = tail if where is None else where.params + tail
+        try:
+            return self._statements[key], params
+        except KeyError:
+            text, all_params = self.render(self.select(table, where, order, offset, limit, columns))
+            assert all_params == params, "LIMIT/OFFSET parameters come last"
+            if len(self._statements) >= STATEMENT_CACHE_SIZE:
+                self._statements.clear()
+            self._statements[key] = text
+            return text, params
 
     def count(self, table: str, where: Frag | None) -> Frag:
         sql = f"SELECT count(*) FROM {self.ident(table)}"
@@ -331,14 +386,99 @@ class Dialect:
 _CMP: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
+#: Ops whose SQL text depends only on the path, the op and the kind of the value
+#: (a scalar): their statements are cached by that shape, see :meth:`Compiler.compile`.
+_SHAPED_OPS: Final = frozenset({"equals", "gt", "gte", "lt", "lte", "between", "in", "exists"})
+_CONTAINERS: Final = ("list", "dict")
+
+
+def shape_of(cond: Condition, lookups: list[Lookup]) -> Any:
+    """The condition without its values, appending its lookups in SQL parameter order.
+
+    None when some lookup's SQL may depend on more than its path, op and the
+    kinds of its values (other ops, lists and dicts), so no shape is cached.
+    """
+    if type(cond) is Lookup:
+        op, value = cond.op, cond.value
+        if op not in _SHAPED_OPS:
+            return None
+        if op == "exists":
+            kinds: Any = value
+        elif op in ("in", "between"):
+            kinds = tuple(kind_of(v) for v in value)
+            if any(k in _CONTAINERS for k in kinds):
+                return None
+        else:
+            kinds = kind_of(value)
+            if kinds in _CONTAINERS:
+                return None
+        lookups.append(cond)
+        return (cond.path, op, kinds)
+    if type(cond) is Not:
+        child = shape_of(cond.child, lookups)
+        return None if child is None else ("not", child)
+    if type(cond) is And or type(cond) is Or:
+        shapes = []
+        for child in cond.children:
+            shape = shape_of(child, lookups)
+            if shape is None:
+                return None
+            shapes.append(shape)
+        return (type(cond).__name__, tuple(shapes))
+    return None
+
+
 class Compiler:
     """Compiles condition trees with one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
+        # shape -> SQL text with parameter markers, or None: that shape is not exact
+        # in SQL or its parameters are not what lookup_params derives.
+        self._shapes: dict[Any, str | None] = {}
 
     def compile(self, condition: Condition) -> Compiled:
-        """The engine's form of ``condition`` (a :class:`Frag` or None) and the residual."""
+        """The engine's form of ``condition`` (a :class:`Frag` or None) and the residual.
+
+        Programs run the same queries with other values: a condition whose
+        shape (:func:`shape_of`) was compiled before reuses that SQL text and
+        only derives the new parameters (:meth:`Dialect.lookup_params`).
+        """
+        lookups: list[Lookup] = []
+        shape = shape_of(condition, lookups)
+        if shape is None:
+            return self._compile(condition)
+        sql = self._shapes.get(shape, "")
+        if sql:
+            frag = Frag(sql, self._params(lookups))
+            return Compiled(frag, None, sql)
+        compiled = self._compile(condition)
+        if sql is not None:  # "": never seen; None: seen, not cacheable
+            self._remember(shape, compiled, lookups)
+        return compiled
+
+    def _params(self, lookups: list[Lookup]) -> tuple[Any, ...]:
+        if len(lookups) == 1:
+            lk = lookups[0]
+            if lk.op in _CMP or lk.op == "equals":
+                return (self.dialect.compare_param(lk.value),)  # the common case, directly
+            return self.dialect.lookup_params(lk)
+        params = self.dialect.lookup_params
+        return tuple(p for lk in lookups for p in params(lk))
+
+    def _remember(self, shape: Any, compiled: Compiled, lookups: list[Lookup]) -> None:
+        frag = compiled.native
+        cacheable = (
+            compiled.residual is None
+            and frag is not None
+            and all(valid_path(lk.path) for lk in lookups)
+            and _same_params(self._params(lookups), frag.params)
+        )
+        if len(self._shapes) >= SHAPE_CACHE_SIZE:
+            self._shapes.clear()
+        self._shapes[shape] = frag.sql if cacheable else None
+
+    def _compile(self, condition: Condition) -> Compiled:
         frag, residual = self._node(condition)
         description = frag.sql if frag is not None else "every row"
         return Compiled(frag, residual, description)
@@ -446,3 +586,10 @@ class Compiler:
         leaves = [self.dialect.str_contains(path, v) for v in values if type(v) is str]
         leaves.append(self.dialect.list_has(path, values))
         return or_leaves(leaves)
+
+
+def _same_params(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Equal parameters of equal types (1, 1.0 and True are different parameters)."""
+    if len(a) != len(b):
+        return False
+    return all(type(x) is type(y) and x == y for x, y in zip(a, b, strict=True))

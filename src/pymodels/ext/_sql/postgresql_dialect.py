@@ -202,6 +202,9 @@ class PostgresDialect(Dialect):
             return "1true" if value else "1false"
         return sort_key(value)
 
+    def compare_param(self, value: Any) -> Any:
+        return repr(value) if kind_of(value) == "number" else self._key_of(value)
+
     def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
         key, num = self.key(path), self.num(path)
         k = kind_of(value)

@@ -11,14 +11,15 @@ never meet a list or dict at an order key keep SQL's limits and indexes.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ...ordering import OrderKey, sort_items
 from ...query import BaseQuery, Compiled
 from ...values import get_path
-from .compiler import Frag, valid_path
+from .compiler import Compiler, Frag, valid_path
 
 __all__ = ["SQLBackend", "SQLQuery"]
 
@@ -26,11 +27,13 @@ __all__ = ["SQLBackend", "SQLQuery"]
 class SQLBackend(Protocol):
     """What :class:`SQLQuery` needs from its storage."""
 
-    def _compile_condition(self, condition: Any) -> Compiled: ...
+    _compiler: Compiler
 
     def _select(
         self, where: Frag | None, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
-    ) -> Generator[tuple[str, dict[str, Any]], None, None]: ...
+    ) -> Iterator[tuple[str, dict[str, Any]]] | list[tuple[str, dict[str, Any]]]:
+        """The selected rows: a list when the limit is small, else a stream."""
+        ...
 
     def _count_where(self, where: Frag | None) -> int: ...
 
@@ -39,13 +42,23 @@ class SQLBackend(Protocol):
     def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str: ...
 
 
-def _holds_container(record: dict[str, Any], paths: list[tuple[str, ...]]) -> bool:
+def _holds_container(record: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> bool:
     for path in paths:
         # One-part paths (the common case) without get_path's loop.
         value = record.get(path[0]) if len(path) == 1 else get_path(record, path)
         if type(value) is list or type(value) is dict:
             return True
     return False
+
+
+def _any_container(
+    rows: list[tuple[str, dict[str, Any]]], paths: Sequence[tuple[str, ...]]
+) -> bool:
+    if len(paths) == 1 and len(paths[0]) == 1:
+        # Ordered by one top-level field, the common case: one test per row.
+        name = paths[0][0]
+        return any(type(record.get(name)) in (list, dict) for _, record in rows)
+    return any(_holds_container(record, paths) for _, record in rows)
 
 
 class SQLQuery(BaseQuery[Any]):
@@ -57,7 +70,7 @@ class SQLQuery(BaseQuery[Any]):
         return backend
 
     def _compile(self, condition: Any) -> Compiled:
-        return self._backend()._compile_condition(condition)
+        return self._backend()._compiler.compile(condition)
 
     def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
         # Always: _engine_fetch repairs the order among lists and dicts itself.
@@ -70,13 +83,30 @@ class SQLQuery(BaseQuery[Any]):
         offset: int,
         limit: int | None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        paths = () if order is None else _order_paths(order)
+        selected = self._backend()._select(native, order, offset, limit)
+        if isinstance(selected, list):
+            if not paths or not _any_container(selected, paths):
+                return iter(selected)
+            rows = iter(selected)
+        elif not paths:
+            return selected
+        else:
+            rows = selected
+        assert order is not None  # paths come from it
+        return self._fetch_repairing(rows, native, order, offset, limit, paths)
+
+    def _fetch_repairing(
+        self,
+        rows: Iterator[tuple[str, dict[str, Any]]],
+        native: Any,
+        order: tuple[OrderKey, ...],
+        offset: int,
+        limit: int | None,
+        paths: Sequence[tuple[str, ...]],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         backend = self._backend()
-        paths = [] if order is None else [k.path for k in order if valid_path(k.path)]
-        if not paths:
-            yield from backend._select(native, order, offset, limit)
-            return
         yielded = 0
-        rows = backend._select(native, order, offset, limit)
         try:
             for pk, record in rows:
                 if _holds_container(record, paths):
@@ -86,11 +116,12 @@ class SQLQuery(BaseQuery[Any]):
             else:
                 return
         finally:
-            rows.close()
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
         # A list or dict at an order key: rows before it are in place; take
         # the whole result again and sort from that row on in Python.
-        assert order is not None  # paths come from it
-        repaired = _repair_order(backend._select(native, order, 0, None), order, paths)
+        repaired = _repair_order(iter(backend._select(native, order, 0, None)), order, paths)
         stop = None if limit is None else offset + limit
         yield from itertools.islice(repaired, offset + yielded, stop)
 
@@ -104,10 +135,16 @@ class SQLQuery(BaseQuery[Any]):
         return self._backend()._explain_select(compiled.native, order)
 
 
+@functools.lru_cache(maxsize=1024)
+def _order_paths(order: tuple[OrderKey, ...]) -> tuple[tuple[str, ...], ...]:
+    """The paths of ``order`` that records can hold (where a list or dict may need repair)."""
+    return tuple(k.path for k in order if valid_path(k.path))
+
+
 def _repair_order(
     rows: Iterator[tuple[str, dict[str, Any]]],
     order: tuple[OrderKey, ...],
-    paths: list[tuple[str, ...]],
+    paths: Sequence[tuple[str, ...]],
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     for pk, record in rows:
         if _holds_container(record, paths):

@@ -211,6 +211,9 @@ class SQLiteDialect(Dialect):
         op = "<>" if present else "="
         return Leaf(Frag(f"coalesce({self.json_type(path)}, 'null') {op} 'null'"))
 
+    def compare_param(self, value: Any) -> Any:
+        return _bind(value)
+
     def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
         rank = RANK[kind_of(value)]
         sql = f"{self.rank(path)} = {rank} AND {self.value(path)} {op} {PARAM}"
