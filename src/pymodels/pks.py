@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-__all__ = ["new_pk"]
+__all__ = ["new_pk", "new_pks"]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
@@ -47,6 +47,43 @@ def new_pk() -> str:
             rand = int.from_bytes(os.urandom(10), "big") >> 1
         _last_ms, _last_rand = ms, rand
     return _encode(ms << 80 | rand)
+
+
+def new_pks(count: int) -> list[str]:
+    """``count`` new ULID strings at once, increasing, as ``count`` calls of :func:`new_pk` give.
+
+    One clock reading and one reservation under the lock; then only the low
+    bits change from one pk to the next, so their text is mostly reused.
+    """
+    global _last_ms, _last_rand
+    if count <= 0:
+        return []
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms, start = _last_ms, _last_rand + 1
+        else:
+            start = int.from_bytes(os.urandom(10), "big") >> 1
+        if start + count <= 1 << 80:
+            _last_ms, _last_rand = ms, start + count - 1
+            return _encode_run(ms << 80 | start, count)
+    # No room left in this millisecond's sequence (never in practice): one at a time.
+    return [new_pk() for _ in range(count)]
+
+
+def _encode_run(first: int, count: int) -> list[str]:
+    # The last two characters hold the low 10 bits; the 24 before them change
+    # only when those bits wrap, once per 1024 pks.
+    out: list[str] = []
+    value = first
+    end = first + count
+    while value < end:
+        head = _encode(value)[:24]
+        low = value & 1023
+        run = min(end - value, 1024 - low)
+        out.extend([head + _PAIRS[i] for i in range(low, low + run)])
+        value += run
+    return out
 
 
 def _reset_after_fork() -> None:

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .features import Features
 from .ordering import OrderKey, parse_order
-from .pks import new_pk
+from .pks import new_pk, new_pks
 from .query import BaseQuery
 from .values import (
     INT_MAX,
@@ -47,8 +47,8 @@ from .values import (
     check_field_name,
     check_pk,
     get_path,
+    stored_record,
     strict_equal,
-    validate_record,
     validate_value,
 )
 
@@ -133,7 +133,8 @@ class BaseStorage:
         """Write ``record`` under ``pk``, replacing it if ``overwrite``.
 
         Without ``overwrite``, leave an existing record alone and return False.
-        Return True when written.
+        Return True when written. ``record`` is valid and may be the caller's
+        own dict: encode or copy it, never keep or change it.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement _store()")
 
@@ -233,6 +234,12 @@ class BaseStorage:
         """A new primary key (backends with their own generator override this)."""
         return new_pk()
 
+    def _new_pks(self, count: int) -> list[str]:
+        """``count`` new primary keys (for ``save_many``; follows an overridden ``_new_pk``)."""
+        if type(self)._new_pk is not BaseStorage._new_pk:
+            return [self._new_pk() for _ in range(count)]
+        return new_pks(count)
+
     # ======================================================= public API
 
     # ---- writing
@@ -270,7 +277,7 @@ class BaseStorage:
         batch: list[tuple[int, Any]] = []
 
         def flush() -> None:
-            docs = any(isinstance(item, Document) for _, item in batch)
+            docs = any(type(item) is not dict and isinstance(item, Document) for _, item in batch)
             if docs or not self.features.transactions:
                 self._save_batch_one_by_one(batch, written)
             else:
@@ -492,7 +499,7 @@ class BaseStorage:
             raise ValidationError(
                 f"save() takes a Document or a mapping, not {type(data).__name__}"
             )
-        return self._write_record(pk, validate_record(data), insert=insert)
+        return self._write_record(pk, stored_record(data), insert=insert)
 
     def _write_record(self, pk: str | None, record: dict[str, Any], *, insert: bool) -> str:
         if pk is None:
@@ -572,18 +579,19 @@ class BaseStorage:
         written.extend(done)
 
     def _save_batch_bulk(self, batch: list[tuple[int, Any]], written: list[str]) -> None:
-        prepared: list[tuple[str, dict[str, Any]]] = []
+        records: list[dict[str, Any]] = []
         for index, item in batch:
             try:
-                if not isinstance(item, Mapping):
+                if type(item) is not dict and not isinstance(item, Mapping):
                     raise ValidationError(
                         f"save_many takes Documents or mappings, not {type(item).__name__}"
                     )
-                prepared.append((self._new_pk(), validate_record(item)))
+                records.append(stored_record(item))
             except ValidationError as e:
                 raise BulkWriteError(
                     f"save_many failed at item {index}: {e}", index=index, written_pks=written
                 ) from e
+        prepared = list(zip(self._new_pks(len(records)), records, strict=True))
         try:
             with self.transaction():
                 self._store_many(prepared)

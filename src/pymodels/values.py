@@ -246,6 +246,62 @@ def validate_record(record: Mapping[str, Any], where: str = "") -> dict[str, Any
     return out
 
 
+def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_record`, without the copy when ``record`` is in stored form already.
+
+    Most records are (a dict of plain values: no None, no aware datetime
+    outside UTC): checking that takes no copy and builds no error text. Anything
+    else takes :func:`validate_record`, which also writes the error messages.
+    The result may be ``record`` itself: callers must not keep or change it.
+    """
+    if type(record) is dict and _stored_dict(record):
+        return record
+    return validate_record(record)
+
+
+def _stored_dict(record: dict[Any, Any]) -> bool:
+    for name, value in record.items():
+        if value is None or type(name) is not str or not _good_name(name):
+            return False
+        if not _stored(value):
+            return False
+    return True
+
+
+def _stored(value: Any) -> bool:
+    """Whether ``value`` is valid and already what validate_value would return."""
+    t = type(value)
+    if t is str:
+        return "\x00" not in value and (value.isascii() or _valid_unicode(value))
+    if t is int:
+        return bool(INT_MIN <= value <= INT_MAX)
+    if t is float:
+        return _isfinite(value)
+    if t is bool or t is bytes or t is datetime.date:
+        return True
+    if t is list:
+        # A loop, not all() over a generator: this runs for every list saved.
+        for item in value:  # noqa: SIM110
+            if item is None or not _stored(item):
+                return False
+        return True
+    if t is dict:
+        return _stored_dict(value)
+    if t is datetime.datetime:
+        return value.tzinfo is None or value.tzinfo is datetime.UTC
+    return False  # Decimal and anything else: the full check
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_isfinite = math.isfinite
+
 _SCALARS: Final = frozenset(
     {str, int, float, bool, bytes, decimal.Decimal, datetime.date, datetime.datetime}
 )

@@ -344,13 +344,11 @@ class Storage(BaseStorage):
         return [found.get(pk) for pk in pks]
 
     def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        # Plain INSERT: the pks are fresh, and a clash (an IntegrityError) makes
+        # the caller redo the batch with insert-if-absent, never overwrite.
         rows = [(pk, dumps(record)) for pk, record in items]
         with self._db() as conn:
-            conn.executemany(
-                f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) "
-                "ON CONFLICT (pk) DO UPDATE SET body = excluded.body",
-                rows,
-            )
+            conn.executemany(f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?)", rows)
 
     def _keys(self) -> Iterator[str]:
         for pk, _ in self._rows(Frag(f"SELECT pk, NULL FROM {self._qtable}"), decode=False):
