@@ -1,0 +1,88 @@
+"""The value domain's fast paths agree with the full checks, and generated pks stay in order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pymodels import ValidationError
+from pymodels.pks import _encode, _encode_run, new_pk, new_pks
+from pymodels.testing.strategies import records
+from pymodels.values import stored_record, validate_record
+
+
+@given(records())
+def test_stored_record_is_validate_record_for_valid_records(record: dict[str, Any]) -> None:
+    assert stored_record(record) == validate_record(record)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"a": None},
+        {"a": {"b": None}},
+        {"a": dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))},
+        {"a": Decimal("1.50")},
+    ],
+)
+def test_records_needing_normalisation_are_copied(record: dict[str, Any]) -> None:
+    out = stored_record(record)
+    assert out is not record and out == validate_record(record)
+
+
+def test_a_record_in_stored_form_is_not_copied() -> None:
+    record = {"a": "x", "b": [1, 2.5, True], "c": {"d": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}}
+    assert stored_record(record) is record
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"a": "nul\x00"},
+        {"a": float("nan")},
+        {"a": 2**63},
+        {"a": "\ud800"},
+        {"$a": 1},
+        {"a": {"b.c": 1}},
+        {"a": object()},
+        {"a": (1, 2)},
+        {"a": [1, None]},
+        {1: "x"},
+    ],
+)
+def test_invalid_records_fail_both_ways(record: dict[Any, Any]) -> None:
+    with pytest.raises(ValidationError):
+        stored_record(record)
+    with pytest.raises(ValidationError):
+        validate_record(record)
+
+
+@given(st.integers(0, 2**127 - 1), st.integers(1, 3000))
+def test_runs_of_pks_encode_like_single_pks(first: int, count: int) -> None:
+    assert _encode_run(first, count) == [_encode(first + i) for i in range(count)]
+
+
+def test_new_pks_continue_one_increasing_sequence() -> None:
+    out: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = [new_pk(), *new_pks(500), new_pk(), *new_pks(1)]
+        assert mine == sorted(mine) and len(set(mine)) == len(mine)
+        with lock:
+            out.extend(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == len(out) == 4 * 503
+    assert new_pks(0) == []
+    assert all(len(pk) == 26 for pk in out)
