@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
 from .conditions import ALL, And, Condition, Not, Q, parse_path
 from .documents import Document
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["BaseQuery", "Compiled"]
 
 D = TypeVar("D", bound="Document")
+
+#: A stored record with its pk, as engines hand them out.
+Item = tuple[str, dict[str, Any]]
 
 #: How many records the executor pulls from the engine at a time.
 BATCH_SIZE = 1000
@@ -250,29 +253,40 @@ class BaseQuery(Generic[D]):
 
         return check
 
-    def _items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _items(self, limit: int | Literal["query"] | None = "query") -> Iterator[Item]:
         """The ``(pk, record)`` pairs of this query, ordered and sliced.
 
         Not a generator: the common case hands out the engine's own iterator,
-        with no Python frame resumed per record.
+        with no Python frame resumed per record. ``limit`` replaces the
+        query's own (``first()`` asks for one without building a new query).
         """
-        self.storage._check_open()
+        if self.storage.closed:
+            self.storage._check_open()
+        if limit == "query":
+            limit = self._limit
+        offset = self._offset
         order = self._full_order
         compiled = self._compiled
-        check = self._residual_matches(order)
-        if self._limit == 0:
+        exact = compiled.residual is None and self._after is None
+        check = None if exact else self._residual_matches(order)
+        if limit == 0:
             return iter(())
-        stop = None if self._limit is None else self._offset + self._limit
         if self._engine_order(order):
             if check is None:
-                return self._engine_fetch(compiled.native, order, self._offset, self._limit)
+                return self._engine_fetch(compiled.native, order, offset, limit)
             stream = self._engine_fetch(compiled.native, order, 0, None)
-            return itertools.islice((item for item in stream if check(*item)), self._offset, stop)
-        return self._sorted_in_python(compiled, order, check, stop)
+            stop = None if limit is None else offset + limit
+            return itertools.islice((item for item in stream if check(*item)), offset, stop)
+        return self._sorted_in_python(compiled, order, check, offset, limit)
 
     def _sorted_in_python(
-        self, compiled: Compiled, order: tuple[OrderKey, ...], check: Any, stop: int | None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        self,
+        compiled: Compiled,
+        order: tuple[OrderKey, ...],
+        check: Any,
+        offset: int,
+        limit: int | None,
+    ) -> Iterator[Item]:
         # The engine cannot order: keep only sort keys and pks in memory, sort
         # them, then load the records of the slice in batches.
         keyed: list[tuple[tuple[Any, ...], str]] = []
@@ -280,7 +294,7 @@ class BaseQuery(Generic[D]):
             if check is None or check(pk, record):
                 keyed.append((_total_key(pk, record, order), pk))
         _sort_keyed(keyed, order)
-        chosen = [pk for _, pk in keyed[self._offset : stop]]
+        chosen = [pk for _, pk in keyed[offset : None if limit is None else offset + limit]]
         for start in range(0, len(chosen), BATCH_SIZE):
             batch = chosen[start : start + BATCH_SIZE]
             for pk, loaded in zip(batch, self.storage._load_many(batch), strict=True):
@@ -344,11 +358,11 @@ class BaseQuery(Generic[D]):
 
     def first(self) -> D | None:
         """The first document in order, or None."""
-        first = self._clone(_limit=1 if self._limit is None else min(self._limit, 1))
-        for pk, record in first._items():
+        for pk, record in self._items(1 if self._limit is None else min(self._limit, 1)):
             if self._only is not None:
-                return first._materializer()(pk, record)  # type: ignore[no-any-return]
-            return (self.doc_class or Document)._from_storage(self.storage, pk, record)  # type: ignore[return-value]
+                return self._materializer()(pk, record)  # type: ignore[no-any-return]
+            doc = (self.doc_class or Document)._from_storage(self.storage, pk, record)
+            return doc  # type: ignore[return-value]
         return None
 
     def values(self, name: str) -> list[Any]:

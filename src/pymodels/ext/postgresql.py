@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from ..features import OPS, Features
 from ..ordering import OrderKey
-from ..query import BaseQuery
+from ..query import BaseQuery, Item
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
 from ._sql.compiler import PARAM, Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
@@ -145,6 +145,7 @@ class Storage(BaseStorage):
 
     features: ClassVar[Features] = features
     query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    _page_size = FETCH_SIZE
     settings_class: ClassVar[type[BaseSettings]] = Settings
     url_schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     settings: Settings
@@ -490,6 +491,11 @@ class Storage(BaseStorage):
         finally:
             with contextlib.suppress(psycopg.Error):
                 cur.close()
+
+    def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
+        with self._db() as conn:
+            rows: list[Item] = conn.execute(sql, params).fetchall()
+        return rows
 
     def _select(
         self,

@@ -34,7 +34,7 @@ import pydantic
 from ..errors import ConfigurationError, IntegrityError, PyModelsError
 from ..features import OPS, Features
 from ..ordering import OrderKey
-from ..query import BaseQuery
+from ..query import BaseQuery, Item
 from ..registry import url_path
 from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
 from ._sql.compiler import Compiler, Frag
@@ -138,6 +138,7 @@ class Storage(BaseStorage):
 
     features: ClassVar[Features] = features
     query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    _page_size = FETCH_SIZE
     settings_class: ClassVar[type[BaseSettings]] = Settings
     url_schemes: ClassVar[tuple[str, ...]] = ("sqlite", "sqlite3")
     settings: Settings
@@ -208,6 +209,9 @@ class Storage(BaseStorage):
         except sqlite3.Error as e:
             raise PyModelsError(f"cannot open {path or 'an in-memory database'}: {e}") from e
         return conn
+
+    def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
+        return [(pk, loads(body)) for pk, body in self._fetchall(sql, params)]
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one statement (the hot path: no guard object for files)."""
@@ -450,7 +454,7 @@ class Storage(BaseStorage):
     ) -> Iterator[tuple[str, dict[str, Any]]] | list[tuple[str, dict[str, Any]]]:
         if limit is not None and limit <= FETCH_SIZE:
             text, params = self._dialect.select_statement(self._table, where, order, offset, limit)
-            return [(pk, loads(body)) for pk, body in self._fetchall(text, params)]
+            return self._fetch_records(text, params)
         return self._rows(self._dialect.select(self._table, where, order, offset, limit))
 
     def _count_where(self, where: Frag | None) -> int:

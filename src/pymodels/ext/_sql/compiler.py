@@ -392,6 +392,11 @@ _SHAPED_OPS: Final = frozenset({"equals", "gt", "gte", "lt", "lte", "between", "
 _CONTAINERS: Final = ("list", "dict")
 
 
+#: Shape cache entries: never compiled, and exact with no WHERE (every row).
+_UNSEEN: Final[Any] = object()
+_EVERY_ROW: Final = "\x00every row"
+
+
 def shape_of(cond: Condition, lookups: list[Lookup]) -> Any:
     """The condition without its values, appending its lookups in SQL parameter order.
 
@@ -433,9 +438,12 @@ class Compiler:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        # shape -> SQL text with parameter markers, or None: that shape is not exact
-        # in SQL or its parameters are not what lookup_params derives.
+        # shape -> SQL text with parameter markers (_EVERY_ROW: no WHERE at all),
+        # or None: that shape is not exact in SQL or its parameters are not what
+        # lookup_params derives.
         self._shapes: dict[Any, str | None] = {}
+        # (shape, table, order, has offset, no limit) -> rendered SELECT text.
+        self._selects: dict[tuple[Any, ...], str] = {}
 
     def compile(self, condition: Condition) -> Compiled:
         """The engine's form of ``condition`` (a :class:`Frag` or None) and the residual.
@@ -448,14 +456,44 @@ class Compiler:
         shape = shape_of(condition, lookups)
         if shape is None:
             return self._compile(condition)
-        sql = self._shapes.get(shape, "")
-        if sql:
-            frag = Frag(sql, self._params(lookups))
-            return Compiled(frag, None, sql)
+        sql = self._shapes.get(shape, _UNSEEN)
+        if sql is _EVERY_ROW:
+            return Compiled(None, None, "every row")
+        if type(sql) is str:
+            return Compiled(Frag(sql, self._params(lookups)), None, sql)
         compiled = self._compile(condition)
-        if sql is not None:  # "": never seen; None: seen, not cacheable
+        if sql is _UNSEEN:
             self._remember(shape, compiled, lookups)
         return compiled
+
+    def select(
+        self,
+        condition: Condition,
+        table: str,
+        order: tuple[OrderKey, ...],
+        offset: int,
+        limit: int | None,
+    ) -> tuple[str, tuple[Any, ...]] | None:
+        """The rendered SELECT of ``condition`` when its shape is cached as exact, else None.
+
+        The whole statement is cached by shape, table, order and slice form,
+        so a query that ran before with other values costs one lookup here.
+        """
+        lookups: list[Lookup] = []
+        shape = shape_of(condition, lookups)
+        if shape is None or self._shapes.get(shape, _UNSEEN) is None:
+            return None
+        key = (shape, table, order, bool(offset), limit is None)
+        text = self._selects.get(key)
+        if text is None:
+            compiled = self.compile(condition)
+            if compiled.residual is not None or self._shapes.get(shape) is None:
+                return None
+            text, _ = self.dialect.select_statement(table, compiled.native, order, offset, limit)
+            if len(self._selects) >= STATEMENT_CACHE_SIZE:
+                self._selects.clear()
+            self._selects[key] = text
+        return text, self._params(lookups) + self.dialect.limit(offset, limit).params
 
     def _params(self, lookups: list[Lookup]) -> tuple[Any, ...]:
         if len(lookups) == 1:
@@ -468,15 +506,15 @@ class Compiler:
 
     def _remember(self, shape: Any, compiled: Compiled, lookups: list[Lookup]) -> None:
         frag = compiled.native
-        cacheable = (
-            compiled.residual is None
-            and frag is not None
-            and all(valid_path(lk.path) for lk in lookups)
-            and _same_params(self._params(lookups), frag.params)
-        )
+        entry: str | None = None
+        if compiled.residual is None and all(valid_path(lk.path) for lk in lookups):
+            if frag is None:
+                entry = _EVERY_ROW
+            elif _same_params(self._params(lookups), frag.params):
+                entry = frag.sql
         if len(self._shapes) >= SHAPE_CACHE_SIZE:
             self._shapes.clear()
-        self._shapes[shape] = frag.sql if cacheable else None
+        self._shapes[shape] = entry
 
     def _compile(self, condition: Condition) -> Compiled:
         frag, residual = self._node(condition)

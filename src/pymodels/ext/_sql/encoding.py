@@ -261,6 +261,9 @@ def _pg_float(token: str) -> float:
 _scan: Final = json.scanner.make_scanner(
     json.JSONDecoder(object_hook=_object_hook)  # type: ignore[arg-type]
 )
+# Without an object hook, for text that holds no tagged value and no null (most
+# records): the hook is a Python call per JSON object.
+_scan_plain: Final = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _scan_pg: Final = json.scanner.make_scanner(
     json.JSONDecoder(object_hook=_object_hook, parse_float=_pg_float)  # type: ignore[arg-type]
 )
@@ -278,14 +281,20 @@ def _parse(scan: Any, text: str) -> Any:
 
 def loads(text: str) -> Any:
     """The domain value of stored JSON text."""
-    return _parse(_scan, text)
+    # A tagged value always writes the key "$"; a JSON null is "null". Either
+    # may also appear inside a string, which only costs the slower scanner.
+    if '"$"' in text or "null" in text:
+        return _parse(_scan, text)
+    return _parse(_scan_plain, text)
 
 
 def loads_pg(data: bytes | bytearray | memoryview | str) -> Any:
     """The domain value of JSON text printed by PostgreSQL ``jsonb``."""
     text = data if isinstance(data, str) else bytes(data).decode()
     # parse_float costs a Python call per float: only where "0.00" (a -0.0) may be.
-    return _parse(_scan_pg if "0.00" in text else _scan, text)
+    if "0.00" in text:
+        return _parse(_scan_pg, text)
+    return loads(text)
 
 
 # --------------------------------------------------------- canonical equality

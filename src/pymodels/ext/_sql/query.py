@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ...ordering import OrderKey, sort_items
-from ...query import BaseQuery, Compiled
+from ...query import BaseQuery, Compiled, Item
 from ...values import get_path
 from .compiler import Compiler, Frag, valid_path
 
@@ -28,6 +28,13 @@ class SQLBackend(Protocol):
     """What :class:`SQLQuery` needs from its storage."""
 
     _compiler: Compiler
+    _table: str
+    #: Results up to this many rows are fetched in one go (see _fetch_records).
+    _page_size: int
+
+    def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
+        """Run a rendered SELECT of ``pk, body`` and return every row, decoded."""
+        ...
 
     def _select(
         self, where: Frag | None, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
@@ -71,6 +78,27 @@ class SQLQuery(BaseQuery[Any]):
 
     def _compile(self, condition: Any) -> Compiled:
         return self._backend()._compiler.compile(condition)
+
+    def _items(self, limit: int | Literal["query"] | None = "query") -> Iterator[Item]:
+        # The hot path, a short exact result (first(), q[:10]) of a condition
+        # shape seen before: one cached statement, its rows in one fetch.
+        if limit == "query":
+            limit = self._limit
+        backend = self._backend()
+        if self._after is None and limit is not None and 0 < limit <= backend._page_size:
+            if self.storage.closed:
+                self.storage._check_open()
+            order = self._full_order
+            statement = backend._compiler.select(
+                self.condition, backend._table, order, self._offset, limit
+            )
+            if statement is not None:
+                rows = backend._fetch_records(*statement)
+                paths = _order_paths(order)
+                if not paths or not _any_container(rows, paths):
+                    return iter(rows)
+                # A list or dict at an order key: the general path repairs the order.
+        return super()._items(limit)
 
     def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
         # Always: _engine_fetch repairs the order among lists and dicts itself.
