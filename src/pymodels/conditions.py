@@ -97,7 +97,8 @@ class Lookup(Condition):
     def __init__(self, path: tuple[str, ...], op: str, value: Any) -> None:
         if op not in _OP_SET:
             raise InvalidQuery(f"unknown op {op!r}; ops are: {', '.join(OPS)}")
-        path = tuple(path)
+        if type(path) is not tuple:
+            path = tuple(path)
         value = _check_value(path, op, value)
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "op", op)
@@ -241,10 +242,16 @@ ALL: Final[Condition] = And(())
 
 def Q(*conditions: Condition, **lookups: Any) -> Condition:
     """Build a condition from lookups (``Q(age__gte=18, name="Ann")``), all ANDed."""
+    return combine(conditions, lookups)
+
+
+def combine(conditions: tuple[Condition, ...], lookups: dict[str, Any]) -> Condition:
+    """What ``Q(*conditions, **lookups)`` builds (for callers that hold them already)."""
     if not conditions and len(lookups) == 1:
         # The common where(field=value): no list, no And.
         for key, value in lookups.items():
-            return parse_key(key, value)
+            path, op = _split_key(key)
+            return Lookup(path, op, value)
     parts = list(conditions)
     for c in parts:
         if not isinstance(c, Condition):

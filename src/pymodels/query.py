@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
-from .conditions import ALL, And, Condition, Not, Q, parse_path
+from .conditions import ALL, And, Condition, Not, Q, combine, parse_path
 from .documents import Document
 from .errors import InvalidQuery
 from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key, sort_items
@@ -141,7 +141,7 @@ class BaseQuery(Generic[D]):
 
     def where(self, *conditions: Condition, **lookups: Any) -> Self:
         """Records for which every argument holds (AND)."""
-        cond = Q(*conditions, **lookups)
+        cond = combine(conditions, lookups)
         if self.doc_class is not None:
             self._check_paths(cond)
         if self._offset or self._limit is not None:

@@ -179,7 +179,8 @@ def validate_value(value: Any, field: str = "value") -> Any:
     if t is str:
         if "\x00" in value:
             raise ValidationError(f"{field}: str must not contain U+0000", field=field)
-        _check_unicode(value, field)
+        if not value.isascii():
+            _check_unicode(value, field)
         return value
     if t is bool:
         return value

@@ -114,8 +114,8 @@ class SQLiteDialect(Dialect):
         return frag.sql.replace(PARAM, "?"), frag.params
 
     def limit(self, offset: int, limit: int | None) -> Frag:
-        if limit is None and not offset:
-            return Frag("")
+        if not offset:
+            return Frag("") if limit is None else Frag(f"LIMIT {PARAM}", (limit,))
         # SQLite has no OFFSET without LIMIT; -1 is "no limit".
         return Frag(f"LIMIT {PARAM} OFFSET {PARAM}", (-1 if limit is None else limit, offset))
 
