@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Document", "Field", "Model"]
 
+D = typing.TypeVar("D", bound="Document")
+
 #: Names a Document subclass cannot declare: they are the document API.
 RESERVED = frozenset(
     {"pk", "save", "delete", "objects", "object", "get", "keys", "items", "values", "Meta"}
@@ -242,7 +244,7 @@ class Document(pydantic.BaseModel):
         cls,
         storage: BaseStorage | None,
         pk: str | None,
-        record: Mapping[str, Any],
+        record: dict[str, Any],
         partial: bool = False,
     ) -> Self:
         fields = cls.__pydantic_fields__  # model_fields without the property's cost
@@ -258,14 +260,7 @@ class Document(pydantic.BaseModel):
             _set(doc, "__pydantic_fields_set__", _NO_FIELDS_SET)
             _set(doc, "__pydantic_extra__", None)
             _set(doc, "__pydantic_private__", None)
-            _set(doc, "_pk", pk)
-            _set(doc, "_storage", storage)
-            _set(doc, "_extra", record)
-            if version_field is not None:
-                _set(doc, "_version", record.get(version_field, MISSING))
-            if partial:
-                _set(doc, "_partial", True)
-            return doc
+            return _attach(doc, storage, pk, record, record, version_field, partial)
         declared: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in record.items():
@@ -286,14 +281,7 @@ class Document(pydantic.BaseModel):
                 cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
         except pydantic.ValidationError as e:
             raise _wrap(cls, e, pk) from e
-        _set(doc, "_pk", pk)
-        _set(doc, "_storage", storage)
-        _set(doc, "_extra", extra)
-        if version_field is not None:
-            _set(doc, "_version", record.get(version_field, MISSING))
-        if partial:
-            _set(doc, "_partial", True)
-        return doc
+        return _attach(doc, storage, pk, extra, record, version_field, partial)
 
     @classmethod
     def _partial_instance(cls, declared: dict[str, Any]) -> Self:
@@ -591,6 +579,26 @@ Model = Document
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _attach(
+    doc: D,
+    storage: BaseStorage | None,
+    pk: str | None,
+    extra: dict[str, Any],
+    record: Mapping[str, Any],
+    version_field: str | None,
+    partial: bool,
+) -> D:
+    """Give a document built from ``record`` its state (slots left unset read as defaults)."""
+    _set(doc, "_pk", pk)
+    _set(doc, "_storage", storage)
+    _set(doc, "_extra", extra)
+    if version_field is not None:
+        _set(doc, "_version", record.get(version_field, MISSING))
+    if partial:
+        _set(doc, "_partial", True)
+    return doc
 
 
 def _wrap(cls: type[Document], error: pydantic.ValidationError, pk: str | None) -> ValidationError:
