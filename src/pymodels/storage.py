@@ -169,7 +169,8 @@ class BaseStorage:
         batch one by one to name the failing record.
         """
         for pk, record in items:
-            self._store(pk, record, overwrite=True)
+            if not self._store(pk, record, overwrite=False):
+                raise IntegrityError(f"a record with pk {pk!r} exists already")
 
     def _keys(self) -> Iterator[str]:
         """Every pk (engine order)."""

@@ -56,6 +56,7 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps_pg, loads_pg
 from ._sql.postgresql_dialect import PostgresDialect
 from ._sql.query import SQLQuery
+from ._sql.storage import SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -140,7 +141,7 @@ def _close_quietly(conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
 
-class Storage(BaseStorage):
+class Storage(SQLStorage):
     """Records as JSONB in one PostgreSQL table."""
 
     features: ClassVar[Features] = features
@@ -318,10 +319,6 @@ class Storage(BaseStorage):
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self._rows(None, None, 0, None)
 
-    def _clear(self) -> None:
-        with self._db() as conn:
-            conn.execute(f"DELETE FROM {self._qtable}")
-
     def _close(self) -> None:
         self._conns.close_all()
 
@@ -337,11 +334,6 @@ class Storage(BaseStorage):
 
     def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         rows = [(pk, dumps_pg(record)) for pk, record in items]
-        if len({pk for pk, _ in rows}) < len(rows):
-            # One INSERT cannot update a row twice: the last one wins, one by one.
-            with self._db() as conn, conn.cursor() as cur:
-                cur.executemany(self._upsert_sql, rows)
-            return
         # COPY into this session's staging table, then one INSERT ... SELECT:
         # a fraction of the per-row cost of executemany. (Called inside the
         # batch's transaction, so a failure leaves neither table changed.)
@@ -354,9 +346,10 @@ class Storage(BaseStorage):
             with cur.copy("COPY pymodels_staging (pk, body) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            # Plain INSERT: the pks are fresh, and a clash (an IntegrityError) makes
+            # the caller redo the batch with insert-if-absent, never overwrite.
             cur.execute(
-                f"INSERT INTO {self._qtable} (pk, body) SELECT pk, body FROM pymodels_staging "
-                "ON CONFLICT (pk) DO UPDATE SET body = EXCLUDED.body"
+                f"INSERT INTO {self._qtable} (pk, body) SELECT pk, body FROM pymodels_staging"
             )
             # Several batches may share one transaction (save_many in transaction()).
             cur.execute("DELETE FROM pymodels_staging")
@@ -364,11 +357,6 @@ class Storage(BaseStorage):
     def _keys(self) -> Iterator[str]:
         for pk, _ in self._rows(None, None, 0, None, columns="pk, NULL"):
             yield pk
-
-    def _count(self) -> int:
-        with self._db() as conn:
-            row = conn.execute(f"SELECT count(*) FROM {self._qtable}").fetchone()
-        return int(row[0]) if row else 0
 
     def _contains(self, pk: str) -> bool:
         with self._db() as conn:
@@ -505,18 +493,6 @@ class Storage(BaseStorage):
         limit: int | None,
     ) -> Generator[tuple[str, dict[str, Any]], None, None]:
         return self._rows(where, order, offset, limit)
-
-    def _count_where(self, where: Frag | None) -> int:
-        text, params = self._dialect.render(self._dialect.count(self._table, where))
-        with self._db() as conn:
-            row = conn.execute(text, params).fetchone()
-        return int(row[0]) if row else 0
-
-    def _delete_where(self, where: Frag | None) -> int:
-        text, params = self._dialect.render(self._dialect.delete(self._table, where))
-        with self._db() as conn:
-            deleted: int = conn.execute(text, params).rowcount
-        return deleted
 
     def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
         text, params = self._dialect.render(self._dialect.select(self._table, where, order))

@@ -36,12 +36,13 @@ from ..features import OPS, Features
 from ..ordering import OrderKey
 from ..query import BaseQuery, Item
 from ..registry import url_path
-from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
+from ..storage import BaseSettings, BaseStorage, Change
 from ._sql.compiler import Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import SQLiteDialect, register_functions
+from ._sql.storage import SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -133,7 +134,7 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
         conn.close()
 
 
-class Storage(BaseStorage):
+class Storage(SQLStorage):
     """Records as JSON in one SQLite table."""
 
     features: ClassVar[Features] = features
@@ -324,10 +325,6 @@ class Storage(BaseStorage):
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self._rows(Frag(f"SELECT pk, body FROM {self._qtable}"))
 
-    def _clear(self) -> None:
-        with self._db() as conn:
-            conn.execute(f"DELETE FROM {self._qtable}")
-
     def _close(self) -> None:
         self._conns.close_all()
         if self._shared is not None:
@@ -358,11 +355,6 @@ class Storage(BaseStorage):
         for pk, _ in self._rows(Frag(f"SELECT pk, NULL FROM {self._qtable}"), decode=False):
             yield pk
 
-    def _count(self) -> int:
-        with self._db() as conn:
-            count: int = conn.execute(f"SELECT count(*) FROM {self._qtable}").fetchone()[0]
-        return count
-
     def _contains(self, pk: str) -> bool:
         with self._db() as conn:
             sql = f"SELECT 1 FROM {self._qtable} WHERE pk = ?"
@@ -383,11 +375,6 @@ class Storage(BaseStorage):
         with self._db() as conn:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-
-    def _create_index(self, spec: IndexSpec) -> None:
-        ddl = self._dialect.create_index(self._table, spec)
-        with self._db() as conn:
-            conn.execute(ddl)
 
     def _update_many(self, pks: list[str], changes: list[Change]) -> int:
         compiled = self._dialect.update(changes)
@@ -456,18 +443,6 @@ class Storage(BaseStorage):
             text, params = self._dialect.select_statement(self._table, where, order, offset, limit)
             return self._fetch_records(text, params)
         return self._rows(self._dialect.select(self._table, where, order, offset, limit))
-
-    def _count_where(self, where: Frag | None) -> int:
-        text, params = self._dialect.render(self._dialect.count(self._table, where))
-        with self._db() as conn:
-            count: int = conn.execute(text, params).fetchone()[0]
-        return count
-
-    def _delete_where(self, where: Frag | None) -> int:
-        text, params = self._dialect.render(self._dialect.delete(self._table, where))
-        with self._db() as conn:
-            deleted: int = conn.execute(text, params).rowcount
-        return deleted
 
     def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
         text, params = self._dialect.render(self._dialect.select(self._table, where, order))

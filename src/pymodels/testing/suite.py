@@ -19,6 +19,7 @@ an evaluator that shares no code with the library.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -369,6 +370,23 @@ class StorageTests:
         else:
             assert stored == [0, 1, 2, 3, 4]
         assert sorted(storage.get(None, pk)["n"] for pk in err.written_pks) == stored
+
+    def test_generated_pk_clash_never_overwrites(
+        self, storage: BaseStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A generated pk that exists already (astronomically rare with ULIDs) is
+        # retried with a fresh one, on the bulk path and record by record.
+        taken = storage.save({"n": 0})
+        fresh = (f"fresh{i}" for i in range(100))
+        monkeypatch.setattr(
+            "pymodels.storage.new_pks", lambda count: [taken, *itertools.islice(fresh, count - 1)]
+        )
+        clashes = iter([taken])
+        monkeypatch.setattr("pymodels.storage.new_pk", lambda: next(clashes, None) or next(fresh))
+        pks = storage.save_many([{"n": 1}, {"n": 2}])
+        assert taken not in pks and len(set(pks)) == 2
+        assert storage.get(None, taken)["n"] == 0
+        assert sorted(storage.get(None, pk)["n"] for pk in pks) == [1, 2]
 
     def test_save_many_documents(self, storage: BaseStorage) -> None:
         people = [

@@ -7,4 +7,6 @@
 * :mod:`.sqlite_dialect`, :mod:`.postgresql_dialect`: each engine's SQL.
 * :mod:`.query`: running compiled queries, with the order repaired in Python
   only where lists or dicts meet an order key.
+* :mod:`.storage`: the storage base class with the statements every dialect
+  spells the same (counting, deleting, clearing, creating indexes).
 """

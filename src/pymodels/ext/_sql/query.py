@@ -14,39 +14,17 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from ...ordering import OrderKey, sort_items
 from ...query import BaseQuery, Compiled, Item
 from ...values import get_path
-from .compiler import Compiler, Frag, valid_path
+from .compiler import valid_path
 
-__all__ = ["SQLBackend", "SQLQuery"]
+if TYPE_CHECKING:
+    from .storage import SQLStorage
 
-
-class SQLBackend(Protocol):
-    """What :class:`SQLQuery` needs from its storage."""
-
-    _compiler: Compiler
-    _table: str
-    #: Results up to this many rows are fetched in one go (see _fetch_records).
-    _page_size: int
-
-    def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
-        """Run a rendered SELECT of ``pk, body`` and return every row, decoded."""
-        ...
-
-    def _select(
-        self, where: Frag | None, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
-    ) -> Iterator[tuple[str, dict[str, Any]]] | list[tuple[str, dict[str, Any]]]:
-        """The selected rows: a list when the limit is small, else a stream."""
-        ...
-
-    def _count_where(self, where: Frag | None) -> int: ...
-
-    def _delete_where(self, where: Frag | None) -> int: ...
-
-    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str: ...
+__all__ = ["SQLQuery"]
 
 
 def _holds_container(record: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> bool:
@@ -71,9 +49,9 @@ def _any_container(
 class SQLQuery(BaseQuery[Any]):
     """A query compiled to SQL (shared by the SQLite and PostgreSQL backends)."""
 
-    def _backend(self) -> SQLBackend:
+    def _backend(self) -> SQLStorage:
         # The storage of an SQLQuery is always a SQL backend (its query_class).
-        backend: SQLBackend = self.storage  # type: ignore[assignment]
+        backend: SQLStorage = self.storage  # type: ignore[assignment]
         return backend
 
     def _compile(self, condition: Any) -> Compiled:
