@@ -5,19 +5,17 @@ The tests run against a throwaway server (``pymodels.testing.postgresql``), or t
 has a test: ``NOT`` over NULL drops rows, ``lower()`` under the C collation folds ASCII
 only, regular expressions differ from Python's, string order depends on the collation,
 jsonb prints 1e16 as an integer and has no negative zero. Then URLs, errors, indexes and
-plans, transactions, partial updates, threads, fork and four processes at once.
+plans, transactions and partial updates. Threads, fork and four processes at once are the
+conformance suite's (``features.thread_safe``, ``fork_safe``, ``concurrent_processes``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import multiprocessing
-import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,11 +26,10 @@ from unittest import mock
 import pytest
 
 import pymodels
-from pymodels import Document, IntegrityError, Q
+from pymodels import IntegrityError, Q
 from pymodels.errors import (
     BulkWriteError,
     ConfigurationError,
-    ConflictError,
     ConnectionFailed,
     NotSupported,
     PyModelsError,
@@ -417,97 +414,7 @@ def test_iterating_while_writing_in_the_loop(storage: Any) -> None:
     assert seen == 2500 and storage.query().where(seen=True).count() == 2500
 
 
-# ----------------------------------------------------------- threads, fork, processes
-
-
-def test_threads_share_a_storage(storage: Any) -> None:
-    errors: list[BaseException] = []
-
-    def work(t: int) -> None:
-        try:
-            for i in range(50):
-                storage.save({"t": t, "i": i})
-                assert storage.query().where(t=t).count() == i + 1
-            with storage.transaction():
-                storage.save({"t": t, "tx": True})
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(storage) == 204
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_storage_opened_before_fork_works_in_both(storage: Any) -> None:
-    storage.save({"who": "parent"}, primary_key="p")
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            storage.save({"who": "child"}, primary_key="c")
-            code = 0 if storage.get(None, "p")["who"] == "parent" else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    # The child opened its own connection and left ours alone.
-    assert storage.get(None, "c")["who"] == "child"
-    storage.save({"who": "parent again"}, primary_key="p2")
-
-
-def _save_many_times(url: str, worker: int, count: int) -> None:
-    with pymodels.get_storage(url) as s:
-        for i in range(count):
-            s.save({"worker": worker, "i": i})
-
-
-def test_four_processes_saving_at_once(url: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_save_many_times, args=(url, w, 2000)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(600)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    with pymodels.get_storage(url) as s:
-        assert len(s) == 8000
-        for w in range(4):
-            assert s.query().where(worker=w).count() == 2000
-
-
-def _increment(url: str, times: int) -> None:
-    class Counter(Document):
-        n: int = 0
-
-        class Meta:
-            version_field = "v"
-
-    with pymodels.get_storage(url) as s:
-        done = 0
-        while done < times:
-            c = Counter.object(s, "counter")
-            c.n += 1
-            try:
-                c.save(s)
-            except ConflictError:
-                continue
-            done += 1
-
-
-def test_compare_and_swap_across_processes(url: str, storage: Any) -> None:
-    storage.save({"n": 0, "v": 1}, primary_key="counter")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_increment, args=(url, 50)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(600)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert storage.get(None, "counter")["n"] == 200
+# ------------------------------------------------------------------------ round trip
 
 
 def test_round_trip_of_every_kind(storage: Any) -> None:

@@ -3,15 +3,14 @@
 Every engine trap the backend works around has a test here: ``json_extract`` gives 1 for
 true, text compares greater than numbers, ``LIKE`` ignores ASCII case, ``DISTINCT`` merges
 1, 1.0 and true, and ``lower()`` folds ASCII only. Then the file layout, URLs, indexes and
-plans, transactions, partial updates, threads, fork, four processes writing one file, and a
-SIGKILL in the middle of a bulk save.
+plans, transactions, partial updates, and a SIGKILL in the middle of a bulk save. Threads,
+fork and four processes writing one file are the conformance suite's
+(``features.thread_safe``, ``fork_safe``, ``concurrent_processes``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
-import os
 import signal
 import sqlite3
 import subprocess
@@ -378,26 +377,7 @@ def test_optimistic_concurrency_is_one_statement(storage: Any) -> None:
         stale.save(storage)
 
 
-# ----------------------------------------------------------- threads, fork, processes
-
-
-def test_threads_share_a_storage(storage: Any) -> None:
-    errors: list[BaseException] = []
-
-    def work(t: int) -> None:
-        try:
-            for i in range(100):
-                storage.save({"t": t, "i": i})
-                assert storage.query().where(t=t).count() == i + 1
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(storage) == 400
+# ----------------------------------------------------------- transactions, crashes
 
 
 def test_a_transaction_is_invisible_to_other_threads_until_commit(storage: Any) -> None:
@@ -418,74 +398,6 @@ def test_a_transaction_is_invisible_to_other_threads_until_commit(storage: Any) 
         checked.wait(10)
     t.join()
     assert seen == [False] and "k" in storage
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_storage_opened_before_fork_works_in_the_child(storage: Any) -> None:
-    storage.save({"who": "parent"}, primary_key="p")
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            storage.save({"who": "child"}, primary_key="c")
-            code = 0 if storage.get(None, "p")["who"] == "parent" else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert storage.get(None, "c")["who"] == "child"
-    storage.save({"who": "parent again"}, primary_key="p2")
-
-
-def _save_many_times(path: str, worker: int, count: int) -> None:
-    with pymodels.get_storage(f"sqlite:///{path}") as s:
-        for i in range(count):
-            s.save({"worker": worker, "i": i})
-
-
-def test_four_processes_saving_into_one_file(path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_save_many_times, args=(str(path), w, 2000)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    with pymodels.get_storage(f"sqlite:///{path}") as s:
-        assert len(s) == 8000
-        for w in range(4):
-            assert s.query().where(worker=w).count() == 2000
-
-
-def _increment(path: str, times: int) -> None:
-    class Counter(Document):
-        n: int = 0
-
-        class Meta:
-            version_field = "v"
-
-    with pymodels.get_storage(f"sqlite:///{path}") as s:
-        done = 0
-        while done < times:
-            c = Counter.object(s, "counter")
-            c.n += 1
-            try:
-                c.save(s)
-            except ConflictError:
-                continue
-            done += 1
-
-
-def test_compare_and_swap_across_processes(path: Path, storage: Any) -> None:
-    storage.save({"n": 0, "v": 1}, primary_key="counter")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_increment, args=(str(path), 100)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert storage.get(None, "counter")["n"] == 400
 
 
 def test_sigkill_during_bulk_save_keeps_committed_batches(path: Path) -> None:

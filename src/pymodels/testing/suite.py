@@ -21,6 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -42,13 +44,14 @@ from pymodels import (
     PyModelsError,
     Q,
     ValidationError,
+    get_storage,
 )
 from pymodels.storage import BaseStorage
 
 from . import oracle
 from . import strategies as pst
 
-__all__ = ["StorageTests", "identical", "requires", "stored_form"]
+__all__ = ["StorageTests", "identical", "reopening_settings", "requires", "stored_form"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Factory = Callable[[], BaseStorage]
@@ -785,6 +788,66 @@ class StorageTests:
         assert total == 2500
         assert storage.query().where(n__gte=2000).count() == 500
 
+    # ========================================================= concurrency
+
+    @requires("thread_safe")
+    def test_threads_share_a_storage(self, storage: BaseStorage) -> None:
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                for i in range(50):
+                    storage.save({"t": t, "i": i})
+                    assert storage.query().where(t=t).count() == i + 1
+                if storage.features.transactions:
+                    with storage.transaction():
+                        storage.save({"t": t, "tx": True})
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(storage) == 4 * (51 if storage.features.transactions else 50)
+
+    @requires("fork_safe")
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+    def test_storage_opened_before_fork_works_in_the_child(self, storage: BaseStorage) -> None:
+        storage.save({"who": "parent"}, primary_key="p")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                storage.save({"who": "child"}, primary_key="c")
+                code = 0 if storage.get(None, "p")["who"] == "parent" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        if storage.features.concurrent_processes:
+            assert storage.get(None, "c")["who"] == "child"
+        # The child left the parent's connections and locks alone.
+        storage.save({"who": "parent again"}, primary_key="p2")
+        assert storage.get(None, "p2")["who"] == "parent again"
+
+    @requires("concurrent_processes")
+    def test_four_processes_saving_at_once(self, storage: BaseStorage) -> None:
+        settings = reopening_settings(storage)
+        _in_processes(_save_many_times, [(settings, w, 2000) for w in range(4)])
+        assert len(storage) == 8000
+        for w in range(4):
+            assert storage.query().where(worker=w).count() == 2000
+
+    @requires("concurrent_processes")
+    def test_compare_and_swap_across_processes(self, storage: BaseStorage) -> None:
+        storage.save({"n": 0, "v": 1}, primary_key="counter")
+        settings = reopening_settings(storage)
+        _in_processes(_increment, [(settings, 50) for _ in range(4)])
+        assert storage.get(None, "counter")["n"] == 200
+
     # ====================================================== differential
 
     @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None)
@@ -822,6 +885,48 @@ class StorageTests:
         storage.save(record, primary_key=pk)
         loaded = dict(storage.get(None, pk))
         assert identical(loaded, stored_form(record)), (loaded, record)
+
+
+def reopening_settings(storage: BaseStorage) -> dict[str, Any]:
+    """Settings (plain, picklable) that open ``storage``'s data again, in any process."""
+    return {"backend": type(storage).__module__, **storage.settings.model_dump()}
+
+
+def _in_processes(target: Callable[..., None], arguments: list[tuple[Any, ...]]) -> None:
+    # spawn, not fork: each worker starts as a fresh program would.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args) for args in arguments]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _save_many_times(settings: dict[str, Any], worker: int, count: int) -> None:
+    with get_storage(settings) as s:
+        for i in range(count):
+            s.save({"worker": worker, "i": i})
+
+
+class _Counter(Document):
+    n: int = 0
+
+    class Meta:
+        version_field = "v"
+
+
+def _increment(settings: dict[str, Any], times: int) -> None:
+    with get_storage(settings) as s:
+        done = 0
+        while done < times:
+            counter = _Counter.object(s, "counter")
+            counter.n += 1
+            try:
+                counter.save(s)
+            except ConflictError:
+                continue  # another process saved first: load and try again
+            done += 1
 
 
 def _paths_of(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
