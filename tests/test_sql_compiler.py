@@ -117,3 +117,27 @@ def test_cached_statements_match_fresh_ones(dialect: str, offset: int, limit: in
             assert d.select_statement("t", where, order, offset, limit) == d.render(
                 d.select("t", where, order, offset, limit)
             )
+
+
+@pytest.mark.parametrize("dialect", sorted(COMPILERS))
+def test_limit_params_are_the_limit_clause_s(dialect: str) -> None:
+    d = COMPILERS[dialect].dialect
+    for offset in (0, 1, 7):
+        for limit in (None, 0, 1, 10):
+            assert d.limit_params(offset, limit) == d.limit(offset, limit).params
+
+
+@pytest.mark.parametrize("dialect", sorted(COMPILERS))
+def test_whole_statements_are_cached_by_shape(dialect: str) -> None:
+    compiler = Compiler(type(COMPILERS[dialect].dialect)())
+    order = full_order(parse_order(["-n"]))
+    first = compiler.select(Q(a="x") & Q(n__gt=1), "t", order, 0, 10)
+    second = compiler.select(Q(a="y") & Q(n__gt=2.5), "t", order, 0, 10)
+    assert first is not None and second is not None
+    assert first[0] is second[0]  # one cached text
+    fresh = compiler.dialect.select_statement(
+        "t", compiler._compile(Q(a="y") & Q(n__gt=2.5)).native, order, 0, 10
+    )
+    assert second[0] == fresh[0] and _typed(second[1]) == _typed(fresh[1])
+    # Ops whose SQL may depend on more than kinds (here a regex) have no cached statement.
+    assert compiler.select(Q(a__matches="x"), "t", order, 0, 10) is None

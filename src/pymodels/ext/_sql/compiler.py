@@ -271,6 +271,10 @@ class Dialect:
         """The LIMIT/OFFSET clause (empty when there is neither)."""
         raise NotImplementedError
 
+    def limit_params(self, offset: int, limit: int | None) -> tuple[Any, ...]:
+        """The parameters of :meth:`limit` (dialects answer without building the clause)."""
+        return self.limit(offset, limit).params
+
     def select(
         self,
         table: str,
@@ -481,11 +485,13 @@ class Compiler:
         """
         lookups: list[Lookup] = []
         shape = shape_of(condition, lookups)
-        if shape is None or self._shapes.get(shape, _UNSEEN) is None:
+        if shape is None:
             return None
         key = (shape, table, order, bool(offset), limit is None)
         text = self._selects.get(key)
         if text is None:
+            if self._shapes.get(shape, _UNSEEN) is None:
+                return None
             compiled = self.compile(condition)
             if compiled.residual is not None or self._shapes.get(shape) is None:
                 return None
@@ -493,7 +499,7 @@ class Compiler:
             if len(self._selects) >= STATEMENT_CACHE_SIZE:
                 self._selects.clear()
             self._selects[key] = text
-        return text, self._params(lookups) + self.dialect.limit(offset, limit).params
+        return text, self._params(lookups) + self.dialect.limit_params(offset, limit)
 
     def _params(self, lookups: list[Lookup]) -> tuple[Any, ...]:
         if len(lookups) == 1:

@@ -62,7 +62,7 @@ class SQLQuery(BaseQuery[Any]):
         # shape seen before: one cached statement, its rows in one fetch.
         if limit == "query":
             limit = self._limit
-        backend = self._backend()
+        backend: SQLStorage = self.storage  # type: ignore[assignment]
         if self._after is None and limit is not None and 0 < limit <= backend._page_size:
             if self.storage.closed:
                 self.storage._check_open()

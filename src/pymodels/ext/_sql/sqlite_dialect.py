@@ -119,6 +119,11 @@ class SQLiteDialect(Dialect):
         # SQLite has no OFFSET without LIMIT; -1 is "no limit".
         return Frag(f"LIMIT {PARAM} OFFSET {PARAM}", (-1 if limit is None else limit, offset))
 
+    def limit_params(self, offset: int, limit: int | None) -> tuple[Any, ...]:
+        if not offset:
+            return () if limit is None else (limit,)
+        return (-1 if limit is None else limit, offset)
+
     def update(self, changes: Sequence[Change]) -> tuple[Frag, Frag] | None:
         if not independent(changes):
             return None
