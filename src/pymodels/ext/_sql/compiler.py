@@ -55,6 +55,8 @@ PARAM: Final = "\x00"
 #: Condition shapes remembered per compiler, statements per dialect (each cache
 #: starts over when full).
 SHAPE_CACHE_SIZE: Final = 2048
+#: ``in`` lists longer than this are compiled afresh each time, never cached.
+SHAPED_IN_MAX: Final = 64
 STATEMENT_CACHE_SIZE: Final = 2048
 
 
@@ -414,6 +416,8 @@ def shape_of(cond: Condition, lookups: list[Lookup]) -> Any:
         if op == "exists":
             kinds: Any = value
         elif op in ("in", "between"):
+            if len(value) > SHAPED_IN_MAX:
+                return None  # each length is a shape of its own: long lists would flood the cache
             kinds = tuple(kind_of(v) for v in value)
             if any(k in _CONTAINERS for k in kinds):
                 return None
