@@ -42,14 +42,21 @@ from pymodels.testing.suite import EVERY_KIND, Person, identical, stored_form
 try:
     from pymodels.ext.tokyo_cabinet import Storage, features
     from pymodels.ext.tokyo_cabinet._binding import (
+        Cond,
+        IndexType,
         OpenMode,
         TableDB,
         live_pointer_kinds,
         live_pointers,
         open_handles,
     )
-    from pymodels.ext.tokyo_cabinet._columns import decode_record, encode_record
-    from pymodels.ext.tokyo_cabinet._compiler import case_insensitive_regex
+    from pymodels.ext.tokyo_cabinet._columns import decode_dump, dump_types, encode_dump
+    from pymodels.ext.tokyo_cabinet._compiler import (
+        TCCond,
+        case_insensitive_regex,
+        compile_condition,
+        gates_hold,
+    )
 except BackendUnavailable as e:
     pytest.skip(f"Tokyo Cabinet backend unavailable: {e}", allow_module_level=True)
 
@@ -183,8 +190,8 @@ def test_plain_str_records_have_no_types_column(storage: Storage, path: Path) ->
 @settings(max_examples=300, deadline=None)
 def test_codec_round_trips_every_record(record: dict[str, Any]) -> None:
     expected = stored_form(record)
-    encoded = encode_record(pymodels.values.validate_record(record))
-    assert identical(decode_record(encoded), expected)
+    encoded = encode_dump(pymodels.values.validate_record(record))
+    assert identical(decode_dump(encoded), expected)
 
 
 def test_field_names_with_separators_round_trip(storage: Storage) -> None:
@@ -355,6 +362,89 @@ def test_numeric_looking_text_keeps_its_kind(
     assert q.count() == len(expected)
     everyone = sorted(kinds)
     assert sorted(pks(kinds.query().where_not(**lookup))) == sorted(set(everyone) - set(expected))
+
+
+# Bytes Tokyo's token operators treat specially, and the pieces of type tokens.
+TOKEN_PIECES = [b"v:e", b"v:i", b"v", b":", b"e", b" ", b",", b"\t", b"\x00", b"\xff", b"w:e"]
+TOKEN_BYTES = st.binary(max_size=12) | st.lists(st.sampled_from(TOKEN_PIECES), max_size=5).map(
+    b"".join
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    types=st.none() | TOKEN_BYTES,
+    gates=st.lists(st.tuples(TOKEN_BYTES, st.booleans()), min_size=1, max_size=3),
+)
+def test_kind_gates_checked_in_python_agree_with_tokyo(
+    tmp_path_factory: pytest.TempPathFactory,
+    types: bytes | None,
+    gates: list[tuple[bytes, bool]],
+) -> None:
+    """gates_hold decides a record's kind gates as Tokyo's STROR would, on any _types."""
+    conds = tuple(TCCond(b"_types", Cond.STROR, e.split(b"\x00")[0], n) for e, n in gates)
+    path = tmp_path_factory.mktemp("gates") / "g.tct"
+    with TableDB().open(path, OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC) as db:
+        db.put(b"k", {b"v": b"x"} if types is None else {b"v": b"x", b"_types": types})
+        with db.query() as q:
+            for c in conds:
+                q.addcond(c.col, c.op, c.expr, negate=c.negate)
+            in_tokyo = q.search() == [b"k"]
+        dump = db.getdump(b"k")
+    assert dump is not None
+    assert gates_hold(conds, dump_types(dump)) == in_tokyo
+
+
+def test_kind_gates_of_fetched_records_hold_for_foreign_types_columns(
+    open_storage: Callable[..., Storage], path: Path
+) -> None:
+    """A full fetch over an indexed column checks kinds on the loaded records: wherever
+    the _types column is (or is not), and whatever else holds its bytes."""
+    with TableDB().open(path) as db:
+        db.setindex("v", IndexType.LEXICAL)
+        db.put(b"last", {b"v": b"x", b"_types": b"v:i"})  # an int, types after the value
+        db.put(b"none", {b"v": b"x"})  # no types at all: a str
+        db.put(b"lookalike", {b"w": b"\x06_types", b"v": b"x"})  # a str too
+        db.put(b"cut", {b"_types": b"w:i\x00v:y", b"v": b"x"})  # a str: C strings end at NUL
+    s = open_storage()
+    s.save({"v": "x"}, primary_key="ours")
+    s.save({"v": b"x"}, primary_key="bytes")
+    s.save({"v": ["x"]}, primary_key="words")
+    s.save({"v": "xy"}, primary_key="longer")
+    plan, residual = compile_condition(Q(v="x"), s._index_map())
+    assert plan.deferred is not None and residual is None
+    expected = ["cut", "lookalike", "none", "ours"]
+    assert pks(s.query().where(v="x")) == expected
+    assert pks(s.query().where(v="x")[:10]) == expected  # a limit keeps the gates in Tokyo
+    assert s.query().where(v="x").count() == len(expected)
+    assert pks(s.query().where(v__startswith="x")) == [expected[0], "longer", *expected[1:]]
+    assert pks(s.query().where(v="x").order_by("-pk")) == expected[::-1]
+    assert "documents: tctdbqry: v STREQ 'x' (then checked in Python: _types !STROR" in (
+        s.query().where(v="x").explain()
+    )
+    assert "documents:" not in s.query().where(v="x")[:10].explain()
+    assert dict(s.get(None, "last")) == {"v": "x"}  # not an int after all: loads as text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=pst.field_names() | st.sampled_from(["a b", "名前", "x,y"]),
+    op=st.sampled_from(["equals", "startswith", "endswith"]),
+    values=st.lists(st.text(max_size=6).filter(lambda t: "\x00" not in t), min_size=2),
+    kind=st.sampled_from(["", "lexical", "decimal", "token", "qgram"]),
+)
+def test_queries_of_one_shape_compile_as_if_compiled_afresh(
+    name: str, op: str, values: list[str], kind: str
+) -> None:
+    """compile_condition reuses the plan of a lookup shape with the operand substituted:
+    the plans are the ones a full compile gives."""
+    from pymodels.conditions import Lookup
+    from pymodels.ext.tokyo_cabinet import _compiler
+
+    indexes = {name.encode(): kind} if kind else {}
+    for value in values:
+        lookup = Lookup((name,), op, value)
+        assert compile_condition(lookup, indexes) == _compiler._compile(lookup, indexes)
 
 
 def test_numbers_beyond_tokyo_precision(storage: Storage) -> None:

@@ -734,11 +734,13 @@ class TableDB:
 
     # -- records -------------------------------------------------------------------------
 
-    def _store(self, func: Any, operation: str, pk: bytes, cols: Mapping[bytes, bytes]) -> bool:
+    def _store(
+        self, func: Any, operation: str, pk: bytes, cols: Mapping[bytes, bytes] | bytes
+    ) -> bool:
         h = self._h()
         if not pk:
             _check_pk(pk)
-        data = _dump_map(cols)
+        data = cols if isinstance(cols, bytes) else _dump_map(cols)
         tcmap = _tcmapload(data, len(data))
         _LIVE[tcmap] = "TCMAP"
         try:
@@ -764,6 +766,17 @@ class TableDB:
     def putcat(self, pk: bytes, cols: Mapping[bytes, bytes]) -> None:
         """Add columns to a record (``tctdbputcat``): existing columns keep their old value."""
         self._store(_tctdbputcat, "tctdbputcat", pk, cols)
+
+    def putdump(self, pk: bytes, dump: bytes, *, keep: bool = False) -> bool:
+        """:meth:`put` (or with ``keep`` :meth:`putkeep`) of a record already in
+        ``tcmapdump`` form, as :meth:`getdump` returns it.
+
+        For callers that serialise records themselves: no column mapping is built and
+        walked per record. Column names must not be empty (Tokyo refuses the put).
+        """
+        if keep:
+            return self._store(_tctdbputkeep, "tctdbputkeep", pk, dump)
+        return self._store(_tctdbput, "tctdbput", pk, dump)
 
     def get(self, pk: bytes) -> dict[bytes, bytes] | None:
         """The record's columns, or None if there is no record with this primary key."""

@@ -53,14 +53,15 @@ import decimal
 import functools
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from math import isfinite
 from typing import Any, Final
 from urllib.parse import unquote
 
 from ...codec import decode as decode_tagged
 from ...codec import encode as encode_tagged
 from ...values import check_field_name
-from ._binding import _parse_map
+from ._binding import _VNUM1, _parse_map, _read_vnum, _vnum
 
 __all__ = [
     "ALL_CODES",
@@ -69,8 +70,10 @@ __all__ = [
     "date_text",
     "datetime_text",
     "decimal_text",
+    "decode_dump",
     "decode_record",
-    "encode_record",
+    "dump_types",
+    "encode_dump",
     "float_text",
     "json_number_forms",
     "json_text",
@@ -108,6 +111,7 @@ _FALSE: Final = b"false"
 # Tokyo splits tokens at every byte <= 0x20 and at commas (tctdbqrycondcheckstrand).
 _TC_SEPARATORS: Final = re.compile(r"[\x00-\x20,]+")
 _NOT_WORD: Final = re.compile(r"[\x00-\x20,]")
+_WORDS: Final = re.compile(r"[^\x00-\x20,]+(?: [^\x00-\x20,]+)*")
 
 
 # -------------------------------------------------------------------- names and tokens
@@ -349,22 +353,52 @@ def _encode_value(name: str, value: Any, tokens: list[str]) -> bytes:
         tokens.append(token(name, "D"))
         return date_text(value).encode("ascii")
     if t is list:
-        if value and all(type(v) is str and word_safe(v) for v in value):
-            tokens.append(token(name, "w"))
-            return " ".join(value).encode("utf-8")
-        tokens.append(token(name, "l"))
-        return json_text(value).encode("utf-8")
+        return _encode_list(name, value, tokens)
     if t is dict:
         tokens.append(token(name, "m"))
         return json_text(value).encode("utf-8")
     raise TypeError(f"{name}: {t.__name__} is not a storable value")  # validated before
 
 
-# Column names and the int/float type tokens of field names, cached in plain dicts: the
-# set of field names of a database is small, and these lookups run for every value saved.
-_COLUMNS: dict[str, bytes] = {}
+def _encode_list(name: str, value: list[Any], tokens: list[str]) -> bytes:
+    if value:
+        # A list of plain words (each a non-empty str without Tokyo separators) when the
+        # words joined by single spaces hold just the joining spaces and no other
+        # separator: one join and one match instead of a test per word. join raises for
+        # elements that are not str (validated values hold no str subclasses).
+        try:
+            words = " ".join(value)
+        except TypeError:
+            pass
+        else:
+            if words.count(" ") == len(value) - 1 and _WORDS.fullmatch(words):
+                tokens.append(token(name, "w"))
+                return words.encode("utf-8")
+    tokens.append(token(name, "l"))
+    return json_text(value).encode("utf-8")
+
+
+# Field names in dump form (size, then the column name) and the int/float type tokens of
+# field names, cached in plain dicts: the set of field names of a database is small, and
+# these lookups run for every value saved.
+_HEADS: dict[str, bytes] = {}
 _INT_TOKENS: dict[str, str] = {}
 _FLOAT_TOKENS: dict[str, str] = {}
+_TYPES_HEAD: Final = _VNUM1[len(TYPES_COLUMN)] + TYPES_COLUMN
+#: The whole _types column (name, size, text) in dump form, by its text.
+_TYPES_PREFIXES: dict[str, bytes] = {}
+
+
+def _head(name: str) -> bytes:
+    column = name.encode("utf-8")
+    head = _dump_size(len(column)) + column
+    if len(_HEADS) < 100_000:  # bounded: field names are data in free-form records
+        _HEADS[name] = head
+    return head
+
+
+def _dump_size(size: int) -> bytes:
+    return _VNUM1[size] if size < 128 else _vnum(size)
 
 
 def _remember(cache: dict[str, str], name: str, code: str) -> str:
@@ -374,40 +408,53 @@ def _remember(cache: dict[str, str], name: str, code: str) -> str:
     return tok
 
 
-def encode_record(record: Mapping[str, Any]) -> dict[bytes, bytes]:
-    """Columns for a validated record (plus :data:`TYPES_COLUMN` when needed).
+def encode_dump(record: Mapping[str, Any]) -> bytes:
+    """The columns of a validated record (plus :data:`TYPES_COLUMN` when needed), in
+    ``tcmapdump`` form: what :meth:`TableDB.putdump` hands to Tokyo in one call.
 
-    ``_types`` comes first, so a reader meets the types before the values
-    (:func:`decode_dump` decodes in one pass).
+    Written straight from the record: no column dict, and nothing the garbage collector
+    tracks, is built per record. ``_types`` comes first, so a reader meets the types
+    before the values (:func:`decode_dump` decodes in one pass).
     """
-    columns: dict[bytes, bytes] = {}
+    parts: list[bytes] = []
+    append = parts.append
     tokens: list[str] = []
-    names = _COLUMNS
+    heads = _HEADS
+    vnum1 = _VNUM1
     for name, value in record.items():
-        column = names.get(name)
-        if column is None:
-            column = name.encode("utf-8")
-            if len(names) < 100_000:  # bounded: field names are data in free-form records
-                names[name] = column
+        append(heads.get(name) or _head(name))
         t = type(value)
         if t is str and value:  # the common cases first
-            columns[column] = value.encode("utf-8")
+            data = value.encode("utf-8")
         elif t is int:
-            columns[column] = str(value).encode("ascii")
+            data = b"%d" % value
             tokens.append(_INT_TOKENS.get(name) or _remember(_INT_TOKENS, name, "i"))
         elif t is float:
-            columns[column] = float_text(value).encode("ascii")
+            text = repr(value)
+            # Without an exponent repr is already positional (and below the saturation
+            # bound of float_text, as is every float under 1e16).
+            data = text.encode("ascii") if "e" not in text else float_text(value).encode("ascii")
             tokens.append(_FLOAT_TOKENS.get(name) or _remember(_FLOAT_TOKENS, name, "f"))
+        elif t is list:
+            data = _encode_list(name, value, tokens)
         else:
-            columns[column] = _encode_value(name, value, tokens)
+            data = _encode_value(name, value, tokens)
+        size = len(data)
+        append(vnum1[size] if size < 128 else _vnum(size))
+        append(data)
     if tokens:
-        return {TYPES_COLUMN: " ".join(tokens).encode("utf-8"), **columns}
-    return columns
+        # Records of one shape share their _types column: made once per shape.
+        types = " ".join(tokens)
+        return (_TYPES_PREFIXES.get(types) or _types_prefix(types)) + b"".join(parts)
+    return b"".join(parts)
 
 
-def column_bytes(value: Any) -> bytes:
-    """The column text of one top-level value (what a query compares against)."""
-    return _encode_value("v", value, [])
+def _types_prefix(types: str) -> bytes:
+    raw = types.encode("utf-8")
+    prefix = _TYPES_HEAD + _dump_size(len(raw)) + raw
+    if len(_TYPES_PREFIXES) < 10_000:
+        _TYPES_PREFIXES[types] = prefix
+    return prefix
 
 
 def decode_text(raw: bytes) -> str:
@@ -450,8 +497,11 @@ def _decode_datetime(raw: bytes, tz: datetime.tzinfo | None) -> datetime.datetim
 
 
 def _decode_float(raw: bytes) -> float:
-    value = float(_exact_part(raw))
-    if value != value or value in (float("inf"), float("-inf")):
+    try:
+        value = float(raw)
+    except ValueError:  # a saturated column (see float_text) ends with ")": never a float
+        value = float(_exact_part(raw))
+    if not isfinite(value):
         raise ValueError("not a finite float")
     return value
 
@@ -496,7 +546,6 @@ _DECODERS: Final[dict[str, Callable[[bytes], Any]]] = {
     "l": _decode_list,
     "m": _decode_dict,
 }
-_KIND_OF_CODE: Final = {code: kind for kind, codes in KIND_CODES.items() for code in codes}
 
 
 _Decoder = Callable[[bytes], Any]
@@ -554,20 +603,115 @@ def decode_record(columns: dict[bytes, bytes]) -> dict[str, Any]:
     return record
 
 
-def decode_dump(buf: bytes) -> dict[str, Any]:
-    """The record of a ``tcmapdump`` (see :meth:`TableDB.getdump`).
+def _size_at(buf: bytes, i: int) -> tuple[int, int]:
+    """The size (a varint) at ``buf[i]`` and the index after it."""
+    size = buf[i]
+    return (size, i + 1) if size < 128 else _read_vnum(buf, i)
 
-    Parsing the dump into a map first costs about 5% of a decode over a single
-    fused pass, and keeps one decoder of columns.
+
+def dump_types(buf: bytes) -> bytes | None:
+    """The ``_types`` column of a record in ``tcmapdump`` form (None: it has none)."""
+    if buf.startswith(_TYPES_HEAD):
+        size, i = _size_at(buf, len(_TYPES_HEAD))
+        return buf[i : i + size]
+    if _TYPES_HEAD not in buf:
+        # A column named _types would show as its size byte and name: there is none.
+        return None
+    return _parse_map(buf).get(TYPES_COLUMN)
+
+
+class _Shape(dict[bytes, tuple[str, "_Decoder | None"]]):
+    """Column -> (field name, or "" for columns records leave out; decoder, or None for
+    text) of the records sharing one ``_types`` column, learnt as columns are met.
+
+    One lookup per column read instead of a name lookup and a decoder lookup.
     """
-    return decode_record(_parse_map(buf))
+
+    __slots__ = ("_decoders",)
+
+    def __init__(self, decoders: dict[bytes, _Decoder]) -> None:
+        super().__init__()
+        self._decoders = decoders
+
+    def learn(self, column: bytes) -> tuple[str, _Decoder | None]:
+        """The entry of a column not met before (``get`` is the fast path)."""
+        entry = (_field_name(column) or "", self._decoders.get(column))
+        if len(self) < 512:  # bounded: column names are data in free-form records
+            self[column] = entry
+        return entry
 
 
-def kind_of_code(code: str) -> str:
-    """The value kind a type code stands for."""
-    return _KIND_OF_CODE[code]
+_UNTYPED: Final = _Shape(_NO_DECODERS)
 
 
-def tokens_of(names: Iterable[str], codes: Iterable[str]) -> list[str]:
-    """Type tokens for every combination of field names and codes."""
-    return [token(n, c) for n in names for c in codes]
+@functools.lru_cache(maxsize=1024)
+def _shape(raw_types: bytes) -> _Shape:
+    return _Shape(_column_decoders(raw_types))
+
+
+#: The ``_types`` column last decoded, in dump form, and its shape: records read one
+#: after another mostly share it, and one prefix test then replaces finding it. One
+#: tuple, so that threads always read a matching pair.
+_last_types: tuple[bytes, _Shape] = (_TYPES_HEAD + b"\x00", _UNTYPED)
+
+
+def decode_dump(buf: bytes) -> dict[str, Any]:
+    """The record of a ``tcmapdump`` (see :meth:`TableDB.getdump`), decoded in one pass.
+
+    The pass reads columns straight out of the dump, with no column dict in between.
+    It needs the types first, where :func:`encode_dump` writes them; a dump with
+    ``_types`` elsewhere (another client's) is parsed into a map and decoded by
+    :func:`decode_record`.
+    """
+    global _last_types
+    prefix, shape = _last_types
+    if buf.startswith(prefix):
+        i = len(prefix)
+    elif buf.startswith(_TYPES_HEAD):
+        size, i = _size_at(buf, len(_TYPES_HEAD))
+        shape = _shape(buf[i : i + size]) if size else _UNTYPED
+        i += size
+        _last_types = buf[:i], shape
+    else:
+        i = 0
+        shape = _UNTYPED
+    record: dict[str, Any] = {}
+    end = len(buf)
+    while i < end:
+        # _size_at inlined twice: this loop runs per column of every record read.
+        size = buf[i]
+        if size < 128:
+            i += 1
+        else:
+            size, i = _read_vnum(buf, i)
+        column = buf[i : i + size]
+        i += size
+        size = buf[i]
+        if size < 128:
+            i += 1
+        else:
+            size, i = _read_vnum(buf, i)
+        raw = buf[i : i + size]
+        i += size
+        entry = shape.get(column)
+        name, decode = shape.learn(column) if entry is None else entry
+        if not name:
+            if column == TYPES_COLUMN:
+                return decode_record(_parse_map(buf))
+            continue
+        if decode is None:
+            # decode_text inlined for its common case: valid UTF-8 without NUL.
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                text = decode_text(raw)
+            else:
+                if "\x00" in text:
+                    text = decode_text(raw)
+            record[name] = text
+            continue
+        try:
+            record[name] = decode(raw)
+        except _BAD_COLUMN:
+            record[name] = decode_text(raw)
+    return record

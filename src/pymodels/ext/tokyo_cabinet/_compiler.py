@@ -55,7 +55,14 @@ from ._columns import (
     word_safe,
 )
 
-__all__ = ["Plan", "TCCond", "compile_condition", "guaranteed_kind"]
+__all__ = [
+    "Plan",
+    "TCCond",
+    "compile_condition",
+    "gates_hold",
+    "guaranteed_kind",
+    "pk_order_in_python",
+]
 
 #: At most this many blocks (queries of one metasearch) per plan; beyond, Python filters.
 MAX_BLOCKS: Final = 16
@@ -119,6 +126,10 @@ class Plan:
 
     blocks: tuple[PlanBlock, ...] | None
     disjoint: bool = False
+    #: For a caller that loads every record found anyway: this plan without its kind
+    #: gates, and the gates, to check on each loaded record with :func:`gates_hold`.
+    #: Set where that spares Tokyo a record read per match (see :func:`_deferred`).
+    deferred: tuple[Plan, tuple[TCCond, ...]] | None = None
 
     @property
     def everything(self) -> bool:
@@ -185,7 +196,92 @@ def compile_condition(
     ``indexes`` maps column names to their index kind; the compiler then adds conditions
     an index can serve (only supersets of what is already there: results never change).
     """
-    ctx = _Context(indexes or {})
+    indexes = indexes or {}
+    shaped = _shape(condition, indexes)
+    if shaped is None:
+        return _compile(condition, indexes)
+    shape, value = shaped
+    template = _SHAPES.get(shape)
+    if template is None:
+        plan, residual = _compile(condition, indexes)
+        template = _template(plan, residual, name_bytes(shape[0]), _b(value))
+        if template is None:
+            return plan, residual
+        if len(_SHAPES) < 4096:
+            _SHAPES[shape] = template
+        return plan, None
+    return template.fill(_b(value)), None
+
+
+# A lone lookup of these ops on a top-level field with a str operand (non-empty for
+# equals) compiles to one exact block whose shape does not depend on the operand:
+# [the op's condition on the column, the field's str gate], in an order set by the op
+# and the column's index kind alone. Queries that differ only in the operand (the
+# usual case: one query shape run with many values) reuse the first one's plan with
+# the operand substituted. Keyed by field, op and the index kinds of the two columns.
+_SHAPED_OPS: Final = frozenset({"equals", "startswith", "endswith"})
+_SHAPES: dict[tuple[str, str, str, str], _Template] = {}
+
+
+def _shape(
+    condition: Condition, indexes: Mapping[bytes, str]
+) -> tuple[tuple[str, str, str, str], str] | None:
+    """The shape key and the operand of a shaped lookup (None for other conditions)."""
+    if type(condition) is not Lookup:
+        return None
+    path, op, value = condition.path, condition.op, condition.value
+    if len(path) != 1 or op not in _SHAPED_OPS or type(value) is not str:
+        return None
+    if not value and op == "equals":
+        return None  # the empty str has its own plan (two blocks)
+    # The index kinds order the block's conditions (see _Context.finish).
+    kinds = indexes.get(name_bytes(path[0]), ""), indexes.get(TYPES_COLUMN, "")
+    return (path[0], op, *kinds), value
+
+
+class _Template(NamedTuple):
+    """A compiled single-block plan and the position of the operand's condition."""
+
+    plan: Plan
+    at: int
+
+    def fill(self, expr: bytes) -> Plan:
+        """The plan with ``expr`` as the operand."""
+        plan = self.plan
+        assert plan.blocks is not None
+        conds = plan.blocks[0].conds
+        at = self.at
+        old = conds[at]
+        new = TCCond(old.col, old.op, expr, old.negate, old.noidx)
+        deferred = plan.deferred
+        if deferred is not None:
+            # The lean block is the operand's condition alone (see _deferred).
+            deferred = Plan((PlanBlock((new,)),), True), deferred[1]
+        return Plan((PlanBlock((*conds[:at], new, *conds[at + 1 :])),), plan.disjoint, deferred)
+
+
+def _template(plan: Plan, residual: Condition | None, col: bytes, expr: bytes) -> _Template | None:
+    """The template of a shaped lookup's plan (None if it is not the expected shape)."""
+    if residual is not None or plan.blocks is None or len(plan.blocks) != 1:
+        return None
+    (block,) = plan.blocks
+    at = _operand_at(block.conds, col, expr)
+    if at is None or block.check is not None:
+        return None
+    if plan.deferred is not None:
+        lean = plan.deferred[0].blocks
+        if lean is None or len(lean) != 1 or lean[0].conds != (block.conds[at],):
+            return None
+    return _Template(plan, at)
+
+
+def _operand_at(conds: Block, col: bytes, expr: bytes) -> int | None:
+    found = [i for i, c in enumerate(conds) if c.col == col and c.expr == expr]
+    return found[0] if len(found) == 1 else None
+
+
+def _compile(condition: Condition, indexes: Mapping[bytes, str]) -> tuple[Plan, Condition | None]:
+    ctx = _Context(indexes)
     conjuncts = condition.children if type(condition) is And else (condition,)
     residual: list[Condition] = []
     parts: list[tuple[Condition, _Part]] = []
@@ -213,8 +309,58 @@ def compile_condition(
     if blocks == [((), None)]:
         plan = Plan(None)
     else:
-        plan = Plan(tuple(PlanBlock(ctx.finish(c), k) for c, k in blocks), disjoint)
+        finished = tuple(PlanBlock(ctx.finish(c), k) for c, k in blocks)
+        plan = Plan(finished, disjoint, _deferred(finished, indexes))
     return plan, (And.of(*residual) if residual else None)
+
+
+def _deferred(
+    blocks: tuple[PlanBlock, ...], indexes: Mapping[bytes, str]
+) -> tuple[Plan, tuple[TCCond, ...]] | None:
+    """The plan without kind gates, and the gates, where checking those in Python is
+    the cheaper way for a caller that loads every record found anyway.
+
+    That is one exact block whose only other condition an index answers: without the
+    gates, Tokyo answers from the index alone and reads no record; with them it reads
+    every match once more to test its ``_types`` column.
+    """
+    if len(blocks) != 1 or blocks[0].check is not None:
+        return None
+    gates = tuple(c for c in blocks[0].conds if c.col == TYPES_COLUMN)
+    rest = tuple(c for c in blocks[0].conds if c.col != TYPES_COLUMN)
+    if not gates or len(rest) != 1 or any(g.op != Cond.STROR or g.noidx for g in gates):
+        return None
+    lead = rest[0]
+    served = _INDEX_SERVES.get(indexes.get(lead.col, ""), frozenset())
+    if lead.negate or lead.noidx or lead.op not in served:
+        return None
+    # _Template.fill builds this plan the same way: keep them in step.
+    return Plan((PlanBlock(rest),), True), gates
+
+
+def gates_hold(gates: tuple[TCCond, ...], types: bytes | None) -> bool:
+    """Whether a record whose ``_types`` column is ``types`` (None: it has none) passes
+    every gate (``STROR`` conditions on that column) exactly as Tokyo decides them.
+
+    Tokyo tests a condition on a missing column as failing (passing when negated), and
+    ``STROR`` as "a token of the operand is a token of the value", both read as C strings
+    cut into tokens at bytes up to 0x20 and commas.
+    """
+    tokens = None if types is None else _tokens(types)
+    for gate in gates:
+        hit = tokens is not None and not tokens.isdisjoint(_tokens(gate.expr))
+        if hit == gate.negate:
+            return False
+    return True
+
+
+_TC_SPLIT: Final = re.compile(rb"[\x00-\x20,]+")
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: bytes) -> frozenset[bytes]:
+    """Tokyo's tokens of a C string (cached: ``_types`` columns repeat per record shape)."""
+    return frozenset(t for t in _TC_SPLIT.split(text.split(b"\x00", 1)[0]) if t)
 
 
 def _product(left: list[_Blk], right: list[_Blk]) -> list[_Blk] | None:
@@ -791,6 +937,16 @@ def case_insensitive_regex(target: str, op: str) -> tuple[str, bool] | None:
     if op == "iendswith":
         return body + "$", exact
     return body, exact
+
+
+def pk_order_in_python(blocks: int, order: tuple[bytes, int], limit: int, skip: int) -> bool:
+    """Whether the keys of ``blocks`` queries are put in ``order`` in Python, not by Tokyo.
+
+    For a pk order: always for a metasearch, which cannot sort by the pk (it looks the
+    order up as a column and finds none), and whenever nothing is sliced, which saves the
+    foreign call (Tokyo compares pks bytewise, as Python does).
+    """
+    return order[0] == b"" and (blocks > 1 or (limit < 0 and not skip))
 
 
 # ---------------------------------------------------------------- kinds for ordering

@@ -26,7 +26,7 @@ from ...ordering import OrderKey, sort_items
 from ...query import BaseQuery, Compiled
 from ._binding import Cond, Order
 from ._columns import decode_record, name_bytes
-from ._compiler import Plan, TCCond, compile_condition, guaranteed_kind
+from ._compiler import Plan, TCCond, compile_condition, guaranteed_kind, pk_order_in_python
 
 if TYPE_CHECKING:
     from ._storage import Storage
@@ -49,6 +49,9 @@ class _OrderPlan:
         return self.column == b""
 
 
+_PK_ORDERS: dict[tuple[OrderKey, ...], _OrderPlan] = {}
+
+
 class Query(BaseQuery[Any]):
     """A query compiled to Tokyo Cabinet's table query (see :mod:`._compiler`)."""
 
@@ -67,7 +70,14 @@ class Query(BaseQuery[Any]):
     def _order_plan(self, order: tuple[OrderKey, ...]) -> _OrderPlan | None:
         first = order[0]
         if first.is_pk:
-            return _OrderPlan(b"", Order.STRDESC if first.descending else Order.STRASC, order)
+            # The same few orders (pk, -pk) come every query: made once.
+            oplan = _PK_ORDERS.get(order)
+            if oplan is None:
+                tc_order = Order.STRDESC if first.descending else Order.STRASC
+                oplan = _OrderPlan(b"", tc_order, order)
+                if len(_PK_ORDERS) < 64:
+                    _PK_ORDERS[order] = oplan
+            return oplan
         if len(order) != 2 or not order[1].is_pk or len(first.path) != 1:
             return None
         if self._compiled.native.checked:
@@ -89,6 +99,14 @@ class Query(BaseQuery[Any]):
         if plan.nothing:
             return
         oplan = self._order_plan(order) if order is not None else None
+        by_pk = oplan is None or oplan.by_pk
+        if plan.deferred is not None and limit is None and not offset and by_pk:
+            # Every match is loaded: its kind gates are checked on the loaded record rather
+            # than by Tokyo reading it once more.
+            lean, gates = plan.deferred
+            tc_order = None if oplan is None else (b"", oplan.tc_order)
+            yield from storage._records(storage._tc_search(lean, tc_order), gates)
+            return
         if oplan is None:
             keys = storage._tc_search(plan)
             stop = None if limit is None else offset + limit
@@ -174,17 +192,26 @@ class Query(BaseQuery[Any]):
         oplan = self._order_plan(order) if order is not None else None
         tc_order = None if oplan is None else (oplan.column, oplan.tc_order)
         lines = [plan.describe()]
-        if tc_order is not None:
-            column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
-            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
-            lines.append(f"tctdbqrysetorder: {column} {direction}")
         limit = -1
         skip = 0
-        if oplan is not None and compiled.residual is None and self._after is None:
+        sliced_here = compiled.residual is None and self._after is None
+        if oplan is not None and sliced_here:
             if self._limit is not None:
                 limit = self._offset + self._limit if not oplan.by_pk else self._limit
             if oplan.by_pk:
                 skip = self._offset
+        blocks = 1 if plan.blocks is None else len(plan.blocks)
+        if tc_order is not None and pk_order_in_python(blocks, tc_order, limit, skip):
+            lines.append("order by pk: sorted in Python")
+        elif tc_order is not None:
+            column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
+            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
+            lines.append(f"tctdbqrysetorder: {column} {direction}")
+        unsliced = not sliced_here or (self._limit is None and not self._offset)
+        if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
+            lean, gates = plan.deferred
+            checked = " AND ".join(map(str, gates))
+            lines.append(f"documents: {lean.describe()} (then checked in Python: {checked})")
         for i, hint in enumerate(self.storage._tc_hints(plan, tc_order, limit, skip)):
             label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
             lines.append(f"{label}: " + hint.replace("\n", "; "))

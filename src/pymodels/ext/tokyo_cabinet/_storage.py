@@ -35,8 +35,8 @@ from ._binding import (
     TuneOpt,
     metasearch,
 )
-from ._columns import decode_dump, decode_record, encode_record, name_bytes
-from ._compiler import Block, Plan, TCCond
+from ._columns import decode_dump, decode_record, dump_types, encode_dump, name_bytes
+from ._compiler import Block, Plan, TCCond, gates_hold, pk_order_in_python
 from ._query import Query
 
 if TYPE_CHECKING:
@@ -307,26 +307,29 @@ class Storage(BaseStorage):
             raise _error("get", e) from e
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
-        columns = encode_record(record)
+        dump = encode_dump(record)
         key = pk.encode("utf-8")
         try:
             with self._lock:
-                if overwrite:
-                    self._db.put(key, columns)
-                    return True
-                return self._db.putkeep(key, columns)
+                return self._db.putdump(key, dump, keep=not overwrite)
         except TCError as e:
             raise _error("put", e) from e
 
     def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        encoded = [(pk.encode("utf-8"), encode_record(record)) for pk, record in items]
-        putkeep = self._db.putkeep
-        with self._lock, _translate("put"):
-            for key, columns in encoded:
-                # Generated pks are written insert-if-absent: a clash (however unlikely)
-                # makes the base class redo the batch one by one with fresh pks.
-                if not putkeep(key, columns):
-                    raise IntegrityError(f"a record with pk {key.decode()!r} exists already")
+        putdump = self._db.putdump
+        try:
+            with self._lock:
+                # Each record is encoded right before its put: the encoded form is bytes,
+                # and holding a whole batch of it would only feed the garbage collector.
+                for pk, record in items:
+                    key = pk.encode("utf-8")
+                    # Generated pks are written insert-if-absent: a clash (however
+                    # unlikely) makes the base class redo the batch one by one with
+                    # fresh pks.
+                    if not putdump(key, encode_dump(record), keep=True):
+                        raise IntegrityError(f"a record with pk {pk!r} exists already")
+        except TCError as e:
+            raise _error("put", e) from e
 
     def _remove(self, pk: str) -> bool:
         key = pk.encode("utf-8")
@@ -343,13 +346,27 @@ class Storage(BaseStorage):
             keys = self._db.keys()
         yield from self._records(keys)
 
-    def _records(self, keys: list[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``(pk, record)`` for keys, loaded in batches; keys deleted meanwhile are skipped."""
+    def _records(
+        self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(pk, record)`` for keys, loaded in batches; keys deleted meanwhile are skipped,
+        and so are records failing ``gates`` (see :attr:`Plan.deferred`)."""
+        verdicts: dict[bytes | None, bool] = {}  # by _types column: records share them
         for start in range(0, len(keys), _BATCH):
             batch = keys[start : start + _BATCH]
             for key, dump in zip(batch, self._load_dumps(batch), strict=True):
-                if dump is not None:
-                    yield _pk(key), decode_dump(dump)
+                if dump is None:
+                    continue
+                if gates:
+                    types = dump_types(dump)
+                    passed = verdicts.get(types)
+                    if passed is None:
+                        passed = gates_hold(gates, types)
+                        if len(verdicts) < 1000:
+                            verdicts[types] = passed
+                    if not passed:
+                        continue
+                yield _pk(key), decode_dump(dump)
 
     def _count(self) -> int:
         with self._lock, _translate("rnum"):
@@ -511,11 +528,10 @@ class Storage(BaseStorage):
         """Keys of the union of ``blocks`` (a search, or a metasearch), ordered and sliced."""
         if not blocks:
             return []
-        if len(blocks) > 1 and order is not None and order[0] == b"":
-            # A metasearch cannot sort by the pk (it looks the order up as a column and
-            # finds none): sort the union here.
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
             keys = self._run(blocks, extra=extra)
-            return _sliced(sorted(keys, reverse=order[1] == Order.STRDESC), limit, skip)
+            keys.sort(reverse=order[1] == Order.STRDESC)
+            return _sliced(keys, limit, skip)
         queries = self._tc_queries(blocks, order, limit, skip, extra)
         try:
             if len(queries) == 1:
@@ -556,48 +572,56 @@ class Storage(BaseStorage):
         """
         if plan.nothing:
             return []
-        with self._lock, _translate("search"):
-            if plan.blocks is None:
-                if extra is None and (order is None or order[0] == b""):
-                    # Every record: the key list is cheaper than a table scan.
-                    keys = self._db.keys()
-                    if order is not None:
-                        keys.sort(reverse=order[1] == Order.STRDESC)
-                    return _sliced(keys, limit, skip)
-                return self._run([()], order, limit, skip, extra)
-            if not plan.checked:
-                return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
-            assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
-            sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
-            exclude = None if plan.disjoint else set(sure)
-            keys = sure + self._checked_keys(plan, extra, exclude)
-            if order is not None:
-                keys.sort(reverse=order[1] == Order.STRDESC)
-            return _sliced(keys, limit, skip)
+        # try/except rather than _translate: this runs once per query.
+        try:
+            with self._lock:
+                if plan.blocks is None:
+                    if extra is None and (order is None or order[0] == b""):
+                        # Every record: the key list is cheaper than a table scan.
+                        keys = self._db.keys()
+                        if order is not None:
+                            keys.sort(reverse=order[1] == Order.STRDESC)
+                        return _sliced(keys, limit, skip)
+                    return self._run([()], order, limit, skip, extra)
+                if not plan.checked:
+                    return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
+                assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
+                sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
+                exclude = None if plan.disjoint else set(sure)
+                keys = sure + self._checked_keys(plan, extra, exclude)
+                if order is not None:
+                    keys.sort(reverse=order[1] == Order.STRDESC)
+                return _sliced(keys, limit, skip)
+        except TCError as e:
+            raise _error("search", e) from e
 
     def _tc_count(self, plan: Plan) -> int:
         if plan.nothing:
             return 0
         if plan.blocks is None:
             return self._count()
-        with self._lock, _translate("search"):
-            sure = [b.conds for b in plan.blocks if b.check is None]
-            if plan.checked and not plan.disjoint:
-                return len(self._tc_search(plan))
-            total = 0
-            if len(sure) == 1 or (sure and plan.disjoint):
-                # searchcount leaves the key list in the library: nothing is copied.
-                for conds in sure:
-                    queries = self._tc_queries([conds])
-                    try:
-                        total += queries[0].searchcount()
-                    finally:
-                        queries[0].close()
-            elif sure:
-                total += len(self._run(sure))
-            if plan.checked:
-                total += len(self._checked_keys(plan))
-            return total
+        # try/except rather than _translate: this runs once per query.
+        try:
+            with self._lock:
+                sure = [b.conds for b in plan.blocks if b.check is None]
+                if plan.checked and not plan.disjoint:
+                    return len(self._tc_search(plan))
+                total = 0
+                if len(sure) == 1 or (sure and plan.disjoint):
+                    # searchcount leaves the key list in the library: nothing is copied.
+                    for conds in sure:
+                        queries = self._tc_queries([conds])
+                        try:
+                            total += queries[0].searchcount()
+                        finally:
+                            queries[0].close()
+                elif sure:
+                    total += len(self._run(sure))
+                if plan.checked:
+                    total += len(self._checked_keys(plan))
+                return total
+        except TCError as e:
+            raise _error("search", e) from e
 
     def _tc_delete(self, plan: Plan) -> int:
         if plan.nothing:
@@ -629,8 +653,8 @@ class Storage(BaseStorage):
         if plan.nothing or (plan.everything and order is None):
             return []
         blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
-        if len(blocks) > 1 and order and order[0] == b"":
-            order, limit, skip = None, -1, 0  # sorted in Python (see _run)
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
+            order, limit, skip = None, -1, 0  # as _run does
         with self._lock, _translate("search"):
             queries = self._tc_queries(blocks, order, limit, skip)
             try:
