@@ -173,3 +173,18 @@ def test_copies_keep_pk_values_and_undeclared_fields(how: str) -> None:
     assert clone == doc and clone.pk == "p1" and clone["extra"] == {"k": [1]}
     clone["other"] = 1  # the copy's undeclared fields are its own
     assert "other" not in doc
+
+
+def test_pydantic_api_works_on_documents_built_from_records() -> None:
+    # Free-form documents and references are built without pydantic's constructor.
+    free = Document._from_storage(None, "p1", {"a": 1, "b": [1, 2]})
+    assert free.model_dump() == {} and free.model_fields_set == set()
+    assert free.model_copy() == free and free.model_copy(deep=True)["b"] == [1, 2]
+    with pytest.raises(ValidationError):
+        free.a = 2  # undeclared fields are set with free["a"] = 2
+    free["a"] = 2
+    assert free["a"] == 2 and free.a == 2
+    ref = Country._placeholder(None, "c1")
+    assert ref.pk == "c1" and repr(ref) == "<Country pk='c1' (not loaded)>"
+    person = Person._from_storage(None, "p2", {"first_name": "Ann", "x": 1})
+    assert person.model_dump()["first_name"] == "Ann" and "first_name" in person.model_fields_set

@@ -88,9 +88,15 @@ _STATE_DEFAULTS: dict[str, Any] = {
     "_lazy": None,
 }
 
-#: The shared empty field set of documents built without validation (never mutated:
-#: a free-form or unloaded document has no declared field to assign).
-_NO_FIELDS_SET: frozenset[str] = frozenset()
+#: What pydantic's own slots read as in documents built without validation (free-form
+#: ones and unloaded references), which leave them unset: setting three slots per
+#: document costs more than answering the rare read. The field set is shared and
+#: never mutated (such a document has no declared field to assign).
+_PYDANTIC_UNSET: dict[str, Any] = {
+    "__pydantic_fields_set__": frozenset(),
+    "__pydantic_extra__": None,
+    "__pydantic_private__": None,
+}
 
 _set = object.__setattr__
 
@@ -173,6 +179,8 @@ class Document(pydantic.BaseModel):
                 _set(self, "_extra", extra)
                 return extra
             return _STATE_DEFAULTS[name]
+        if name in _PYDANTIC_UNSET:
+            return _PYDANTIC_UNSET[name]
         if not name.startswith("_"):
             if name in type(self).model_fields:
                 if self._lazy is not None:
@@ -256,10 +264,8 @@ class Document(pydantic.BaseModel):
             # to validate: every field is undeclared and kept as stored. The
             # record is the caller's to give (storage hooks return fresh ones).
             # __dict__ is left to Python, which makes an empty one on first use.
+            # So are pydantic's own slots: __getattr__ answers them (_PYDANTIC_UNSET).
             doc = _new(cls)
-            _set(doc, "__pydantic_fields_set__", _NO_FIELDS_SET)
-            _set(doc, "__pydantic_extra__", None)
-            _set(doc, "__pydantic_private__", None)
             return _attach(doc, storage, pk, record, record, version_field, partial)
         declared: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -298,10 +304,6 @@ class Document(pydantic.BaseModel):
     def _placeholder(cls, storage: BaseStorage | None, pk: str) -> Self:
         """An unloaded instance standing for the record ``pk`` (a lazy reference)."""
         doc = cls.__new__(cls)
-        _set(doc, "__dict__", {})
-        _set(doc, "__pydantic_fields_set__", _NO_FIELDS_SET)
-        _set(doc, "__pydantic_extra__", None)
-        _set(doc, "__pydantic_private__", None)
         _set(doc, "_pk", pk)
         _set(doc, "_storage", storage)
         _set(doc, "_lazy", (storage, pk))

@@ -160,13 +160,14 @@ class BaseStorage:
         """Records for several pks, aligned with ``pks``."""
         return [self._load(pk) for pk in pks]
 
-    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Write one batch of ``save_many``: new records under freshly generated pks.
 
-        Called inside a transaction when the engine has them. An engine may
-        write insert-if-absent and raise :class:`IntegrityError` on a clash (or
-        any other failure): the generic code then rolls back and redoes the
-        batch one by one to name the failing record.
+        ``items`` is an iterable of ``(pk, record)``, to be consumed once.
+        Called inside a transaction when the engine has them. Write
+        insert-if-absent and raise :class:`IntegrityError` on a clash (or any
+        other failure): the generic code then rolls back and redoes the batch
+        one by one, with fresh pks, naming the failing record.
         """
         for pk, record in items:
             if not self._store(pk, record, overwrite=False):
@@ -275,22 +276,18 @@ class BaseStorage:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         written: list[str] = []
-        batch: list[tuple[int, Any]] = []
-
-        def flush() -> None:
-            docs = any(type(item) is not dict and isinstance(item, Document) for _, item in batch)
-            if docs or not self.features.transactions:
-                self._save_batch_one_by_one(batch, written)
-            else:
-                self._save_batch_bulk(batch, written)
-            batch.clear()
-
-        for index, item in enumerate(items):
-            batch.append((index, item))
+        batch: list[Any] = []
+        start = 0  # the index of batch[0] among all items
+        # Plain lists of the caller's items and of pks: no object per item
+        # (tuples holding records would be work for the garbage collector).
+        for item in items:
+            batch.append(item)
             if len(batch) >= batch_size:
-                flush()
+                self._save_batch(start, batch, written)
+                start += len(batch)
+                batch = []
         if batch:
-            flush()
+            self._save_batch(start, batch, written)
         return written
 
     # ---- reading
@@ -306,7 +303,8 @@ class BaseStorage:
         if self.closed:
             self._check_open()
         record = self._load(check_pk(pk))
-        if record is None or not cls._is_member(record):
+        # Every record is a free-form Document: only a class has members to test.
+        if record is None or (doc_class is not None and not cls._is_member(record)):
             raise DoesNotExist(f"no {cls.__name__} with pk {pk!r}")
         return cls._from_storage(self, pk, record)
 
@@ -564,12 +562,19 @@ class BaseStorage:
         doc._set_saved(self, pk)
         return pk
 
-    def _save_batch_one_by_one(self, batch: list[tuple[int, Any]], written: list[str]) -> None:
+    def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
+        docs = any(type(item) is not dict and isinstance(item, Document) for item in batch)
+        if docs or not self.features.transactions:
+            self._save_batch_one_by_one(start, batch, written)
+        else:
+            self._save_batch_bulk(start, batch, written)
+
+    def _save_batch_one_by_one(self, start: int, batch: list[Any], written: list[str]) -> None:
         done: list[str] = []
-        index = batch[0][0] if batch else 0
+        index = start
         try:
             with self._atomic():
-                for index, item in batch:  # noqa: B007 - index names the failure below
+                for index, item in enumerate(batch, start):  # noqa: B007 - names the failure
                     done.append(self._write_data(item, None, insert=False))
         except (IntegrityError, ValidationError) as e:
             if not self.features.transactions:
@@ -579,9 +584,9 @@ class BaseStorage:
             ) from e
         written.extend(done)
 
-    def _save_batch_bulk(self, batch: list[tuple[int, Any]], written: list[str]) -> None:
+    def _save_batch_bulk(self, start: int, batch: list[Any], written: list[str]) -> None:
         records: list[dict[str, Any]] = []
-        for index, item in batch:
+        for index, item in enumerate(batch, start):
             try:
                 if type(item) is not dict and not isinstance(item, Mapping):
                     raise ValidationError(
@@ -592,16 +597,16 @@ class BaseStorage:
                 raise BulkWriteError(
                     f"save_many failed at item {index}: {e}", index=index, written_pks=written
                 ) from e
-        prepared = list(zip(self._new_pks(len(records)), records, strict=True))
+        pks = self._new_pks(len(records))
         try:
             with self.transaction():
-                self._store_many(prepared)
+                self._store_many(zip(pks, records, strict=True))
         except IntegrityError:
             # Find the failing record: redo the batch one by one, which rolls
             # back again and raises BulkWriteError naming it.
-            self._save_batch_one_by_one(batch, written)
+            self._save_batch_one_by_one(start, batch, written)
             return
-        written.extend(pk for pk, _ in prepared)
+        written.extend(pks)
 
     def _parse_index(
         self, path_or_tuple: str | tuple[str, ...] | list[str], unique: bool, kind: str | None

@@ -23,7 +23,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -332,7 +332,7 @@ class Storage(SQLStorage):
         found = dict(rows)
         return [found.get(pk) for pk in pks]
 
-    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         rows = [(pk, dumps_pg(record)) for pk, record in items]
         # COPY into this session's staging table, then one INSERT ... SELECT:
         # a fraction of the per-row cost of executemany. (Called inside the

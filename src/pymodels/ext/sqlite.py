@@ -24,7 +24,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -344,7 +344,7 @@ class Storage(SQLStorage):
             found.update((pk, loads(body)) for pk, body in rows)
         return [found.get(pk) for pk in pks]
 
-    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         # Plain INSERT: the pks are fresh, and a clash (an IntegrityError) makes
         # the caller redo the batch with insert-if-absent, never overwrite.
         rows = [(pk, dumps(record)) for pk, record in items]

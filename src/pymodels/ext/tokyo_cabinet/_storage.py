@@ -11,7 +11,7 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
@@ -315,7 +315,7 @@ class Storage(BaseStorage):
         except TCError as e:
             raise _error("put", e) from e
 
-    def _store_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         putdump = self._db.putdump
         try:
             with self._lock:
