@@ -20,7 +20,7 @@ import contextlib
 import copy
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, Self, TypeVar, overload
 
 import pydantic
@@ -200,6 +200,17 @@ class BaseStorage:
 
     def _create_index(self, spec: IndexSpec) -> None:
         """Create an index (idempotently). Only called when ``features.indexes``."""
+
+    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str | None:
+        """The index kind for a ``Meta.indexes`` entry that names none (None: the default).
+
+        Engines with several kinds pick one from the fields' declared types.
+        """
+        return None
+
+    def _can_index_now(self) -> bool:
+        """Whether ``ensure_indexes`` may create indexes now (False: at a later save)."""
+        return True
 
     def _update(self, pk: str, changes: list[Change]) -> bool:
         """Apply partial changes to one record; return whether it existed.
@@ -426,6 +437,8 @@ class BaseStorage:
             )
             self._indexed.add(doc_class)
             return
+        if not self._can_index_now():
+            return  # not marked indexed: a later save tries again
         for entry in doc_class._meta().indexes:
             if isinstance(entry, Mapping):
                 fields, unique, kind = (
@@ -444,6 +457,8 @@ class BaseStorage:
                 # A class must stay savable on every backend: where compound
                 # indexes are missing, its leading path is indexed instead.
                 fields = fields[0]
+            if kind is None:
+                kind = self._index_kind(doc_class, fields)
             self.create_index(fields, unique=unique, kind=kind)
         self._indexed.add(doc_class)
 

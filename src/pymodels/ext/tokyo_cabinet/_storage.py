@@ -444,38 +444,16 @@ class Storage(BaseStorage):
                 "makes Tokyo Cabinet abort the process; rewrite them or use a token index"
             )
 
-    def ensure_indexes(self, doc_class: type[Document]) -> None:
-        """Create the indexes ``doc_class.Meta.indexes`` asks for (idempotent).
+    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str:
+        # The kind that fits the field's declared type: decimal for numbers, dates and
+        # datetimes, token for lists, lexical otherwise. (A compound entry arrives as
+        # its first field: Tokyo has no compound indexes.)
+        first = fields if isinstance(fields, str) else fields[0]
+        return _default_kind(doc_class, first.lstrip("-"))
 
-        Tokyo has one index per column and no compound indexes: a compound entry
-        indexes its first field (which serves the equality part of such queries). An
-        entry without ``kind`` gets the kind that fits the field's declared type:
-        decimal for numbers, dates and datetimes, token for lists, lexical otherwise.
-        Inside a transaction (where Tokyo cannot build indexes) this waits for a later
-        save.
-        """
-        if self.read_only:
-            super().ensure_indexes(doc_class)
-            return
-        if self._tx_open():
-            return
-        for entry in doc_class._meta().indexes:
-            if isinstance(entry, Mapping):
-                fields, unique, kind = (
-                    entry["fields"],
-                    entry.get("unique", False),
-                    entry.get("kind"),
-                )
-            else:
-                fields, unique, kind = entry, False, None
-            names = [fields] if isinstance(fields, str) else list(fields)
-            if not names:
-                raise ConfigurationError(f"{doc_class.__name__}.Meta.indexes has an empty entry")
-            first = names[0].lstrip("-")
-            if kind is None:
-                kind = _default_kind(doc_class, first)
-            self.create_index(first, unique=unique, kind=kind)
-        self._indexed.add(doc_class)
+    def _can_index_now(self) -> bool:
+        # Tokyo cannot build an index inside a transaction: a later save does it.
+        return not self._tx_open()
 
     def index_kinds(self) -> dict[str, str]:
         """The indexed columns of the file and their kinds."""
