@@ -36,9 +36,7 @@ def _holds_container(record: dict[str, Any], paths: Sequence[tuple[str, ...]]) -
     return False
 
 
-def _any_container(
-    rows: list[tuple[str, dict[str, Any]]], paths: Sequence[tuple[str, ...]]
-) -> bool:
+def _any_container(rows: list[Item], paths: Sequence[tuple[str, ...]]) -> bool:
     if len(paths) == 1 and len(paths[0]) == 1:
         # Ordered by one top-level field, the common case: one test per row.
         name = paths[0][0]
@@ -62,10 +60,10 @@ class SQLQuery(BaseQuery[Any]):
         # shape seen before: one cached statement, its rows in one fetch.
         if limit == "query":
             limit = self._limit
-        backend: SQLStorage = self.storage  # type: ignore[assignment]
+        backend = self._backend()
         if self._after is None and limit is not None and 0 < limit <= backend._page_size:
-            if self.storage.closed:
-                self.storage._check_open()
+            if backend.closed:
+                backend._check_open()
             order = self._full_order
             statement = backend._compiler.select(
                 self.condition, backend._table, order, self._offset, limit
@@ -88,7 +86,7 @@ class SQLQuery(BaseQuery[Any]):
         order: tuple[OrderKey, ...] | None,
         offset: int,
         limit: int | None,
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    ) -> Iterator[Item]:
         paths = () if order is None else _order_paths(order)
         selected = self._backend()._select(native, order, offset, limit)
         if isinstance(selected, list):
@@ -104,13 +102,13 @@ class SQLQuery(BaseQuery[Any]):
 
     def _fetch_repairing(
         self,
-        rows: Iterator[tuple[str, dict[str, Any]]],
+        rows: Iterator[Item],
         native: Any,
         order: tuple[OrderKey, ...],
         offset: int,
         limit: int | None,
         paths: Sequence[tuple[str, ...]],
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    ) -> Iterator[Item]:
         backend = self._backend()
         yielded = 0
         try:
@@ -148,10 +146,10 @@ def _order_paths(order: tuple[OrderKey, ...]) -> tuple[tuple[str, ...], ...]:
 
 
 def _repair_order(
-    rows: Iterator[tuple[str, dict[str, Any]]],
+    rows: Iterator[Item],
     order: tuple[OrderKey, ...],
     paths: Sequence[tuple[str, ...]],
-) -> Iterator[tuple[str, dict[str, Any]]]:
+) -> Iterator[Item]:
     for pk, record in rows:
         if _holds_container(record, paths):
             rest = [(pk, record), *rows]
