@@ -5,8 +5,9 @@ The tests run against a throwaway server (``pymodels.testing.postgresql``), or t
 has a test: ``NOT`` over NULL drops rows, ``lower()`` under the C collation folds ASCII
 only, regular expressions differ from Python's, string order depends on the collation,
 jsonb prints 1e16 as an integer and has no negative zero. Then URLs, errors, indexes and
-plans, transactions and partial updates. Threads, fork and four processes at once are the
-conformance suite's (``features.thread_safe``, ``fork_safe``, ``concurrent_processes``).
+plans, transactions. Threads, fork, four processes at once, transactions seen from another
+connection, unique indexes and partial updates in SQL are the conformance suite's (by
+capability).
 """
 
 from __future__ import annotations
@@ -21,21 +22,17 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
-from unittest import mock
 
 import pytest
 
 import pymodels
 from pymodels import IntegrityError, Q
 from pymodels.errors import (
-    BulkWriteError,
     ConfigurationError,
     ConnectionFailed,
     NotSupported,
     PyModelsError,
-    ValidationError,
 )
-from pymodels.storage import BaseStorage
 from pymodels.testing.postgresql import postgres_skip_reason, postgres_url_for_tests
 
 psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
@@ -325,29 +322,13 @@ def test_indexes_are_used_by_the_queries(storage: Any, server_url: str, table: s
     assert storage.query().where(tags__contains="t7").count() == 50
 
 
-def test_unique_index(storage: Any) -> None:
+def test_unique_index_compares_lists_as_lists(storage: Any) -> None:
+    # (The suite checks the rest of unique indexes; SQLite compares lists by JSON text.)
     storage.create_index("email", unique=True)
-    storage.save({"email": "a"}, primary_key="1")
-    with pytest.raises(IntegrityError):
-        storage.save({"email": "a"}, primary_key="2")
-    # Records of other kinds, without the field, and the record itself are fine.
     storage.save({"email": ["a"]}, primary_key="3")
     storage.save({"email": ["b"]}, primary_key="3b")
-    storage.save({"email": {"a": 1}}, primary_key="4")
-    storage.save({}, primary_key="5")
-    storage.save({}, primary_key="6")
-    storage.save({"email": "a", "other": 1}, primary_key="1")
     with pytest.raises(IntegrityError):
-        storage.save({"email": ["a"]})  # lists compare as lists
-    storage.save({"n": 1}, primary_key="n1")
-    storage.create_index("n", unique=True)
-    with pytest.raises(IntegrityError):
-        storage.save({"n": 1.0})  # 1 == 1.0
-    storage.save({"n": True})  # True is not 1
-    with pytest.raises(BulkWriteError) as info:
-        storage.save_many([{"email": "b"}, {"email": "b"}])
-    assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
-    assert storage.query().where(email="b").count() == 0
+        storage.save({"email": ["a"]})
 
 
 def test_index_kinds(storage: Any) -> None:
@@ -360,18 +341,6 @@ def test_index_kinds(storage: Any) -> None:
 # --------------------------------------------------------- transactions and updates
 
 
-def test_transaction_isolation_between_connections(storage: Any, url: str) -> None:
-    with pymodels.get_storage(url) as other:
-        with storage.transaction():
-            storage.save({"a": 1}, primary_key="k")
-            assert "k" not in other
-        assert "k" in other
-        with pytest.raises(ZeroDivisionError), storage.transaction():
-            storage.save({"a": 2}, primary_key="k")
-            1 / 0  # noqa: B018 - the point is the exception
-        assert other.get(None, "k")["a"] == 1
-
-
 def test_save_many_in_a_transaction_spans_batches(storage: Any) -> None:
     with pytest.raises(ZeroDivisionError), storage.transaction():
         storage.save_many(({"i": i} for i in range(2500)), batch_size=1000)
@@ -380,28 +349,6 @@ def test_save_many_in_a_transaction_spans_batches(storage: Any) -> None:
     assert len(storage) == 0
     storage.save_many(({"i": i} for i in range(2500)), batch_size=1000)
     assert len(storage) == 2500 and storage.query().where(i__gte=2000).count() == 500
-
-
-def test_partial_update_runs_in_sql(storage: Any) -> None:
-    storage.save({"n": 1, "d": {"x": 1}, "f": 1.5}, primary_key="k")
-    with mock.patch.object(BaseStorage, "_update", side_effect=AssertionError("read-modify-write")):
-        assert storage.update("k", n__inc=2, d__y__z="new", d__x__unset=True, e=Decimal("1.0")) == 1
-        assert storage.query().where(n__gte=3).update(n__inc=1, g=[1, 2.0]) == 1
-    assert dict(storage.get(None, "k")) == {
-        "n": 4,
-        "d": {"y": {"z": "new"}},
-        "f": 1.5,
-        "e": Decimal("1.0"),
-        "g": [1, 2.0],
-    }
-    assert type(storage.get(None, "k")["g"][1]) is float
-    assert storage.update("k", f__inc=0.1) == 1  # decimal arithmetic would differ: generic path
-    assert storage.get(None, "k")["f"] == 1.5 + 0.1
-    with pytest.raises(ValidationError):
-        storage.update("k", n__x=1)
-    with pytest.raises(ValidationError):
-        storage.update("k", n__inc=2**63)
-    assert storage.update("missing", n__inc=1) == 0
 
 
 def test_iterating_while_writing_in_the_loop(storage: Any) -> None:

@@ -3,9 +3,9 @@
 Every engine trap the backend works around has a test here: ``json_extract`` gives 1 for
 true, text compares greater than numbers, ``LIKE`` ignores ASCII case, ``DISTINCT`` merges
 1, 1.0 and true, and ``lower()`` folds ASCII only. Then the file layout, URLs, indexes and
-plans, transactions, partial updates, and a SIGKILL in the middle of a bulk save. Threads,
-fork and four processes writing one file are the conformance suite's
-(``features.thread_safe``, ``fork_safe``, ``concurrent_processes``).
+plans, optimistic concurrency in one statement, and a SIGKILL in the middle of a bulk save.
+Threads, fork, four processes writing one file, transactions seen from another connection,
+unique indexes and partial updates in SQL are the conformance suite's (by capability).
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
 import pymodels
-from pymodels import Document, IntegrityError, Q
+from pymodels import Document, Q
 from pymodels.errors import (
-    BulkWriteError,
     ConfigurationError,
     ConflictError,
     NotSupported,
     PyModelsError,
-    ValidationError,
 )
 from pymodels.ext import sqlite as backend
-from pymodels.storage import BaseStorage
 
 
 @pytest.fixture
@@ -274,28 +270,6 @@ def test_indexes_are_used_by_the_queries(storage: Any) -> None:
     assert "USING INDEX" in plan
 
 
-def test_unique_index(storage: Any) -> None:
-    storage.create_index("email", unique=True)
-    storage.save({"email": "a"}, primary_key="1")
-    with pytest.raises(IntegrityError):
-        storage.save({"email": "a"}, primary_key="2")
-    # Other kinds, absent fields and the record itself are fine.
-    storage.save({"email": ["a"]}, primary_key="3")
-    storage.save({"email": {"a": 1}}, primary_key="4")
-    storage.save({}, primary_key="5")
-    storage.save({}, primary_key="6")
-    storage.save({"email": "a", "other": 1}, primary_key="1")
-    storage.save({"n": 1}, primary_key="n1")
-    storage.create_index("n", unique=True)
-    with pytest.raises(IntegrityError):
-        storage.save({"n": 1.0})  # 1 == 1.0
-    storage.save({"n": True})  # True is not 1
-    with pytest.raises(BulkWriteError) as info:
-        storage.save_many([{"email": "b"}, {"email": "b"}])
-    assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
-    assert storage.query().where(email="b").count() == 0  # the batch rolled back
-
-
 def test_meta_indexes_are_created_on_first_save(storage: Any, path: Path) -> None:
     class Person(Document):
         name: str
@@ -322,42 +296,7 @@ def test_index_kinds_are_not_supported(storage: Any) -> None:
         storage.create_index("a", kind="gin")
 
 
-# --------------------------------------------------------- transactions and updates
-
-
-def test_transaction_isolation_between_connections(storage: Any, path: Path) -> None:
-    with pymodels.get_storage(f"sqlite:///{path}") as other:
-        with storage.transaction():
-            storage.save({"a": 1}, primary_key="k")
-            assert "k" not in other
-        assert "k" in other
-        with pytest.raises(ZeroDivisionError), storage.transaction():
-            storage.save({"a": 2}, primary_key="k")
-            1 / 0  # noqa: B018 - the point is the exception
-        assert other.get(None, "k")["a"] == 1
-
-
-def test_partial_update_runs_in_sql(storage: Any) -> None:
-    storage.save({"n": 1, "d": {"x": 1}, "f": 1.5}, primary_key="k")
-    with mock.patch.object(BaseStorage, "_update", side_effect=AssertionError("read-modify-write")):
-        assert storage.update("k", n__inc=2, d__y__z="new", d__x__unset=True, e=Decimal("1.0")) == 1
-        assert storage.query().where(n__gte=3).update(n__inc=1, g=[1, 2]) == 1
-    assert dict(storage.get(None, "k")) == {
-        "n": 4,
-        "d": {"y": {"z": "new"}},
-        "f": 1.5,
-        "e": Decimal("1.0"),
-        "g": [1, 2],
-    }
-    # What SQL cannot do exactly goes the generic way, with the same answers.
-    assert storage.update("k", f__inc=0.1) == 1
-    assert storage.get(None, "k")["f"] == 1.5 + 0.1
-    with pytest.raises(ValidationError):
-        storage.update("k", n__x=1)  # n is not a dict
-    with pytest.raises(ValidationError):
-        storage.update("k", n__inc=2**63)  # leaves int64
-    assert storage.get(None, "k")["n"] == 4
-    assert storage.update("missing", n__inc=1) == 0
+# ----------------------------------------------------------------------- updates
 
 
 def test_optimistic_concurrency_is_one_statement(storage: Any) -> None:

@@ -421,6 +421,18 @@ class StorageTests:
         assert "t1" not in storage
         assert dict(storage.get(None, "keep")) == {"a": 0}
 
+    @requires("transactions", "concurrent_processes")
+    def test_a_transaction_is_invisible_elsewhere_until_commit(self, storage: BaseStorage) -> None:
+        with get_storage(reopening_settings(storage)) as other:
+            with storage.transaction():
+                storage.save({"a": 1}, primary_key="k")
+                assert "k" not in other
+            assert "k" in other
+            with pytest.raises(ZeroDivisionError), storage.transaction():
+                storage.save({"a": 2}, primary_key="k")
+                1 / 0  # noqa: B018 - the point is the exception
+            assert other.get(None, "k")["a"] == 1
+
     @requires("transactions")
     def test_nested_transactions_join_the_outer_one(self, storage: BaseStorage) -> None:
         with pytest.raises(RuntimeError), storage.transaction():
@@ -467,6 +479,40 @@ class StorageTests:
         storage.save({"other": 1}, primary_key="4")
         storage.save({"other": 2}, primary_key="5")  # absent values never clash
         storage.save({"email": "a@x", "more": 1}, primary_key="1")  # same record may keep it
+        storage.save({"n": 1}, primary_key="n1")
+        storage.create_index("n", unique=True)
+        with pytest.raises(IntegrityError):
+            storage.save({"n": 1.0})  # 1 == 1.0
+        storage.save({"n": True})  # True is not 1
+        with pytest.raises(BulkWriteError) as info:
+            storage.save_many([{"email": "b"}, {"email": "b"}])
+        assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
+        assert storage.query().where(email="b").count() == 0  # the batch rolled back
+
+    @requires("partial_update")
+    def test_partial_update_never_reads_the_record(
+        self, storage: BaseStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage.save({"n": 1, "d": {"x": 1}, "f": 1.5}, primary_key="k")
+        with monkeypatch.context() as m:
+            m.setattr(storage, "_load", _never)
+            m.setattr(storage, "_load_many", _never)
+            assert storage.update("k", n__inc=2, d__y__z="new", d__x__unset=True) == 1
+            assert storage.update("k", e=Decimal("1.0")) == 1
+            assert storage.query().where(n__gte=3).update(n__inc=1, g=[1, 2.0]) == 1
+        assert identical(
+            dict(storage.get(None, "k")),
+            {"n": 4, "d": {"y": {"z": "new"}}, "f": 1.5, "e": Decimal("1.0"), "g": [1, 2.0]},
+        )
+        # What the engine cannot do exactly takes the generic way, with the same answers.
+        assert storage.update("k", f__inc=0.1) == 1
+        assert storage.get(None, "k")["f"] == 1.5 + 0.1
+        with pytest.raises(ValidationError):
+            storage.update("k", n__x=1)  # n is not a dict
+        with pytest.raises(ValidationError):
+            storage.update("k", n__inc=2**63)  # leaves int64
+        assert storage.get(None, "k")["n"] == 4
+        assert storage.update("missing", n__inc=1) == 0
 
     def test_unknown_index_kind_raises(self, storage: BaseStorage) -> None:
         with pytest.raises(NotSupported):
@@ -901,6 +947,10 @@ def _in_processes(target: Callable[..., None], arguments: list[tuple[Any, ...]])
     for p in procs:
         p.join(600)
     assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _never(*args: Any) -> Any:
+    raise AssertionError("the record was read into Python")
 
 
 def _save_many_times(settings: dict[str, Any], worker: int, count: int) -> None:
