@@ -285,6 +285,11 @@ def loads(text: str) -> Any:
     # may also appear inside a string, which only costs the slower scanner.
     if '"$"' in text or "null" in text:
         return _parse(_scan, text)
+    if text[:1] == "{":
+        try:
+            return _scan_plain(text, 0)[0]  # _parse's common case, without the call
+        except (ValueError, StopIteration):
+            pass  # _parse says what is wrong
     return _parse(_scan_plain, text)
 
 

@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ...ordering import OrderKey, sort_items
+from ...ordering import PK_ORDER, OrderKey, sort_items
 from ...query import BaseQuery, Compiled, Item
 from ...values import get_path
 from .compiler import valid_path
@@ -65,11 +65,14 @@ class SQLQuery(BaseQuery[Any]):
             if backend.closed:
                 backend._check_open()
             order = self._full_order
+            condition = self._where if self.doc_class is None else self.condition
             statement = backend._compiler.select(
-                self.condition, backend._table, order, self._offset, limit
+                condition, backend._table, order, self._offset, limit
             )
             if statement is not None:
                 rows = backend._fetch_records(*statement)
+                if order is PK_ORDER:
+                    return iter(rows)  # pks are never lists or dicts
                 paths = _order_paths(order)
                 if not paths or not _any_container(rows, paths):
                     return iter(rows)
