@@ -139,5 +139,14 @@ def test_whole_statements_are_cached_by_shape(dialect: str) -> None:
         "t", compiler._compile(Q(a="y") & Q(n__gt=2.5)).native, order, 0, 10
     )
     assert second[0] == fresh[0] and _typed(second[1]) == _typed(fresh[1])
+    # One comparison takes a shortcut to the same cache entry (a hit from the second use).
+    for kind in sorted(SAMPLES):
+        for value in SAMPLES[kind]:
+            cond = Q(a=value) if kind == "bool" else Q(a__gte=value)
+            got = compiler.select(cond, "t", order, 3, 10)
+            fresh = compiler.dialect.select_statement(
+                "t", compiler._compile(cond).native, order, 3, 10
+            )
+            assert got is not None and got[0] == fresh[0] and _typed(got[1]) == _typed(fresh[1])
     # Ops whose SQL may depend on more than kinds (here a regex) have no cached statement.
     assert compiler.select(Q(a__matches="x"), "t", order, 0, 10) is None

@@ -396,6 +396,8 @@ _CMP: Final = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 #: (a scalar): their statements are cached by that shape, see :meth:`Compiler.compile`.
 _SHAPED_OPS: Final = frozenset({"equals", "gt", "gte", "lt", "lte", "between", "in", "exists"})
 _CONTAINERS: Final = ("list", "dict")
+#: Shaped ops whose one parameter is Dialect.compare_param of the value.
+_SCALAR_OPS: Final = frozenset({"equals", "gt", "gte", "lt", "lte"})
 
 
 #: Shape cache entries: never compiled, and exact with no WHERE (every row).
@@ -487,6 +489,23 @@ class Compiler:
         The whole statement is cached by shape, table, order and slice form,
         so a query that ran before with other values costs one lookup here.
         """
+        if type(condition) is Lookup and condition.op in _SCALAR_OPS:
+            # The commonest query, one comparison with a scalar: its shape and
+            # parameter without the general walk (same shape, same cache entry).
+            value = condition.value
+            kind = kind_of(value)
+            if kind not in _CONTAINERS:
+                key = (
+                    (condition.path, condition.op, kind),
+                    table,
+                    order,
+                    bool(offset),
+                    limit is None,
+                )
+                text = self._selects.get(key)
+                if text is not None:
+                    param = self.dialect.compare_param(value)
+                    return text, (param, *self.dialect.limit_params(offset, limit))
         lookups: list[Lookup] = []
         shape = shape_of(condition, lookups)
         if shape is None:
