@@ -73,11 +73,11 @@ class BaseQuery(Generic[D]):
 
     def _clone(self, **changes: Any) -> Self:
         new = object.__new__(type(self))
-        state = new.__dict__
-        state.update(self.__dict__)
+        state = self.__dict__.copy()
         state.update(changes)
         # What was compiled for the old query does not hold for the new one.
         state["_compiled_cache"] = None
+        new.__dict__ = state
         return new
 
     # ------------------------------------------------------- engine hooks
