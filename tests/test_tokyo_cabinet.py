@@ -37,7 +37,7 @@ from pymodels.errors import (
 from pymodels.storage import BaseStorage
 from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
-from pymodels.testing.suite import EVERY_KIND, Person, identical, stored_form
+from pymodels.testing.suite import EVERY_KIND, Person, identical, run_in_threads, stored_form
 
 try:
     from pymodels.ext.tokyo_cabinet import Storage, features
@@ -885,24 +885,14 @@ def test_transactions_are_isolated_from_other_threads(open_storage: Callable[...
 
 
 def test_threads_share_a_storage(storage: Storage) -> None:
-    errors: list[BaseException] = []
-
     def work(t: int) -> None:
-        try:
-            for i in range(200):
-                storage.save({"t": t, "i": i}, primary_key=f"{t}-{i}")
-                assert storage.query().where(t=t, i=i).count() == 1
-            with storage.transaction():
-                storage.save_many({"t": t, "bulk": j} for j in range(50))
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(200):
+            storage.save({"t": t, "i": i}, primary_key=f"{t}-{i}")
+            assert storage.query().where(t=t, i=i).count() == 1
+        with storage.transaction():
+            storage.save_many({"t": t, "bulk": j} for j in range(50))
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert errors == []
+    run_in_threads(work, 4)
     assert len(storage) == 4 * 250
 
 

@@ -43,6 +43,7 @@ from pymodels.ext.tokyo_cabinet._binding import (  # noqa: E402  (after the impo
     metasearch,
     open_handles,
 )
+from pymodels.testing.suite import run_in_threads  # noqa: E402
 
 TCTMGR = shutil.which("tctmgr")
 needs_tctmgr = pytest.mark.skipif(
@@ -611,28 +612,17 @@ def test_dropped_table_is_released_by_finaliser(path: Path) -> None:
 
 def test_threads_writing_through_one_handle_lose_nothing(path: Path) -> None:
     n_threads, per_thread = 4, 3000
-    errors: list[BaseException] = []
     views = [TableDB().open(path) for _ in range(2)]  # two users of one shared handle
 
     def writer(t: int) -> None:
         db = views[t % 2]
-        try:
-            for i in range(per_thread):
-                db.put(
-                    b"%d-%d" % (t, i), {b"t": b"%d" % t, b"i": b"%d" % i, b"pad": b"x" * (i % 200)}
-                )
-                if i % 10 == 0:
-                    assert db.get(b"%d-%d" % (t, i)) is not None
-        except BaseException as exc:
-            errors.append(exc)
+        for i in range(per_thread):
+            db.put(b"%d-%d" % (t, i), {b"t": b"%d" % t, b"i": b"%d" % i, b"pad": b"x" * (i % 200)})
+            if i % 10 == 0:
+                assert db.get(b"%d-%d" % (t, i)) is not None
 
-    threads = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
     try:
-        assert errors == []
+        run_in_threads(writer, n_threads)
         db = views[0]
         assert db.rnum() == n_threads * per_thread
         for t in range(n_threads):

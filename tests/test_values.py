@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pymodels import ValidationError
 from pymodels.pks import _encode, _encode_run, new_pk, new_pks
 from pymodels.testing.strategies import records
+from pymodels.testing.suite import run_in_threads
 from pymodels.values import stored_record, validate_record
 
 
@@ -72,17 +73,13 @@ def test_new_pks_continue_one_increasing_sequence() -> None:
     out: list[str] = []
     lock = threading.Lock()
 
-    def work() -> None:
+    def work(_: int) -> None:
         mine = [new_pk(), *new_pks(500), new_pk(), *new_pks(1)]
         assert mine == sorted(mine) and len(set(mine)) == len(mine)
         with lock:
             out.extend(mine)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 4)
     assert len(set(out)) == len(out) == 4 * 503
     assert new_pks(0) == []
     assert all(len(pk) == 26 for pk in out)

@@ -51,7 +51,14 @@ from pymodels.storage import BaseStorage
 from . import oracle
 from . import strategies as pst
 
-__all__ = ["StorageTests", "identical", "reopening_settings", "requires", "stored_form"]
+__all__ = [
+    "StorageTests",
+    "identical",
+    "reopening_settings",
+    "requires",
+    "run_in_threads",
+    "stored_form",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Factory = Callable[[], BaseStorage]
@@ -548,23 +555,18 @@ class StorageTests:
     def test_threads_when_thread_safe(self, storage: BaseStorage) -> None:
         if not storage.features.thread_safe:
             pytest.skip(f"{type(storage).__module__} is not thread-safe (features.thread_safe)")
-        errors: list[BaseException] = []
 
         def work(t: int) -> None:
-            try:
-                for i in range(50):
-                    storage.save({"t": t, "i": i}, primary_key=f"{t}-{i}")
-                    assert storage.get(None, f"{t}-{i}")["i"] == i
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
+            for i in range(50):
+                storage.save({"t": t, "i": i}, primary_key=f"{t}-{i}")
+                assert storage.get(None, f"{t}-{i}")["i"] == i
+                assert storage.query().where(t=t).count() == i + 1
+            if storage.features.transactions:
+                with storage.transaction():
+                    storage.save({"t": t, "tx": True})
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert errors == []
-        assert len(storage) == 200
+        run_in_threads(work, 4)
+        assert len(storage) == 4 * (51 if storage.features.transactions else 50)
 
     # ========================================================== documents
 
@@ -836,29 +838,6 @@ class StorageTests:
 
     # ========================================================= concurrency
 
-    @requires("thread_safe")
-    def test_threads_share_a_storage(self, storage: BaseStorage) -> None:
-        errors: list[BaseException] = []
-
-        def work(t: int) -> None:
-            try:
-                for i in range(50):
-                    storage.save({"t": t, "i": i})
-                    assert storage.query().where(t=t).count() == i + 1
-                if storage.features.transactions:
-                    with storage.transaction():
-                        storage.save({"t": t, "tx": True})
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
-        assert len(storage) == 4 * (51 if storage.features.transactions else 50)
-
     @requires("fork_safe")
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
     def test_storage_opened_before_fork_works_in_the_child(self, storage: BaseStorage) -> None:
@@ -931,6 +910,25 @@ class StorageTests:
         storage.save(record, primary_key=pk)
         loaded = dict(storage.get(None, pk))
         assert identical(loaded, stored_form(record)), (loaded, record)
+
+
+def run_in_threads(work: Callable[[int], None], count: int) -> None:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads at once; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            work(t)
+        except BaseException as e:  # pragma: no cover - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
 
 
 def reopening_settings(storage: BaseStorage) -> dict[str, Any]:
