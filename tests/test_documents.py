@@ -155,6 +155,11 @@ def test_documents_compare_by_class_pk_and_stored_values() -> None:
     assert a != Document._from_storage(None, "p1", {"first_name": "Ann", "note": "x"})
     free = Document._from_storage(None, "p1", {"a": 1})
     assert free != Document._from_storage(None, "p1", {"a": 2})
+    assert free != Document._from_storage(None, "p1", {"a": True})  # strict, as in queries
+    assert free == Document._from_storage(None, "p1", {"a": 1.0})  # one kind: numbers
+    assert Document._from_storage(None, "d", {"x": Decimal("2.5")}) == Document._from_storage(
+        None, "d", {"x": Decimal("2.50")}
+    )  # Decimals compare by value
     with pytest.raises(TypeError):
         hash(a)
 

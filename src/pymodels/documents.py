@@ -28,7 +28,7 @@ from pydantic import Field
 from . import codec
 from .conditions import ALL, And, Condition, Not, Q
 from .errors import ConfigurationError, InvalidQuery, PyModelsError, ValidationError
-from .values import MISSING, check_field_name, validate_value
+from .values import MISSING, check_field_name, strict_equal, validate_value
 
 if TYPE_CHECKING:
     from .query import BaseQuery
@@ -362,7 +362,8 @@ class Document(pydantic.BaseModel):
         return (
             type(self) is type(other)
             and self._pk == other._pk
-            and dict(self.items()) == dict(other.items())
+            # The contract's equality: 1, 1.0 and True are not the same stored value.
+            and strict_equal(dict(self.items()), dict(other.items()))
         )
 
     __hash__ = None  # type: ignore[assignment]
