@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import random
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from workload import rate
 
 from pymodels.ext.tokyo_cabinet._binding import Cond, IndexType, OpenMode, TableDB
 
@@ -73,15 +72,6 @@ def make_records(n: int) -> list[Record]:
     ]
 
 
-def _rate(count: int, func: Callable[[], None]) -> float:
-    # As bench/workload.py does for every backend, raw and pymodels alike: a full
-    # collection owed to earlier phases would otherwise land in this one.
-    gc.collect()
-    started = time.perf_counter()
-    func()
-    return count / (time.perf_counter() - started)
-
-
 def _load(db: TableDB, records: list[Record]) -> None:
     put = db.put
     db.tranbegin()
@@ -98,12 +88,12 @@ def run_once(n: int, records: list[Record] | None = None, seed: int = 0) -> dict
     with tempfile.TemporaryDirectory(prefix="raw-tc-") as tmp:
         mode = OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC
         with TableDB().open(Path(tmp) / "plain.tct", mode) as db:
-            result["put_tx"] = _rate(n, lambda: _load(db, records))
+            result["put_tx"] = rate(n, lambda: _load(db, records))
 
         with TableDB().open(Path(tmp) / "indexed.tct", mode) as db:
             db.setindex("email", IndexType.LEXICAL)
             db.setindex("name", IndexType.LEXICAL)
-            result["put_tx_indexed"] = _rate(n, lambda: _load(db, records))
+            result["put_tx_indexed"] = rate(n, lambda: _load(db, records))
 
             keys = [pk for pk, _ in records]
             rng.shuffle(keys)
@@ -113,7 +103,7 @@ def run_once(n: int, records: list[Record] | None = None, seed: int = 0) -> dict
                 for pk in keys:
                     get(pk)
 
-            result["get"] = _rate(len(keys), gets)
+            result["get"] = rate(len(keys), gets)
 
             # A query's result is its records: "email_eq" and "name_prefix" search and
             # get every hit, as a program using the result must; the "_keys" figures
@@ -131,10 +121,10 @@ def run_once(n: int, records: list[Record] | None = None, seed: int = 0) -> dict
             emails = [records[rng.randrange(n)][1][b"email"] for _ in range(EMAIL_QUERIES)]
             prefixes = [records[rng.randrange(n)][1][b"name"][:-2] for _ in range(PREFIX_QUERIES)]
             for suffix, fetch in (("", True), ("_keys", False)):
-                result["email_eq" + suffix] = _rate(
+                result["email_eq" + suffix] = rate(
                     len(emails), functools.partial(search, b"email", Cond.STREQ, emails, fetch)
                 )
-                result["name_prefix" + suffix] = _rate(
+                result["name_prefix" + suffix] = rate(
                     len(prefixes), functools.partial(search, b"name", Cond.STRBW, prefixes, fetch)
                 )
     return result

@@ -17,15 +17,14 @@ every hit (bytes, no types): the least a program does to use what a query found.
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import raw_tokyo_cabinet as raw
+from workload import rate
 
 import pymodels
 
@@ -60,15 +59,6 @@ def records(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _rate(count: int, func: Callable[[], object]) -> float:
-    # As bench/workload.py does for every backend, raw and pymodels alike: a full
-    # collection owed to earlier phases would otherwise land in this one.
-    gc.collect()
-    started = time.perf_counter()
-    func()
-    return count / (time.perf_counter() - started)
-
-
 def _each(items: list[Any], func: Callable[[Any], object]) -> Callable[[], None]:
     """Call ``func`` on every item, dropping the results as the raw loops do (keeping
     100k documents alive would measure the garbage collector instead)."""
@@ -86,16 +76,16 @@ def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="pm-tc-") as tmp:
         with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/plain.tct"}) as s:
-            out["put_tx"] = _rate(n, lambda: s.save_many(docs, batch_size=n))
+            out["put_tx"] = rate(n, lambda: s.save_many(docs, batch_size=n))
         with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/batch.tct"}) as s:
             s.create_index("email")
             s.create_index("name")
-            out["put_batches"] = _rate(n, lambda: s.save_many(docs))
+            out["put_batches"] = rate(n, lambda: s.save_many(docs))
         with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/idx.tct"}) as s:
             s.create_index("email")
             s.create_index("name")
             pks: list[str] = []
-            out["put_tx_indexed"] = _rate(n, lambda: pks.extend(s.save_many(docs, batch_size=n)))
+            out["put_tx_indexed"] = rate(n, lambda: pks.extend(s.save_many(docs, batch_size=n)))
             picks = [pks[rng.randrange(n)] for _ in range(n)]
 
             def gets() -> None:
@@ -105,18 +95,18 @@ def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
                 for pk in picks:
                     get(None, pk)
 
-            out["get"] = _rate(len(picks), gets)
+            out["get"] = rate(len(picks), gets)
             emails = [docs[rng.randrange(n)]["email"] for _ in range(raw.EMAIL_QUERIES)]
             q = s.query()
-            out["email_eq"] = _rate(len(emails), _each(emails, lambda e: list(q.where(email=e))))
-            out["email_eq_count"] = _rate(
+            out["email_eq"] = rate(len(emails), _each(emails, lambda e: list(q.where(email=e))))
+            out["email_eq_count"] = rate(
                 len(emails), _each(emails, lambda e: q.where(email=e).count())
             )
             prefixes = [docs[rng.randrange(n)]["name"][:-2] for _ in range(raw.PREFIX_QUERIES)]
-            out["name_prefix"] = _rate(
+            out["name_prefix"] = rate(
                 len(prefixes), _each(prefixes, lambda p: list(q.where(name__startswith=p)))
             )
-            out["name_prefix_count"] = _rate(
+            out["name_prefix_count"] = rate(
                 len(prefixes), _each(prefixes, lambda p: q.where(name__startswith=p).count())
             )
     return out
