@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from workload import make_records, median_of, pks, random_indices, rate, timed_loop
+from workload import each, make_records, median_of, pks, random_indices, rate, timed_loop
 
 from pymodels.testing.postgresql import postgres_url_for_tests
 
@@ -92,7 +92,9 @@ def _measure(
     conn.execute(f"ANALYZE {table}")
     picks = random_indices(n, GETS, seed)
     by_pk = f"SELECT body FROM {table} WHERE pk = %s"
-    out["get"] = rate(GETS, lambda: [conn.execute(by_pk, (keys[i],)).fetchone() for i in picks])
+    out["get"] = rate(
+        GETS, lambda: each(lambda i: conn.execute(by_pk, (keys[i],)).fetchone(), picks)
+    )
     emails = [records[i]["email"] for i in picks]
     by_email = f"SELECT pk, body FROM {table} WHERE body->>'email' = %s LIMIT 1"
     out["equality"] = timed_loop(lambda i: conn.execute(by_email, (emails[i],)).fetchall(), GETS)

@@ -12,8 +12,9 @@ import importlib
 import shelve
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from workload import make_records, median_of, pks, random_indices, rate, timed_loop
+from workload import each, make_records, median_of, pks, random_indices, rate, timed_loop
 
 GETS = 10_000
 
@@ -26,11 +27,11 @@ def run(n: int, runs: int = 3, module: str | None = None) -> dict[str, float]:
 
     def once(seed: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="raw-shelve-") as tmp:
-            shelf = shelve.Shelf(dbm_module.open(str(Path(tmp) / "db"), "c"))
+            shelf: shelve.Shelf[Any] = shelve.Shelf(dbm_module.open(str(Path(tmp) / "db"), "c"))
             try:
                 out = {"bulk_save": rate(n, lambda: _load(shelf, keys, records))}
                 picks = random_indices(n, GETS, seed)
-                out["get"] = rate(GETS, lambda: [shelf[keys[i]] for i in picks])
+                out["get"] = rate(GETS, lambda: each(lambda i: shelf[keys[i]], picks))
                 emails = [records[i]["email"] for i in picks]
 
                 def equality(i: int) -> object:

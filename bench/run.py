@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workload import make_records, median_of, random_indices, rate, timed_loop
+from workload import each, make_records, median_of, random_indices, rate, timed_loop
 
 import pymodels
 
@@ -77,7 +77,7 @@ def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
                 }
                 stored = [d.pk for d in storage.query().only("email")]
                 picks = random_indices(n, GETS, seed)
-                out["get"] = rate(GETS, lambda: [storage.get(None, stored[i]) for i in picks])
+                out["get"] = rate(GETS, lambda: each(lambda i: storage.get(None, stored[i]), picks))
                 q = storage.query()
                 emails = [records[i]["email"] for i in picks]
                 out["equality"] = timed_loop(lambda i: q.where(email=emails[i]).first(), GETS)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pytest
 
 from pymodels import InvalidQuery, Q
 from pymodels.conditions import ALL, And, Lookup, Not, Or, parse_key
+from pymodels.features import OPS
 
 
 def test_parsing_paths_and_ops() -> None:
@@ -63,6 +65,38 @@ def test_bad_lookups_fail_when_built(key: str, value: object) -> None:
 def test_error_names_path_and_op() -> None:
     with pytest.raises(InvalidQuery, match="age__gt"):
         Q(age__gt=[1])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("a", None, "lookup a__equals: None is not a value; to match absent fields use exists"),
+        ("a__contains", None, "lookup a__contains: None is not a value"),
+        ("a__in", [1, None], "lookup a__in: None is not a value"),
+        ("a__gt", None, "lookup a__gt: None is not a value"),
+        ("a__exists", None, "lookup a__exists takes True or False, not None"),
+        ("a__startswith", None, "lookup a__startswith takes a str, not None"),
+        ("a", object(), "lookup a__equals: value: object is not a storable value"),
+    ],
+)
+def test_errors_say_what_the_op_takes(key: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidQuery) as info:
+        Q(**{key: value})
+    assert str(info.value).startswith(message)
+
+
+def test_every_op_checks_its_value() -> None:
+    for op in OPS:
+        with pytest.raises(InvalidQuery, match=f"a__{op}"):
+            Lookup(("a",), op, object())
+    with pytest.raises(InvalidQuery, match="unknown op 'near'"):
+        Lookup(("a",), "near", 1)
+
+
+def test_a_regex_lookup_gives_its_compiled_pattern() -> None:
+    assert Lookup(("a",), "matches", "x+").regex.pattern == "x+"
+    assert Lookup(("a",), "imatches", "x").regex.flags & re.IGNORECASE
+    assert not Lookup(("a",), "matches", "x").regex.flags & re.IGNORECASE
 
 
 def test_conditions_are_hashable_values() -> None:

@@ -95,14 +95,23 @@ class Lookup(Condition):
     value: Any
 
     def __init__(self, path: tuple[str, ...], op: str, value: Any) -> None:
-        if op not in _OP_SET:
-            raise InvalidQuery(f"unknown op {op!r}; ops are: {', '.join(OPS)}")
         if type(path) is not tuple:
             path = tuple(path)
-        value = _check_value(path, op, value)
-        object.__setattr__(self, "path", path)
-        object.__setattr__(self, "op", op)
-        object.__setattr__(self, "value", value)
+        try:
+            check = _CHECKS[op]
+        except KeyError:
+            raise InvalidQuery(f"unknown op {op!r}; ops are: {', '.join(OPS)}") from None
+        try:
+            value = check(value)
+        except _Expected as e:
+            raise _invalid_value(path, op, value, e) from None
+        except ValidationError as e:
+            raise _invalid_value(path, op, value, e) from e
+        # The slots' own setters: object.__setattr__ on a class that overrides
+        # __setattr__ costs several times more, on every where().
+        _SET_PATH(self, path)
+        _SET_OP(self, op)
+        _SET_VALUE(self, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("conditions are immutable")
@@ -136,10 +145,13 @@ class Lookup(Condition):
     def matches(self, record: Mapping[str, Any]) -> bool:
         return bool(_EVALUATORS[self.op](get_path(record, self.path), self.value))
 
-    @functools.cached_property
+    @property
     def regex(self) -> re.Pattern[str]:
-        """The compiled pattern of a ``matches``/``imatches`` lookup."""
+        """The compiled pattern of a ``matches``/``imatches`` lookup (compiled once per pattern)."""
         return _compile_regex(self.value, self.op == "imatches")
+
+
+_SET_PATH, _SET_OP, _SET_VALUE = (Lookup.__dict__[name].__set__ for name in ("path", "op", "value"))
 
 
 class _Group(Condition):
@@ -318,20 +330,21 @@ class _Expected(Exception):
     """A lookup value of the wrong form; the message says what the op takes."""
 
 
-def _check_value(path: tuple[str, ...], op: str, value: Any) -> Any:
-    try:
-        return _CHECKS[op](value)
-    except _Expected as e:
-        where = f"{'__'.join(path)}__{op}"
-        raise InvalidQuery(f"lookup {where} takes {e}, not {value!r}") from None
-    except ValidationError as e:
-        where = f"{'__'.join(path)}__{op}"
-        raise InvalidQuery(f"lookup {where}: {e}") from e
+def _invalid_value(path: tuple[str, ...], op: str, value: Any, error: Exception) -> InvalidQuery:
+    where = f"{'__'.join(path)}__{op}"
+    if isinstance(error, _Expected):
+        return InvalidQuery(f"lookup {where} takes {error}, not {value!r}")
+    if value is None:
+        return InvalidQuery(f"lookup {where}: {_NONE_IS_NO_VALUE}")
+    return InvalidQuery(f"lookup {where}: {error}")
+
+
+_NONE_IS_NO_VALUE: Final = "None is not a value; to match absent fields use exists"
 
 
 def _domain(value: Any) -> Any:
     if value is None:
-        raise ValidationError("None is not a value; to match absent fields use exists")
+        raise ValidationError(_NONE_IS_NO_VALUE)
     return validate_value(value)
 
 
@@ -386,8 +399,9 @@ def _check_ordered(value: Any) -> Any:
 
 #: op -> the check of its value, returning the value as the lookup keeps it.
 _CHECKS: Final[dict[str, Any]] = {
-    "equals": _domain,
-    "contains": _domain,
+    # validate_value itself refuses None; _invalid_value words that error for a query.
+    "equals": validate_value,
+    "contains": validate_value,
     "exists": _check_bool,
     **dict.fromkeys(_DATE_PARTS, _check_int),
     **dict.fromkeys(_STR_OPS - {"matches", "imatches"}, _check_str),

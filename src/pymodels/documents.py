@@ -100,10 +100,10 @@ _PYDANTIC_UNSET: dict[str, Any] = {
 
 _set = object.__setattr__
 
-#: Document class -> its membership test (None: every record is a member), and
-#: -> its Meta.version_field; each built on first use.
+#: Document class -> its membership test (None: every record is a member), built on first use.
 _MEMBER_TESTS: dict[type, Any] = {}
-_VERSION_FIELDS: dict[type, str | None] = {}
+#: Document class -> (declares no field, its Meta.version_field): what loading asks first.
+_LOAD_INFO: dict[type, tuple[bool, str | None]] = {}
 _new = object.__new__
 _UNSET: Any = object()
 
@@ -255,11 +255,12 @@ class Document(pydantic.BaseModel):
         record: dict[str, Any],
         partial: bool = False,
     ) -> Self:
-        fields = cls.__pydantic_fields__  # model_fields without the property's cost
-        version_field = _VERSION_FIELDS.get(cls, _UNSET)
-        if version_field is _UNSET:
-            version_field = _VERSION_FIELDS[cls] = cls._meta().version_field
-        if not fields:
+        info = _LOAD_INFO.get(cls)
+        if info is None:
+            # __pydantic_fields__: model_fields without the property's cost.
+            info = _LOAD_INFO[cls] = (not cls.__pydantic_fields__, cls._meta().version_field)
+        free_form, version_field = info
+        if free_form:
             # Free-form documents (storage.query(), get(None, pk)) have nothing
             # to validate: every field is undeclared and kept as stored. The
             # record is the caller's to give (storage hooks return fresh ones).
@@ -269,6 +270,7 @@ class Document(pydantic.BaseModel):
             return _attach(doc, storage, pk, record, record, version_field, partial)
         declared: dict[str, Any] = {}
         extra: dict[str, Any] = {}
+        fields = cls.__pydantic_fields__
         for key, value in record.items():
             (declared if key in fields else extra)[key] = value
         for name, (target, many) in cls._references().items():
@@ -584,6 +586,13 @@ Model = Document
 # ---------------------------------------------------------------------- helpers
 
 
+# The slots' own setters: object.__setattr__ on a pydantic model costs several
+# times more, and _attach runs once for every document a query returns.
+_SET_PK, _SET_STORAGE, _SET_EXTRA, _SET_VERSION = (
+    Document.__dict__[name].__set__ for name in ("_pk", "_storage", "_extra", "_version")
+)
+
+
 def _attach(
     doc: D,
     storage: BaseStorage | None,
@@ -594,11 +603,11 @@ def _attach(
     partial: bool,
 ) -> D:
     """Give a document built from ``record`` its state (slots left unset read as defaults)."""
-    _set(doc, "_pk", pk)
-    _set(doc, "_storage", storage)
-    _set(doc, "_extra", extra)
+    _SET_PK(doc, pk)
+    _SET_STORAGE(doc, storage)
+    _SET_EXTRA(doc, extra)
     if version_field is not None:
-        _set(doc, "_version", record.get(version_field, MISSING))
+        _SET_VERSION(doc, record.get(version_field, MISSING))
     if partial:
         _set(doc, "_partial", True)
     return doc

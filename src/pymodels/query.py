@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BaseQuery", "Compiled"]
 
+_new = object.__new__
+
 D = TypeVar("D", bound="Document")
 
 #: A stored record with its pk, as engines hand them out.
@@ -71,8 +73,9 @@ class BaseQuery(Generic[D]):
         # The compiled condition, made on first use (see _compiled).
         self._compiled_cache: Compiled | None = None
 
-    def _clone(self, **changes: Any) -> Self:
-        new = object.__new__(type(self))
+    def _clone(self, changes: dict[str, Any]) -> Self:
+        # A dict, not **changes: keyword packing costs about 0.1 µs a call.
+        new = _new(self.__class__)
         state = self.__dict__.copy()
         state.update(changes)
         # What was compiled for the old query does not hold for the new one.
@@ -146,7 +149,7 @@ class BaseQuery(Generic[D]):
             self._check_paths(cond)
         if self._offset or self._limit is not None:
             self._unsliced("where")
-        return self._clone(_where=cond if self._where is ALL else And.of(self._where, cond))
+        return self._clone({"_where": cond if self._where is ALL else And.of(self._where, cond)})
 
     def where_not(self, *conditions: Condition, **lookups: Any) -> Self:
         """Records for which each argument fails (each negated, then ANDed)."""
@@ -154,7 +157,7 @@ class BaseQuery(Generic[D]):
         parts += [Not(Q(**{k: v})) for k, v in lookups.items()]
         cond = Q(*parts)
         self._check_paths(cond)
-        return self._unsliced("where_not")._clone(_where=And.of(self._where, cond))
+        return self._unsliced("where_not")._clone({"_where": And.of(self._where, cond)})
 
     def order_by(self, *names: str) -> Self:
         """Sort by these paths; ``"-name"`` descends and ``"pk"`` is the primary key."""
@@ -162,13 +165,13 @@ class BaseQuery(Generic[D]):
         for k in keys:
             if not k.is_pk:
                 self._check_path(k.path, f"order_by({str(k)!r})")
-        return self._unsliced("order_by")._clone(_order=keys, _full_order=full_order(keys))
+        return self._unsliced("order_by")._clone({"_order": keys, "_full_order": full_order(keys)})
 
     def only(self, *names: str) -> Self:
         """Load just these fields; such documents cannot be saved."""
         for name in names:
             self._check_path(parse_path(name), f"only({name!r})")
-        return self._clone(_only=tuple(names))
+        return self._clone({"_only": tuple(names)})
 
     def after(self, doc_or_pk: Document | str) -> Self:
         """Continue after this document in the query's order (keyset pagination)."""
@@ -178,7 +181,7 @@ class BaseQuery(Generic[D]):
             anchor = (doc_or_pk.pk, doc_or_pk._stored_values())
         else:
             anchor = (doc_or_pk, self.storage._load_checked(doc_or_pk))
-        return self._unsliced("after")._clone(_after=anchor)
+        return self._unsliced("after")._clone({"_after": anchor})
 
     def _unsliced(self, method: str) -> Self:
         if self._offset or self._limit is not None:
@@ -218,7 +221,7 @@ class BaseQuery(Generic[D]):
             if index.stop is not None:
                 stop_limit = max(0, index.stop - start)
                 limit = stop_limit if limit is None else min(limit, stop_limit)
-            return self._clone(_offset=offset, _limit=limit)
+            return self._clone({"_offset": offset, "_limit": limit})
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"query indices must be ints or slices, not {type(index).__name__}")
         if index < 0:
@@ -418,7 +421,7 @@ class BaseQuery(Generic[D]):
             where = Q(self._where) | Q(other._where)
         else:
             where = And.of(self._where, Not(other._where))
-        return self._clone(_where=where)
+        return self._clone({"_where": where})
 
     def __and__(self, other: BaseQuery[Any]) -> Self:
         return self._combine(other, "&")

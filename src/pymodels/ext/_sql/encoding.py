@@ -33,8 +33,10 @@ import datetime
 import decimal
 import functools
 import json
+import json.encoder
 import json.scanner
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from ...errors import ValidationError
@@ -147,13 +149,46 @@ def _tagged(value: Any) -> dict[str, str]:
 
 # ------------------------------------------------------------------- writing
 
-_plain_encoder: Final = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_tagged
-)
+
+def _compact_encoder(default: Any = None, sort_keys: bool = False) -> Callable[[Any], str]:
+    """A function writing compact JSON (UTF-8 text, no NaN), made once and reused.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs
+    about as much as encoding a six-field record. Where the C accelerator
+    exists, the encoder is built here once: with no circular-reference markers
+    it keeps no state between calls, so threads may share it. Values reach it
+    validated, so they hold no cycles.
+    """
+    encoder = json.JSONEncoder(
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+        default=default,
+        sort_keys=sort_keys,
+        check_circular=False,
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)  # the C accelerator, when built
+    if make is None:
+        return encoder.encode
+    c_encode = make(
+        None,  # no markers: no circular-reference check
+        encoder.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # no indent
+        ":",
+        ",",
+        sort_keys,
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(c_encode(value, 0))
+
+    return encode
 
 
-def _dumps_plain(value: Any) -> str:
-    return _plain_encoder.encode(value)
+_dumps_plain: Final = _compact_encoder(default=_tagged)
 
 
 def dumps(value: Any) -> str:
@@ -187,12 +222,7 @@ def dumps_pg(value: Any) -> str:
     return _fix_pg(_dumps_plain(value))
 
 
-_match_encoder: Final = json.JSONEncoder(
-    ensure_ascii=False,
-    separators=(",", ":"),
-    allow_nan=False,
-    default=lambda value: {TAG: sort_key(value)},
-)
+_dumps_match: Final = _compact_encoder(default=lambda value: {TAG: sort_key(value)})
 
 
 def dumps_pg_match(value: Any) -> str:
@@ -202,7 +232,7 @@ def dumps_pg_match(value: Any) -> str:
     once the ``"$r"`` members of stored Decimals are ignored (see
     :func:`decimal_paths`); containment ignores them by itself.
     """
-    return _fix_pg(_match_encoder.encode(value))
+    return _fix_pg(_dumps_match(value))
 
 
 def decimal_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[list[str]]:
@@ -331,12 +361,10 @@ def canonical(value: Any) -> str:
 
     Dict keys sorted, numbers that are equal written alike, Decimals by sort key.
     """
-    return _canonical_encoder.encode(_canonical_ready(value))
+    return _dumps_canonical(_canonical_ready(value))
 
 
-_canonical_encoder: Final = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), sort_keys=True
-)
+_dumps_canonical: Final = _compact_encoder(sort_keys=True)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -47,20 +47,19 @@ def _any_container(rows: list[Item], paths: Sequence[tuple[str, ...]]) -> bool:
 class SQLQuery(BaseQuery[Any]):
     """A query compiled to SQL (shared by the SQLite and PostgreSQL backends)."""
 
-    def _backend(self) -> SQLStorage:
+    if TYPE_CHECKING:
         # The storage of an SQLQuery is always a SQL backend (its query_class).
-        backend: SQLStorage = self.storage  # type: ignore[assignment]
-        return backend
+        storage: SQLStorage
 
     def _compile(self, condition: Any) -> Compiled:
-        return self._backend()._compiler.compile(condition)
+        return self.storage._compiler.compile(condition)
 
     def _items(self, limit: int | Literal["query"] | None = "query") -> Iterator[Item]:
         # The hot path, a short exact result (first(), q[:10]) of a condition
         # shape seen before: one cached statement, its rows in one fetch.
         if limit == "query":
             limit = self._limit
-        backend = self._backend()
+        backend = self.storage
         if self._after is None and limit is not None and 0 < limit <= backend._page_size:
             if backend.closed:
                 backend._check_open()
@@ -91,7 +90,7 @@ class SQLQuery(BaseQuery[Any]):
         limit: int | None,
     ) -> Iterator[Item]:
         paths = () if order is None else _order_paths(order)
-        selected = self._backend()._select(native, order, offset, limit)
+        selected = self.storage._select(native, order, offset, limit)
         if isinstance(selected, list):
             if not paths or not _any_container(selected, paths):
                 return iter(selected)
@@ -112,7 +111,7 @@ class SQLQuery(BaseQuery[Any]):
         limit: int | None,
         paths: Sequence[tuple[str, ...]],
     ) -> Iterator[Item]:
-        backend = self._backend()
+        backend = self.storage
         yielded = 0
         try:
             for pk, record in rows:
@@ -133,13 +132,13 @@ class SQLQuery(BaseQuery[Any]):
         yield from itertools.islice(repaired, offset + yielded, stop)
 
     def _engine_count(self, native: Any) -> int:
-        return self._backend()._count_where(native)
+        return self.storage._count_where(native)
 
     def _engine_delete(self, native: Any) -> int | None:
-        return self._backend()._delete_where(native)
+        return self.storage._delete_where(native)
 
     def _engine_explain(self, compiled: Compiled, order: tuple[OrderKey, ...] | None) -> str:
-        return self._backend()._explain_select(compiled.native, order)
+        return self.storage._explain_select(compiled.native, order)
 
 
 @functools.lru_cache(maxsize=1024)

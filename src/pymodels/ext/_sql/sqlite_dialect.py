@@ -97,6 +97,9 @@ def _json_path(path: Sequence[str]) -> str:
 
 def _bind(value: Any) -> Any:
     """The SQL parameter that compares with ``value(P)`` for a scalar of any kind."""
+    t = type(value)
+    if t is str or t is int or t is float:
+        return value  # plain JSON scalars, the common case, without kind_of
     k = kind_of(value)
     if k == "bool":
         return int(value)
@@ -216,8 +219,7 @@ class SQLiteDialect(Dialect):
         op = "<>" if present else "="
         return Leaf(Frag(f"coalesce({self.json_type(path)}, 'null') {op} 'null'"))
 
-    def compare_param(self, value: Any) -> Any:
-        return _bind(value)
+    compare_param = staticmethod(_bind)
 
     def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
         rank = RANK[kind_of(value)]
