@@ -13,12 +13,23 @@ import pymodels
 from pymodels import BackendNotFound, BackendUnavailable, ConfigurationError
 from pymodels.ext import memory, shelve
 from pymodels.registry import ENTRY_POINT_GROUP, known_backends, url_path
+from pymodels.storage import backend_module
 
 
 def test_short_name_alias_and_dotted_path() -> None:
     assert isinstance(pymodels.get_storage({"backend": "memory"}), memory.Storage)
     assert isinstance(pymodels.get_storage({"backend": "pymodels.ext.memory"}), memory.Storage)
     assert pymodels.get_db is pymodels.get_storage
+
+
+def test_a_storage_is_named_by_its_public_module() -> None:
+    s = pymodels.get_storage("memory://")
+    assert s.backend == "pymodels.ext.memory" and repr(s) == "<pymodels.ext.memory.Storage>"
+    # A backend kept in private submodules is named by its package, the name
+    # users import and give as "backend".
+    fake = type("Storage", (), {"__module__": "vendor.backend._impl.storage"})
+    assert backend_module(fake) == "vendor.backend"
+    assert backend_module(type("S", (), {"__module__": "__main__"})) == "__main__"
 
 
 def test_keyword_overrides_replace_dict_keys(tmp_path: Path) -> None:

@@ -119,6 +119,13 @@ def pks(query: Any) -> list[str]:
 # ============================================================================ the format
 
 
+def test_the_storage_is_named_by_its_package(storage: Storage) -> None:
+    assert storage.backend == "pymodels.ext.tokyo_cabinet"
+    assert repr(storage) == "<pymodels.ext.tokyo_cabinet.Storage>"
+    with pytest.raises(NotSupported, match=r"^pymodels\.ext\.tokyo_cabinet has no compound"):
+        storage.create_index(("a", "b"))
+
+
 def test_columns_are_plain_text_with_types_aside(storage: Storage, path: Path) -> None:
     storage.save(
         {

@@ -95,7 +95,7 @@ def _cmd_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with _open(args.url) as storage:
         features = storage.features
         out.write(f"storage: {args.url or DEFAULT_URL}\n")
-        out.write(f"backend: {type(storage).__module__}\n")
+        out.write(f"backend: {storage.backend}\n")
         out.write(f"records: {len(storage)}\n")
         native = sorted(op for op, how in features.ops.items() if how == "native")
         out.write(f"native ops: {', '.join(native) or 'none'}\n")

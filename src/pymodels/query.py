@@ -440,7 +440,7 @@ class BaseQuery(Generic[D]):
         compiled = self._compiled
         native_order = self._engine_order(order)
         lines = [
-            f"backend: {type(self.storage).__module__}",
+            f"backend: {self.storage.backend}",
             f"condition: {self.condition!r}",
             f"engine: {self._engine_explain(compiled, order if native_order else None)}",
             f"python filter: {compiled.residual!r}"

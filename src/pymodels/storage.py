@@ -99,6 +99,15 @@ class BaseStorage:
     #: URL schemes this backend answers to (``get_storage("scheme://...")``).
     url_schemes: ClassVar[tuple[str, ...]] = ()
 
+    @property
+    def backend(self) -> str:
+        """The backend's public module (``pymodels.ext.sqlite``): its name in messages.
+
+        A backend kept in private submodules (``ext/tokyo_cabinet/_storage.py``)
+        is named by its package, the module users import and name in settings.
+        """
+        return backend_module(type(self))
+
     def __init__(self, **settings: Any) -> None:
         self.settings = _validate_settings(type(self), settings)
         self.closed = False
@@ -112,7 +121,7 @@ class BaseStorage:
     @classmethod
     def settings_from_url(cls, url: str) -> dict[str, Any]:
         """Settings for a URL of one of :attr:`url_schemes` (override per backend)."""
-        raise ConfigurationError(f"{cls.__module__} takes no URLs")
+        raise ConfigurationError(f"{backend_module(cls)} takes no URLs")
 
     @property
     def read_only(self) -> bool:
@@ -188,15 +197,15 @@ class BaseStorage:
 
     def _begin(self) -> None:
         """Start a transaction (only when ``features.transactions``)."""
-        raise NotSupported(f"{type(self).__module__} has no transactions")
+        raise NotSupported(f"{self.backend} has no transactions")
 
     def _commit(self) -> None:
         """Commit the transaction :meth:`_begin` started."""
-        raise NotSupported(f"{type(self).__module__} has no transactions")
+        raise NotSupported(f"{self.backend} has no transactions")
 
     def _rollback(self) -> None:
         """Abandon the transaction :meth:`_begin` started."""
-        raise NotSupported(f"{type(self).__module__} has no transactions")
+        raise NotSupported(f"{self.backend} has no transactions")
 
     def _create_index(self, spec: IndexSpec) -> None:
         """Create an index (idempotently). Only called when ``features.indexes``."""
@@ -376,7 +385,7 @@ class BaseStorage:
         """
         if not self.features.transactions:
             raise NotSupported(
-                f"{type(self).__module__} has no transactions (features.transactions is False)"
+                f"{self.backend} has no transactions (features.transactions is False)"
             )
         self._check_writable()
         with self._lock:
@@ -417,14 +426,14 @@ class BaseStorage:
         self._check_writable()
         spec = self._parse_index(path_or_tuple, unique, kind)
         if spec.unique and not self.features.unique_indexes:
-            raise NotSupported(f"{type(self).__module__} has no unique indexes")
+            raise NotSupported(f"{self.backend} has no unique indexes")
         if spec.kind is not None and spec.kind not in self.features.index_kinds:
             accepted = ", ".join(sorted(self.features.index_kinds)) or "none"
             raise NotSupported(
-                f"{type(self).__module__} has no index kind {spec.kind!r} (kinds: {accepted})"
+                f"{self.backend} has no index kind {spec.kind!r} (kinds: {accepted})"
             )
         if len(spec.keys) > 1 and not self.features.compound_indexes and self.features.indexes:
-            raise NotSupported(f"{type(self).__module__} has no compound indexes")
+            raise NotSupported(f"{self.backend} has no compound indexes")
         if self.features.indexes:
             self._create_index(spec)
 
@@ -478,18 +487,18 @@ class BaseStorage:
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
-        return f"<{type(self).__module__}.{type(self).__name__}{state}>"
+        return f"<{self.backend}.{type(self).__name__}{state}>"
 
     # ======================================================== internals
 
     def _check_open(self) -> None:
         if self.closed:
-            raise PyModelsError(f"{type(self).__module__} storage is closed")
+            raise PyModelsError(f"{self.backend} storage is closed")
 
     def _check_writable(self) -> None:
         self._check_open()
         if self.read_only:
-            raise NotSupported(f"{type(self).__module__} storage is open read-only")
+            raise NotSupported(f"{self.backend} storage is open read-only")
 
     def _atomic(self) -> contextlib.AbstractContextManager[Any]:
         """A transaction where the engine has them, else nothing."""
@@ -735,8 +744,17 @@ def _validate_settings(cls: type[BaseStorage], settings: Mapping[str, Any]) -> B
             else:
                 problems.append(f"setting {key!r}: {err['msg']}")
         raise ConfigurationError(
-            f"{cls.__module__}: {'; '.join(problems)} (accepted settings: {accepted})"
+            f"{backend_module(cls)}: {'; '.join(problems)} (accepted settings: {accepted})"
         ) from e
+
+
+def backend_module(cls: type) -> str:
+    """The public module of a backend class: its module up to the first private part."""
+    parts = cls.__module__.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and i > 0:
+            return ".".join(parts[:i])
+    return cls.__module__
 
 
 # get_path is re-exported for backends that apply changes themselves.

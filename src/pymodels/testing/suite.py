@@ -207,7 +207,7 @@ class StorageTests:
         storage = request.getfixturevalue("storage")
         missing = [f for f in flags if not getattr(storage.features, f)]
         if missing:
-            pytest.skip(f"{type(storage).__module__} lacks {', '.join(missing)}")
+            pytest.skip(f"{storage.backend} lacks {', '.join(missing)}")
 
     # ============================================================ records
 
@@ -554,7 +554,7 @@ class StorageTests:
 
     def test_threads_when_thread_safe(self, storage: BaseStorage) -> None:
         if not storage.features.thread_safe:
-            pytest.skip(f"{type(storage).__module__} is not thread-safe (features.thread_safe)")
+            pytest.skip(f"{storage.backend} is not thread-safe (features.thread_safe)")
 
         def work(t: int) -> None:
             for i in range(50):
@@ -933,7 +933,7 @@ def run_in_threads(work: Callable[[int], None], count: int) -> None:
 
 def reopening_settings(storage: BaseStorage) -> dict[str, Any]:
     """Settings (plain, picklable) that open ``storage``'s data again, in any process."""
-    return {"backend": type(storage).__module__, **storage.settings.model_dump()}
+    return {"backend": storage.backend, **storage.settings.model_dump()}
 
 
 def _in_processes(target: Callable[..., None], arguments: list[tuple[Any, ...]]) -> None:
