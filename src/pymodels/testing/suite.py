@@ -226,6 +226,35 @@ class StorageTests:
             assert identical(dict(again.get(None, pk)), stored_form(EVERY_KIND))
             assert len(again) == 1
 
+    @requires("persistent")
+    def test_read_only_reads_and_refuses_every_write(self, storage: BaseStorage) -> None:
+        storage.save({"a": 1}, primary_key="k")
+        settings = {**reopening_settings(storage), "read_only": True}
+        storage.close()  # some engines admit one writer per file, even in one process
+        with get_storage(settings) as ro:
+            assert ro.read_only
+            doc = ro.get(None, "k")
+            assert dict(doc) == {"a": 1} and len(ro) == 1
+            assert [d.pk for d in ro.query().where(a=1)] == ["k"]
+            writes: dict[str, Callable[[], object]] = {
+                "save": lambda: ro.save({"a": 2}, primary_key="k"),
+                "insert": lambda: ro.insert({"a": 2}),
+                "update": lambda: ro.update("k", a=2),
+                "save_many": lambda: ro.save_many([{"a": 2}]),
+                "delete": lambda: ro.delete("k"),
+                "clear": ro.clear,
+                "create_index": lambda: ro.create_index("a"),
+                "query.delete": lambda: ro.query().where(a=1).delete(),
+                "query.update": lambda: ro.query().update(a=2),
+                "document.save": doc.save,
+                "document.delete": doc.delete,
+            }
+            for name, write in writes.items():
+                with pytest.raises(NotSupported, match="read-only"):
+                    write()
+                    pytest.fail(f"{name} wrote to a read-only storage")
+            assert dict(ro.get(None, "k")) == {"a": 1} and len(ro) == 1
+
     def test_save_with_primary_key_replaces_the_whole_record(self, storage: BaseStorage) -> None:
         assert storage.save({"a": 1, "b": 2}, primary_key="k1") == "k1"
         storage.save({"a": 3}, primary_key="k1")
