@@ -30,6 +30,7 @@ from pymodels import IntegrityError, Q
 from pymodels.errors import (
     ConfigurationError,
     ConnectionFailed,
+    LockTimeout,
     NotSupported,
     PyModelsError,
 )
@@ -82,6 +83,9 @@ def test_url_parameters_of_pymodels_never_reach_libpq(url: str, table: str) -> N
     settings = backend.Storage.settings_from_url(url + "&connect_timeout=3&sslmode=disable")
     assert settings["table"] == table and settings["connect_timeout"] == "3"
     assert "table=" not in settings["url"] and "sslmode=disable" in settings["url"]
+    # libpq's own parameters pass exactly as written ("+" is not a space to libpq).
+    written = "application_name=a+b&options=-c%20lock_timeout%3D200"
+    assert backend.Storage.settings_from_url(f"{url}&{written}")["url"].endswith("?" + written)
     with pymodels.get_storage(url) as s:
         assert "table" not in s._conninfo
         assert s.settings.table == table
@@ -157,6 +161,20 @@ def test_driver_errors_are_wrapped(storage: Any, server_url: str, table: str) ->
         storage.get(None, "k")
     assert not isinstance(info.value, psycopg.Error)
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_a_row_locked_past_the_servers_lock_timeout(url: str, server_url: str, table: str) -> None:
+    # libpq's options reach the server: lock_timeout makes a waiting write fail.
+    with pymodels.get_storage(url + "&options=-c%20lock_timeout%3D200") as s:
+        s.save({"a": 1}, primary_key="k")
+        with psycopg.connect(server_url) as holder:
+            holder.execute(f"SELECT * FROM \"{table}\" WHERE pk = 'k' FOR UPDATE")
+            with pytest.raises(LockTimeout, match="lock_timeout") as info:
+                s.save({"a": 2}, primary_key="k")
+            assert isinstance(info.value.__cause__, psycopg.errors.LockNotAvailable)
+        assert s.get(None, "k")["a"] == 1  # nothing written; the storage goes on
+        s.save({"a": 3}, primary_key="k")
+        assert s.get(None, "k")["a"] == 3
 
 
 def test_read_only_never_creates_the_table(server_url: str) -> None:

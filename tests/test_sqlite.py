@@ -29,6 +29,7 @@ from pymodels import Document, Q
 from pymodels.errors import (
     ConfigurationError,
     ConflictError,
+    LockTimeout,
     NotSupported,
     PyModelsError,
 )
@@ -166,6 +167,26 @@ def test_foreign_nulls_read_as_absent(storage: Any, path: Path) -> None:
     assert dict(storage.get(None, "k")) == {"b": {"d": 1}}
     assert pks(storage.query().where(a__exists=False)) == ["k"]
     assert pks(storage.query().where(b__c__exists=True)) == []
+
+
+def test_a_lock_held_past_the_timeout(path: Path, storage: Any) -> None:
+    storage.save({"a": 1}, primary_key="k")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+    try:
+        with pymodels.get_storage(f"sqlite:///{path}?timeout=0.2") as s:
+            started = time.monotonic()
+            with pytest.raises(LockTimeout, match="locked") as info:
+                s.save({"a": 2}, primary_key="k")
+            assert time.monotonic() - started >= 0.2
+            assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+            with pytest.raises(LockTimeout):  # no record failed: not a BulkWriteError
+                s.save_many([{"a": 3}])
+            assert s.get(None, "k")["a"] == 1  # readers are never blocked (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert storage.get(None, "k")["a"] == 1 and len(storage) == 1
 
 
 def test_driver_errors_are_wrapped(tmp_path: Path) -> None:

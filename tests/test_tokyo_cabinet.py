@@ -31,8 +31,8 @@ from pymodels import Document, Q
 from pymodels.errors import (
     BackendUnavailable,
     ConfigurationError,
+    LockTimeout,
     NotSupported,
-    PyModelsError,
 )
 from pymodels.storage import BaseStorage
 from pymodels.testing import oracle
@@ -844,7 +844,7 @@ def test_a_file_locked_by_another_process(open_storage: Callable[..., Storage], 
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         started = time.monotonic()
-        with pytest.raises(PyModelsError, match="locked by another process") as info:
+        with pytest.raises(LockTimeout, match="locked by another process") as info:
             open_storage()
         assert time.monotonic() - started < 0.5  # at once, not after waiting
         assert "lock_timeout" in str(info.value)

@@ -18,6 +18,7 @@ __all__ = [
     "DoesNotExist",
     "IntegrityError",
     "InvalidQuery",
+    "LockTimeout",
     "NotSupported",
     "PyModelsError",
     "ValidationError",
@@ -85,6 +86,15 @@ class ConnectionFailed(PyModelsError):
         super().__init__(message)
         self.host = host
         self.port = port
+
+
+class LockTimeout(PyModelsError):
+    """Another connection or process held a lock for the whole wait the settings allow.
+
+    The operation wrote nothing, so retrying it later is safe. SQLite waits up to
+    ``timeout``, Tokyo Cabinet up to ``lock_timeout``; PostgreSQL raises it when
+    the server's own ``lock_timeout`` runs out.
+    """
 
 
 class IntegrityError(PyModelsError):

@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydantic
 
@@ -34,6 +34,7 @@ from ..errors import (
     ConfigurationError,
     ConnectionFailed,
     IntegrityError,
+    LockTimeout,
     PyModelsError,
 )
 
@@ -155,10 +156,18 @@ class Storage(SQLStorage):
     def settings_from_url(cls, url: str) -> dict[str, Any]:
         """``postgresql://user@host:5432/db?table=people``: pymodels' parameters come out."""
         parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        own = {k: v for k, v in query if k in OWN_PARAMETERS}
-        rest = [(k, v) for k, v in query if k not in OWN_PARAMETERS]
-        return {"url": urlunsplit(parts._replace(query=urlencode(rest))), **own}
+        own: dict[str, str] = {}
+        rest: list[str] = []
+        # libpq's parameters stay exactly as written: libpq percent-decodes a URI
+        # but reads "+" as itself, so parsing and re-encoding them (which writes
+        # a space as "+") would change what the server is sent.
+        for item in parts.query.split("&") if parts.query else ():
+            key, _, value = item.partition("=")
+            if unquote(key) in OWN_PARAMETERS:
+                own[unquote(key)] = unquote(value)
+            else:
+                rest.append(item)
+        return {"url": urlunsplit(parts._replace(query="&".join(rest))), **own}
 
     # ------------------------------------------------------------ connections
 
@@ -236,6 +245,8 @@ class Storage(SQLStorage):
             return IntegrityError(f"postgresql: {e}")
         if not isinstance(e, psycopg.Error):
             return None
+        if isinstance(e, psycopg.errors.LockNotAvailable):
+            return LockTimeout(f"postgresql: {e} (the server's lock_timeout); nothing was written")
         conn = self._conns.current()
         if conn is None or conn.broken or conn.closed:
             # Gone: the next call connects again (nothing is retried here).

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
-from ..errors import ConfigurationError, IntegrityError, PyModelsError
+from ..errors import ConfigurationError, IntegrityError, LockTimeout, PyModelsError
 from ..features import OPS, Features
 from ..ordering import OrderKey
 from ..query import BaseQuery, Item
@@ -115,9 +115,9 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
     if isinstance(e, sqlite3.IntegrityError):
         return IntegrityError(f"{what}: {e}")
     if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
-        return PyModelsError(
+        return LockTimeout(
             f"{what}: the database stayed locked by another connection for the whole "
-            f"busy timeout ({e})"
+            f"timeout ({e}); nothing was written"
         )
     if isinstance(e, sqlite3.Error):
         return PyModelsError(f"{what}: {e}")

@@ -17,7 +17,13 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 import pydantic
 
-from ...errors import ConfigurationError, IntegrityError, NotSupported, PyModelsError
+from ...errors import (
+    ConfigurationError,
+    IntegrityError,
+    LockTimeout,
+    NotSupported,
+    PyModelsError,
+)
 from ...features import Features
 from ...query import BaseQuery
 from ...registry import url_path
@@ -689,7 +695,7 @@ def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) 
                     time.sleep(0.05)
                     continue
                 waited = f" for {timeout:g} s" if timeout else ""
-                raise PyModelsError(
+                raise LockTimeout(
                     f"{path} is locked by another process (a writer, or ttserver serving "
                     f"it) and stayed locked{waited}; set lock_timeout to wait for it "
                     f"(None: as long as it takes)"
