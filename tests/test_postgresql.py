@@ -17,6 +17,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -124,6 +125,43 @@ def test_unreachable_server_names_host_and_port_within_the_timeout() -> None:
     assert f"127.0.0.1:{port}" in str(info.value)
     assert (info.value.host, info.value.port) == ("127.0.0.1", port)
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_threads_one_after_another_reuse_a_connection(
+    storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.save({"a": 0}, primary_key="k")
+    connects: list[Any] = []
+    real_connect = psycopg.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        connects.append(args)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counting_connect)
+
+    def work(i: int) -> None:
+        storage.save({"a": i}, primary_key="k")
+        list(storage.query().where(a=i))
+
+    for i in range(10):  # a thread per request, as ThreadingHTTPServer runs
+        t = threading.Thread(target=work, args=(i,))
+        t.start()
+        t.join()
+    assert len(connects) == 1  # the first thread connected; the nine after reused it
+
+    def abandon() -> None:
+        storage._begin()  # a thread that ends inside a transaction it never finished
+        storage.save({"a": 99}, primary_key="k")
+
+    t = threading.Thread(target=abandon)
+    t.start()
+    t.join()
+    t = threading.Thread(target=work, args=(10,))
+    t.start()
+    t.join()
+    assert len(connects) == 2  # that connection was closed (rolling back), not reused
+    assert storage.get(None, "k")["a"] == 10
 
 
 def test_a_dropped_connection_fails_once_then_reconnects(storage: Any, server_url: str) -> None:

@@ -42,6 +42,7 @@ try:
     import psycopg
     import psycopg.conninfo
     import psycopg.errors
+    import psycopg.pq
     from psycopg.types.json import set_json_loads
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise BackendUnavailable(
@@ -142,6 +143,20 @@ def _close_quietly(conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
 
+def _reusable(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a finished thread's connection may serve another thread (see ThreadConnections)."""
+    if conn.closed or conn.broken:
+        return False
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False  # a transaction the thread never ended: close it, which rolls it back
+    try:
+        # Cursors WITH HOLD an abandoned iteration left open outlive the thread.
+        conn.execute("CLOSE ALL")
+    except psycopg.Error:
+        return False
+    return True
+
+
 class Storage(SQLStorage):
     """Records as JSONB in one PostgreSQL table."""
 
@@ -201,7 +216,7 @@ class Storage(SQLStorage):
         )
         self._dialect = _DIALECT
         self._compiler = _COMPILER
-        self._conns = ThreadConnections(self._connect, _close_quietly)
+        self._conns = ThreadConnections(self._connect, _close_quietly, _reusable)
         self._cursor_names = itertools.count()
         try:
             self._init_schema()

@@ -36,14 +36,32 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class ThreadConnections(Generic[C]):
-    """One connection per thread, opened on first use by ``connect``."""
+    """One connection per thread, opened on first use by ``connect``: a pool keyed by thread.
 
-    def __init__(self, connect: Callable[[], C], close: Callable[[C], None]) -> None:
+    A thread keeps its connection for its whole life, so its transactions and
+    cursors never meet another thread's. When a thread has finished, its
+    connection goes back to the pool if ``reusable`` says it is clean (open, no
+    transaction in progress), and the next thread that needs one takes it
+    instead of connecting: a server that spawns a thread per request pays for
+    a connection once, not per request. At most ``max_idle`` wait there; the
+    rest, and every connection ``reusable`` refuses, are closed.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], C],
+        close: Callable[[C], None],
+        reusable: Callable[[C], bool] | None = None,
+        max_idle: int = 4,
+    ) -> None:
         self._connect = connect
         self._close = close
+        self._reusable = reusable
+        self._max_idle = max_idle
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[tuple[threading.Thread, C]] = []
+        self._idle: list[C] = []
         self._generation = _generation
 
     def get(self) -> C:
@@ -58,18 +76,31 @@ class ThreadConnections(Generic[C]):
         if self._generation != _generation:
             # A forked child: the parent's connections are not ours to use or close.
             _INHERITED.extend(conn for _, conn in self._open)
-            self._open = []
+            _INHERITED.extend(self._idle)
+            self._open, self._idle = [], []
             self._lock = threading.Lock()
             self._generation = _generation
-        conn = self._connect()
+        with self._lock:
+            finished = [c for t, c in self._open if not t.is_alive()]
+            self._open = [(t, c) for t, c in self._open if t.is_alive()]
+        # Outside the lock: asking a connection about itself may take a moment.
+        clean: list[C] = []
+        to_close: list[C] = []
+        for old in finished:
+            (clean if self._reusable is not None and self._reusable(old) else to_close).append(old)
+        with self._lock:
+            self._idle += clean
+            to_close += self._idle[self._max_idle :]
+            del self._idle[self._max_idle :]
+            conn = self._idle.pop() if self._idle else None
+        for old in to_close:
+            self._close(old)
+        if conn is None:
+            conn = self._connect()
         self._local.conn = conn
         self._local.generation = _generation
         with self._lock:
-            finished = [(t, c) for t, c in self._open if not t.is_alive()]
-            self._open = [(t, c) for t, c in self._open if t.is_alive()]
             self._open.append((threading.current_thread(), conn))
-        for _, old in finished:
-            self._close(old)
         return conn
 
     def discard(self) -> None:
@@ -90,8 +121,9 @@ class ThreadConnections(Generic[C]):
     def close_all(self) -> None:
         """Close every connection this process opened (those of a parent stay untouched)."""
         with self._lock:
-            conns = [c for _, c in self._open] if self._generation == _generation else []
-            self._open = []
+            mine = self._generation == _generation
+            conns = [c for _, c in self._open] + self._idle if mine else []
+            self._open, self._idle = [], []
         self._local = threading.local()
         for conn in conns:
             self._close(conn)
