@@ -87,7 +87,7 @@ def test_url_parameters_of_pymodels_never_reach_libpq(url: str, table: str) -> N
     # libpq's own parameters pass exactly as written ("+" is not a space to libpq).
     written = "application_name=a+b&options=-c%20lock_timeout%3D200"
     assert backend.Storage.settings_from_url(f"{url}&{written}")["url"].endswith("?" + written)
-    with pymodels.get_storage(url) as s:
+    with backend.Storage(**backend.Storage.settings_from_url(url)) as s:
         assert "table" not in s._conninfo
         assert s.settings.table == table
     with pymodels.get_storage(url.replace("postgresql://", "postgres://", 1)) as s:

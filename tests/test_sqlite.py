@@ -58,10 +58,12 @@ def pks(query: Any) -> list[str]:
 def test_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pymodels.get_storage("sqlite:///rel.db?table=people") as s:
+        assert isinstance(s, backend.Storage)
         assert s.settings.path == "rel.db" and s.settings.table == "people"
         s.save({"a": 1}, primary_key="x")
     assert (tmp_path / "rel.db").exists()
     with pymodels.get_storage(f"sqlite:///{tmp_path}/abs.db") as s:  # four slashes
+        assert isinstance(s, backend.Storage)
         assert s.settings.path == f"{tmp_path}/abs.db"
     for url in ("sqlite://", "sqlite:///:memory:", "sqlite3://"):
         with pymodels.get_storage(url) as s:
