@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pymodels.ext._sql.connections import ThreadConnections
@@ -57,9 +59,10 @@ def test_threads_one_after_another_share_one_connection() -> None:
     assert not conns[0].closed
 
 
-def test_live_threads_never_share() -> None:
-    pool = Pool(reuse=True)
-    ready, done = threading.Barrier(5), threading.Event()
+@contextlib.contextmanager
+def threads_holding(pool: Pool, count: int) -> Iterator[list[Conn]]:
+    """``count`` live threads, each holding its connection, until the block ends."""
+    ready, done = threading.Barrier(count + 1), threading.Event()
     got: list[Conn] = []
 
     def hold() -> None:
@@ -67,14 +70,22 @@ def test_live_threads_never_share() -> None:
         ready.wait()
         done.wait()
 
-    threads = [threading.Thread(target=hold) for _ in range(4)]
+    threads = [threading.Thread(target=hold) for _ in range(count)]
     for t in threads:
         t.start()
     ready.wait()
-    assert len({id(c) for c in got}) == 4 and len(pool.made) == 4
-    done.set()
-    for t in threads:
-        t.join()
+    try:
+        yield got
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+
+
+def test_live_threads_never_share() -> None:
+    pool = Pool(reuse=True)
+    with threads_holding(pool, 4) as got:
+        assert len({id(c) for c in got}) == 4 and len(pool.made) == 4
 
 
 def test_a_dirty_connection_is_closed_not_reused() -> None:
@@ -93,20 +104,8 @@ def test_without_reuse_finished_threads_connections_are_closed() -> None:
 
 def test_idle_connections_are_bounded_and_closed_with_the_pool() -> None:
     pool = Pool(reuse=True, max_idle=2)
-    ready, done = threading.Barrier(6), threading.Event()
-
-    def hold() -> None:
-        pool.use()
-        ready.wait()
-        done.wait()
-
-    threads = [threading.Thread(target=hold) for _ in range(5)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    done.set()
-    for t in threads:
-        t.join()
+    with threads_holding(pool, 5):
+        pass
     pool.use()  # sweeps five finished threads: keeps two idle, takes one, closes three
     assert sum(c.closed for c in pool.made) == 3
     pool.conns.close_all()
