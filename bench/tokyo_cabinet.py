@@ -20,11 +20,10 @@ import argparse
 import random
 import statistics
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import raw_tokyo_cabinet as raw
-from workload import rate
+from workload import each, rate
 
 import pymodels
 
@@ -59,17 +58,6 @@ def records(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _each(items: list[Any], func: Callable[[Any], object]) -> Callable[[], None]:
-    """Call ``func`` on every item, dropping the results as the raw loops do (keeping
-    100k documents alive would measure the garbage collector instead)."""
-
-    def loop() -> None:
-        for item in items:
-            func(item)
-
-    return loop
-
-
 def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
     """One run of every pymodels measurement on fresh files; operations per second."""
     rng = random.Random(seed)
@@ -98,16 +86,18 @@ def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
             out["get"] = rate(len(picks), gets)
             emails = [docs[rng.randrange(n)]["email"] for _ in range(raw.EMAIL_QUERIES)]
             q = s.query()
-            out["email_eq"] = rate(len(emails), _each(emails, lambda e: list(q.where(email=e))))
+            out["email_eq"] = rate(
+                len(emails), lambda: each(lambda e: list(q.where(email=e)), emails)
+            )
             out["email_eq_count"] = rate(
-                len(emails), _each(emails, lambda e: q.where(email=e).count())
+                len(emails), lambda: each(lambda e: q.where(email=e).count(), emails)
             )
             prefixes = [docs[rng.randrange(n)]["name"][:-2] for _ in range(raw.PREFIX_QUERIES)]
             out["name_prefix"] = rate(
-                len(prefixes), _each(prefixes, lambda p: list(q.where(name__startswith=p)))
+                len(prefixes), lambda: each(lambda p: list(q.where(name__startswith=p)), prefixes)
             )
             out["name_prefix_count"] = rate(
-                len(prefixes), _each(prefixes, lambda p: q.where(name__startswith=p).count())
+                len(prefixes), lambda: each(lambda p: q.where(name__startswith=p).count(), prefixes)
             )
     return out
 
