@@ -67,3 +67,10 @@ def test_export_import_and_copy_keep_every_type(url: str, tmp_path: Path) -> Non
 def test_bad_where_is_an_error(url: str) -> None:
     assert run("find", url, "--where", "nonsense")[0] == 1
     assert run("find", url, "--where", "a__gtee=1")[0] == 1
+
+
+def test_a_condition_where_the_url_goes_says_where_it_belongs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("find", "age__gt=30")[0] == 1
+    assert "pymodels find --where age__gt=30" in capsys.readouterr().err

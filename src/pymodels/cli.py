@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from . import codec
-from .errors import PyModelsError
+from .errors import ConfigurationError, PyModelsError
 from .registry import DEFAULT_URL, get_storage
 from .storage import BaseStorage
 
@@ -56,6 +56,12 @@ def _record_line(pk: str, record: dict[str, Any]) -> str:
 
 
 def _open(url: str | None) -> BaseStorage:
+    if url and "://" not in url and "=" in url:
+        # `pymodels find age__gt=30`: a lookup where the URL goes.
+        raise ConfigurationError(
+            f"{url!r} is not a storage URL; a condition goes after --where "
+            f"(pymodels find --where {url})"
+        )
     return get_storage(url or DEFAULT_URL)
 
 
