@@ -20,4 +20,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )
+# A long hunt for rare disagreements, by hand: HYPOTHESIS_PROFILE=soak pytest -k oracle
+settings.register_profile("soak", parent=settings.get_profile("ci"), max_examples=20_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
