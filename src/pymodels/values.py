@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
@@ -133,9 +132,14 @@ def check_field_name(name: object, where: str = "") -> str:
     return name
 
 
-@functools.lru_cache(maxsize=4096)
+#: Field names already accepted: they repeat across records, and every field of
+#: every saved record asks (callers on hot paths test membership before calling).
+_GOOD_NAMES: set[str] = set()
+
+
 def _good_name(name: str) -> bool:
-    # Field names repeat across records: remember the ones already accepted.
+    if name in _GOOD_NAMES:
+        return True
     if not name or name[0] in "$_" or "." in name or "__" in name or "\x00" in name:
         return False
     if '"' in name:
@@ -144,6 +148,8 @@ def _good_name(name: str) -> bool:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    if len(_GOOD_NAMES) < 4096:  # bounded: names are data in free-form records
+        _GOOD_NAMES.add(name)
     return True
 
 
@@ -260,20 +266,10 @@ def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return validate_record(record)
 
 
-#: Field names _good_name accepted, asked before calling it (a set lookup costs
-#: half the cached call, and every field of every saved record asks).
-_GOOD_NAMES: set[str] = set()
-
-
 def _stored_dict(record: dict[Any, Any]) -> bool:
     for name, value in record.items():
-        if type(name) is not str:
+        if type(name) is not str or (name not in _GOOD_NAMES and not _good_name(name)):
             return False
-        if name not in _GOOD_NAMES:
-            if not _good_name(name):
-                return False
-            if len(_GOOD_NAMES) < 4096:
-                _GOOD_NAMES.add(name)
         if type(value) is str:
             # The commonest value: _stored's test for it, without the call.
             if "\x00" in value or not (value.isascii() or _valid_unicode(value)):
