@@ -212,15 +212,7 @@ class Storage(SQLStorage):
         return conn
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
-        if self._shared is None:
-            # _fetchall's file case inline: this runs once per first() and short query.
-            try:
-                rows = self._conns.get().execute(sql, params).fetchall()
-            except sqlite3.Error as e:
-                raise _translate(e) or e from e
-        else:
-            rows = self._fetchall(sql, params)
-        return [(pk, loads(body)) for pk, body in rows]
+        return [(pk, loads(body)) for pk, body in self._fetchall(sql, params)]
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one statement (the hot path: no guard object for files)."""
