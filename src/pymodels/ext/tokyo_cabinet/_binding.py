@@ -411,6 +411,9 @@ def _dump_map(cols: Mapping[bytes, bytes]) -> bytes:
 
 
 def _parse_map(buf: bytes) -> dict[bytes, bytes]:
+    # The same walk as _columns.decode_dump, kept inline in both: a shared generator
+    # of (column, value) pairs measured 0.2 us slower per record (1.23 -> 1.43 us for
+    # six fields), on the path every record read takes. Change them together.
     out: dict[bytes, bytes] = {}
     i = 0
     end = len(buf)

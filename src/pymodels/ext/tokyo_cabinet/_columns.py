@@ -679,6 +679,7 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     end = len(buf)
     while i < end:
         # _size_at inlined twice: this loop runs per column of every record read.
+        # _binding._parse_map walks dumps the same way: change them together.
         size = buf[i]
         if size < 128:
             i += 1
