@@ -15,12 +15,19 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from ..conditions import ALL, Condition
-from ..features import OPS, Features
-from ..ordering import OrderKey, sort_items
-from ..query import BaseQuery, Compiled
-from ..storage import BaseSettings, BaseStorage
-from ..values import copy_value
+from ..backend import (
+    ALL,
+    OPS,
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
+    Compiled,
+    Condition,
+    Features,
+    OrderKey,
+    copy_value,
+    sort_items,
+)
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 

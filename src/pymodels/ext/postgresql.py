@@ -29,12 +29,21 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pydantic
 
-from ..errors import (
+from ..backend import (
+    OPS,
     BackendUnavailable,
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
+    Change,
     ConfigurationError,
     ConnectionFailed,
+    Features,
+    IndexSpec,
     IntegrityError,
+    Item,
     LockTimeout,
+    OrderKey,
     PyModelsError,
 )
 
@@ -49,10 +58,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"pymodels.ext.postgresql needs psycopg 3 ({e}): pip install 'pymodels[postgresql]'"
     ) from e
 
-from ..features import OPS, Features
-from ..ordering import OrderKey
-from ..query import BaseQuery, Item
-from ..storage import BaseSettings, BaseStorage, Change, IndexSpec
 from ._sql.compiler import PARAM, Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps_pg, loads_pg

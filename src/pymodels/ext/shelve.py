@@ -25,11 +25,16 @@ from types import ModuleType
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import BackendUnavailable, ConfigurationError, PyModelsError
-from ..features import Features
-from ..query import BaseQuery
-from ..registry import url_path
-from ..storage import BaseSettings, BaseStorage
+from ..backend import (
+    BackendUnavailable,
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
+    ConfigurationError,
+    Features,
+    PyModelsError,
+    url_path,
+)
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 

@@ -31,12 +31,21 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
-from ..errors import ConfigurationError, IntegrityError, LockTimeout, PyModelsError
-from ..features import OPS, Features
-from ..ordering import OrderKey
-from ..query import BaseQuery, Item
-from ..registry import url_path
-from ..storage import BaseSettings, BaseStorage, Change
+from ..backend import (
+    OPS,
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
+    Change,
+    ConfigurationError,
+    Features,
+    IntegrityError,
+    Item,
+    LockTimeout,
+    OrderKey,
+    PyModelsError,
+    url_path,
+)
 from ._sql.compiler import Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads

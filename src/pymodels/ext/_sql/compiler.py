@@ -30,12 +30,21 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
-from ...conditions import And, Condition, Lookup, Not, Or
-from ...errors import ValidationError
-from ...ordering import OrderKey
-from ...query import Compiled
-from ...storage import Change, IndexSpec
-from ...values import MISSING, check_field_name, kind_of
+from ...backend import (
+    MISSING,
+    And,
+    Change,
+    Compiled,
+    Condition,
+    IndexSpec,
+    Lookup,
+    Not,
+    Or,
+    OrderKey,
+    ValidationError,
+    check_field_name,
+    kind_of,
+)
 
 __all__ = [
     "PARAM",

@@ -39,8 +39,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from ...errors import ValidationError
-from ...values import INT_MAX, INT_MIN, KINDS, kind_of
+from ...backend import INT_MAX, INT_MIN, KINDS, ValidationError, kind_of
 
 __all__ = [
     "RANK",

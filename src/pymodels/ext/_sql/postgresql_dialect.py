@@ -34,8 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ...storage import Change, IndexSpec
-from ...values import INT_MAX, INT_MIN, kind_of
+from ...backend import INT_MAX, INT_MIN, Change, IndexSpec, kind_of
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
 from .encoding import RANK, decimal_paths, dumps_pg, dumps_pg_match, sort_key
 

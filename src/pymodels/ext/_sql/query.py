@@ -16,9 +16,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ...ordering import PK_ORDER, OrderKey, sort_items
-from ...query import BaseQuery, Compiled, Item
-from ...values import get_path
+from ...backend import PK_ORDER, BaseQuery, Compiled, Item, OrderKey, get_path, sort_items
 from .compiler import valid_path
 
 if TYPE_CHECKING:

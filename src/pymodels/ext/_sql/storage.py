@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ...ordering import OrderKey
-from ...query import Item
-from ...storage import BaseStorage, IndexSpec
+from ...backend import BaseStorage, IndexSpec, Item, OrderKey
 from .compiler import Compiler, Dialect, Frag
 from .connections import Guard
 

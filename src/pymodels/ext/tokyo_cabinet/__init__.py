@@ -21,7 +21,7 @@ See ``docs/tokyo_cabinet.md``.
 
 from __future__ import annotations
 
-from ...errors import BackendUnavailable
+from ...backend import BackendUnavailable
 
 try:
     from . import _binding

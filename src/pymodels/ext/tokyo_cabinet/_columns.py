@@ -58,9 +58,7 @@ from math import isfinite
 from typing import Any, Final
 from urllib.parse import unquote
 
-from ...codec import decode as decode_tagged
-from ...codec import encode as encode_tagged
-from ...values import check_field_name
+from ...backend import check_field_name, decode_tagged, encode_tagged
 from ._binding import _VNUM1, _parse_map, _read_vnum, _vnum
 
 __all__ = [

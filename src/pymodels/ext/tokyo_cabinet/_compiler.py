@@ -34,8 +34,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from ...conditions import And, Condition, Lookup, Not, Or
-from ...values import kind_of
+from ...backend import And, Condition, Lookup, Not, Or, kind_of
 from ._binding import Cond
 from ._columns import (
     ALL_CODES,

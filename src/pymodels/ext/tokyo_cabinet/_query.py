@@ -21,9 +21,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ...conditions import Condition
-from ...ordering import OrderKey, sort_items
-from ...query import BaseQuery, Compiled
+from ...backend import BaseQuery, Compiled, Condition, OrderKey, sort_items
 from ._binding import Cond, Order
 from ._columns import decode_record, name_bytes
 from ._compiler import Plan, TCCond, compile_condition, guaranteed_kind, pk_order_in_python

@@ -17,17 +17,19 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 import pydantic
 
-from ...errors import (
+from ...backend import (
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
     ConfigurationError,
+    Features,
+    IndexSpec,
     IntegrityError,
     LockTimeout,
     NotSupported,
     PyModelsError,
+    url_path,
 )
-from ...features import Features
-from ...query import BaseQuery
-from ...registry import url_path
-from ...storage import BaseSettings, BaseStorage, IndexSpec
 from . import _binding
 from ._binding import (
     Cond,
@@ -46,7 +48,7 @@ from ._compiler import Block, Plan, TCCond, gates_hold, pk_order_in_python
 from ._query import Query
 
 if TYPE_CHECKING:
-    from ...documents import Document
+    from ...backend import Document
 
 __all__ = ["Settings", "Storage", "features"]
 

@@ -1,0 +1,86 @@
+"""The backend contract: everything a backend module imports from pymodels.
+
+A backend is a module exposing ``Storage``, a :class:`BaseStorage` subclass
+(its ``query_class`` and ``features`` give the registry the query class and
+the capabilities). ``docs/backends.md`` describes the hooks to implement.
+
+A backend imports pymodels names only from this module (in-tree backends may
+also import their own private submodules and the shared private package
+``pymodels.ext._sql``); ``tests/test_backend_contract.py`` enforces it for
+``pymodels/ext/**`` and the test plug-in. What is here is the contract: a
+name added here is one more thing every backend may depend on, so add with
+care and never rename.
+"""
+
+from .codec import decode as decode_tagged
+from .codec import encode as encode_tagged
+from .conditions import ALL, And, Condition, Lookup, Not, Or
+from .documents import Document
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConnectionFailed,
+    IntegrityError,
+    LockTimeout,
+    NotSupported,
+    PyModelsError,
+    ValidationError,
+)
+from .features import OPS, Features, OpSupport
+from .ordering import PK_ORDER, OrderKey, sort_items
+from .query import BaseQuery, Compiled, Item
+from .registry import url_path
+from .storage import BaseSettings, BaseStorage, Change, IndexSpec, apply_changes
+from .values import (
+    INT_MAX,
+    INT_MIN,
+    KINDS,
+    MISSING,
+    check_field_name,
+    copy_value,
+    get_path,
+    kind_of,
+)
+
+__all__ = [
+    "ALL",
+    "INT_MAX",
+    "INT_MIN",
+    "KINDS",
+    "MISSING",
+    "OPS",
+    "PK_ORDER",
+    "And",
+    "BackendUnavailable",
+    "BaseQuery",
+    "BaseSettings",
+    "BaseStorage",
+    "Change",
+    "Compiled",
+    "Condition",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "Document",
+    "Features",
+    "IndexSpec",
+    "IntegrityError",
+    "Item",
+    "LockTimeout",
+    "Lookup",
+    "Not",
+    "NotSupported",
+    "OpSupport",
+    "Or",
+    "OrderKey",
+    "PyModelsError",
+    "ValidationError",
+    "apply_changes",
+    "check_field_name",
+    "copy_value",
+    "decode_tagged",
+    "encode_tagged",
+    "get_path",
+    "kind_of",
+    "sort_items",
+    "url_path",
+]
