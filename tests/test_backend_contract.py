@@ -18,13 +18,24 @@ third-party backend and is held to the same rule.
 from __future__ import annotations
 
 import ast
+import importlib
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 import pymodels
 import pymodels.backend
 import pymodels.backend_base
+import pymodels.registry
+from pymodels.backend import BackendUnavailable, BaseQuery, BaseStorage, ConfigurationError
+from pymodels.query import OPTIONAL_HOOKS as QUERY_HOOKS
+from pymodels.storage import OPTIONAL_HOOKS as STORAGE_HOOKS
+from pymodels.storage import REQUIRED_HOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT = ROOT / "src" / "pymodels" / "ext"
@@ -168,3 +179,148 @@ def _ruff_order(name: str) -> tuple[int, str]:
     if name.isupper():
         return (0, name)
     return (1, name) if name[0].isupper() else (2, name)
+
+
+# ---------------------------------------------------------------- the hooks
+
+BACKENDS = [
+    "pymodels.ext.memory",
+    "pymodels.ext.shelve",
+    "pymodels.ext.sqlite",
+    "pymodels.ext.postgresql",
+    "pymodels.ext.tokyo_cabinet",
+    "pymodels_testbackend",
+]
+DOCS = ROOT / "docs" / "backends.md"
+
+
+def overridden(cls: type, base: type) -> set[str]:
+    """Underscore names of ``base`` (not dunders) that ``cls`` or a class between redefines."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is base or not issubclass(klass, base):
+            continue
+        for name in vars(klass):
+            if name.startswith("_") and not name.startswith("__") and hasattr(base, name):
+                names.add(name)
+    return names
+
+
+def backend_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except BackendUnavailable as e:  # pragma: no cover - a driver missing here
+        pytest.skip(f"{name}: {e}")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_backends_override_only_listed_hooks(name: str) -> None:
+    storage_class = backend_module(name).Storage
+    hooks = set(REQUIRED_HOOKS) | set(STORAGE_HOOKS)
+    # _abc_impl: what abc keeps on every subclass of an abstract class.
+    assert overridden(storage_class, BaseStorage) - {"_abc_impl"} <= hooks
+    assert overridden(storage_class.query_class, BaseQuery) <= set(QUERY_HOOKS)
+
+
+def test_the_checker_sees_an_override_off_the_list() -> None:
+    class Sneaky(BaseQuery[Any]):
+        def _items(self, limit: Any = "query") -> Any:  # the executor's, not a hook
+            return iter(())
+
+        def _engine_fetch(self, *args: Any) -> Any:  # a hook
+            return iter(())
+
+    assert overridden(Sneaky, BaseQuery) == {"_items", "_engine_fetch"}
+    assert not overridden(Sneaky, BaseQuery) <= set(QUERY_HOOKS)
+
+
+def test_hooks_exist_and_required_ones_are_abstract() -> None:
+    assert BaseStorage.__abstractmethods__ == frozenset(REQUIRED_HOOKS)
+    for name in (*REQUIRED_HOOKS, *STORAGE_HOOKS):
+        assert callable(getattr(BaseStorage, name)), name
+    for name in QUERY_HOOKS:
+        assert callable(getattr(BaseQuery, name)), name
+    assert not set(REQUIRED_HOOKS) & set(STORAGE_HOOKS)
+
+
+def documented_hooks(section: str) -> set[str]:
+    """The hooks named in the ``### `...` `` headings of one ``## section`` of docs/backends.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for heading in re.findall(r"^### (.+)$", body, flags=re.M):
+        names.update(re.findall(r"`(_[a-z_]+)\(", heading))
+    return names
+
+
+def test_docs_describe_exactly_the_listed_hooks() -> None:
+    assert documented_hooks("Optional storage hooks") == set(STORAGE_HOOKS)
+    assert documented_hooks("Query hooks") == set(QUERY_HOOKS)
+    required = DOCS.read_text(encoding="utf-8").split("\n## Required hooks\n", 1)[1]
+    required = required.split("\n## ", 1)[0]
+    assert set(re.findall(r"^- `(_[a-z_]+)\(", required, flags=re.M)) == set(REQUIRED_HOOKS)
+
+
+def test_docs_minimal_backend_is_the_plugin() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    listing = text.split("\n## A minimal backend\n", 1)[1].split("```python\n", 1)[1]
+    listing = listing.split("```\n", 1)[0]
+    source = (PLUGIN / "pymodels_testbackend" / "__init__.py").read_text(encoding="utf-8")
+    assert listing == source
+    assert len(source.splitlines()) < 80
+
+
+def test_a_backend_missing_required_hooks_fails_at_instantiation() -> None:
+    class Partial(BaseStorage):
+        def _open(self) -> None:
+            pass
+
+        def _load(self, pk: str) -> dict[str, Any] | None:
+            return None
+
+        def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+            return True
+
+        def _remove(self, pk: str) -> bool:
+            return False
+
+        def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+            return iter(())
+
+    with pytest.raises(TypeError) as info:
+        Partial()  # type: ignore[abstract]
+    message = str(info.value)
+    assert "Partial" in message and "_clear" in message and "_close" in message
+    assert "_open" not in message
+
+
+def test_the_registry_needs_only_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "contract_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "only_storage.py").write_text(
+        "from pymodels_testbackend import Storage\n", encoding="utf-8"
+    )
+    (package / "half.py").write_text(
+        "from pymodels.backend import BaseStorage\n\n"
+        "class Storage(BaseStorage):\n"
+        "    def _open(self): pass\n",
+        encoding="utf-8",
+    )
+    (package / "not_storage.py").write_text("Storage = dict\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        module = pymodels.registry.load_backend("contract_pkg.only_storage")
+        assert not hasattr(module, "Query") and not hasattr(module, "features")
+        with pymodels.get_storage({"backend": "contract_pkg.only_storage"}) as s:
+            assert type(s.query()) is BaseQuery
+            assert s.features.persistent is False
+            s.save({"a": 1}, primary_key="k")
+            assert s.query().where(a=1).count() == 1
+        with pytest.raises(TypeError, match=r"_clear.*_close|_close.*_clear"):
+            pymodels.get_storage({"backend": "contract_pkg.half"})
+        with pytest.raises(ConfigurationError, match="not a subclass"):
+            pymodels.get_storage({"backend": "contract_pkg.not_storage"})
+    finally:
+        for name in ("only_storage", "half", "not_storage", ""):
+            sys.modules.pop(f"contract_pkg.{name}".rstrip("."), None)

@@ -5,11 +5,12 @@ method returns a new query (peewee's clone-on-write); nothing reaches the
 engine until a query is iterated, indexed, counted, printed or deleted.
 
 A backend plugs in by subclassing :class:`BaseQuery` and overriding the
-*engine hooks* (``_compile``, ``_engine_order``, ``_engine_fetch`` and
-optionally the ``_engine_count``/``_engine_delete``/... fast paths). The
-generic executor in this module combines what the engine ran with exact
-filtering, sorting and slicing in Python for whatever it could not, so every
-op works on every backend and gives the reference answer.
+*engine hooks* (:data:`OPTIONAL_HOOKS`: ``_compile``, ``_engine_order``,
+``_engine_fetch`` and the ``_engine_count``/``_engine_delete``/... fast
+paths), and no other underscore name. The generic executor in this module
+combines what the engine ran with exact filtering, sorting and slicing in
+Python for whatever it could not, so every op works on every backend and
+gives the reference answer.
 """
 
 from __future__ import annotations
@@ -28,7 +29,19 @@ from .values import MISSING, freeze, get_path
 if TYPE_CHECKING:
     from .storage import BaseStorage
 
-__all__ = ["BaseQuery", "Compiled"]
+__all__ = ["OPTIONAL_HOOKS", "BaseQuery", "Compiled"]
+
+#: The engine hooks a backend's query class may override, and no other
+#: underscore name (``docs/backends.md`` says when to override each).
+OPTIONAL_HOOKS: tuple[str, ...] = (
+    "_compile",
+    "_engine_order",
+    "_engine_fetch",
+    "_engine_page",
+    "_engine_count",
+    "_engine_delete",
+    "_engine_explain",
+)
 
 _new = object.__new__
 
@@ -116,6 +129,18 @@ class BaseQuery(Generic[D]):
         if order is not None:
             it = sort_items(list(it), order)
         yield from itertools.islice(it, offset, None if limit is None else offset + limit)
+
+    def _engine_page(
+        self, order: tuple[OrderKey, ...], offset: int, limit: int
+    ) -> list[Item] | None:
+        """The exact page ``[offset:offset + limit]`` of :attr:`condition` in ``order`` (hook).
+
+        A fast path for short results (``first()``, ``q[:10]``), asked before
+        the condition is compiled: an engine that can run such a page in one
+        step (a cached statement) returns its records here, in the contract's
+        order; None takes the general path. The default returns None.
+        """
+        return None
 
     def _engine_count(self, native: Any) -> int:
         """Count what ``native`` selects (optional fast path)."""
@@ -267,6 +292,10 @@ class BaseQuery(Generic[D]):
             self.storage._check_open()
         if limit == "query":
             limit = self._limit
+        if limit and self._after is None:
+            page = self._engine_page(self._full_order, self._offset, limit)
+            if page is not None:
+                return iter(page)
         offset = self._offset
         order = self._full_order
         compiled = self._compiled

@@ -2,8 +2,11 @@
 
 ``get_storage`` accepts a settings dict (``{"backend": "shelve", "path": ...}``)
 or a URL (``"sqlite:///app.db"``). A backend is a module exposing ``Storage``,
-``Query`` and ``features``; third-party ones register under the entry-point
-group ``pymodels.backends`` or are named by dotted module path.
+a :class:`~pymodels.backend.BaseStorage` subclass, whose ``query_class`` and
+``features`` are the backend's query class and capabilities (modules also
+export them as ``Query`` and ``features`` by convention; the registry needs
+only ``Storage``). Third-party backends register under the entry-point group
+``pymodels.backends`` or are named by dotted module path.
 """
 
 from __future__ import annotations
@@ -13,13 +16,11 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import BackendNotFound, BackendUnavailable, ConfigurationError
-
-if TYPE_CHECKING:
-    from .storage import BaseStorage
+from .storage import BaseStorage
 
 __all__ = [
     "DEFAULT_URL",
@@ -103,10 +104,19 @@ def load_backend(name: str) -> ModuleType:
             module = _import(name, "")
         else:
             raise BackendNotFound(name, known_backends())
-    missing = [attr for attr in ("Storage", "Query", "features") if not hasattr(module, attr)]
-    if missing:
+    # Only Storage is required: the query class and the features are
+    # Storage.query_class and Storage.features (modules name them Query and
+    # features by convention, and the message lists those it lacks too).
+    storage_class = getattr(module, "Storage", None)
+    if storage_class is None:
+        missing = [attr for attr in ("Storage", "Query", "features") if not hasattr(module, attr)]
         raise ConfigurationError(
             f"{module.__name__} is not a pymodels backend: it lacks {', '.join(missing)}"
+        )
+    if not (isinstance(storage_class, type) and issubclass(storage_class, BaseStorage)):
+        raise ConfigurationError(
+            f"{module.__name__} is not a pymodels backend: its Storage is not a subclass "
+            "of pymodels.backend.BaseStorage"
         )
     return module
 

@@ -3,11 +3,14 @@
 :class:`BaseStorage` is the backend contract. Its methods fall in three groups,
 kept apart below:
 
-* **required hooks** every backend implements (``_open``, ``_load``,
-  ``_store``, ``_remove``, ``_scan``, ``_clear``, ``_close``);
-* **optional overrides** a backend implements only to be faster or to expose a
-  capability (bulk writes, counting, transactions, indexes, partial updates);
+* **required hooks** every backend implements (:data:`REQUIRED_HOOKS`):
+  abstract methods, so a class lacking one cannot be instantiated;
+* **optional hooks** a backend overrides only to be faster or to expose a
+  capability (:data:`OPTIONAL_HOOKS`, each described in ``docs/backends.md``);
 * the **public API** users call, built on the hooks and identical everywhere.
+
+Every other underscore name here is internal: backends neither call nor
+override it (``tests/test_backend_contract.py`` checks the overriding).
 
 Records cross the hook boundary as plain dicts of values from the value domain
 (already validated, aware datetimes in UTC); each backend encodes them for its
@@ -16,6 +19,7 @@ engine and decodes them back exactly.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import threading
@@ -52,7 +56,39 @@ from .values import (
     validate_value,
 )
 
-__all__ = ["BaseSettings", "BaseStorage", "Change", "IndexSpec"]
+__all__ = ["OPTIONAL_HOOKS", "REQUIRED_HOOKS", "BaseSettings", "BaseStorage", "Change", "IndexSpec"]
+
+#: The hooks every backend implements (abstract in :class:`BaseStorage`).
+REQUIRED_HOOKS: tuple[str, ...] = (
+    "_open",
+    "_load",
+    "_store",
+    "_remove",
+    "_scan",
+    "_clear",
+    "_close",
+)
+
+#: The hooks a backend may override, and no other underscore name
+#: (``docs/backends.md`` says when to override each).
+OPTIONAL_HOOKS: tuple[str, ...] = (
+    "_load_many",
+    "_store_many",
+    "_keys",
+    "_count",
+    "_contains",
+    "_begin",
+    "_commit",
+    "_rollback",
+    "_create_index",
+    "_index_kind",
+    "_can_index_now",
+    "_update_many",
+    "_remove_many",
+    "_compare_and_store",
+    "_new_pk",
+    "_new_pks",
+)
 
 D = TypeVar("D", bound="Document")
 
@@ -87,7 +123,7 @@ class IndexSpec(NamedTuple):
         return "__".join(("d_" if k.descending else "") + "_".join(k.path) for k in self.keys)
 
 
-class BaseStorage:
+class BaseStorage(abc.ABC):
     """The backend contract and the public storage API."""
 
     #: What this backend's engine can do.
@@ -130,14 +166,15 @@ class BaseStorage:
 
     # ================================================== required hooks
 
+    @abc.abstractmethod
     def _open(self) -> None:
         """Connect to or open the database described by ``self.settings``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _open()")
 
+    @abc.abstractmethod
     def _load(self, pk: str) -> dict[str, Any] | None:
         """Return the record stored under ``pk``, or None."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _load()")
 
+    @abc.abstractmethod
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         """Write ``record`` under ``pk``, replacing it if ``overwrite``.
 
@@ -145,25 +182,24 @@ class BaseStorage:
         Return True when written. ``record`` is valid and may be the caller's
         own dict: encode or copy it, never keep or change it.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement _store()")
 
+    @abc.abstractmethod
     def _remove(self, pk: str) -> bool:
         """Delete the record under ``pk``; return whether it existed."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _remove()")
 
+    @abc.abstractmethod
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield every ``(pk, record)`` pair, in any order, without library metadata."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _scan()")
 
+    @abc.abstractmethod
     def _clear(self) -> None:
         """Remove every record (library metadata stays)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _clear()")
 
+    @abc.abstractmethod
     def _close(self) -> None:
         """Release the engine's resources (called once)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _close()")
 
-    # ================================================ optional overrides
+    # =================================================== optional hooks
 
     def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
         """Records for several pks, aligned with ``pks``."""
@@ -207,7 +243,7 @@ class BaseStorage:
         """Abandon the transaction :meth:`_begin` started."""
         raise NotSupported(f"{self.backend} has no transactions")
 
-    def _create_index(self, spec: IndexSpec) -> None:
+    def _create_index(self, spec: IndexSpec) -> None:  # noqa: B027 - an optional no-op hook
         """Create an index (idempotently). Only called when ``features.indexes``."""
 
     def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str | None:
@@ -221,18 +257,26 @@ class BaseStorage:
         """Whether ``ensure_indexes`` may create indexes now (False: at a later save)."""
         return True
 
-    def _update(self, pk: str, changes: list[Change]) -> bool:
-        """Apply partial changes to one record; return whether it existed.
+    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
+        """Apply partial changes to the records under ``pks``; return how many existed.
 
-        The default reads, changes and writes the record under the storage lock
-        (and in a transaction where there are transactions).
+        The default reads, changes and writes each record under the storage
+        lock, in one transaction where there are transactions. Engines that
+        change fields in place (``features.partial_update``) override it.
         """
         with self._lock, self._atomic():
-            record = self._load(pk)
-            if record is None:
-                return False
-            self._store(pk, apply_changes(record, changes), overwrite=True)
-            return True
+            changed = 0
+            for pk in pks:
+                record = self._load(pk)
+                if record is not None:
+                    self._store(pk, apply_changes(record, changes), overwrite=True)
+                    changed += 1
+            return changed
+
+    def _remove_many(self, pks: list[str]) -> int:
+        """Delete the records under ``pks``; return how many existed (one transaction)."""
+        with self._atomic():
+            return sum(1 for pk in pks if self._remove(pk))
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any
@@ -253,7 +297,7 @@ class BaseStorage:
             return self._store(pk, record, overwrite=True)
 
     def _new_pk(self) -> str:
-        """A new primary key (backends with their own generator override this)."""
+        """A new primary key (override to generate keys another way, e.g. to force clashes)."""
         return new_pk()
 
     def _new_pks(self, count: int) -> list[str]:
@@ -668,14 +712,6 @@ class BaseStorage:
                 value = validate_value(value, key)
             parsed.append(Change(tuple(parts), op, value))
         return parsed
-
-    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
-        with self._atomic():
-            return sum(1 for pk in pks if self._update(pk, changes))
-
-    def _remove_many(self, pks: list[str]) -> int:
-        with self._atomic():
-            return sum(1 for pk in pks if self._remove(pk))
 
 
 # ------------------------------------------------------------------ helpers

@@ -34,7 +34,6 @@ from ..backend import (
     BackendUnavailable,
     BaseQuery,
     BaseSettings,
-    BaseStorage,
     Change,
     ConfigurationError,
     ConnectionFailed,
@@ -438,7 +437,7 @@ class Storage(SQLStorage):
     def _update_locked(self, pk: str, changes: list[Change]) -> bool:
         with self._db() as conn:
             conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])
-        return BaseStorage._update(self, pk, changes)
+        return super()._update_many([pk], changes) == 1
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any

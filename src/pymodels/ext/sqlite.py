@@ -35,7 +35,6 @@ from ..backend import (
     OPS,
     BaseQuery,
     BaseSettings,
-    BaseStorage,
     Change,
     ConfigurationError,
     Features,
@@ -410,7 +409,7 @@ class Storage(SQLStorage):
             # What the guard kept out (a parent that is not a dict, an int that
             # would overflow, a missing record) takes the exact generic path.
             rest = [pk for pk in pks if pk not in done]
-            return len(done) + sum(1 for pk in rest if BaseStorage._update(self, pk, changes))
+            return len(done) + (super()._update_many(rest, changes) if rest else 0)
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ...backend import PK_ORDER, BaseQuery, Compiled, Item, OrderKey, get_path, sort_items
 from .compiler import valid_path
@@ -52,29 +52,26 @@ class SQLQuery(BaseQuery[Any]):
     def _compile(self, condition: Any) -> Compiled:
         return self.storage._compiler.compile(condition)
 
-    def _items(self, limit: int | Literal["query"] | None = "query") -> Iterator[Item]:
+    def _engine_page(
+        self, order: tuple[OrderKey, ...], offset: int, limit: int
+    ) -> list[Item] | None:
         # The hot path, a short exact result (first(), q[:10]) of a condition
         # shape seen before: one cached statement, its rows in one fetch.
-        if limit == "query":
-            limit = self._limit
         backend = self.storage
-        if self._after is None and limit is not None and 0 < limit <= backend._page_size:
-            if backend.closed:
-                backend._check_open()
-            order = self._full_order
-            condition = self._where if self.doc_class is None else self.condition
-            statement = backend._compiler.select(
-                condition, backend._table, order, self._offset, limit
-            )
-            if statement is not None:
-                rows = backend._fetch_records(*statement)
-                if order is PK_ORDER:
-                    return iter(rows)  # pks are never lists or dicts
-                paths = _order_paths(order)
-                if not paths or not _any_container(rows, paths):
-                    return iter(rows)
-                # A list or dict at an order key: the general path repairs the order.
-        return super()._items(limit)
+        if limit > backend._page_size:
+            return None
+        condition = self._where if self.doc_class is None else self.condition
+        statement = backend._compiler.select(condition, backend._table, order, offset, limit)
+        if statement is None:
+            return None
+        rows = backend._fetch_records(*statement)
+        if order is PK_ORDER:
+            return rows  # pks are never lists or dicts
+        paths = _order_paths(order)
+        if not paths or not _any_container(rows, paths):
+            return rows
+        # A list or dict at an order key: the general path repairs the order.
+        return None
 
     def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
         # Always: _engine_fetch repairs the order among lists and dicts itself.

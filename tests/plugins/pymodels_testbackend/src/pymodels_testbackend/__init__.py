@@ -70,8 +70,3 @@ class Storage(BaseStorage):
 
     def _close(self) -> None:
         pass
-
-
-# What the registry reads: until it derives them from ``Storage``, spelled out.
-Query = Storage.query_class
-features = Storage.features
