@@ -324,3 +324,67 @@ def test_the_registry_needs_only_storage(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         for name in ("only_storage", "half", "not_storage", ""):
             sys.modules.pop(f"contract_pkg.{name}".rstrip("."), None)
+
+
+# ---------------------------------------------------------------- the seams
+
+SRC = ROOT / "src" / "pymodels"
+#: Modules whose queries reach a storage, and where they do it.
+QUERY_MODULES = ["query.py", "ext/memory.py", "ext/_sql/query.py", "ext/tokyo_cabinet/_query.py"]
+#: What storage.py and query.py call documents (their variables' names).
+DOCUMENT_NAMES = {"doc", "doc_or_pk", "cls", "doc_class", "d", "ref", "write"}
+
+
+def private_uses(source: str) -> list[tuple[int, str, str]]:
+    """``(line, receiver, name)`` for every ``receiver._name`` (not dunder) in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append((node.lineno, ast.unparse(node.value), node.attr))
+    return found
+
+
+def storage_receiver(receiver: str) -> bool:
+    return receiver in ("self.storage", "storage", "backend")
+
+
+@pytest.mark.parametrize("module", QUERY_MODULES)
+def test_queries_call_only_storage_hooks(module: str) -> None:
+    hooks = set(REQUIRED_HOOKS) | set(STORAGE_HOOKS)
+    source = (SRC / module).read_text(encoding="utf-8")
+    calls = [(line, r, n) for line, r, n in private_uses(source) if storage_receiver(r)]
+    bad = [f"{module}:{line}: {r}.{n}" for line, r, n in calls if n not in hooks]
+    assert not bad, "queries reach storages through hooks only:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", ["storage.py", "query.py"])
+def test_storages_and_queries_use_no_private_name_of_documents(module: str) -> None:
+    source = (SRC / module).read_text(encoding="utf-8")
+    bad = [
+        f"{module}:{line}: {receiver}.{name}"
+        for line, receiver, name in private_uses(source)
+        if receiver.split(".")[-1] in DOCUMENT_NAMES or receiver.startswith("type(doc")
+    ]
+    assert not bad, "documents are reached through documents.from_record & co:\n" + "\n".join(bad)
+
+
+def test_the_seam_checks_see_a_breach() -> None:
+    source = (
+        "def f(self, doc, storage):\n"
+        "    self.storage._fetch_records('x')\n"
+        "    storage._load('k')\n"
+        "    doc._set_saved(storage, 'k')\n"
+        "    type(doc)._meta()\n"
+    )
+    uses = private_uses(source)
+    assert [(r, n) for _, r, n in uses] == [
+        ("self.storage", "_fetch_records"),
+        ("storage", "_load"),
+        ("doc", "_set_saved"),
+        ("type(doc)", "_meta"),
+    ]
+    assert [n for _, r, n in uses if storage_receiver(r)] == ["_fetch_records", "_load"]

@@ -15,7 +15,7 @@ care and never rename.
 from .codec import decode as decode_tagged
 from .codec import encode as encode_tagged
 from .conditions import ALL, And, Condition, Lookup, Not, Or
-from .documents import Document
+from .documents import Document, declared_types
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -28,7 +28,7 @@ from .errors import (
 )
 from .features import OPS, Features, OpSupport
 from .ordering import PK_ORDER, OrderKey, sort_items
-from .query import BaseQuery, Compiled, Item
+from .query import BATCH_SIZE, BaseQuery, Compiled, Item
 from .registry import url_path
 from .storage import BaseSettings, BaseStorage, Change, IndexSpec, apply_changes
 from .values import (
@@ -44,6 +44,7 @@ from .values import (
 
 __all__ = [
     "ALL",
+    "BATCH_SIZE",
     "INT_MAX",
     "INT_MIN",
     "KINDS",
@@ -77,6 +78,7 @@ __all__ = [
     "apply_changes",
     "check_field_name",
     "copy_value",
+    "declared_types",
     "decode_tagged",
     "encode_tagged",
     "get_path",

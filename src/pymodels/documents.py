@@ -10,6 +10,14 @@ A field typed as another Document class is a *reference*: the record holds
 the other document's pk, and the loaded document holds a placeholder instance
 of the referenced class that loads itself from the same storage on first
 attribute access.
+
+Storages and queries meet documents at one small interface, the functions at
+the end of this module: :func:`from_record` turns a record into a document,
+:func:`is_member`/:func:`membership` say which records a class covers,
+:func:`plan_save` turns a document (and the unsaved documents it references)
+into the records a save writes, and :func:`mark_saved` gives the documents
+their pks and versions once written. ``storage.py`` and ``query.py`` use no
+other private name of this module.
 """
 
 from __future__ import annotations
@@ -19,22 +27,37 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, Union
 
 import pydantic
 from pydantic import Field
 
 from . import codec
 from .conditions import ALL, And, Condition, Not, Q
-from .errors import ConfigurationError, InvalidQuery, PyModelsError, ValidationError
+from .errors import ConfigurationError, ConflictError, InvalidQuery, PyModelsError, ValidationError
 from .values import MISSING, check_field_name, strict_equal, validate_value
 
 if TYPE_CHECKING:
     from .query import BaseQuery
     from .storage import BaseStorage
 
-__all__ = ["Document", "Field", "Model"]
+__all__ = [
+    "Document",
+    "Field",
+    "Model",
+    "SavePlan",
+    "Write",
+    "check_query_path",
+    "declared_types",
+    "from_record",
+    "index_entries",
+    "is_member",
+    "mark_saved",
+    "membership",
+    "plan_save",
+    "stored_values",
+]
 
 D = typing.TypeVar("D", bound="Document")
 
@@ -201,27 +224,14 @@ class Document(pydantic.BaseModel):
         return meta
 
     @classmethod
-    @functools.cache
     def _membership(cls) -> Condition:
-        """The condition that selects this class's members."""
-        meta = cls._meta()
-        parts: list[Condition] = [
-            Q(**{f"{name}__exists": True})
-            for name, info in cls.model_fields.items()
-            if info.is_required()
-        ]
-        if meta.must_have_condition != ALL:
-            parts.append(meta.must_have_condition)
-        parts.extend(Not(c) for c in meta.must_not_have_conditions)
-        return And.of(*parts) if parts else ALL
+        """The condition that selects this class's members (see :func:`membership`)."""
+        return membership(cls)
 
     @classmethod
     def _is_member(cls, record: Mapping[str, Any]) -> bool:
-        test = _MEMBER_TESTS.get(cls, _UNSET)
-        if test is _UNSET:
-            membership = cls._membership()
-            test = _MEMBER_TESTS[cls] = None if membership == ALL else membership.matches
-        return test is None or bool(test(record))
+        """Whether ``record`` belongs to this class (see :func:`is_member`)."""
+        return is_member(cls, record)
 
     @classmethod
     @functools.cache
@@ -235,19 +245,6 @@ class Document(pydantic.BaseModel):
         return refs
 
     @classmethod
-    def _check_query_path(cls, path: tuple[str, ...], where: str) -> None:
-        if len(path) < 2 or path[0] not in cls.model_fields:
-            return
-        annotation = cls.model_fields[path[0]].annotation
-        if not _allows_nesting(annotation):
-            raise InvalidQuery(
-                f"{where}: {cls.__name__}.{path[0]} is declared as {_type_name(annotation)}, "
-                "so a path cannot pass through it"
-            )
-
-    # ------------------------------------------------------- loading
-
-    @classmethod
     def _from_storage(
         cls,
         storage: BaseStorage | None,
@@ -255,41 +252,8 @@ class Document(pydantic.BaseModel):
         record: dict[str, Any],
         partial: bool = False,
     ) -> Self:
-        info = _LOAD_INFO.get(cls)
-        if info is None:
-            # __pydantic_fields__: model_fields without the property's cost.
-            info = _LOAD_INFO[cls] = (not cls.__pydantic_fields__, cls._meta().version_field)
-        free_form, version_field = info
-        if free_form:
-            # Free-form documents (storage.query(), get(None, pk)) have nothing
-            # to validate: every field is undeclared and kept as stored. The
-            # record is the caller's to give (storage hooks return fresh ones).
-            # __dict__ is left to Python, which makes an empty one on first use.
-            # So are pydantic's own slots: __getattr__ answers them (_PYDANTIC_UNSET).
-            doc = _new(cls)
-            return _attach(doc, storage, pk, record, record, version_field, partial)
-        declared: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        fields = cls.__pydantic_fields__
-        for key, value in record.items():
-            (declared if key in fields else extra)[key] = value
-        for name, (target, many) in cls._references().items():
-            value = declared.get(name, MISSING)
-            if many and type(value) is list and all(type(v) is str for v in value):
-                declared[name] = [target._placeholder(storage, v) for v in value]
-            elif not many and type(value) is str:
-                declared[name] = target._placeholder(storage, value)
-        try:
-            if partial:
-                doc = cls._partial_instance(declared)
-            else:
-                # As BaseModel.__init__ does: model_validate would call our
-                # __init__ (pydantic's custom-init path), hiding field errors.
-                doc = cls.__new__(cls)
-                cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
-        except pydantic.ValidationError as e:
-            raise _wrap(cls, e, pk) from e
-        return _attach(doc, storage, pk, extra, record, version_field, partial)
+        """The document a record stands for (see :func:`from_record`)."""
+        return from_record(cls, storage, pk, record, partial)
 
     @classmethod
     def _partial_instance(cls, declared: dict[str, Any]) -> Self:
@@ -374,59 +338,7 @@ class Document(pydantic.BaseModel):
 
     def _to_record(self) -> dict[str, Any]:
         """The record this document stores (references as pks), validated."""
-        self._ensure_loaded()
-        cls = type(self)
-        refs = cls._references()
-        record: dict[str, Any] = {}
-        for key, value in self._extra.items():
-            record[key] = value
-        for name in cls.model_fields:
-            value = self.__dict__.get(name)
-            if value is None:
-                record.pop(name, None)
-                continue
-            if name in refs:
-                value = (
-                    _ref_pk(value, name) if not refs[name][1] else [_ref_pk(v, name) for v in value]
-                )
-            record[name] = validate_value(value, name)
-        return record
-
-    def _stored_values(self) -> dict[str, Any]:
-        try:
-            return self._to_record()
-        except ValidationError:
-            return {}
-
-    def _unsaved_references(self) -> list[Document]:
-        """Unsaved documents reachable through references (not self), each once."""
-        found: list[Document] = []
-        seen: set[int] = {id(self)}
-
-        def visit(doc: Document) -> None:
-            if doc._lazy is not None:
-                return
-            for name, (_target, many) in type(doc)._references().items():
-                value = doc.__dict__.get(name)
-                for ref in (value or []) if many else ([value] if value is not None else []):
-                    if isinstance(ref, Document) and id(ref) not in seen:
-                        seen.add(id(ref))
-                        if ref.pk is None:
-                            found.append(ref)
-                            visit(ref)
-
-        visit(self)
-        return found
-
-    def _set_saved(self, storage: BaseStorage, pk: str) -> None:
-        self._pk = pk
-        self._storage = storage
-
-    def _set_version_value(self, field: str, value: int) -> None:
-        if field in type(self).model_fields:
-            self.__dict__[field] = value
-        else:
-            self._extra[field] = value
+        return _record_of(self, None)
 
     # ------------------------------------------------------- public API
 
@@ -566,7 +478,7 @@ class Document(pydantic.BaseModel):
         if not isinstance(record, dict):
             raise ValidationError("document JSON must be an object")
         pk = record.pop("$pk", None)
-        return cls._from_storage(None, pk, record)
+        return from_record(cls, None, pk, record)
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -624,14 +536,19 @@ def _wrap(cls: type[Document], error: pydantic.ValidationError, pk: str | None) 
     return ValidationError(f"{where}: {details}", field=field, pk=pk)
 
 
-def _ref_pk(value: Any, field: str) -> str:
+def _ref_pk(value: Any, field: str, pks: Mapping[int, str] | None) -> str:
     if not isinstance(value, Document):
         raise ValidationError(
             f"{field}: expected a document, not {type(value).__name__}", field=field
         )
-    if value.pk is None:
+    # A pk given in this save (to an unsaved document, or to the one saved
+    # under a new pk) wins over the one the document holds.
+    pk = pks.get(id(value)) if pks else None
+    if pk is None:
+        pk = value.pk
+    if pk is None:
         raise ValidationError(f"{field}: the referenced document is not saved", field=field)
-    return value.pk
+    return pk
 
 
 def _strip_optional(annotation: Any) -> list[Any]:
@@ -679,3 +596,251 @@ def _type_name(annotation: Any) -> str:
 def _strict_adapter(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
     """A validator for one declared field (used to load only() projections)."""
     return pydantic.TypeAdapter(cls.model_fields[name].annotation or Any)
+
+
+# ================================================= records: the storage seam
+# What storage.py and query.py use of documents, and nothing else.
+
+
+def from_record(
+    cls: type[D],
+    storage: BaseStorage | None,
+    pk: str | None,
+    record: dict[str, Any],
+    partial: bool = False,
+) -> D:
+    """The ``cls`` document a stored record stands for, validated strictly.
+
+    The document adopts ``record`` (free-form documents keep it as their
+    fields): the caller hands over a fresh dict, as storage hooks return.
+    References become unloaded documents that load from ``storage``.
+    ``partial`` marks a projection (``only()``), which cannot be saved.
+    """
+    info = _LOAD_INFO.get(cls)
+    if info is None:
+        # __pydantic_fields__: model_fields without the property's cost.
+        info = _LOAD_INFO[cls] = (not cls.__pydantic_fields__, cls._meta().version_field)
+    free_form, version_field = info
+    if free_form:
+        # Free-form documents (storage.query(), get(None, pk)) have nothing
+        # to validate: every field is undeclared and kept as stored. The
+        # record is the caller's to give (storage hooks return fresh ones).
+        # __dict__ is left to Python, which makes an empty one on first use.
+        # So are pydantic's own slots: __getattr__ answers them (_PYDANTIC_UNSET).
+        doc = _new(cls)
+        return _attach(doc, storage, pk, record, record, version_field, partial)
+    declared: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    fields = cls.__pydantic_fields__
+    for key, value in record.items():
+        (declared if key in fields else extra)[key] = value
+    for name, (target, many) in cls._references().items():
+        value = declared.get(name, MISSING)
+        if many and type(value) is list and all(type(v) is str for v in value):
+            declared[name] = [target._placeholder(storage, v) for v in value]
+        elif not many and type(value) is str:
+            declared[name] = target._placeholder(storage, value)
+    try:
+        if partial:
+            doc = cls._partial_instance(declared)
+        else:
+            # As BaseModel.__init__ does: model_validate would call our
+            # __init__ (pydantic's custom-init path), hiding field errors.
+            doc = cls.__new__(cls)
+            cls.__pydantic_validator__.validate_python(declared, strict=True, self_instance=doc)
+    except pydantic.ValidationError as e:
+        raise _wrap(cls, e, pk) from e
+    return _attach(doc, storage, pk, extra, record, version_field, partial)
+
+
+@functools.cache
+def membership(cls: type[Document]) -> Condition:
+    """The condition that selects the members of ``cls``: required fields and ``Meta``."""
+    meta = cls._meta()
+    parts: list[Condition] = [
+        Q(**{f"{name}__exists": True})
+        for name, info in cls.model_fields.items()
+        if info.is_required()
+    ]
+    if meta.must_have_condition != ALL:
+        parts.append(meta.must_have_condition)
+    parts.extend(Not(c) for c in meta.must_not_have_conditions)
+    return And.of(*parts) if parts else ALL
+
+
+def is_member(cls: type[Document], record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` belongs to ``cls`` (matches :func:`membership`)."""
+    test = _MEMBER_TESTS.get(cls, _UNSET)
+    if test is _UNSET:
+        condition = membership(cls)
+        test = _MEMBER_TESTS[cls] = None if condition == ALL else condition.matches
+    return test is None or bool(test(record))
+
+
+def check_query_path(cls: type[Document], path: tuple[str, ...], where: str) -> None:
+    """Refuse a query path that passes through a field ``cls`` declares as a scalar."""
+    if len(path) < 2 or path[0] not in cls.model_fields:
+        return
+    annotation = cls.model_fields[path[0]].annotation
+    if not _allows_nesting(annotation):
+        raise InvalidQuery(
+            f"{where}: {cls.__name__}.{path[0]} is declared as {_type_name(annotation)}, "
+            "so a path cannot pass through it"
+        )
+
+
+def declared_types(cls: type[Document], name: str) -> list[Any] | None:
+    """The types field ``name`` of ``cls`` is declared to hold, None if undeclared.
+
+    ``Optional``/``| None`` and ``Annotated`` are unwrapped and unions listed:
+    ``int | float | None`` gives ``[int, float]``. Backends pick index kinds by it.
+    """
+    info = cls.model_fields.get(name)
+    return None if info is None else _strip_optional(info.annotation)
+
+
+def index_entries(cls: type[Document]) -> list[Any]:
+    """The entries of ``cls.Meta.indexes`` (parents' first), as declared."""
+    return cls._meta().indexes
+
+
+def stored_values(doc: Document) -> dict[str, Any]:
+    """The record ``doc`` would store, or ``{}`` when it is not valid (for ``after()``)."""
+    try:
+        return _record_of(doc, None)
+    except ValidationError:
+        return {}
+
+
+class Write(NamedTuple):
+    """One record a save writes: the document, its pk and record, how to write it."""
+
+    doc: Document
+    pk: str
+    record: dict[str, Any]
+    #: Refuse to replace an existing record (IntegrityError).
+    insert: bool
+    #: ``Meta.version_field``, or None: the record then is written unconditionally.
+    version_field: str | None
+    #: The version the stored record must hold (None: no record yet; MISSING:
+    #: stored without the field); the record holds the next one.
+    expected: Any
+
+
+class SavePlan(NamedTuple):
+    """What saving a document writes: referenced unsaved documents first, itself last."""
+
+    pk: str
+    writes: list[Write]
+
+    @property
+    def classes(self) -> set[type[Document]]:
+        """The document classes written (for their indexes)."""
+        return {type(w.doc) for w in self.writes}
+
+
+def plan_save(
+    doc: Document, pk: str | None, *, insert: bool, new_pk: Callable[[], str]
+) -> SavePlan:
+    """The records that saving ``doc`` (under ``pk``, or its own) writes; nothing changes yet.
+
+    Every unsaved document ``doc`` references (transitively, cycles included)
+    gets a pk from ``new_pk`` and is written first, with insert; ``doc`` gets
+    ``pk``, its own pk or a new one. References are stored as those pks, and
+    versioned classes get their next version. The documents learn their pks
+    and versions only from :func:`mark_saved`, after the writes succeeded.
+    """
+    if doc._partial:
+        raise PyModelsError(
+            f"{type(doc).__name__} {doc.pk!r} was loaded with only(): it cannot be saved"
+        )
+    graph = _unsaved_references(doc)
+    pks: dict[int, str] = {}
+    if pk is not None or doc.pk is None:
+        insert = insert or (doc.pk is None and pk is None)
+        pks[id(doc)] = pk if pk is not None else new_pk()
+    for ref in graph:
+        pks[id(ref)] = new_pk()
+    writes = [_write(ref, pks, True) for ref in graph]
+    writes.append(_write(doc, pks, insert))
+    return SavePlan(writes[-1].pk, writes)
+
+
+def mark_saved(plan: SavePlan, storage: BaseStorage) -> None:
+    """Give the documents of ``plan`` their pks, storage and versions (all was written)."""
+    for write in plan.writes:
+        doc = write.doc
+        _SET_PK(doc, write.pk)
+        _SET_STORAGE(doc, storage)
+        field = write.version_field
+        if field is not None:
+            version = write.record[field]
+            _SET_VERSION(doc, version)
+            if field in type(doc).model_fields:
+                doc.__dict__[field] = version
+            else:
+                doc._extra[field] = version
+
+
+def _write(doc: Document, pks: Mapping[int, str], insert: bool) -> Write:
+    record = _record_of(doc, pks)
+    pk = pks.get(id(doc), doc.pk)
+    assert pk is not None, "plan_save gives every document a pk"
+    field = type(doc)._meta().version_field
+    expected = None
+    if field is not None:
+        # None: a new document, so no record may exist yet; else the value loaded.
+        expected = doc._version
+        fresh = expected is None or expected is MISSING
+        record[field] = 1 if fresh else _next_version(expected)
+    return Write(doc, pk, record, insert, field, expected)
+
+
+def _next_version(value: Any) -> Any:
+    if type(value) is not int:
+        raise ConflictError(f"version field holds {value!r}, not an int")
+    return value + 1
+
+
+def _record_of(doc: Document, pks: Mapping[int, str] | None) -> dict[str, Any]:
+    """The record ``doc`` stores, validated: references as their pks (or those in ``pks``)."""
+    doc._ensure_loaded()
+    cls = type(doc)
+    refs = cls._references()
+    record: dict[str, Any] = {}
+    for key, value in doc._extra.items():
+        record[key] = value
+    for name in cls.model_fields:
+        value = doc.__dict__.get(name)
+        if value is None:
+            record.pop(name, None)
+            continue
+        if name in refs:
+            value = (
+                _ref_pk(value, name, pks)
+                if not refs[name][1]
+                else [_ref_pk(v, name, pks) for v in value]
+            )
+        record[name] = validate_value(value, name)
+    return record
+
+
+def _unsaved_references(doc: Document) -> list[Document]:
+    """Unsaved documents reachable through references (not ``doc``), each once."""
+    found: list[Document] = []
+    seen: set[int] = {id(doc)}
+
+    def visit(current: Document) -> None:
+        if current._lazy is not None:
+            return
+        for name, (_target, many) in type(current)._references().items():
+            value = current.__dict__.get(name)
+            for ref in (value or []) if many else ([value] if value is not None else []):
+                if isinstance(ref, Document) and id(ref) not in seen:
+                    seen.add(id(ref))
+                    if ref.pk is None:
+                        found.append(ref)
+                        visit(ref)
+
+    visit(doc)
+    return found

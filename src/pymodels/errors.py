@@ -7,6 +7,7 @@ raised first, the original is chained (``raise ... from e``) so nothing is lost.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BackendNotFound",
@@ -22,6 +23,7 @@ __all__ = [
     "NotSupported",
     "PyModelsError",
     "ValidationError",
+    "check_usable",
 ]
 
 
@@ -118,3 +120,15 @@ class BulkWriteError(PyModelsError):
         super().__init__(message)
         self.index = index
         self.written_pks = list(written_pks)
+
+
+def check_usable(storage: Any, *, write: bool = False) -> None:
+    """Raise if ``storage`` is closed (or, for a ``write``, open read-only).
+
+    Storages and queries both guard their public methods with it, through
+    the storage's public ``closed``, ``read_only`` and ``backend``.
+    """
+    if storage.closed:
+        raise PyModelsError(f"{storage.backend} storage is closed")
+    if write and storage.read_only:
+        raise NotSupported(f"{storage.backend} storage is open read-only")

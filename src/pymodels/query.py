@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
+from . import documents
+from .changes import parse_changes
 from .conditions import ALL, And, Condition, Not, Q, combine, parse_path
-from .documents import Document
-from .errors import InvalidQuery
-from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key, sort_items
-from .values import MISSING, freeze, get_path
+from .documents import Document, from_record
+from .errors import DoesNotExist, InvalidQuery, check_usable
+from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key
+from .values import MISSING, check_pk, freeze, get_path
 
 if TYPE_CHECKING:
     from .storage import BaseStorage
@@ -50,7 +52,8 @@ D = TypeVar("D", bound="Document")
 #: A stored record with its pk, as engines hand them out.
 Item = tuple[str, dict[str, Any]]
 
-#: How many records the executor pulls from the engine at a time.
+#: How many records to load from the engine at a time (the executor's and
+#: backends' batches of ``_load_many`` and the like).
 BATCH_SIZE = 1000
 
 
@@ -97,19 +100,25 @@ class BaseQuery(Generic[D]):
         return new
 
     # ------------------------------------------------------- engine hooks
-    # A backend overrides these. The defaults describe an engine that can
-    # only list every record: everything else happens in Python.
+    # A backend overrides these. The defaults ask the storage's side of them
+    # (``_compile_condition``, ``_select``, ...), whose own defaults describe
+    # an engine that can only list every record: everything else happens in
+    # Python. ``self.storage`` is reached through storage hooks only.
 
     def _compile(self, condition: Condition) -> Compiled:
         """Translate ``condition`` for the engine (hook).
 
         Return the native form of the condition (or of a superset of it) and
-        the residual that Python must check. The default runs nothing natively.
+        the residual that Python must check. The default asks the storage's
+        ``_compile_condition``.
         """
-        return Compiled(None, None if condition == ALL else condition, "full scan")
+        return self.storage._compile_condition(condition)
 
-    def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
-        """Whether the engine sorts by all of ``order`` exactly as the contract does (hook)."""
+    def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
+        """Whether the engine sorts what ``native`` selects by all of ``order`` exactly (hook).
+
+        Exactly: as the contract's total order does.
+        """
         return False
 
     def _engine_fetch(
@@ -123,12 +132,9 @@ class BaseQuery(Generic[D]):
 
         ``order`` is given only when :meth:`_engine_order` accepted it, and
         ``offset``/``limit`` are non-trivial only when the result needs no
-        filtering in Python. The default scans the whole storage.
+        filtering in Python. The default asks the storage's ``_select``.
         """
-        it: Iterable[tuple[str, dict[str, Any]]] = self.storage._scan()
-        if order is not None:
-            it = sort_items(list(it), order)
-        yield from itertools.islice(it, offset, None if limit is None else offset + limit)
+        return iter(self.storage._select(native, order, offset, limit))
 
     def _engine_page(
         self, order: tuple[OrderKey, ...], offset: int, limit: int
@@ -138,9 +144,10 @@ class BaseQuery(Generic[D]):
         A fast path for short results (``first()``, ``q[:10]``), asked before
         the condition is compiled: an engine that can run such a page in one
         step (a cached statement) returns its records here, in the contract's
-        order; None takes the general path. The default returns None.
+        order; None takes the general path. The default asks the storage's
+        ``_select_page``.
         """
-        return None
+        return self.storage._select_page(self.condition, order, offset, limit)
 
     def _engine_count(self, native: Any) -> int:
         """Count what ``native`` selects (optional fast path)."""
@@ -149,12 +156,24 @@ class BaseQuery(Generic[D]):
     def _engine_delete(self, native: Any) -> int | None:
         """Delete what ``native`` selects and return how many (optional fast path).
 
-        Return None to let the generic code delete by pk instead.
+        Return None to let the generic code delete by pk instead. The default
+        asks the storage's ``_delete_where``.
         """
-        return None
+        return self.storage._delete_where(native)
 
-    def _engine_explain(self, compiled: Compiled, order: tuple[OrderKey, ...] | None) -> str:
-        """What the engine would run, for humans (optional)."""
+    def _engine_explain(
+        self,
+        compiled: Compiled,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+    ) -> str:
+        """What the engine would run, for humans (optional).
+
+        ``order`` is given when :meth:`_engine_order` accepted it;
+        ``offset``/``limit`` are the query's slice when Python filters nothing
+        after the engine (else 0 and None).
+        """
         return compiled.description or repr(compiled.native)
 
     # ------------------------------------------------------------ building
@@ -164,7 +183,7 @@ class BaseQuery(Generic[D]):
         """The whole condition: class membership and every ``where``."""
         if self.doc_class is None:
             return self._where
-        membership = self.doc_class._membership()
+        membership = documents.membership(self.doc_class)
         return And.of(membership, self._where) if membership != ALL else self._where
 
     def where(self, *conditions: Condition, **lookups: Any) -> Self:
@@ -203,9 +222,13 @@ class BaseQuery(Generic[D]):
         if isinstance(doc_or_pk, Document):
             if doc_or_pk.pk is None:
                 raise InvalidQuery("after() needs a saved document")
-            anchor = (doc_or_pk.pk, doc_or_pk._stored_values())
+            anchor = (doc_or_pk.pk, documents.stored_values(doc_or_pk))
         else:
-            anchor = (doc_or_pk, self.storage._load_checked(doc_or_pk))
+            check_usable(self.storage)
+            record = self.storage._load(check_pk(doc_or_pk))
+            if record is None:
+                raise DoesNotExist(f"no record with pk {doc_or_pk!r}")
+            anchor = (doc_or_pk, record)
         return self._unsliced("after")._clone({"_after": anchor})
 
     def _unsliced(self, method: str) -> Self:
@@ -219,7 +242,7 @@ class BaseQuery(Generic[D]):
 
     def _check_path(self, path: tuple[str, ...], where: str) -> None:
         if self.doc_class is not None:
-            self.doc_class._check_query_path(path, where)
+            documents.check_query_path(self.doc_class, path, where)
 
     # -------------------------------------------------------------- slicing
 
@@ -289,7 +312,7 @@ class BaseQuery(Generic[D]):
         query's own (``first()`` asks for one without building a new query).
         """
         if self.storage.closed:
-            self.storage._check_open()
+            check_usable(self.storage)
         if limit == "query":
             limit = self._limit
         if limit and self._after is None:
@@ -303,7 +326,7 @@ class BaseQuery(Generic[D]):
         check = None if exact else self._residual_matches(order)
         if limit == 0:
             return iter(())
-        if self._engine_order(order):
+        if self._engine_order(order, compiled.native):
             if check is None:
                 return self._engine_fetch(compiled.native, order, offset, limit)
             stream = self._engine_fetch(compiled.native, order, 0, None)
@@ -341,7 +364,7 @@ class BaseQuery(Generic[D]):
         only = self._only
         storage = self.storage
         if only is None:
-            return functools.partial(cls._from_storage, storage)
+            return functools.partial(from_record, cls, storage)
         paths = [parse_path(n) for n in only]
 
         def project(pk: str, record: dict[str, Any]) -> Document:
@@ -353,7 +376,7 @@ class BaseQuery(Generic[D]):
                     for part in path[:-1]:
                         target = target.setdefault(part, {})
                     target[path[-1]] = value
-            return cls._from_storage(storage, pk, projected, partial=True)
+            return from_record(cls, storage, pk, projected, partial=True)
 
         return project
 
@@ -367,7 +390,7 @@ class BaseQuery(Generic[D]):
 
     def count(self) -> int:
         """How many records match (honouring a slice)."""
-        self.storage._check_open()
+        check_usable(self.storage)
         if self._residual_matches(self._full_order) is None:
             total = self._engine_count(self._compiled.native)
         else:
@@ -378,7 +401,7 @@ class BaseQuery(Generic[D]):
 
     def exists(self) -> bool:
         """Whether at least one record matches."""
-        self.storage._check_open()
+        check_usable(self.storage)
         if self._offset or self._limit is not None:
             return self.count() > 0
         if self._residual_matches(self._full_order) is None:
@@ -393,7 +416,7 @@ class BaseQuery(Generic[D]):
         for pk, record in self._items(1 if self._limit is None else min(self._limit, 1)):
             if self._only is not None:
                 return self._materializer()(pk, record)  # type: ignore[no-any-return]
-            doc = (self.doc_class or Document)._from_storage(self.storage, pk, record)
+            doc = from_record(self.doc_class or Document, self.storage, pk, record)
             return doc  # type: ignore[return-value]
         return None
 
@@ -415,7 +438,7 @@ class BaseQuery(Generic[D]):
 
     def delete(self) -> int:
         """Delete exactly the records iteration yields; return how many."""
-        self.storage._check_writable()
+        check_usable(self.storage, write=True)
         if (
             self._offset == 0
             and self._limit is None
@@ -429,8 +452,8 @@ class BaseQuery(Generic[D]):
 
     def update(self, **changes: Any) -> int:
         """Apply partial changes (``f=v``, ``f__unset=True``, ``f__inc=n``) to every match."""
-        self.storage._check_writable()
-        parsed = self.storage._parse_changes(changes)
+        check_usable(self.storage, write=True)
+        parsed = parse_changes(changes)
         pks = [pk for pk, _ in self._items()]
         return self.storage._update_many(pks, parsed)
 
@@ -467,11 +490,14 @@ class BaseQuery(Generic[D]):
         """What the engine runs and what Python does after it."""
         order = self._full_order
         compiled = self._compiled
-        native_order = self._engine_order(order)
+        native_order = self._engine_order(order, compiled.native)
+        exact = compiled.residual is None and self._after is None
+        offset, limit = (self._offset, self._limit) if exact else (0, None)
+        engine = self._engine_explain(compiled, order if native_order else None, offset, limit)
         lines = [
             f"backend: {self.storage.backend}",
             f"condition: {self.condition!r}",
-            f"engine: {self._engine_explain(compiled, order if native_order else None)}",
+            f"engine: {engine}",
             f"python filter: {compiled.residual!r}"
             if compiled.residual is not None
             else "python filter: none",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import copy
+import itertools
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +29,9 @@ from typing import Any, ClassVar, NamedTuple, Self, TypeVar, overload
 
 import pydantic
 
+from . import documents
+from .changes import Change, apply_changes, parse_changes
+from .conditions import ALL, Condition
 from .documents import Document
 from .errors import (
     BulkWriteError,
@@ -37,26 +40,24 @@ from .errors import (
     DoesNotExist,
     IntegrityError,
     NotSupported,
-    PyModelsError,
     ValidationError,
+    check_usable,
 )
 from .features import Features
-from .ordering import OrderKey, parse_order
+from .ordering import OrderKey, parse_order, sort_items
 from .pks import new_pk, new_pks
-from .query import BaseQuery
-from .values import (
-    INT_MAX,
-    INT_MIN,
-    MISSING,
-    check_field_name,
-    check_pk,
-    get_path,
-    stored_record,
-    strict_equal,
-    validate_value,
-)
+from .query import BaseQuery, Compiled, Item
+from .values import MISSING, check_pk, stored_record, strict_equal
 
-__all__ = ["OPTIONAL_HOOKS", "REQUIRED_HOOKS", "BaseSettings", "BaseStorage", "Change", "IndexSpec"]
+__all__ = [
+    "OPTIONAL_HOOKS",
+    "REQUIRED_HOOKS",
+    "BaseSettings",
+    "BaseStorage",
+    "Change",
+    "IndexSpec",
+    "apply_changes",
+]
 
 #: The hooks every backend implements (abstract in :class:`BaseStorage`).
 REQUIRED_HOOKS: tuple[str, ...] = (
@@ -88,6 +89,14 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_compare_and_store",
     "_new_pk",
     "_new_pks",
+    # The engine's side of queries: called by the backend's query class (and
+    # by BaseQuery's defaults), never by the public API.
+    "_compile_condition",
+    "_select",
+    "_select_page",
+    "_count_where",
+    "_delete_where",
+    "_explain_select",
 )
 
 D = TypeVar("D", bound="Document")
@@ -100,14 +109,6 @@ class BaseSettings(pydantic.BaseModel):
 
     #: Open the storage for reading only: writes raise NotSupported.
     read_only: bool = False
-
-
-class Change(NamedTuple):
-    """One partial change of ``update()``: set, unset or inc at a path."""
-
-    path: tuple[str, ...]
-    op: str  # "set", "unset" or "inc"
-    value: Any
 
 
 class IndexSpec(NamedTuple):
@@ -306,6 +307,48 @@ class BaseStorage(abc.ABC):
             return [self._new_pk() for _ in range(count)]
         return new_pks(count)
 
+    # ---- the engine's side of queries
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        """The engine's form of ``condition`` (what ``BaseQuery._compile`` returns by default).
+
+        ``native`` selects the condition or a superset of it, ``residual`` is
+        what Python must still check. The default selects every record.
+        """
+        return Compiled(None, None if condition == ALL else condition, "full scan")
+
+    def _select(
+        self, native: Any, order: Any, offset: int, limit: int | None
+    ) -> Iterator[Item] | list[Item]:
+        """The ``(pk, record)`` pairs ``native`` selects, in ``order``, sliced.
+
+        ``order`` is None (any order), the order keys ``_engine_order``
+        accepted, or whatever engine form of them the backend's query passes.
+        The default (for ``native`` None) scans every record.
+        """
+        it: Iterable[Item] = self._scan()
+        if order is not None:
+            it = sort_items(list(it), order)
+        return itertools.islice(it, offset, None if limit is None else offset + limit)
+
+    def _select_page(
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+    ) -> list[Item] | None:
+        """A short exact page of ``condition`` in ``order`` in one step, or None (the default)."""
+        return None
+
+    def _count_where(self, native: Any) -> int:
+        """How many records ``native`` selects."""
+        return sum(1 for _ in self._select(native, None, 0, None))
+
+    def _delete_where(self, native: Any) -> int | None:
+        """Delete what ``native`` selects and return how many; None: delete by pk instead."""
+        return None
+
+    def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
+        """What the engine runs to select ``native`` in ``order`` (for ``explain()``)."""
+        return "full scan" if native is None else repr(native)
+
     # ======================================================= public API
 
     # ---- writing
@@ -325,7 +368,7 @@ class BaseStorage(abc.ABC):
         adds. Returns the number of records changed (0 when ``pk`` is missing).
         """
         self._check_writable()
-        return self._update_many([check_pk(pk)], self._parse_changes(changes))
+        return self._update_many([check_pk(pk)], parse_changes(changes))
 
     def save_many(
         self, items: Iterable[Document | Mapping[str, Any]], batch_size: int = 1000
@@ -368,9 +411,9 @@ class BaseStorage(abc.ABC):
             self._check_open()
         record = self._load(check_pk(pk))
         # Every record is a free-form Document: only a class has members to test.
-        if record is None or (doc_class is not None and not cls._is_member(record)):
+        if record is None or (doc_class is not None and not documents.is_member(cls, record)):
             raise DoesNotExist(f"no {cls.__name__} with pk {pk!r}")
-        return cls._from_storage(self, pk, record)
+        return documents.from_record(cls, self, pk, record)
 
     def get_many(self, doc_class: type[D] | None, pks: Iterable[str]) -> list[D | None]:
         """Documents for several pks, aligned with them; None for missing or non-members."""
@@ -379,8 +422,10 @@ class BaseStorage(abc.ABC):
         keys = [check_pk(pk) for pk in pks]
         out: list[D | None] = []
         for pk, record in zip(keys, self._load_many(keys), strict=True):
-            member = record is not None and cls._is_member(record)
-            out.append(cls._from_storage(self, pk, record) if member else None)
+            if record is not None and documents.is_member(cls, record):
+                out.append(documents.from_record(cls, self, pk, record))
+            else:
+                out.append(None)
         return out
 
     @overload
@@ -492,7 +537,7 @@ class BaseStorage(abc.ABC):
             return
         if not self._can_index_now():
             return  # not marked indexed: a later save tries again
-        for entry in doc_class._meta().indexes:
+        for entry in documents.index_entries(doc_class):
             if isinstance(entry, Mapping):
                 fields, unique, kind = (
                     entry["fields"],
@@ -536,26 +581,16 @@ class BaseStorage(abc.ABC):
     # ======================================================== internals
 
     def _check_open(self) -> None:
-        if self.closed:
-            raise PyModelsError(f"{self.backend} storage is closed")
+        check_usable(self)
 
     def _check_writable(self) -> None:
-        self._check_open()
-        if self.read_only:
-            raise NotSupported(f"{self.backend} storage is open read-only")
+        check_usable(self, write=True)
 
     def _atomic(self) -> contextlib.AbstractContextManager[Any]:
         """A transaction where the engine has them, else nothing."""
         if self.features.transactions:
             return self.transaction()
         return contextlib.nullcontext()
-
-    def _load_checked(self, pk: str) -> dict[str, Any]:
-        self._check_open()
-        record = self._load(check_pk(pk))
-        if record is None:
-            raise DoesNotExist(f"no record with pk {pk!r}")
-        return record
 
     def _write_data(self, data: Any, primary_key: str | None, *, insert: bool) -> str:
         self._check_writable()
@@ -580,55 +615,25 @@ class BaseStorage(abc.ABC):
 
     def _save_document(self, doc: Document, pk: str | None, *, insert: bool) -> str:
         """Save ``doc`` and, first, every unsaved document it references."""
-        if doc._partial:
-            raise PyModelsError(
-                f"{type(doc).__name__} {doc.pk!r} was loaded with only(): it cannot be saved"
-            )
-        graph = doc._unsaved_references()
-        given: list[Any] = []  # documents that get a pk here: restored if the save fails
-        for cls in {type(d) for d in [doc, *graph]}:
+        plan = documents.plan_save(doc, pk, insert=insert, new_pk=self._new_pk)
+        for cls in plan.classes:
             if cls not in self._indexed:
                 self.ensure_indexes(cls)
-        try:
-            with self._atomic():
-                if pk is not None or doc.pk is None:
-                    # Every document of the graph has its pk before any is
-                    # written, so references (cycles included) can be stored.
-                    insert = insert or (doc.pk is None and pk is None)
-                    given.append((doc, doc.pk))
-                    doc._set_saved(self, pk if pk is not None else self._new_pk())
-                for ref in graph:
-                    given.append((ref, ref.pk))
-                    ref._set_saved(self, self._new_pk())
-                for ref in graph:
-                    self._write_document(ref, insert=True)
-                return self._write_document(doc, insert=insert)
-        except BaseException:
-            for d, old in given:
-                d._pk = old
-            raise
-
-    def _write_document(self, doc: Document, *, insert: bool) -> str:
-        record = doc._to_record()
-        version_field = type(doc)._meta().version_field
-        pk = doc.pk
-        assert pk is not None, "_save_document gives every document a pk first"
-        if version_field is not None:
-            # None: a new document, so no record may exist yet; else the value loaded.
-            expected = doc._version
-            fresh = expected is None or expected is MISSING
-            record[version_field] = 1 if fresh else _next_version(expected)
-            if not self._compare_and_store(pk, record, version_field, expected):
-                raise ConflictError(
-                    f"{type(doc).__name__} {pk!r} changed since it was loaded "
-                    f"({version_field} is no longer {expected!r})"
-                )
-            doc._version = record[version_field]
-            doc._set_version_value(version_field, record[version_field])
-        elif not self._store(pk, record, overwrite=not insert):
-            raise IntegrityError(f"a record with pk {pk!r} exists already")
-        doc._set_saved(self, pk)
-        return pk
+        with self._atomic():
+            for write in plan.writes:
+                if write.version_field is not None:
+                    if not self._compare_and_store(
+                        write.pk, write.record, write.version_field, write.expected
+                    ):
+                        raise ConflictError(
+                            f"{type(write.doc).__name__} {write.pk!r} changed since it was "
+                            f"loaded ({write.version_field} is no longer {write.expected!r})"
+                        )
+                elif not self._store(write.pk, write.record, overwrite=not write.insert):
+                    raise IntegrityError(f"a record with pk {write.pk!r} exists already")
+        # Only now, with every record written, do the documents learn their pks.
+        documents.mark_saved(plan, self)
+        return plan.pk
 
     def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
         docs = any(type(item) is not dict and isinstance(item, Document) for item in batch)
@@ -687,81 +692,14 @@ class BaseStorage(abc.ABC):
             raise ConfigurationError("the pk is always indexed; name fields in create_index")
         return IndexSpec(keys, bool(unique), kind)
 
-    def _parse_changes(self, changes: Mapping[str, Any]) -> list[Change]:
-        if not changes:
-            raise ValidationError("update() needs at least one change")
-        parsed: list[Change] = []
-        for key, value in changes.items():
-            parts = key.split("__")
-            op = "set"
-            if len(parts) > 1 and parts[-1] in ("unset", "inc", "set"):
-                op = parts.pop()
-            for i, part in enumerate(parts):
-                check_field_name(part, "__".join(parts[:i]))
-            if op == "set" and value is None:
-                op = "unset"
-            if op == "unset":
-                if value not in (True, None):
-                    raise ValidationError(f"{key}: unset takes True", field=key)
-                value = None
-            elif op == "inc":
-                if type(value) not in (int, float):
-                    raise ValidationError(f"{key}: inc takes an int or float", field=key)
-                value = validate_value(value, key)
-            else:
-                value = validate_value(value, key)
-            parsed.append(Change(tuple(parts), op, value))
-        return parsed
-
 
 # ------------------------------------------------------------------ helpers
-
-
-def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, Any]:
-    """A copy of ``record`` with partial changes applied (the reference semantics)."""
-    out = copy.deepcopy(record)
-    for change in changes:
-        *parents, leaf = change.path
-        target: Any = out
-        for i, part in enumerate(parents):
-            nxt = target.get(part, MISSING)
-            if nxt is MISSING:
-                if change.op == "unset":
-                    target = None
-                    break
-                nxt = target[part] = {}
-            elif type(nxt) is not dict:
-                where = "__".join(change.path[: i + 1])
-                raise ValidationError(f"update: {where} is not a dict", field=where)
-            target = nxt
-        if target is None:
-            continue
-        key = "__".join(change.path)
-        if change.op == "unset":
-            target.pop(leaf, None)
-        elif change.op == "inc":
-            current = target.get(leaf, 0)
-            if type(current) not in (int, float):
-                raise ValidationError(f"update: {key} is not a number", field=key)
-            result = current + change.value
-            if type(result) is int and not INT_MIN <= result <= INT_MAX:
-                raise ValidationError(f"update: {key} would leave the int64 range", field=key)
-            target[leaf] = validate_value(result, key)
-        else:
-            target[leaf] = copy.deepcopy(change.value)
-    return out
 
 
 def _same(a: Any, b: Any) -> bool:
     if a is MISSING or b is MISSING:
         return a is b
     return strict_equal(a, b)
-
-
-def _next_version(value: Any) -> Any:
-    if type(value) is not int:
-        raise ConflictError(f"version field holds {value!r}, not an int")
-    return value + 1
 
 
 def _validate_settings(cls: type[BaseStorage], settings: Mapping[str, Any]) -> BaseSettings:
@@ -791,7 +729,3 @@ def backend_module(cls: type) -> str:
         if part.startswith("_") and i > 0:
             return ".".join(parts[:i])
     return cls.__module__
-
-
-# get_path is re-exported for backends that apply changes themselves.
-__all__ += ["apply_changes", "get_path"]

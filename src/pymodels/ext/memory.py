@@ -58,31 +58,15 @@ class Settings(BaseSettings):
 
 
 class Query(BaseQuery[Any]):
-    """Evaluates the condition tree itself: its engine is Python."""
+    """Its engine is Python: it evaluates the condition tree and sorts exactly."""
 
     storage: Storage
 
-    def _compile(self, condition: Condition) -> Compiled:
-        return Compiled(condition, None, "evaluate the condition tree over dicts")
-
-    def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
+    def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
         return True
 
-    def _engine_fetch(
-        self, native: Any, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        data = self.storage._data()
-        items = [
-            (pk, rec) for pk, rec in list(data.items()) if native == ALL or native.matches(rec)
-        ]
-        if order is not None:
-            sort_items(items, order)
-        stop = None if limit is None else offset + limit
-        for pk, record in itertools.islice(items, offset, stop):
-            yield pk, copy_value(record)
-
     def _engine_count(self, native: Any) -> int:
-        return sum(1 for rec in list(self.storage._data().values()) if native.matches(rec))
+        return self.storage._count_where(native)
 
 
 class Storage(BaseStorage):
@@ -148,6 +132,26 @@ class Storage(BaseStorage):
     def _clear(self) -> None:
         with self._lock:
             self._data().clear()
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        return Compiled(condition, None, "evaluate the condition tree over dicts")
+
+    def _select(
+        self, native: Any, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        items = [
+            (pk, rec)
+            for pk, rec in list(self._data().items())
+            if native == ALL or native.matches(rec)
+        ]
+        if order is not None:
+            sort_items(items, order)
+        stop = None if limit is None else offset + limit
+        for pk, record in itertools.islice(items, offset, stop):
+            yield pk, copy_value(record)
+
+    def _count_where(self, native: Any) -> int:
+        return sum(1 for rec in list(self._data().values()) if native.matches(rec))
 
     def _close(self) -> None:
         pass

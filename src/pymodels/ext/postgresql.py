@@ -524,7 +524,13 @@ class Storage(SQLStorage):
     ) -> Generator[tuple[str, dict[str, Any]], None, None]:
         return self._rows(where, order, offset, limit)
 
-    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
+    def _explain_select(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> str:
         text, params = self._dialect.render(self._dialect.select(self._table, where, order))
         with self._db() as conn:
             plan = conn.execute("EXPLAIN " + text, params).fetchall()

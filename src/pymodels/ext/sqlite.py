@@ -455,7 +455,13 @@ class Storage(SQLStorage):
             return self._fetch_records(text, params)
         return self._rows(self._dialect.select(self._table, where, order, offset, limit))
 
-    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
+    def _explain_select(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> str:
         text, params = self._dialect.render(self._dialect.select(self._table, where, order))
         with self._db() as conn:
             plan = conn.execute("EXPLAIN QUERY PLAN " + text, params).fetchall()

@@ -49,23 +49,13 @@ class SQLQuery(BaseQuery[Any]):
         # The storage of an SQLQuery is always a SQL backend (its query_class).
         storage: SQLStorage
 
-    def _compile(self, condition: Any) -> Compiled:
-        return self.storage._compiler.compile(condition)
-
     def _engine_page(
         self, order: tuple[OrderKey, ...], offset: int, limit: int
     ) -> list[Item] | None:
         # The hot path, a short exact result (first(), q[:10]) of a condition
         # shape seen before: one cached statement, its rows in one fetch.
-        backend = self.storage
-        if limit > backend._page_size:
-            return None
-        condition = self._where if self.doc_class is None else self.condition
-        statement = backend._compiler.select(condition, backend._table, order, offset, limit)
-        if statement is None:
-            return None
-        rows = backend._fetch_records(*statement)
-        if order is PK_ORDER:
+        rows = self.storage._select_page(self.condition, order, offset, limit)
+        if rows is None or order is PK_ORDER:
             return rows  # pks are never lists or dicts
         paths = _order_paths(order)
         if not paths or not _any_container(rows, paths):
@@ -73,7 +63,7 @@ class SQLQuery(BaseQuery[Any]):
         # A list or dict at an order key: the general path repairs the order.
         return None
 
-    def _engine_order(self, order: tuple[OrderKey, ...]) -> bool:
+    def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
         # Always: _engine_fetch repairs the order among lists and dicts itself.
         return True
 
@@ -129,11 +119,14 @@ class SQLQuery(BaseQuery[Any]):
     def _engine_count(self, native: Any) -> int:
         return self.storage._count_where(native)
 
-    def _engine_delete(self, native: Any) -> int | None:
-        return self.storage._delete_where(native)
-
-    def _engine_explain(self, compiled: Compiled, order: tuple[OrderKey, ...] | None) -> str:
-        return self.storage._explain_select(compiled.native, order)
+    def _engine_explain(
+        self,
+        compiled: Compiled,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+    ) -> str:
+        return self.storage._explain_select(compiled.native, order, offset, limit)
 
 
 @functools.lru_cache(maxsize=1024)

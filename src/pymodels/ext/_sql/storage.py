@@ -1,10 +1,13 @@
-"""The storage base both SQL backends share: what :class:`~.query.SQLQuery` calls.
+"""The storage base both SQL backends share.
 
-A backend supplies its connection (``_db``), its dialect and compiler, and the
-statements that differ between engines (reading rows, explaining a plan). The
-statements that are the same in every dialect live here once: counting and
-deleting what a compiled condition selects, clearing the table, creating an
-index from the dialect's DDL.
+:class:`~.query.SQLQuery` reaches it through the storage hooks of queries
+only (``_compile_condition``, ``_select``, ``_select_page``, ``_count_where``,
+``_delete_where``, ``_explain_select``). A backend supplies its connection
+(``_db``), its dialect and compiler, and the statements that differ between
+engines (reading rows, explaining a plan). The statements that are the same
+in every dialect live here once: counting and deleting what a compiled
+condition selects, clearing the table, creating an index from the dialect's
+DDL, the short page of a cached statement.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ...backend import BaseStorage, IndexSpec, Item, OrderKey
+from ...backend import BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
 from .compiler import Compiler, Dialect, Frag
 from .connections import Guard
 
@@ -46,7 +49,13 @@ class SQLStorage(BaseStorage):
         """The selected rows: a list when the limit is small, else a stream."""
         raise NotImplementedError
 
-    def _explain_select(self, where: Frag | None, order: tuple[OrderKey, ...] | None) -> str:
+    def _explain_select(  # the statement, without the slice
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> str:
         """The statement a query runs and the engine's plan for it."""
         raise NotImplementedError
 
@@ -65,6 +74,18 @@ class SQLStorage(BaseStorage):
         with self._db() as conn:
             changed: int = conn.execute(text, params).rowcount
         return changed
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        return self._compiler.compile(condition)
+
+    def _select_page(
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+    ) -> list[Item] | None:
+        # One cached statement per condition shape: no compiling, one fetch.
+        if limit > self._page_size:
+            return None
+        statement = self._compiler.select(condition, self._table, order, offset, limit)
+        return None if statement is None else self._fetch_records(*statement)
 
     def _count_where(self, where: Frag | None) -> int:
         return self._scalar(self._dialect.count(self._table, where))

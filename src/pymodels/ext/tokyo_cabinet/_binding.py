@@ -63,6 +63,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 __all__ = [
+    "VNUM1",
     "Cond",
     "ErrorCode",
     "IndexType",
@@ -79,6 +80,9 @@ __all__ = [
     "live_pointers",
     "metasearch",
     "open_handles",
+    "parse_map",
+    "read_vnum",
+    "vnum",
 ]
 
 INSTALL_HINT: Final = "apt-get install libtokyocabinet9"
@@ -278,6 +282,7 @@ _tctdberrmsg = _fn("tctdberrmsg", ctypes.c_char_p, _I)  # static string: borrowe
 _tctdbnew = _fn("tctdbnew", _P)
 _tctdbdel = _fn("tctdbdel", None, _P)
 _tctdbecode = _fn("tctdbecode", _I, _P)
+_tctdbopaque = _fn("tctdbopaque", _P, _P)
 _tctdbsetmutex = _fn("tctdbsetmutex", _BOOL, _P)
 _tctdbtune = _fn(
     "tctdbtune", _BOOL, _P, ctypes.c_int64, ctypes.c_int8, ctypes.c_int8, ctypes.c_uint8
@@ -433,6 +438,14 @@ def _parse_map(buf: bytes) -> dict[bytes, bytes]:
         out[key] = buf[i : i + size]
         i += size
     return out
+
+
+#: The dump codec under the names the backend's other modules use (``_columns``
+#: writes and reads record dumps with it); the private spellings stay this module's.
+VNUM1: Final = _VNUM1
+vnum = _vnum
+read_vnum = _read_vnum
+parse_map = _parse_map
 
 
 def _parse_list(buf: bytes) -> list[bytes]:
@@ -725,6 +738,11 @@ class TableDB:
     def _check_unopened(self) -> None:
         if self._handle is not None:
             raise TCError(int(ErrorCode.INVALID), "already open", self._path, "TableDB")
+
+    def opaque(self) -> int | None:
+        """The address of the file's 128-byte user area (None: the file has none)."""
+        area = _tctdbopaque(self._h())
+        return int(area) if area else None
 
     def _h(self) -> int:
         ptr = self._ptr

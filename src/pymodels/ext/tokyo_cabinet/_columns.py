@@ -59,7 +59,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from ...backend import check_field_name, decode_tagged, encode_tagged
-from ._binding import _VNUM1, _parse_map, _read_vnum, _vnum
+from ._binding import VNUM1, parse_map, read_vnum, vnum
 
 __all__ = [
     "ALL_CODES",
@@ -382,7 +382,7 @@ def _encode_list(name: str, value: list[Any], tokens: list[str]) -> bytes:
 _HEADS: dict[str, bytes] = {}
 _INT_TOKENS: dict[str, str] = {}
 _FLOAT_TOKENS: dict[str, str] = {}
-_TYPES_HEAD: Final = _VNUM1[len(TYPES_COLUMN)] + TYPES_COLUMN
+_TYPES_HEAD: Final = VNUM1[len(TYPES_COLUMN)] + TYPES_COLUMN
 #: The whole _types column (name, size, text) in dump form, by its text.
 _TYPES_PREFIXES: dict[str, bytes] = {}
 
@@ -396,7 +396,7 @@ def _head(name: str) -> bytes:
 
 
 def _dump_size(size: int) -> bytes:
-    return _VNUM1[size] if size < 128 else _vnum(size)
+    return VNUM1[size] if size < 128 else vnum(size)
 
 
 def _remember(cache: dict[str, str], name: str, code: str) -> str:
@@ -418,7 +418,7 @@ def encode_dump(record: Mapping[str, Any]) -> bytes:
     append = parts.append
     tokens: list[str] = []
     heads = _HEADS
-    vnum1 = _VNUM1
+    vnum1 = VNUM1
     for name, value in record.items():
         append(heads.get(name) or _head(name))
         t = type(value)
@@ -438,7 +438,7 @@ def encode_dump(record: Mapping[str, Any]) -> bytes:
         else:
             data = _encode_value(name, value, tokens)
         size = len(data)
-        append(vnum1[size] if size < 128 else _vnum(size))
+        append(vnum1[size] if size < 128 else vnum(size))
         append(data)
     if tokens:
         # Records of one shape share their _types column: made once per shape.
@@ -604,7 +604,7 @@ def decode_record(columns: dict[bytes, bytes]) -> dict[str, Any]:
 def _size_at(buf: bytes, i: int) -> tuple[int, int]:
     """The size (a varint) at ``buf[i]`` and the index after it."""
     size = buf[i]
-    return (size, i + 1) if size < 128 else _read_vnum(buf, i)
+    return (size, i + 1) if size < 128 else read_vnum(buf, i)
 
 
 def dump_types(buf: bytes) -> bytes | None:
@@ -615,7 +615,7 @@ def dump_types(buf: bytes) -> bytes | None:
     if _TYPES_HEAD not in buf:
         # A column named _types would show as its size byte and name: there is none.
         return None
-    return _parse_map(buf).get(TYPES_COLUMN)
+    return parse_map(buf).get(TYPES_COLUMN)
 
 
 class _Shape(dict[bytes, tuple[str, "_Decoder | None"]]):
@@ -677,26 +677,26 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     end = len(buf)
     while i < end:
         # _size_at inlined twice: this loop runs per column of every record read.
-        # _binding._parse_map walks dumps the same way: change them together.
+        # _binding.parse_map walks dumps the same way: change them together.
         size = buf[i]
         if size < 128:
             i += 1
         else:
-            size, i = _read_vnum(buf, i)
+            size, i = read_vnum(buf, i)
         column = buf[i : i + size]
         i += size
         size = buf[i]
         if size < 128:
             i += 1
         else:
-            size, i = _read_vnum(buf, i)
+            size, i = read_vnum(buf, i)
         raw = buf[i : i + size]
         i += size
         entry = shape.get(column)
         name, decode = shape.learn(column) if entry is None else entry
         if not name:
             if column == TYPES_COLUMN:
-                return decode_record(_parse_map(buf))
+                return decode_record(parse_map(buf))
             continue
         if decode is None:
             # decode_text inlined for its common case: valid UTF-8 without NUL.

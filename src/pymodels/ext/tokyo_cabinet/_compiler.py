@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from ...backend import And, Condition, Lookup, Not, Or, kind_of
+from ...backend import And, Condition, Lookup, Not, Or, OrderKey, kind_of
 from ._binding import Cond
 from ._columns import (
     ALL_CODES,
@@ -997,3 +997,16 @@ def _lookup_kind(c: Condition, name: str) -> str | None:
     if c.op in _STR_OPS:
         return "str"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderPlan:
+    """How Tokyo orders a query: by one column (b"": the pk) in one direction."""
+
+    column: bytes  # b"": the primary key
+    tc_order: int
+    keys: tuple[OrderKey, ...]
+
+    @property
+    def by_pk(self) -> bool:
+        return self.column == b""

@@ -9,7 +9,6 @@ import decimal
 import os
 import threading
 import time
-import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
@@ -18,9 +17,12 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 import pydantic
 
 from ...backend import (
+    BATCH_SIZE,
     BaseQuery,
     BaseSettings,
     BaseStorage,
+    Compiled,
+    Condition,
     ConfigurationError,
     Features,
     IndexSpec,
@@ -28,6 +30,8 @@ from ...backend import (
     LockTimeout,
     NotSupported,
     PyModelsError,
+    declared_types,
+    sort_items,
     url_path,
 )
 from . import _binding
@@ -44,7 +48,15 @@ from ._binding import (
     metasearch,
 )
 from ._columns import decode_dump, decode_record, dump_types, encode_dump, name_bytes
-from ._compiler import Block, Plan, TCCond, gates_hold, pk_order_in_python
+from ._compiler import (
+    Block,
+    OrderPlan,
+    Plan,
+    TCCond,
+    compile_condition,
+    gates_hold,
+    pk_order_in_python,
+)
 from ._query import Query
 
 if TYPE_CHECKING:
@@ -114,9 +126,6 @@ _COMPRESSION: Final = {"deflate": TuneOpt.DEFLATE, "bzip": TuneOpt.BZIP, "tcbs":
 #: Below this many records clear() deletes record by record (atomic, keeps the file);
 #: above it the file is truncated with tctdbvanish.
 _VANISH_ABOVE: Final = 10_000
-_BATCH: Final = 1000
-
-_tctdbopaque = _binding._fn("tctdbopaque", ctypes.c_void_p, ctypes.c_void_p)
 
 
 class Settings(BaseSettings):
@@ -257,8 +266,7 @@ class Storage(BaseStorage):
         self._stamp()
 
     def _opaque(self) -> int | None:
-        area = _tctdbopaque(self._db._h())
-        return int(area) if area else None
+        return self._db.opaque()
 
     def _stamp(self) -> None:
         area = self._opaque()
@@ -360,8 +368,8 @@ class Storage(BaseStorage):
         """``(pk, record)`` for keys, loaded in batches; keys deleted meanwhile are skipped,
         and so are records failing ``gates`` (see :attr:`Plan.deferred`)."""
         verdicts: dict[bytes | None, bool] = {}  # by _types column: records share them
-        for start in range(0, len(keys), _BATCH):
-            batch = keys[start : start + _BATCH]
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
             for key, dump in zip(batch, self._load_dumps(batch), strict=True):
                 if dump is None:
                     continue
@@ -581,7 +589,101 @@ class Storage(BaseStorage):
         except TCError as e:
             raise _error("search", e) from e
 
-    def _tc_count(self, plan: Plan) -> int:
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        plan, residual = compile_condition(condition, self._index_map())
+        # No description here: explain() asks _explain_select, which describes the plan.
+        return Compiled(plan, residual)
+
+    def _select(
+        self, native: Any, order: Any, offset: int, limit: int | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        # ``order``: the OrderPlan the query made of the order keys, or None.
+        plan: Plan = native
+        oplan: OrderPlan | None = order
+        if plan.nothing:
+            return
+        by_pk = oplan is None or oplan.by_pk
+        if plan.deferred is not None and limit is None and not offset and by_pk:
+            # Every match is loaded: its kind gates are checked on the loaded record rather
+            # than by Tokyo reading it once more.
+            lean, gates = plan.deferred
+            tc_order = None if oplan is None else (b"", oplan.tc_order)
+            yield from self._records(self._tc_search(lean, tc_order), gates)
+            return
+        if oplan is None:
+            keys = self._tc_search(plan)
+            stop = None if limit is None else offset + limit
+            yield from self._records(keys[offset:stop] if offset or stop else keys)
+            return
+        if oplan.by_pk:
+            keys = self._tc_search(
+                plan, (b"", oplan.tc_order), -1 if limit is None else limit, offset
+            )
+            yield from self._records(keys)
+            return
+        if limit is not None:
+            yield from self._top(plan, oplan, offset, limit)
+            return
+        yield from self._ordered_stream(plan, oplan, offset)
+
+    def _ordered_stream(
+        self, plan: Plan, oplan: OrderPlan, offset: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every match in order: Tokyo's order with runs of equal values sorted exactly."""
+        keys = self._tc_search(plan, (oplan.column, oplan.tc_order))
+        run: list[tuple[str, dict[str, Any]]] = []
+        run_value: bytes | None = None
+        skipped = 0
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                if columns is None:
+                    continue
+                value = columns.get(oplan.column)
+                if run and value != run_value:
+                    for item in sort_items(run, oplan.keys):
+                        if skipped < offset:
+                            skipped += 1
+                        else:
+                            yield item
+                    run = []
+                run_value = value
+                run.append((_pk(key), decode_record(columns)))
+        for item in sort_items(run, oplan.keys):
+            if skipped < offset:
+                skipped += 1
+            else:
+                yield item
+
+    def _top(
+        self, plan: Plan, oplan: OrderPlan, offset: int, limit: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A slice of the order: Tokyo's top records plus every tie of the last one."""
+        want = offset + limit
+        if want == 0:
+            return
+        order = (oplan.column, oplan.tc_order)
+        keys = self._tc_search(plan, order, want)
+        raw = self._load_raw(keys)
+        found = {k: c for k, c in zip(keys, raw, strict=True) if c is not None}
+        if len(keys) == want and keys:
+            last = raw[-1]
+            boundary = None if last is None else last.get(oplan.column)
+            if boundary is None or b"\x00" in boundary:
+                # No way to name the boundary in a condition: take the whole order.
+                items = list(self._ordered_stream(plan, oplan, 0))
+                yield from items[offset:want]
+                return
+            tie = TCCond(oplan.column, Cond.STREQ, boundary)
+            more = [k for k in self._tc_search(plan, extra=tie) if k not in found]
+            for key, columns in zip(more, self._load_raw(more), strict=True):
+                if columns is not None:
+                    found[key] = columns
+        items = [(_pk(k), decode_record(c)) for k, c in found.items()]
+        yield from sort_items(items, oplan.keys)[offset:want]
+
+    def _count_where(self, native: Any) -> int:
+        plan: Plan = native
         if plan.nothing:
             return 0
         if plan.blocks is None:
@@ -609,7 +711,8 @@ class Storage(BaseStorage):
         except TCError as e:
             raise _error("search", e) from e
 
-    def _tc_delete(self, plan: Plan) -> int:
+    def _delete_where(self, native: Any) -> int | None:
+        plan: Plan = native
         if plan.nothing:
             return 0
         if plan.blocks is None:
@@ -631,6 +734,36 @@ class Storage(BaseStorage):
                         total += q.count()
             out = self._db.out
             return total + sum(1 for k in checked if out(k))
+
+    def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
+        # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
+        plan: Plan = native
+        oplan: OrderPlan | None = order
+        tc_order = None if oplan is None else (oplan.column, oplan.tc_order)
+        lines = [plan.describe()]
+        tc_limit = -1
+        skip = 0
+        if oplan is not None:
+            if limit is not None:
+                tc_limit = offset + limit if not oplan.by_pk else limit
+            if oplan.by_pk:
+                skip = offset
+        blocks = 1 if plan.blocks is None else len(plan.blocks)
+        if tc_order is not None and pk_order_in_python(blocks, tc_order, tc_limit, skip):
+            lines.append("order by pk: sorted in Python")
+        elif tc_order is not None:
+            column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
+            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
+            lines.append(f"tctdbqrysetorder: {column} {direction}")
+        unsliced = limit is None and not offset
+        if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
+            lean, gates = plan.deferred
+            checked = " AND ".join(map(str, gates))
+            lines.append(f"documents: {lean.describe()} (then checked in Python: {checked})")
+        for i, hint in enumerate(self._tc_hints(plan, tc_order, tc_limit, skip)):
+            label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
+            lines.append(f"{label}: " + hint.replace("\n", "; "))
+        return "\n  ".join(lines)
 
     def _tc_hints(
         self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
@@ -734,10 +867,9 @@ _NUMERIC_TYPES: Final = (int, float, decimal.Decimal, datetime.date, datetime.da
 
 
 def _default_kind(doc_class: type[Document], field: str) -> str:
-    info = doc_class.model_fields.get(field)
-    if info is None:
+    options = declared_types(doc_class, field)
+    if options is None:
         return "lexical"
-    options = _options(info.annotation)
     if (
         options
         and all(isinstance(o, type) and issubclass(o, _NUMERIC_TYPES) for o in options)
@@ -747,16 +879,3 @@ def _default_kind(doc_class: type[Document], field: str) -> str:
     if options and all(typing.get_origin(o) is list or o is list for o in options):
         return "token"
     return "lexical"
-
-
-def _options(annotation: Any) -> list[Any]:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _options(typing.get_args(annotation)[0])
-    if origin is typing.Union or origin is types.UnionType:
-        out: list[Any] = []
-        for arg in typing.get_args(annotation):
-            if arg is not type(None):
-                out.extend(_options(arg))
-        return out
-    return [annotation]
