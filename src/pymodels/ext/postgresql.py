@@ -23,7 +23,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -62,7 +62,7 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps_pg, loads_pg
 from ._sql.postgresql_dialect import PostgresDialect
 from ._sql.query import SQLQuery
-from ._sql.storage import SQLStorage
+from ._sql.storage import RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -214,12 +214,9 @@ class Storage(SQLStorage):
         self._port = int(str(parsed.get("port") or os.environ.get("PGPORT") or 5432))
         self._table = s.table
         self._qtable = f'"{self._table}"'
-        self._upsert_sql = (
-            f"INSERT INTO {self._qtable} (pk, body) VALUES ($1, $2::jsonb) "
-            "ON CONFLICT (pk) DO UPDATE SET body = EXCLUDED.body"
-        )
         self._dialect = _DIALECT
         self._compiler = _COMPILER
+        self._prepare_statements()
         self._conns = ThreadConnections(self._connect, _close_quietly, _reusable)
         self._cursor_names = itertools.count()
         try:
@@ -324,31 +321,6 @@ class Storage(SQLStorage):
 
     # ------------------------------------------------------------ required hooks
 
-    def _load(self, pk: str) -> dict[str, Any] | None:
-        with self._db() as conn:
-            row = conn.execute(f"SELECT body FROM {self._qtable} WHERE pk = $1", [pk]).fetchone()
-        return None if row is None else row[0]
-
-    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
-        body = dumps_pg(record)
-        with self._db() as conn:
-            if overwrite:
-                conn.execute(self._upsert_sql, [pk, body])
-                return True
-            cur = conn.execute(
-                f"INSERT INTO {self._qtable} (pk, body) VALUES ($1, $2::jsonb) "
-                "ON CONFLICT (pk) DO NOTHING",
-                [pk, body],
-            )
-            return cur.rowcount == 1
-
-    def _remove(self, pk: str) -> bool:
-        with self._db() as conn:
-            return conn.execute(f"DELETE FROM {self._qtable} WHERE pk = $1", [pk]).rowcount == 1
-
-    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self._rows(None, None, 0, None)
-
     def _close(self) -> None:
         self._conns.close_all()
 
@@ -384,23 +356,6 @@ class Storage(SQLStorage):
             # Several batches may share one transaction (save_many in transaction()).
             cur.execute("DELETE FROM pymodels_staging")
 
-    def _keys(self) -> Iterator[str]:
-        for pk, _ in self._rows(None, None, 0, None, columns="pk, NULL"):
-            yield pk
-
-    def _contains(self, pk: str) -> bool:
-        with self._db() as conn:
-            sql = f"SELECT 1 FROM {self._qtable} WHERE pk = $1"
-            return conn.execute(sql, [pk]).fetchone() is not None
-
-    def _begin(self) -> None:
-        with self._db() as conn:
-            conn.execute("BEGIN")
-
-    def _commit(self) -> None:
-        with self._db() as conn:
-            conn.execute("COMMIT")
-
     def _rollback(self) -> None:
         conn = self._conns.current()
         if conn is None or conn.closed or conn.broken:
@@ -435,30 +390,8 @@ class Storage(SQLStorage):
             return len(done) + sum(1 for pk in rest if self._update_locked(pk, changes))
 
     def _update_locked(self, pk: str, changes: list[Change]) -> bool:
-        with self._db() as conn:
-            conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])
+        self._lock_row(pk)
         return super()._update_many([pk], changes) == 1
-
-    def _compare_and_store(
-        self, pk: str, record: dict[str, Any], field: str, expected: Any
-    ) -> bool:
-        # One conditional statement: PostgreSQL re-checks the condition after
-        # waiting for a concurrent writer's row lock, so this is a true CAS.
-        if expected is None:
-            return self._store(pk, record, overwrite=False)
-        leaf = self._compiler.version_guard(field, expected)
-        if leaf is None:
-            with self._atomic():
-                with self._db() as conn:
-                    conn.execute(f"SELECT 1 FROM {self._qtable} WHERE pk = $1 FOR UPDATE", [pk])
-                return super()._compare_and_store(pk, record, field, expected)
-        sql = (
-            f"UPDATE {self._qtable} SET body = {PARAM}::jsonb "
-            f"WHERE pk = {PARAM} AND ({leaf.frag.sql})"
-        )
-        text, params = self._dialect.render(Frag(sql, (dumps_pg(record), pk, *leaf.frag.params)))
-        with self._db() as conn:
-            return conn.execute(text, params).rowcount == 1
 
     # ------------------------------------------------------------ used by Query
 
@@ -468,7 +401,7 @@ class Storage(SQLStorage):
         order: tuple[OrderKey, ...] | None,
         offset: int,
         limit: int | None,
-        columns: str = "pk, body",
+        columns: str = RECORD_COLUMNS,
     ) -> Generator[tuple[str, Any], None, None]:
         """The selected rows, one round trip for the first FETCH_SIZE of them.
 
@@ -511,8 +444,13 @@ class Storage(SQLStorage):
                 cur.close()
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
+        # The driver decodes the bodies (set_json_loads): the rows are the records.
+        rows: list[Item] = self._fetchall(sql, params)
+        return rows
+
+    def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._db() as conn:
-            rows: list[Item] = conn.execute(sql, params).fetchall()
+            rows: list[Any] = conn.execute(sql, params).fetchall()
         return rows
 
     def _select(

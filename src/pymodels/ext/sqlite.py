@@ -50,7 +50,7 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import SQLiteDialect, register_functions
-from ._sql.storage import SQLStorage
+from ._sql.storage import RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -171,9 +171,9 @@ class Storage(SQLStorage):
             self.features = memory_features  # type: ignore[misc]
         self._table = self.settings.table
         self._qtable = f'"{self._table}"'
-        self._load_sql = f"SELECT body FROM {self._qtable} WHERE pk = ?"
         self._dialect = _DIALECT
         self._compiler = _COMPILER
+        self._prepare_statements()
         # Files: one connection per thread. In memory, one connection (each
         # connection would get a database of its own) used under self._lock.
         self._conns = ThreadConnections(self._connect, _close_quietly)
@@ -309,33 +309,6 @@ class Storage(SQLStorage):
 
     # ------------------------------------------------------------ required hooks
 
-    def _load(self, pk: str) -> dict[str, Any] | None:
-        rows = self._fetchall(self._load_sql, (pk,))
-        return loads(rows[0][0]) if rows else None
-
-    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
-        body = dumps(record)
-        with self._db() as conn:
-            if overwrite:
-                conn.execute(
-                    f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) "
-                    "ON CONFLICT (pk) DO UPDATE SET body = excluded.body",
-                    (pk, body),
-                )
-                return True
-            cur = conn.execute(
-                f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?) ON CONFLICT (pk) DO NOTHING",
-                (pk, body),
-            )
-            return cur.rowcount == 1
-
-    def _remove(self, pk: str) -> bool:
-        with self._db() as conn:
-            return conn.execute(f"DELETE FROM {self._qtable} WHERE pk = ?", (pk,)).rowcount == 1
-
-    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self._rows(Frag(f"SELECT pk, body FROM {self._qtable}"))
-
     def _close(self) -> None:
         self._conns.close_all()
         if self._shared is not None:
@@ -361,26 +334,6 @@ class Storage(SQLStorage):
         rows = [(pk, dumps(record)) for pk, record in items]
         with self._db() as conn:
             conn.executemany(f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?)", rows)
-
-    def _keys(self) -> Iterator[str]:
-        for pk, _ in self._rows(Frag(f"SELECT pk, NULL FROM {self._qtable}"), decode=False):
-            yield pk
-
-    def _contains(self, pk: str) -> bool:
-        with self._db() as conn:
-            sql = f"SELECT 1 FROM {self._qtable} WHERE pk = ?"
-            return conn.execute(sql, (pk,)).fetchone() is not None
-
-    def _begin(self) -> None:
-        # IMMEDIATE takes the write lock now (waiting on the busy timeout):
-        # a deferred transaction that reads first could fail with "database
-        # is locked" when it later tries to write, without waiting.
-        with self._db() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-
-    def _commit(self) -> None:
-        with self._db() as conn:
-            conn.execute("COMMIT")
 
     def _rollback(self) -> None:
         with self._db() as conn:
@@ -411,24 +364,19 @@ class Storage(SQLStorage):
             rest = [pk for pk in pks if pk not in done]
             return len(done) + (super()._update_many(rest, changes) if rest else 0)
 
-    def _compare_and_store(
-        self, pk: str, record: dict[str, Any], field: str, expected: Any
-    ) -> bool:
-        # One conditional statement: atomic across threads and processes.
-        if expected is None:
-            return self._store(pk, record, overwrite=False)
-        leaf = self._compiler.version_guard(field, expected)
-        if leaf is None:
-            return super()._compare_and_store(pk, record, field, expected)
-        sql = f"UPDATE {self._qtable} SET body = ? WHERE pk = ? AND ({leaf.frag.sql})"
-        text, params = self._dialect.render(Frag(sql, (dumps(record), pk, *leaf.frag.params)))
-        with self._db() as conn:
-            return conn.execute(text, params).rowcount == 1
-
     # ------------------------------------------------------------ used by Query
 
-    def _rows(self, frag: Frag, *, decode: bool = True) -> Generator[tuple[str, Any], None, None]:
-        text, params = self._dialect.render(frag)
+    def _rows(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+        columns: str = RECORD_COLUMNS,
+    ) -> Generator[tuple[str, Any], None, None]:
+        decode = columns == RECORD_COLUMNS
+        d = self._dialect
+        text, params = d.render(d.select(self._table, where, order, offset, limit, columns))
         guard = self._db()
         with guard as conn:
             cursor = conn.execute(text, params)
@@ -453,7 +401,7 @@ class Storage(SQLStorage):
         if limit is not None and limit <= FETCH_SIZE:
             text, params = self._dialect.select_statement(self._table, where, order, offset, limit)
             return self._fetch_records(text, params)
-        return self._rows(self._dialect.select(self._table, where, order, offset, limit))
+        return self._rows(where, order, offset, limit)
 
     def _explain_select(
         self,

@@ -171,6 +171,22 @@ class Dialect:
 
     #: The engine's name, for messages.
     name: str = "sql"
+    #: How a record body is written as a statement parameter.
+    body_param: str = PARAM
+    #: The statement that starts a transaction.
+    begin: str = "BEGIN"
+    #: Whether ``SELECT ... FOR UPDATE`` locks a row until the transaction ends.
+    row_locks: bool = False
+
+    @staticmethod
+    def dumps_body(value: Any, /) -> Any:
+        """A record as the driver is given it for the ``body`` column."""
+        raise NotImplementedError
+
+    @staticmethod
+    def loads_body(body: Any, /) -> Any:
+        """A record from the ``body`` column as the driver returns it."""
+        raise NotImplementedError
 
     def __init__(self) -> None:
         # select_statement's rendered texts (a dialect lives as long as the process).

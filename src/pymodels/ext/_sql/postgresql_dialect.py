@@ -47,6 +47,14 @@ class PostgresDialect(Dialect):
     """PostgreSQL 12+ with jsonb."""
 
     name = "postgresql"
+    body_param = PARAM + "::jsonb"
+    row_locks = True
+    dumps_body = staticmethod(dumps_pg)
+
+    @staticmethod
+    def loads_body(body: Any) -> Any:
+        # The driver decodes jsonb itself (set_json_loads on each connection).
+        return body
 
     def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
         parts = frag.sql.split(PARAM)

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from ...backend import INT_MAX, INT_MIN, Change, kind_of
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
-from .encoding import RANK, canonical, canonical_from_json, dumps, sort_key
+from .encoding import RANK, canonical, canonical_from_json, dumps, loads, sort_key
 
 __all__ = ["SQLiteDialect", "register_functions"]
 
@@ -111,6 +111,12 @@ class SQLiteDialect(Dialect):
     """SQLite 3.38+ (JSON1 built in)."""
 
     name = "sqlite"
+    # IMMEDIATE takes the write lock now (waiting on the busy timeout): a
+    # deferred transaction that reads first could fail with "database is
+    # locked" when it later tries to write, without waiting.
+    begin = "BEGIN IMMEDIATE"
+    dumps_body = staticmethod(dumps)
+    loads_body = staticmethod(loads)
 
     def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
         return frag.sql.replace(PARAM, "?"), frag.params

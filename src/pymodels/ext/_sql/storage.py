@@ -3,23 +3,30 @@
 :class:`~.query.SQLQuery` reaches it through the storage hooks of queries
 only (``_compile_condition``, ``_select``, ``_select_page``, ``_count_where``,
 ``_delete_where``, ``_explain_select``). A backend supplies its connection
-(``_db``), its dialect and compiler, and the statements that differ between
-engines (reading rows, explaining a plan). The statements that are the same
-in every dialect live here once: counting and deleting what a compiled
-condition selects, clearing the table, creating an index from the dialect's
-DDL, the short page of a cached statement.
+(``_db``), its dialect and compiler, and what differs between engines: how
+rows are read and streamed, explaining a plan, opening and rolling back. Every
+statement both engines run is written here once, with the dialect's parameter
+marker, body parameter and codec: reading, writing, removing and testing one
+record, listing pks, starting and committing a transaction, compare-and-swap,
+counting and deleting what a compiled condition selects, clearing the table,
+creating an index, the short page of a cached statement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import abc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...backend import BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
-from .compiler import Compiler, Dialect, Frag
+from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
 
-__all__ = ["SQLStorage"]
+__all__ = ["KEY_COLUMNS", "RECORD_COLUMNS", "SQLStorage"]
+
+#: The columns of a row that is a record, and of one that is only its pk.
+RECORD_COLUMNS = "pk, body"
+KEY_COLUMNS = "pk, NULL"
 
 
 class SQLStorage(BaseStorage):
@@ -35,20 +42,36 @@ class SQLStorage(BaseStorage):
 
     # ------------------------------------------------------------ per engine
 
+    @abc.abstractmethod
     def _db(self) -> Guard[Any]:
         """``with self._db() as conn``: this thread's connection, errors translated."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
+    def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one rendered statement."""
+
+    @abc.abstractmethod
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
         """Run a rendered SELECT of ``pk, body`` and return every row, decoded."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
+    def _rows(
+        self,
+        where: Frag | None,
+        order: tuple[OrderKey, ...] | None,
+        offset: int,
+        limit: int | None,
+        columns: str = RECORD_COLUMNS,
+    ) -> Iterator[tuple[str, Any]]:
+        """Stream the selected rows (records decoded; :data:`KEY_COLUMNS` rows as they are)."""
+
+    @abc.abstractmethod
     def _select(
         self, where: Frag | None, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
     ) -> Iterator[Item] | list[Item]:
         """The selected rows: a list when the limit is small, else a stream."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _explain_select(  # the statement, without the slice
         self,
         where: Frag | None,
@@ -57,9 +80,92 @@ class SQLStorage(BaseStorage):
         limit: int | None = None,
     ) -> str:
         """The statement a query runs and the engine's plan for it."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ shared
+
+    def _prepare_statements(self) -> None:
+        """Render the one-record statements for this table (once, from ``_open``)."""
+        d = self._dialect
+        t = self._qtable
+        insert = f"INSERT INTO {t} (pk, body) VALUES ({PARAM}, {d.body_param}) ON CONFLICT (pk)"
+        self._load_sql = d.render(Frag(f"SELECT body FROM {t} WHERE pk = {PARAM}"))[0]
+        self._insert_sql = d.render(Frag(f"{insert} DO NOTHING"))[0]
+        self._upsert_sql = d.render(Frag(f"{insert} DO UPDATE SET body = excluded.body"))[0]
+        self._remove_sql = d.render(Frag(f"DELETE FROM {t} WHERE pk = {PARAM}"))[0]
+        self._contains_sql = d.render(Frag(f"SELECT 1 FROM {t} WHERE pk = {PARAM}"))[0]
+        if d.row_locks:
+            lock = Frag(f"SELECT 1 FROM {t} WHERE pk = {PARAM} FOR UPDATE")
+            self._lock_row_sql = d.render(lock)[0]
+        # The codec, looked up once: _load and _store run per record.
+        self._dumps: Callable[[dict[str, Any]], Any] = d.dumps_body
+        self._loads: Callable[[Any], dict[str, Any]] = d.loads_body
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        rows = self._fetchall(self._load_sql, (pk,))
+        return self._loads(rows[0][0]) if rows else None
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        body = self._dumps(record)
+        with self._db() as conn:
+            if overwrite:
+                conn.execute(self._upsert_sql, (pk, body))
+                return True
+            written: int = conn.execute(self._insert_sql, (pk, body)).rowcount
+        return written == 1
+
+    def _remove(self, pk: str) -> bool:
+        with self._db() as conn:
+            removed: int = conn.execute(self._remove_sql, (pk,)).rowcount
+        return removed == 1
+
+    def _contains(self, pk: str) -> bool:
+        with self._db() as conn:
+            return conn.execute(self._contains_sql, (pk,)).fetchone() is not None
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self._rows(None, None, 0, None)
+
+    def _keys(self) -> Iterator[str]:
+        for pk, _ in self._rows(None, None, 0, None, KEY_COLUMNS):
+            yield pk
+
+    def _begin(self) -> None:
+        with self._db() as conn:
+            conn.execute(self._dialect.begin)
+
+    def _commit(self) -> None:
+        with self._db() as conn:
+            conn.execute("COMMIT")
+
+    def _lock_row(self, pk: str) -> None:
+        """Hold the row of ``pk`` until the transaction ends, where the engine locks rows."""
+        if self._dialect.row_locks:
+            with self._db() as conn:
+                conn.execute(self._lock_row_sql, (pk,))
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        # One conditional statement: atomic across threads and processes
+        # (PostgreSQL re-checks the condition after waiting for a concurrent
+        # writer's row lock, so this is a true compare-and-swap).
+        if expected is None:
+            return self._store(pk, record, overwrite=False)
+        leaf = self._compiler.version_guard(field, expected)
+        if leaf is None:
+            # A version SQL cannot compare exactly: the generic path, with the
+            # row (SQLite: the file, by BEGIN IMMEDIATE) locked meanwhile.
+            with self._atomic():
+                self._lock_row(pk)
+                return super()._compare_and_store(pk, record, field, expected)
+        sql = (
+            f"UPDATE {self._qtable} SET body = {self._dialect.body_param} "
+            f"WHERE pk = {PARAM} AND ({leaf.frag.sql})"
+        )
+        text, params = self._dialect.render(Frag(sql, (self._dumps(record), pk, *leaf.frag.params)))
+        with self._db() as conn:
+            written: int = conn.execute(text, params).rowcount
+        return written == 1
 
     def _scalar(self, frag: Frag) -> int:
         """The int a one-value statement returns (0 for no row)."""
