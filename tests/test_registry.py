@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -146,3 +147,29 @@ def test_settings_must_be_dict_or_url() -> None:
         pymodels.get_storage("no-scheme-here")
     with pytest.raises(ConfigurationError):
         pymodels.get_storage({"backend": "memory"}, backend="shelve")
+
+
+@pytest.mark.parametrize(
+    ("name", "driver", "advice"),
+    [
+        ("postgresql", "psycopg", "pip install 'pymodels[postgresql]'"),
+        (
+            "tokyo_cabinet",
+            "pymodels.ext.tokyo_cabinet._binding",
+            "apt-get install libtokyocabinet9",
+        ),
+    ],
+)
+def test_a_builtin_backend_without_its_driver_says_what_to_install(
+    name: str, driver: str, advice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the driver were not installed: importing it fails, and the backend
+    # module is imported afresh (monkeypatch puts every module back afterwards).
+    monkeypatch.setitem(sys.modules, driver, None)
+    for module in [m for m in sys.modules if m.startswith(f"pymodels.ext.{name}")]:
+        if module != driver:
+            monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(BackendUnavailable, match=re.escape(advice)) as info:
+        pymodels.get_storage({"backend": name})
+    assert isinstance(info.value.__cause__, ImportError)
+    assert name in known_backends()  # still known: only its driver is missing

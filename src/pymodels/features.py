@@ -56,14 +56,6 @@ class Features:
 
     # How does each lookup op run: "native", "prefilter" or "python"?
     ops: Mapping[str, OpSupport] = dataclasses.field(default_factory=_all_python)
-    # Does the engine sort query results itself (at least by one key)?
-    native_ordering: bool = False
-    # Does the engine sort by several keys, each with its own direction?
-    multi_key_ordering: bool = False
-    # Do slices (offset/limit) go to the engine?
-    native_slicing: bool = False
-    # Does the engine count matches without returning them?
-    native_count: bool = False
     # Does storage.transaction() work (all or nothing, nothing visible before the end)?
     transactions: bool = False
     # Does create_index() build an index the engine uses?
@@ -74,8 +66,6 @@ class Features:
     compound_indexes: bool = False
     # Which index kinds does create_index(kind=...) accept (besides None)?
     index_kinds: frozenset[str] = frozenset()
-    # Does the engine have a full-text index that serves the "like" op?
-    full_text: bool = False
     # Does update() change fields without reading the record into Python first?
     partial_update: bool = False
     # May one storage object be used from several threads at once?
@@ -86,8 +76,6 @@ class Features:
     concurrent_processes: bool = False
     # Does the data outlive the process (a file or a server)?
     persistent: bool = True
-    # Does the engine talk to a server over the network?
-    networked: bool = False
 
     def op(self, name: str) -> OpSupport:
         """How the op ``name`` runs on this backend."""

@@ -43,18 +43,14 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "shelve": ("pymodels.ext.shelve", ""),
     "sqlite": ("pymodels.ext.sqlite", ""),
     "postgresql": ("pymodels.ext.postgresql", "pip install 'pymodels[postgresql]'"),
-    "mongodb": ("pymodels.ext.mongodb", "pip install 'pymodels[mongodb]'"),
     "tokyo_cabinet": ("pymodels.ext.tokyo_cabinet", "apt-get install libtokyocabinet9"),
-    "tokyo_tyrant": ("pymodels.ext.tokyo_tyrant", ""),
 }
 
 #: Other names (and URL schemes) for the built-in backends.
 ALIASES: dict[str, str] = {
     "postgres": "postgresql",
     "sqlite3": "sqlite",
-    "mongo": "mongodb",
     "tokyo-cabinet": "tokyo_cabinet",
-    "tokyo-tyrant": "tokyo_tyrant",
 }
 
 

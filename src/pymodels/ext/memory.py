@@ -33,10 +33,6 @@ __all__ = ["Query", "Settings", "Storage", "features"]
 
 features = Features(
     ops=dict.fromkeys(OPS, "native"),
-    native_ordering=True,
-    multi_key_ordering=True,
-    native_slicing=True,
-    native_count=True,
     transactions=True,
     indexes=False,
     thread_safe=True,

@@ -73,22 +73,16 @@ PREFILTER_OPS = frozenset(
 
 features = Features(
     ops={op: "prefilter" if op in PREFILTER_OPS else "native" for op in OPS},
-    native_ordering=True,
-    multi_key_ordering=True,
-    native_slicing=True,
-    native_count=True,
     transactions=True,
     indexes=True,
     unique_indexes=True,
     compound_indexes=True,
     index_kinds=frozenset({"gin"}),
-    full_text=False,
     partial_update=True,
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
     persistent=True,
-    networked=True,
 )
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")

@@ -57,15 +57,10 @@ __all__ = ["Query", "Settings", "Storage", "features"]
 features = Features(
     # Every op runs in SQLite, some through functions registered per connection.
     ops=dict.fromkeys(OPS, "native"),
-    native_ordering=True,
-    multi_key_ordering=True,
-    native_slicing=True,
-    native_count=True,
     transactions=True,
     indexes=True,
     unique_indexes=True,
     compound_indexes=True,
-    full_text=False,
     partial_update=True,
     thread_safe=True,
     fork_safe=True,
