@@ -70,12 +70,18 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
+    # A commit is in the file (WAL) before it returns: SIGKILL loses nothing
+    # acknowledged, and SQLITE_FULL rolls the statement back (tested in the suite).
+    crash_safe=True,
+    disk_full_safe=True,
     persistent=True,
 )
 
 #: What an in-memory storage (``sqlite://``) can do: the same, but nothing outlives it
 #: and no other process sees it.
-memory_features = features.replace(persistent=False, concurrent_processes=False)
+memory_features = features.replace(
+    persistent=False, concurrent_processes=False, crash_safe=False, disk_full_safe=False
+)
 
 #: Table names: plain identifiers, so they need no quoting anywhere (and fit
 #: PostgreSQL's 63-byte limit with an index-name suffix).

@@ -47,6 +47,7 @@ from pymodels import (
     get_storage,
 )
 from pymodels.storage import BaseStorage
+from pymodels.values import MAX_DEPTH
 
 from . import oracle
 from . import strategies as pst
@@ -344,6 +345,32 @@ class StorageTests:
         with pytest.raises(ValidationError):
             storage.save({"ok": 1, **bad}, primary_key="p")
         assert len(storage) == 0
+
+    def test_records_nest_exactly_to_the_limit_everywhere(self, storage: BaseStorage) -> None:
+        """Lists and dicts nest 100 levels (the record is level 1), on every backend."""
+        at_limit = {
+            "lists": _nested(MAX_DEPTH - 1, lambda v: [v]),
+            "dicts": _nested(MAX_DEPTH - 1, lambda v: {"k": v}),
+            "mixed": _nested(MAX_DEPTH - 1, lambda v: [v] if isinstance(v, dict) else {"k": v}),
+        }
+        for name, value in at_limit.items():
+            storage.save({name: value, "n": 1}, primary_key=name)
+        for name, value in at_limit.items():
+            assert identical(dict(storage.get(None, name)), {name: value, "n": 1}), name
+            assert [d.pk for d in storage.query().where(**{name: value})] == [name]
+        for deeper in (_nested(MAX_DEPTH, lambda v: [v]), _nested(MAX_DEPTH, lambda v: {"k": v})):
+            with pytest.raises(ValidationError) as info:
+                storage.save({"deep": deeper}, primary_key="deep")
+            assert info.value.field is not None and info.value.field.startswith("deep")
+            assert "100 levels" in str(info.value)
+        # a__b's value sits in dict a (level 2): 98 lists fit, 99 do not.
+        storage.update("lists", a__b=_nested(MAX_DEPTH - 2, lambda v: [v]))
+        with pytest.raises(ValidationError, match="100 levels"):
+            storage.update("lists", a__b=_nested(MAX_DEPTH - 1, lambda v: [v]))
+        assert identical(
+            storage.get(None, "lists")["a"], {"b": _nested(MAX_DEPTH - 2, lambda v: [v])}
+        )
+        assert "deep" not in storage and len(storage) == 3
 
     @pytest.mark.parametrize("pk", ["", "nul\x00", 5, b"k"])
     def test_bad_primary_keys(self, storage: BaseStorage, pk: Any) -> None:
@@ -773,15 +800,38 @@ class StorageTests:
         assert q[4]["first_name"] == "Eve"
         with pytest.raises(IndexError):
             q[5]
-        with pytest.raises(ValueError):
-            q[-1]
-        with pytest.raises(ValueError):
-            q[::2]
-        with pytest.raises(ValueError):
-            q[-3:]
         with pytest.raises(TypeError):
             len(q)
         assert [d.pk for d in storage.query().order_by("-pk")[:2]] == ["p4", "p3"]
+
+    def test_bad_slices_raise_invalid_query_and_int64_bounds_agree(
+        self, storage: BaseStorage
+    ) -> None:
+        self._people(storage)
+        q = storage.query().order_by("first_name")
+        bad: dict[str, Callable[[], object]] = {
+            "q[-1]": lambda: q[-1],
+            "q[::2]": lambda: q[::2],
+            "q[-3:]": lambda: q[-3:],
+            "q[:-1]": lambda: q[:-1],
+            "q[:2**63]": lambda: q[: 2**63],
+            "q[2**63:]": lambda: q[2**63 :],
+            "q[2**63]": lambda: q[2**63],
+            "q[2**62:][2**62:]": lambda: q[2**62 :][2**62 :],
+        }
+        for name, make in bad.items():
+            with pytest.raises(InvalidQuery):
+                make()
+                pytest.fail(f"{name} did not raise InvalidQuery")
+        # At the int64 edge itself every backend answers as the reference does.
+        top = 2**63 - 1
+        assert [d["first_name"] for d in q[:top]] == ["Ann", "Bob", "Cid", "Dee", "Eve"]
+        assert [d["first_name"] for d in q[3:][:top]] == ["Dee", "Eve"]
+        assert q[2:][:top].count() == 3 and q[top:].count() == 0 and not q[top:].exists()
+        assert q[top:].values("age") == [] and q[top:].delete() == 0
+        with pytest.raises(IndexError):
+            q[top]
+        assert len(storage) == 5
 
     def test_count_exists_first_values_delete_honour_slices(self, storage: BaseStorage) -> None:
         self._people(storage)
@@ -974,6 +1024,14 @@ def _in_processes(target: Callable[..., None], arguments: list[tuple[Any, ...]])
     for p in procs:
         p.join(600)
     assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _nested(levels: int, wrap: Callable[[Any], Any]) -> Any:
+    """A value of ``levels`` lists/dicts, each inside the next, around a scalar."""
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = wrap(value)
+    return value
 
 
 def _never(*args: Any) -> Any:
