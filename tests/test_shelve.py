@@ -130,7 +130,8 @@ def test_a_planted_pickle_raises_corrupt_data_and_runs_nothing(tmp_path: Path, m
         s.save({"ok": 1}, primary_key="good")
     # Plant records the way someone handing over a file would: with plain shelve.
     db = importlib.import_module(module).open(str(path), "w")
-    with shelve.Shelf(db) as raw:
+    raw: shelve.Shelf[object] = shelve.Shelf(db)
+    with raw:
         raw["bad"] = {"x": _Planted(str(marker))}
         raw["worse"] = _Planted(str(marker))
     for read_only in (False, True):
