@@ -1296,7 +1296,9 @@ def _run_and_kill(
     os.waitpid(pid, 0)
     rest = buffer + b"".join(iter(lambda: os.read(r, 65536), b""))
     os.close(r)
-    events.extend(json.loads(line) for line in rest.split(b"\n") if line)
+    # A line the kill cut short (longer than the pipe writes atomically) is no acknowledgement.
+    *complete, _partial = rest.split(b"\n")
+    events.extend(json.loads(line) for line in complete)
     fatal = [e for e in events if e.get("fatal")]
     assert not fatal, f"the writer failed before it was killed: {fatal}"
     return events
