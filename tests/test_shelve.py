@@ -298,3 +298,24 @@ def test_bad_settings(tmp_path: Path) -> None:
         with pytest.raises(ConfigurationError):
             open_shelf(tmp_path / "shelf", **bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_gnu
+def test_gdbm_needs_recovery_says_how_to_recover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save({"n": 1}, primary_key="a")
+    gnu = importlib.import_module("dbm.gnu")
+
+    def needs_recovery(*args: object) -> None:
+        raise gnu.error("Database needs recovery")
+
+    monkeypatch.setattr(gnu, "open", needs_recovery)
+    with pytest.raises(pymodels.CorruptData, match=r"gdbmtool .* recover") as info:
+        open_shelf(path)
+    assert info.value.path == str(path) and isinstance(info.value.__cause__, gnu.error)
+    monkeypatch.undo()
+    with open_shelf(path) as s:  # the lock was released with the failure
+        assert s.get(None, "a")["n"] == 1
