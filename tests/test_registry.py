@@ -173,3 +173,35 @@ def test_a_builtin_backend_without_its_driver_says_what_to_install(
         pymodels.get_storage({"backend": name})
     assert isinstance(info.value.__cause__, ImportError)
     assert name in known_backends()  # still known: only its driver is missing
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ("shelve:///x?protocol=99", "protocol"),
+        ("postgresql://[::1", "[::1"),
+        ("postgresql://h:abc/x", "abc"),
+        ("sqlite:///x?timeout=nan", "timeout"),
+        ("sqlite:///x?timeout=-1", "timeout"),
+        ("sqlite:///x?timeout=inf", "timeout"),
+        (
+            {"backend": "tokyo_cabinet", "path": "x.tct", "lock_timeout": float("nan")},
+            "lock_timeout",
+        ),
+        ({"backend": "shelve", "path": "x", "lock_timeout": -1.0}, "lock_timeout"),
+        ({"backend": "shelve", "path": "a\x00b"}, "path"),
+        ({"backend": "sqlite", "path": "a\udcffb"}, "path"),
+        ("shelve:///a%00b", "path"),
+    ],
+)
+def test_bad_settings_name_the_value_and_create_nothing(
+    settings: object, named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One shared check in BaseSettings (and the URL parser): never a raw ValueError."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(ConfigurationError, match=named.replace("[", r"\[")):
+            pymodels.get_storage(settings)  # type: ignore[arg-type]
+    except BackendUnavailable:  # pragma: no cover - Tokyo's C library missing here
+        pytest.skip("backend unavailable")
+    assert os.listdir(tmp_path) == []

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import dbm
+import gc
 import importlib
+import os
+import pickle
 import shelve
+import signal
+import subprocess
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -94,3 +102,220 @@ def test_features_say_scan() -> None:
 
     assert set(features.ops.values()) == {"python"}
     assert not features.transactions and not features.indexes
+
+
+# ------------------------------------------------------------- reliability (#14)
+
+DBMS = [
+    pytest.param(n, marks=pytest.mark.skipif(not _has(n), reason=f"{n} is not importable here"))
+    for n in ("dbm.gnu", "dbm.ndbm", "dbm.dumb")
+]
+
+
+class _Planted:
+    """A pickle whose loading would call a function: what an attacker plants."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (Path(self.marker), "the planted pickle ran"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_a_planted_pickle_raises_corrupt_data_and_runs_nothing(tmp_path: Path, module: str) -> None:
+    path = tmp_path / "shelf"
+    marker = tmp_path / "PWNED"
+    with open_shelf(path, dbm=module) as s:
+        s.save({"ok": 1}, primary_key="good")
+    # Plant records the way someone handing over a file would: with plain shelve.
+    db = importlib.import_module(module).open(str(path), "w")
+    raw: shelve.Shelf[object] = shelve.Shelf(db)
+    with raw:
+        raw["bad"] = {"x": _Planted(str(marker))}
+        raw["worse"] = _Planted(str(marker))
+    for read_only in (False, True):
+        with open_shelf(path, dbm=module, read_only=read_only) as s:
+            assert s.get(None, "good")["ok"] == 1
+            for pk in ("bad", "worse"):
+                with pytest.raises(pymodels.CorruptData, match=pk) as info:
+                    s.get(None, pk)
+                assert info.value.pk == pk and info.value.path == str(path)
+            with pytest.raises(pymodels.CorruptData):
+                list(s.query())
+            with pytest.raises(pymodels.CorruptData):
+                s.query().where(ok=1).count()
+            with pytest.raises(pymodels.CorruptData):
+                s.get_many(None, ["good", "bad"])
+            assert "bad" in s and len(s) == 3 and sorted(s) == ["bad", "good", "worse"]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_one_writer_per_file_others_wait_then_lock_timeout(tmp_path: Path, module: str) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm=module) as first:
+        first.save({"n": 1}, primary_key="a")
+        started = time.monotonic()
+        with pytest.raises(pymodels.LockTimeout, match="lock_timeout"):
+            open_shelf(path, dbm=module, lock_timeout=0.3)
+        assert time.monotonic() - started >= 0.3
+        with pytest.raises(pymodels.LockTimeout):
+            open_shelf(path, dbm=module, read_only=True)  # no reader beside a writer
+        # Another process waits the same way.
+        code = subprocess.run(
+            [sys.executable, "-c", _OTHER_PROCESS, str(path), module],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert code.stdout.strip() == "LockTimeout", code.stderr
+        first.save({"n": 2}, primary_key="b")
+    # The lock is gone with the writer: readers share, and see both writes.
+    with open_shelf(path, read_only=True) as r1, open_shelf(path, read_only=True) as r2:
+        assert sorted(r1) == sorted(r2) == ["a", "b"]
+    # A writer waiting with a longer timeout gets the file once the first closes.
+    holder = open_shelf(path, dbm=module)
+    threading.Timer(0.2, holder.close).start()
+    with open_shelf(path, dbm=module, lock_timeout=5) as second:
+        second.save({"n": 3}, primary_key="c")
+        assert sorted(second) == ["a", "b", "c"]
+
+
+_OTHER_PROCESS = """
+import sys, pymodels
+try:
+    pymodels.get_storage({"backend": "shelve", "path": sys.argv[1], "dbm": sys.argv[2],
+                          "lock_timeout": 0.2})
+except pymodels.LockTimeout:
+    print("LockTimeout")
+"""
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_a_file_its_writer_never_closed_is_refused_until_recovered(
+    tmp_path: Path, module: str
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm=module) as s:
+        s.save({"n": 1}, primary_key="a")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed
+        s = open_shelf(path, dbm=module)
+        s.save({"n": 2}, primary_key="b")
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with pytest.raises(pymodels.CorruptData, match=r"not closed cleanly.*recover=True"):
+        open_shelf(path, dbm=module)
+    with open_shelf(path, dbm=module, read_only=True) as r:  # reading is how one checks
+        assert r.get(None, "a")["n"] == 1
+    with open_shelf(path, dbm=module, recover=True) as s:
+        s.save({"n": 3}, primary_key="c")
+    with open_shelf(path, dbm=module) as s:  # closed cleanly again
+        assert {"a", "c"} <= set(s)
+
+
+def test_dropped_storage_closes_cleanly_at_garbage_collection(tmp_path: Path) -> None:
+    path = tmp_path / "shelf"
+    s = open_shelf(path)
+    s.save({"n": 1}, primary_key="a")
+    del s
+    gc.collect()
+    with open_shelf(path) as again:
+        assert again.get(None, "a")["n"] == 1
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_damage_raises_corrupt_data_naming_the_file(tmp_path: Path, module: str) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm=module) as s:
+        s.save({"n": 1}, primary_key="a")
+    db = importlib.import_module(module).open(str(path), "w")
+    db[b"\xff\xfe"] = pickle.dumps({"n": 2})  # a key that is no pk
+    db[b"trunc"] = pickle.dumps({"n": 3})[:-3]  # a record cut short
+    db.close()
+    with open_shelf(path, dbm=module) as s:
+        with pytest.raises(pymodels.CorruptData, match="not UTF-8"):
+            list(s)
+        with pytest.raises(pymodels.CorruptData, match="trunc") as info:
+            s.get(None, "trunc")
+        assert isinstance(info.value.__cause__, (EOFError, pickle.UnpicklingError))
+
+
+def test_garbage_file_raises_corrupt_data(tmp_path: Path) -> None:
+    path = tmp_path / "shelf"
+    path.write_bytes(b"\x13\x57\x9a\xce" + os.urandom(4096))  # gdbm's magic, then garbage
+    with pytest.raises(pymodels.CorruptData) as info:
+        open_shelf(path)
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files anyway")
+def test_a_read_only_file_is_refused_for_writing_and_clear_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.dumb") as s:
+        s.save_many({"n": i} for i in range(100))
+    for f in tmp_path.iterdir():
+        f.chmod(0o444)
+    with pytest.raises(pymodels.PyModelsError, match="read_only"):
+        open_shelf(path)
+    with open_shelf(path, read_only=True) as r:
+        assert len(r) == 100
+
+
+def test_a_failed_clear_leaves_memory_as_the_file(tmp_path: Path) -> None:
+    """A write that fails part way reopens the dbm: len() is what the file holds."""
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.dumb") as s:
+        s.save_many({"n": i} for i in range(100))
+        calls = 0
+        real = s._db.__class__.__delitem__  # type: ignore[attr-defined]
+
+        def failing(db: object, key: bytes) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise PermissionError(13, "Permission denied")
+            real(db, key)
+
+        s._db.__class__.__delitem__ = failing  # type: ignore[attr-defined]
+        try:
+            with pytest.raises(pymodels.PyModelsError, match="permission denied"):
+                s.clear()
+        finally:
+            s._db.__class__.__delitem__ = real  # type: ignore[attr-defined]
+        # dbm.dumb writes each delete to its index at once: two deletes landed.
+        assert len(s) == len(list(s)) == 98
+    with open_shelf(path) as again:
+        assert len(again) == 98
+
+
+def test_bad_settings(tmp_path: Path) -> None:
+    for bad in ({"protocol": 99}, {"protocol": 2}, {"lock_timeout": float("nan")}):
+        with pytest.raises(ConfigurationError):
+            open_shelf(tmp_path / "shelf", **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_gnu
+def test_gdbm_needs_recovery_says_how_to_recover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save({"n": 1}, primary_key="a")
+    gnu = importlib.import_module("dbm.gnu")
+
+    def needs_recovery(*args: object) -> None:
+        raise gnu.error("Database needs recovery")
+
+    monkeypatch.setattr(gnu, "open", needs_recovery)
+    with pytest.raises(pymodels.CorruptData, match=r"gdbmtool .* recover") as info:
+        open_shelf(path)
+    assert info.value.path == str(path) and isinstance(info.value.__cause__, gnu.error)
+    monkeypatch.undo()
+    with open_shelf(path) as s:  # the lock was released with the failure
+        assert s.get(None, "a")["n"] == 1

@@ -11,10 +11,14 @@ unique indexes and partial updates in SQL are the conformance suite's (by capabi
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -429,3 +433,45 @@ def test_sigkill_during_bulk_save_keeps_committed_batches(path: Path) -> None:
             assert s.query().where(batch=b).count() == 1000
         for doc in s.query()[:50]:
             assert doc["pad"] == "x" * 200
+
+
+def test_read_only_opens_a_database_in_a_read_only_directory() -> None:
+    """A WAL file's -shm cannot be made there: read_only falls back to immutable."""
+    folder = tempfile.mkdtemp()
+    try:
+        path = os.path.join(folder, "db.sqlite")
+        with pymodels.get_storage({"backend": "sqlite", "path": path}) as s:
+            s.save({"a": 1}, primary_key="k")
+        os.chmod(folder, 0o555)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                if os.geteuid() == 0:  # root writes anywhere: become nobody
+                    os.setgid(65534)
+                    os.setuid(65534)
+                with pymodels.get_storage(
+                    {"backend": "sqlite", "path": path, "read_only": True}
+                ) as ro:
+                    code = 0 if (len(ro), ro.get(None, "k")["a"]) == (1, 1) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder)
+
+
+def test_an_iterator_left_open_past_close_says_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(3):
+        s = pymodels.get_storage({"backend": "sqlite", "path": str(tmp_path / "db.sqlite")})
+        s.save_many({"n": i} for i in range(3000))
+        it = iter(s.query())
+        next(it)
+        s.close()
+        del it
+        gc.collect()
+    assert "Exception ignored" not in capfd.readouterr().err

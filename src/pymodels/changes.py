@@ -49,7 +49,8 @@ def parse_changes(changes: Mapping[str, Any]) -> list[Change]:
                 raise ValidationError(f"{key}: inc takes an int or float", field=key)
             value = validate_value(value, key)
         else:
-            value = validate_value(value, key)
+            # The value sits len(parts) levels down (a record is level 1).
+            value = validate_value(value, key, len(parts))
         parsed.append(Change(tuple(parts), op, value))
     return parsed
 

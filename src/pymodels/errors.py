@@ -16,6 +16,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConnectionFailed",
+    "CorruptData",
     "DoesNotExist",
     "IntegrityError",
     "InvalidQuery",
@@ -97,6 +98,19 @@ class LockTimeout(PyModelsError):
     ``timeout``, Tokyo Cabinet up to ``lock_timeout``; PostgreSQL raises it when
     the server's own ``lock_timeout`` runs out.
     """
+
+
+class CorruptData(PyModelsError):
+    """A file or record the engine cannot read back (truncated, damaged, planted, foreign).
+
+    ``path`` names the file and ``pk`` the record where it is known. Nothing in
+    the damaged data was run or trusted to get this far.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, pk: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pk = pk
 
 
 class IntegrityError(PyModelsError):

@@ -74,6 +74,11 @@ class Features:
     fork_safe: bool = False
     # May several processes use the same database at the same time?
     concurrent_processes: bool = False
+    # Does every acknowledged write survive SIGKILL of the writing process?
+    crash_safe: bool = False
+    # On a full disk, does a write either raise a typed error and leave the store as it was,
+    # or succeed durably?
+    disk_full_safe: bool = False
     # Does the data outlive the process (a file or a server)?
     persistent: bool = True
 

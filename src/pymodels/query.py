@@ -26,7 +26,7 @@ from .conditions import ALL, And, Condition, Not, Q, combine, parse_path
 from .documents import Document, from_record
 from .errors import DoesNotExist, InvalidQuery, check_usable
 from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key
-from .values import MISSING, check_pk, freeze, get_path
+from .values import INT_MAX, MISSING, check_pk, freeze, get_path
 
 if TYPE_CHECKING:
     from .storage import BaseStorage
@@ -68,6 +68,17 @@ class Compiled(NamedTuple):
     native: Any
     residual: Condition | None
     description: str = ""
+
+
+def _bad_bound(value: object) -> bool:
+    """Whether ``value`` cannot be a slice bound or index (an int in [0, 2**63-1])."""
+    return type(value) is not int or not 0 <= value <= INT_MAX
+
+
+def _bound_error(value: int) -> str:
+    if value < 0:
+        return f"queries take no negative indices or bounds (got {value})"
+    return f"query index or bound {value} is beyond int64 (2**63-1)"
 
 
 class BaseQuery(Generic[D]):
@@ -252,29 +263,36 @@ class BaseQuery(Generic[D]):
     def __getitem__(self, index: slice) -> Self: ...
 
     def __getitem__(self, index: int | slice) -> D | Self:
+        # One check for every backend: each engine would fail differently on a
+        # negative, stepped or beyond-int64 bound (or quietly wrap it).
         if isinstance(index, slice):
-            if index.step not in (None, 1):
-                raise ValueError("query slices take no step")
+            if index.step is not None and (_bad_bound(index.step) or index.step != 1):
+                raise InvalidQuery(f"query slices take no step (got {index.step!r})")
+            for bound in (index.start, index.stop):
+                if bound is not None and _bad_bound(bound):
+                    if isinstance(bound, bool) or not isinstance(bound, int):
+                        raise TypeError("query slice bounds must be ints")
+                    raise InvalidQuery(_bound_error(bound))
             start = 0 if index.start is None else index.start
-            if not isinstance(start, int) or (
-                index.stop is not None and not isinstance(index.stop, int)
-            ):
-                raise TypeError("query slice bounds must be ints")
-            if start < 0 or (index.stop is not None and index.stop < 0):
-                raise ValueError("query slices take no negative bounds")
             offset = self._offset + start
+            if offset > INT_MAX:
+                raise InvalidQuery(f"query offset {offset} is beyond int64 (2**63-1)")
             limit = self._limit
             if limit is not None:
                 limit = max(0, limit - start)
             if index.stop is not None:
                 stop_limit = max(0, index.stop - start)
                 limit = stop_limit if limit is None else min(limit, stop_limit)
+            if limit is not None:
+                # No storage holds 2**63 records: capping offset + limit there
+                # changes no answer and keeps both in every engine's range.
+                limit = min(limit, INT_MAX - offset)
             return self._clone({"_offset": offset, "_limit": limit})
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"query indices must be ints or slices, not {type(index).__name__}")
-        if index < 0:
-            raise ValueError("queries take no negative indices")
-        for doc in self[index : index + 1]:
+        if _bad_bound(index):
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError(f"query indices must be ints or slices, not {type(index).__name__}")
+            raise InvalidQuery(_bound_error(index))
+        for doc in self[index:][:1]:  # not [index : index + 1]: 2**63-1 + 1 is no bound
             return doc
         raise IndexError(f"query index {index} out of range")
 

@@ -163,11 +163,17 @@ def get_storage(settings: Mapping[str, Any] | str | None = None, **overrides: An
     if settings is None:
         settings = DEFAULT_URL
     if isinstance(settings, str):
-        scheme = urlsplit(settings).scheme
+        try:
+            scheme = urlsplit(settings).scheme
+        except ValueError as e:  # "Invalid IPv6 URL" and the like
+            raise ConfigurationError(f"{settings!r} is not a valid URL: {e}") from e
         if not scheme:
             raise ConfigurationError(f"{settings!r} is not a URL (expected scheme://...)")
         module = _backend_for_scheme(scheme)
-        options = dict(module.Storage.settings_from_url(settings))
+        try:
+            options = dict(module.Storage.settings_from_url(settings))
+        except ValueError as e:  # urllib's parsers raise it for a malformed netloc or port
+            raise ConfigurationError(f"{settings!r} is not a valid URL: {e}") from e
     elif isinstance(settings, Mapping):
         options = dict(settings)
         if "backend" not in options:

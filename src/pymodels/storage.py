@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import itertools
+import math
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -109,6 +110,31 @@ class BaseSettings(pydantic.BaseModel):
 
     #: Open the storage for reading only: writes raise NotSupported.
     read_only: bool = False
+
+    @pydantic.field_validator("*", mode="after")
+    @classmethod
+    def _sane(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        """Checks every backend's settings share (the error names the setting).
+
+        Text reaches file systems and drivers: no NUL, no lone surrogate
+        (Python's stand-in for undecodable bytes). A float reaches a timer:
+        finite, and a timeout is never negative (None, where a backend accepts
+        it, means no limit).
+        """
+        if type(value) is str:
+            if "\x00" in value:
+                raise ValueError("must not contain NUL (U+0000)")
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"is not valid Unicode ({e.reason} at {e.start})") from e
+        elif type(value) is float:
+            if not math.isfinite(value):
+                raise ValueError(f"must be a finite number, not {value}")
+            if value < 0 and (info.field_name or "").endswith("timeout"):
+                raise ValueError(f"must not be negative, not {value}")
+        return value
 
 
 class IndexSpec(NamedTuple):
@@ -716,7 +742,9 @@ def _validate_settings(cls: type[BaseStorage], settings: Mapping[str, Any]) -> B
             elif err["type"] == "missing":
                 problems.append(f"missing setting {key!r}")
             else:
-                problems.append(f"setting {key!r}: {err['msg']}")
+                # A validator's ValueError reads "Value error, <reason>": keep the reason.
+                reason = err["msg"].removeprefix("Value error, ")
+                problems.append(f"setting {key!r}: {reason}")
         raise ConfigurationError(
             f"{backend_module(cls)}: {'; '.join(problems)} (accepted settings: {accepted})"
         ) from e

@@ -17,6 +17,7 @@ from .errors import ValidationError
 
 __all__ = [
     "KINDS",
+    "MAX_DEPTH",
     "MISSING",
     "Kind",
     "check_field_name",
@@ -34,6 +35,9 @@ __all__ = [
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1
 DECIMAL_MAX_DIGITS: Final = 34
+#: How deep lists and dicts nest (MongoDB's limit, kept by every backend): a
+#: record is level 1 and each list or dict inside it adds a level.
+MAX_DEPTH: Final = 100
 # IEEE 754 decimal128's exponent range: every encoding of Decimal in the
 # backends (order-preserving text, Tokyo's columns) is sized for it.
 DECIMAL_MIN_EXP: Final = -6143
@@ -174,12 +178,14 @@ def _check_unicode(text: str, field: str) -> None:
         ) from e
 
 
-def validate_value(value: Any, field: str = "value") -> Any:
+def validate_value(value: Any, field: str = "value", depth: int = 1) -> Any:
     """Check ``value`` against the value domain and return its stored form.
 
     The stored form is a fresh copy in which aware datetimes are in UTC and
     ``None`` values of nested dicts are dropped (``None`` means absent). Raises
     :class:`ValidationError` naming ``field`` for anything outside the domain.
+    ``depth`` is the nesting level of the list or dict holding ``value`` (the
+    record is level 1): lists and dicts nest at most :data:`MAX_DEPTH` levels.
     """
     t = type(value)
     if t is str:
@@ -225,14 +231,16 @@ def validate_value(value: Any, field: str = "value") -> Any:
     if t is datetime.date:
         return value
     if t is list:
+        _check_depth(depth + 1, field)
         out = []
         for i, item in enumerate(value):
             if item is None:
                 raise ValidationError(f"{field}[{i}]: lists cannot hold None", field=field)
-            out.append(validate_value(item, f"{field}[{i}]"))
+            out.append(validate_value(item, f"{field}[{i}]", depth + 1))
         return out
     if t is dict:
-        return validate_record(value, field)
+        _check_depth(depth + 1, field)
+        return validate_record(value, field, depth + 1)
     if value is None:
         raise ValidationError(f"{field}: None is not a value (it means absent)", field=field)
     raise ValidationError(
@@ -242,15 +250,27 @@ def validate_value(value: Any, field: str = "value") -> Any:
     )
 
 
-def validate_record(record: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """Validate a mapping of field name to value; ``None`` values are dropped."""
+def validate_record(record: Mapping[str, Any], where: str = "", depth: int = 1) -> dict[str, Any]:
+    """Validate a mapping of field name to value; ``None`` values are dropped.
+
+    ``depth`` is the mapping's own nesting level (a record is level 1).
+    """
     out: dict[str, Any] = {}
     for name, value in record.items():
         check_field_name(name, where)
         if value is None:
             continue
-        out[name] = validate_value(value, f"{where}.{name}" if where else name)
+        out[name] = validate_value(value, f"{where}.{name}" if where else name, depth)
     return out
+
+
+def _check_depth(depth: int, field: str) -> None:
+    if depth > MAX_DEPTH:
+        raise ValidationError(
+            f"{field}: lists and dicts nest more than {MAX_DEPTH} levels deep "
+            "(the record is level 1)",
+            field=field,
+        )
 
 
 def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,12 +281,13 @@ def stored_record(record: Mapping[str, Any]) -> dict[str, Any]:
     else takes :func:`validate_record`, which also writes the error messages.
     The result may be ``record`` itself: callers must not keep or change it.
     """
-    if type(record) is dict and _stored_dict(record):
+    if type(record) is dict and _stored_dict(record, 1):
         return record
     return validate_record(record)
 
 
-def _stored_dict(record: dict[Any, Any]) -> bool:
+def _stored_dict(record: dict[Any, Any], depth: int) -> bool:
+    """Whether ``record`` (at nesting level ``depth``) is valid and in stored form."""
     for name, value in record.items():
         if type(name) is not str or (name not in _GOOD_NAMES and not _good_name(name)):
             return False
@@ -274,13 +295,13 @@ def _stored_dict(record: dict[Any, Any]) -> bool:
             # The commonest value: _stored's test for it, without the call.
             if "\x00" in value or not (value.isascii() or _valid_unicode(value)):
                 return False
-        elif value is None or not _stored(value):
+        elif value is None or not _stored(value, depth):
             return False
     return True
 
 
-def _stored(value: Any) -> bool:
-    """Whether ``value`` is valid and already what validate_value would return."""
+def _stored(value: Any, depth: int) -> bool:
+    """Whether ``value`` (held at nesting level ``depth``) is valid and in stored form."""
     t = type(value)
     if t is str:
         return "\x00" not in value and (value.isascii() or _valid_unicode(value))
@@ -291,13 +312,15 @@ def _stored(value: Any) -> bool:
     if t is bool or t is bytes or t is datetime.date:
         return True
     if t is list:
+        if depth >= MAX_DEPTH:
+            return False  # too deep: validate_value words the error
         # A loop, not all() over a generator: this runs for every list saved.
         for item in value:  # noqa: SIM110
-            if item is None or not _stored(item):
+            if item is None or not _stored(item, depth + 1):
                 return False
         return True
     if t is dict:
-        return _stored_dict(value)
+        return depth < MAX_DEPTH and _stored_dict(value, depth + 1)
     if t is datetime.datetime:
         return value.tzinfo is None or value.tzinfo is datetime.UTC
     return False  # Decimal and anything else: the full check

@@ -82,6 +82,10 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
+    # A commit is the server's once it returns; killing the client loses nothing
+    # acknowledged, and the server refuses a write it cannot store.
+    crash_safe=True,
+    disk_full_safe=True,
     persistent=True,
 )
 
@@ -205,7 +209,10 @@ class Storage(SQLStorage):
         except psycopg.ProgrammingError as e:
             raise ConfigurationError(f"postgresql: bad connection settings: {e}") from e
         self._host = str(parsed.get("host") or os.environ.get("PGHOST") or "localhost")
-        self._port = int(str(parsed.get("port") or os.environ.get("PGPORT") or 5432))
+        port = str(parsed.get("port") or os.environ.get("PGPORT") or 5432)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"postgresql: port {port!r} is not a port number (1-65535)")
+        self._port = int(port)
         self._table = s.table
         self._qtable = f'"{self._table}"'
         self._dialect = _DIALECT

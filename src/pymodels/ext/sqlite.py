@@ -65,12 +65,18 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
+    # A commit is in the file (WAL) before it returns: SIGKILL loses nothing
+    # acknowledged, and SQLITE_FULL rolls the statement back (tested in the suite).
+    crash_safe=True,
+    disk_full_safe=True,
     persistent=True,
 )
 
 #: What an in-memory storage (``sqlite://``) can do: the same, but nothing outlives it
 #: and no other process sees it.
-memory_features = features.replace(persistent=False, concurrent_processes=False)
+memory_features = features.replace(
+    persistent=False, concurrent_processes=False, crash_safe=False, disk_full_safe=False
+)
 
 #: Table names: plain identifiers, so they need no quoting anywhere (and fit
 #: PostgreSQL's 63-byte limit with an index-name suffix).
@@ -180,6 +186,41 @@ class Storage(SQLStorage):
             self._close()
             raise
 
+    def _connect_read_only(self, path: str) -> sqlite3.Connection:
+        """A read-only connection, also for a file in a directory this process cannot write.
+
+        A WAL database needs its ``-shm`` file, which SQLite cannot create in a
+        read-only directory ("attempt to write a readonly database"). Then the
+        file is opened ``immutable``: no locks and no ``-wal``, which is exact
+        only while nobody writes it, so a non-empty ``-wal`` (commits not yet
+        checkpointed into the file) is refused rather than silently missed.
+        """
+        # as_uri() percent-quotes the path ("?" or "%" in a name stay names).
+        uri = Path(path).absolute().as_uri() + "?mode=ro"
+        options: dict[str, Any] = {
+            "uri": True,
+            "timeout": self.settings.timeout,
+            "check_same_thread": False,
+            "isolation_level": None,
+        }
+        conn: sqlite3.Connection = sqlite3.connect(uri, **options)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+                raise
+        wal = f"{path}-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            raise PyModelsError(
+                f"cannot open {path} read-only: its directory is read-only and {wal} holds "
+                "commits not yet checkpointed into it; open it once where it can be "
+                "written (or copy the three files to a writable directory)"
+            )
+        conn = sqlite3.connect(uri + "&immutable=1", **options)
+        return conn
+
     def _connect(self) -> sqlite3.Connection:
         path = self.settings.path
         try:
@@ -188,14 +229,7 @@ class Storage(SQLStorage):
             elif self.read_only:
                 if not os.path.exists(str(path)):
                     raise ConfigurationError(f"{path} does not exist (read_only is set)")
-                conn = sqlite3.connect(
-                    # as_uri() percent-quotes the path ("?" or "%" in a name stay names).
-                    Path(str(path)).absolute().as_uri() + "?mode=ro",
-                    uri=True,
-                    timeout=self.settings.timeout,
-                    check_same_thread=False,
-                    isolation_level=None,
-                )
+                conn = self._connect_read_only(str(path))
             else:
                 conn = sqlite3.connect(
                     str(path),
@@ -384,7 +418,10 @@ class Storage(SQLStorage):
                 for pk, body in batch:
                     yield pk, loads(body) if decode else body
         finally:
-            cursor.close()
+            # Left open past close() (an abandoned iterator collected later), the
+            # connection is gone and so is the cursor: nothing to release, nothing to say.
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                cursor.close()
 
     def _select(
         self,
