@@ -81,6 +81,9 @@ class Features:
     disk_full_safe: bool = False
     # Does the data outlive the process (a file or a server)?
     persistent: bool = True
+    # Does the engine run in a server process, so the files are written by that process
+    # (and a file-size limit set on this process does not reach them)?
+    networked: bool = False
 
     def op(self, name: str) -> OpSupport:
         """How the op ``name`` runs on this backend."""

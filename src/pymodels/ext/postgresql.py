@@ -87,6 +87,7 @@ features = Features(
     crash_safe=True,
     disk_full_safe=True,
     persistent=True,
+    networked=True,
 )
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
