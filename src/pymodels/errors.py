@@ -95,8 +95,8 @@ class LockTimeout(PyModelsError):
     """Another connection or process held a lock for the whole wait the settings allow.
 
     The operation wrote nothing, so retrying it later is safe. SQLite waits up to
-    ``timeout``, Tokyo Cabinet up to ``lock_timeout``; PostgreSQL raises it when
-    the server's own ``lock_timeout`` runs out.
+    ``timeout``, Tokyo Cabinet and shelve up to ``lock_timeout``; PostgreSQL raises
+    it when the server's own ``lock_timeout`` runs out.
     """
 
 

@@ -1359,7 +1359,7 @@ def _fill_the_disk(settings: dict[str, Any], fd: int) -> None:  # pragma: no cov
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     errors = 0
     # Some engines take long to fail each write (Berkeley DB retries): a time budget.
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 1.5
     with contextlib.ExitStack() as stack:
         try:
             s = stack.enter_context(get_storage(settings))
