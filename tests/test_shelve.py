@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dbm
+import errno
 import gc
 import importlib
 import os
@@ -319,3 +320,32 @@ def test_gdbm_needs_recovery_says_how_to_recover(
     monkeypatch.undo()
     with open_shelf(path) as s:  # the lock was released with the failure
         assert s.get(None, "a")["n"] == 1
+
+
+def test_a_write_that_failed_part_way_is_remembered_past_close(tmp_path: Path) -> None:
+    """A full disk can make dbm.ndbm drop old records: the next opening is told, not fooled."""
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.dumb") as s:
+        s.save({"n": 1}, primary_key="a")
+        cls = s._db.__class__  # type: ignore[attr-defined]
+        real = cls.__setitem__
+
+        def disk_full(db: object, key: bytes, value: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        cls.__setitem__ = disk_full
+        try:
+            with pytest.raises(pymodels.PyModelsError, match="disk full") as info:
+                s.save({"n": 2}, primary_key="b")
+            assert not isinstance(info.value, pymodels.CorruptData)
+        finally:
+            cls.__setitem__ = real
+        assert sorted(s) == ["a"]
+    with pytest.raises(pymodels.CorruptData, match="a write failed"):
+        open_shelf(path)
+    with open_shelf(path, read_only=True) as r:
+        assert sorted(r) == ["a"]
+    with open_shelf(path, recover=True) as s:
+        s.save({"n": 3}, primary_key="c")
+    with open_shelf(path) as s:  # accepted and closed cleanly: no longer refused
+        assert sorted(s) == ["a", "c"]

@@ -16,7 +16,8 @@ SIGKILL in the middle of a write can damage the file (no dbm module reachable
 from Python recovers), so opening a file whose writer never closed it raises
 :class:`~pymodels.errors.CorruptData` until the user accepts it. Not safe on a
 full disk: a failed write raises a typed error, but ``dbm.ndbm`` can destroy
-records written earlier (``features.disk_full_safe`` is False).
+records written earlier (``features.disk_full_safe`` is False), so a write that
+failed part way makes the next opening raise ``CorruptData`` too.
 Trust: loading a record builds only the value domain's types; any other class
 in a pickle raises ``CorruptData`` and runs nothing.
 
@@ -156,6 +157,9 @@ class Storage(BaseStorage):
         self.dbm_module = name
         if not self.read_only:
             _check_writable(path)
+        # Set by a failed write: the file may be damaged, so no close clears the mark.
+        self._damage: list[str] = []
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._lockfile = _take_lock(path, shared=self.read_only, timeout=self.settings.lock_timeout)
         try:
             self._check_clean_close()
@@ -169,7 +173,9 @@ class Storage(BaseStorage):
             # open leaves the mark, and the next opening sees it.
             _mark(self._lockfile, f"open by pid {os.getpid()}\n")
         # A storage dropped without close() (or left open at exit) still closes cleanly.
-        self._finalizer = weakref.finalize(self, _close_quietly, self._db, self._lockfile)
+        self._finalizer = weakref.finalize(
+            self, _close_quietly, self._db, self._lockfile, self._damage
+        )
 
     def _open_db(self) -> Any:
         path = self.settings.path
@@ -189,12 +195,22 @@ class Storage(BaseStorage):
         if not mark:
             return
         path = self.settings.path
-        message = (
-            f"{path} was not closed cleanly (last writer: {mark}; killed or crashed): "
-            "records written since it opened the file may be lost and the file may be "
-            f"damaged. Open it with read_only=True to check or export what it holds, "
-            "then open it with recover=True to accept it as it is (or restore a backup)"
+        advice = (
+            "Open it with read_only=True to check or export what it holds, then open "
+            "it with recover=True to accept it as it is (or restore a backup)"
         )
+        if mark.startswith("write failed"):
+            message = (
+                f"{path} may be damaged: a write failed in its last session ({mark}); "
+                "dbm.ndbm in particular can lose records written earlier when the disk "
+                f"fills. {advice}"
+            )
+        else:
+            message = (
+                f"{path} was not closed cleanly (last writer: {mark}; killed or crashed): "
+                "records written since it opened the file may be lost and the file may "
+                f"be damaged. {advice}"
+            )
         if self.read_only or self.settings.recover:
             log.warning("%s", message)
             return
@@ -282,13 +298,14 @@ class Storage(BaseStorage):
 
     def _close(self) -> None:
         with self._lock:
-            self._finalizer.detach()
+            if self._finalizer is not None:
+                self._finalizer.detach()
             try:
                 self._db.close()
             except Exception as e:
                 _release_lock(self._lockfile, clean=False)
                 raise _error(self.settings.path, "close", None, e) from e
-            _release_lock(self._lockfile, clean=not self.read_only)
+            _release_lock(self._lockfile, clean=not self.read_only and not self._damage)
 
     # ------------------------------------------------------------ helpers
 
@@ -310,8 +327,23 @@ class Storage(BaseStorage):
             return action()
         except Exception as e:
             if what == "write":
+                if not isinstance(e, PermissionError):  # refused, so nothing was changed
+                    self._note_damage(e)
                 self._reopen_after_failure()
             raise _error(self.settings.path, what, pk, e) from e
+
+    def _note_damage(self, e: BaseException) -> None:
+        """A write failed part way (full disk, I/O error): the file may be damaged.
+
+        The lock file says so and keeps saying so after close(), so the next
+        opening raises CorruptData instead of answering from a damaged file (a
+        full disk makes dbm.ndbm drop records written long before).
+        """
+        self._damage.append(f"{type(e).__name__}: {e}")
+        if self._lockfile is not None:
+            # If even this tiny write fails, the "open by pid" mark stays: still refused.
+            with contextlib.suppress(OSError):
+                _mark(self._lockfile, f"write failed in pid {os.getpid()}: {self._damage[0]}\n")
 
     def _reopen_after_failure(self) -> None:
         with contextlib.suppress(Exception):
@@ -320,8 +352,11 @@ class Storage(BaseStorage):
             self._db = self._open_db()
         except PyModelsError:
             self._db = _Closed(self.settings.path)
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _close_quietly, self._db, self._lockfile)
+        if self._finalizer is not None:  # None while _open() is still running
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(
+                self, _close_quietly, self._db, self._lockfile, self._damage
+            )
 
 
 # ---------------------------------------------------------------- loading
@@ -492,14 +527,14 @@ def _release_lock(handle: IO[str] | None, *, clean: bool) -> None:
     handle.close()  # releases the flock
 
 
-def _close_quietly(db: Any, handle: IO[str] | None) -> None:
-    """Close at garbage collection or exit: clean only if the dbm closed fine."""
+def _close_quietly(db: Any, handle: IO[str] | None, damage: list[str]) -> None:
+    """Close at garbage collection or exit: clean only if the dbm closed fine, undamaged."""
     try:
         db.close()
     except Exception:
         _release_lock(handle, clean=False)
         return
-    _release_lock(handle, clean=handle is not None and "+" in handle.mode)
+    _release_lock(handle, clean=handle is not None and "+" in handle.mode and not damage)
 
 
 def _check_writable(path: str) -> None:
