@@ -31,6 +31,7 @@ from pymodels import Document, Q
 from pymodels.errors import (
     BackendUnavailable,
     ConfigurationError,
+    CorruptData,
     LockTimeout,
     NotSupported,
 )
@@ -821,7 +822,7 @@ def test_read_only_skips_indexes_and_needs_the_file(
 
 def test_not_a_table_database(path: Path) -> None:
     path.write_bytes(b"not a database at all" * 20)
-    with pytest.raises(ConfigurationError, match="not a Tokyo Cabinet table database"):
+    with pytest.raises(CorruptData, match="not a Tokyo Cabinet table database"):
         pymodels.get_storage({"backend": "tokyo_cabinet", "path": str(path)})
 
 

@@ -58,7 +58,7 @@ import enum
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -86,6 +86,13 @@ __all__ = [
 ]
 
 INSTALL_HINT: Final = "apt-get install libtokyocabinet9"
+
+#: Header flags (byte 33 of the file, ``tctdbflags``): set while a writer has the file
+#: open (cleared by a clean close), and once a fatal error (I/O, a damaged record) was met.
+FLAG_OPEN: Final = 1
+FLAG_FATAL: Final = 2
+#: Offset of the flag byte in the file header.
+FLAGS_OFFSET: Final = 33
 
 
 class TokyoCabinetUnavailable(ImportError):
@@ -283,6 +290,7 @@ _tctdbnew = _fn("tctdbnew", _P)
 _tctdbdel = _fn("tctdbdel", None, _P)
 _tctdbecode = _fn("tctdbecode", _I, _P)
 _tctdbopaque = _fn("tctdbopaque", _P, _P)
+_tctdbflags = _fn("tctdbflags", ctypes.c_uint8, _P)
 _tctdbsetmutex = _fn("tctdbsetmutex", _BOOL, _P)
 _tctdbtune = _fn(
     "tctdbtune", _BOOL, _P, ctypes.c_int64, ctypes.c_int8, ctypes.c_int8, ctypes.c_uint8
@@ -506,7 +514,7 @@ def _check_pk(pk: bytes) -> None:
 class _Handle:
     """One open ``TCTDB*``; shared by every :class:`TableDB` on the same real path."""
 
-    __slots__ = ("mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
+    __slots__ = ("before_close", "mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
 
     def __init__(self, ptr: int, path: str, realpath: str, mode: int) -> None:
         self.ptr: int | None = ptr
@@ -517,6 +525,9 @@ class _Handle:
         # Transactions belong to the handle; this lock serialises them between threads.
         self.tx_lock = threading.Lock()
         self.tx_owner: int | None = None
+        # Called with the pointer right before the last user's tctdbclose (the file's
+        # owner uses it to mark the file cleanly closed, see TableDB.on_last_close).
+        self.before_close: Callable[[int], None] | None = None
 
 
 _REGISTRY: dict[str, _Handle] = {}
@@ -535,7 +546,8 @@ def _acquire(
     tune: tuple[int, int, int, int] | None,
     cache: tuple[int, int, int] | None,
     xmsiz: int | None,
-) -> _Handle:
+) -> tuple[_Handle, bool]:
+    """The shared handle of ``path``, and whether this call opened the file."""
     realpath = os.path.realpath(path)
     with _REGISTRY_LOCK:
         handle = _REGISTRY.get(realpath)
@@ -555,7 +567,7 @@ def _acquire(
                     "tctdbopen",
                 )
             handle.users += 1
-            return handle
+            return handle, False
         ptr = _tctdbnew()
         if not ptr:
             raise MemoryError("tctdbnew returned NULL")
@@ -581,7 +593,7 @@ def _acquire(
         handle = _Handle(ptr, path, realpath, int(mode))
         handle.users = 1
         _REGISTRY[realpath] = handle
-        return handle
+        return handle, True
 
 
 def _release(handle: _Handle) -> None:
@@ -595,6 +607,8 @@ def _release(handle: _Handle) -> None:
     if not ptr:
         return
     try:
+        if handle.before_close is not None:
+            handle.before_close(ptr)
         ok = bool(_tctdbclose(ptr))
         err = None if ok else _handle_error(ptr, handle.path, "tctdbclose")
     finally:
@@ -642,6 +656,8 @@ class TableDB:
         self._cache: tuple[int, int, int] | None = None
         self._xmsiz: int | None = None
         self._finalizer: weakref.finalize[[_Handle], TableDB] | None = None
+        #: Whether :meth:`open` opened the file (False: it joined a handle already open).
+        self.opened_file = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -682,7 +698,7 @@ class TableDB:
         fspath = os.fspath(path)
         if "\0" in fspath:
             raise ValueError("path must not contain NUL")
-        handle = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
+        handle, self.opened_file = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
         self._handle = handle
         self._ptr = handle.ptr
         self._path = fspath
@@ -719,6 +735,23 @@ class TableDB:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def on_last_close(self, hook: Callable[[int], None] | None) -> None:
+        """Call ``hook(pointer)`` right before the file's last user closes it (after any
+        transaction is aborted); ``None`` removes it. One hook per open file."""
+        if self._handle is None:
+            raise TCError(int(ErrorCode.INVALID), "database is not open", self._path, "TableDB")
+        self._handle.before_close = hook
+
+    def flags(self) -> int:
+        """The file header's flag byte (``tctdbflags``): 1 open for writing, 2 a fatal
+        error happened (see :data:`FLAG_OPEN`, :data:`FLAG_FATAL`)."""
+        return int(_tctdbflags(self._h()))
+
+    def ecode(self) -> int:
+        """This thread's last error code on the handle (sticky once a fatal error, such
+        as a damaged record, has been met: see :meth:`flags`)."""
+        return int(_tctdbecode(self._h()))
 
     @property
     def closed(self) -> bool:
