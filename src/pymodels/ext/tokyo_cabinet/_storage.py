@@ -433,6 +433,19 @@ class Storage(BaseStorage):
                 indexes,
             )
             with _translate("repair"):
+                keys = self._db.keys()
+                code = self._db.ecode()
+                if code not in _DAMAGE and len(keys) != self._db.rnum():
+                    # A write cut short leaves the header's record count off by its
+                    # record: rewriting the file from the records recounts them.
+                    _log.warning(
+                        "%s: its header counts %d records but %d are there: rewriting the "
+                        "file (tctdboptimize)",
+                        self.path,
+                        self._db.rnum(),
+                        len(keys),
+                    )
+                    self._db.optimize()
                 self._checked_keys_list()
                 for col, kind in state.indexes.items():
                     self._rebuild_index(col, kind)
@@ -445,7 +458,15 @@ class Storage(BaseStorage):
     def _rebuild_index(self, col: bytes, kind: str) -> None:
         # Dropping the index file and building it again from the records: whatever
         # the old one held (entries of records never written, entries missing) is gone.
-        self._db.setindex(col, IndexType.VOID)
+        try:
+            self._db.setindex(col, IndexType.VOID)
+        except TCError as e:
+            if e.ecode != ErrorCode.INVALID:
+                raise
+            # Tokyo did not load the index file (one cut short by a crash while it was
+            # being built is skipped when the database opens): nothing holds it.
+            for name in _index_files(self.path, col):
+                os.unlink(name)
         if kind in ("lexical", "decimal"):
             self._refuse_empty_values(col)
         self._db.setindex(col, _INDEX_TYPES[kind])
@@ -712,8 +733,11 @@ class Storage(BaseStorage):
     # ----------------------------------------------------------- transactions
 
     def _begin(self) -> None:
-        with _translate("tranbegin"):
+        self._writable(0)
+        try:
             self._db.tranbegin()
+        except TCError as e:
+            raise self._write_error("tranbegin", e) from e
 
     def _commit(self) -> None:
         try:
@@ -1193,6 +1217,22 @@ def _open_locked(
                     path=path,
                 ) from e
             raise PyModelsError(f"cannot open {path}: {e}") from e
+
+
+def _index_files(path: str, col: bytes) -> list[str]:
+    """The index files of column ``col`` beside the database ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + ".idx."
+    found = []
+    for name in os.listdir(directory):
+        column, _, suffix = name[len(prefix) :].rpartition(".")
+        if (
+            name.startswith(prefix)
+            and suffix in _INDEX_SUFFIXES
+            and unquote_to_bytes(column) == col
+        ):
+            found.append(os.path.join(directory, name))
+    return found
 
 
 def _scan_indexes(path: str) -> dict[bytes, str]:
