@@ -6,7 +6,7 @@ What docs/tokyo_cabinet.md promises, checked here:
   or ``create_index``, reopening keeps every acknowledged write, and every indexed query
   answers what a scan answers (the indexes are rebuilt, with a warning in the log).
 - **Disk full**: a write either raises a ``PyModelsError`` or is durable once
-  acknowledged; the process is never killed (SIGBUS).
+  acknowledged; the process is not killed (SIGBUS) by a disk it fills itself.
 - **Damage**: a truncated, garbled or foreign file raises ``CorruptData`` naming the file
   when it is opened, or naming the record on the first read that meets the damage; never
   a short answer.
@@ -46,6 +46,22 @@ except BackendUnavailable as e:
     pytest.skip(f"Tokyo Cabinet backend unavailable: {e}", allow_module_level=True)
 
 KILLS = int(os.environ.get("PYMODELS_TOKYO_KILLS", "50"))
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "tokyo_cabinet.md"
+
+#: What docs/tokyo_cabinet.md promises, word for word; each has its tests below.
+GUARANTEES = (
+    "After a process is killed at any point (SIGKILL; not a power loss unless `sync` is "
+    "set), every acknowledged write is in the file, and every indexed query answers what a "
+    "scan answers.",
+    "A write either raises `PyModelsError` or is durable once acknowledged (a write refused "
+    "for lack of space writes nothing); a full disk does not kill the process unless other "
+    "processes fill the last `min_free_space` bytes between two checks.",
+    "A damaged, truncated or foreign file raises `CorruptData` naming the file when it is "
+    "opened, or naming the record on the first read that meets the damage; never a short "
+    "answer.",
+    "Opening an untrusted `.tct` file is not safe: Tokyo Cabinet's C code parses it, and a "
+    "crafted file can crash the process or worse.",
+)
 LOGGER = "pymodels.ext.tokyo_cabinet"
 
 
@@ -574,3 +590,9 @@ def test_a_broken_or_foreign_file_raises_corrupt_data_on_open(tmp_path: Path, da
         with pytest.raises(CorruptData) as caught:
             open_storage(path, read_only=read_only)
         assert caught.value.path == str(path) and str(path) in str(caught.value)
+
+
+def test_the_docs_promise_what_these_tests_check() -> None:
+    text = " ".join(DOCS.read_text().split())  # the page wraps its lines
+    for sentence in GUARANTEES:
+        assert sentence in text, sentence
