@@ -772,8 +772,10 @@ class Storage(BaseStorage):
                     "Tokyo Cabinet cannot create an index inside a transaction "
                     "(create it before the transaction starts)"
                 )
-            # An index file is about as large as the column it holds: at most the file.
-            self._writable(self._db.fsiz())
+            self._writable(0)
+            if self._file.space is not None:
+                # An index file is about as large as the column it holds: at most the file.
+                self._file.space.take(self._db.fsiz())
             try:
                 if col in self._file.stale:
                     # An index that may be behind its records is rebuilt, not kept.
