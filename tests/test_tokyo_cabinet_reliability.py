@@ -596,3 +596,31 @@ def test_the_docs_promise_what_these_tests_check() -> None:
     text = " ".join(DOCS.read_text().split())  # the page wraps its lines
     for sentence in GUARANTEES:
         assert sentence in text, sentence
+
+
+def test_a_forked_child_cannot_write_through_its_parents_handle(tmp_path: Path) -> None:
+    """The child of a fork inherits the open handle but not Tokyo's file lock: it may not
+    write through it, nor open the file again (Tokyo's table of open files is inherited
+    too): typed errors, and the parent's records and header stay its own."""
+    path = tmp_path / "forked.tct"
+    with open_storage(path) as parent:
+        parent.save({"n": 1}, primary_key="before")
+
+        def child(say: Callable[[str], None]) -> None:
+            try:
+                parent.save({"n": 2}, primary_key="child")
+            except PyModelsError as e:
+                say(f"inherited: {type(e).__name__}")
+            try:
+                open_storage(path).close()
+            except PyModelsError as e:
+                say(f"reopen: {'forked from' in str(e)}")
+
+        lines, status = run_child(child, kill_after=None)
+        assert lines == ["inherited: PyModelsError", "reopen: True"]
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        parent.save({"n": 3}, primary_key="after")
+        assert sorted(parent) == ["after", "before"]
+    with open_storage(path) as again:
+        assert sorted(again) == ["after", "before"]
+    assert not path.read_bytes()[FLAGS_OFFSET] & FLAG_OPEN

@@ -534,6 +534,35 @@ _REGISTRY: dict[str, _Handle] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _forget_handles_after_fork() -> None:
+    """In a forked child: the parent's open handles are the parent's.
+
+    Using one would write through the parent's memory map and file descriptor without
+    its file lock (fcntl locks are not inherited), and closing one would rewrite the
+    parent's header. So the child forgets them: its old TableDB objects fail as closed,
+    and opening the file again goes through Tokyo's lock like any other process (the
+    parent still holds it: LCKNB fails, or the open waits).
+    """
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for handle in _REGISTRY.values():
+        handle.ptr = None
+        handle.before_close = None
+        handle.tx_lock = threading.Lock()
+        handle.tx_owner = None
+    _REGISTRY.clear()
+    for db in list(_OPEN_DBS):
+        db._ptr = None
+        db._handle = None
+    _OPEN_DBS.clear()
+
+
+#: Every open TableDB (their cached pointers are cleared in a forked child).
+_OPEN_DBS: weakref.WeakSet[TableDB] = weakref.WeakSet()
+
+os.register_at_fork(after_in_child=_forget_handles_after_fork)
+
+
 def open_handles() -> dict[str, int]:
     """Real paths of the files open in this process and how many :class:`TableDB` use each."""
     with _REGISTRY_LOCK:
@@ -601,7 +630,8 @@ def _release(handle: _Handle) -> None:
         handle.users -= 1
         if handle.users > 0:
             return
-        del _REGISTRY[handle.realpath]
+        if _REGISTRY.get(handle.realpath) is handle:
+            del _REGISTRY[handle.realpath]
         ptr = handle.ptr
         handle.ptr = None
     if not ptr:
@@ -702,6 +732,7 @@ class TableDB:
         self._handle = handle
         self._ptr = handle.ptr
         self._path = fspath
+        _OPEN_DBS.add(self)
         # Releases the shared handle if this object is dropped or the interpreter exits
         # without close(): an unclosed writer can leave the file needing repair.
         self._finalizer = weakref.finalize(self, _release_quietly, handle)
@@ -714,6 +745,7 @@ class TableDB:
             return
         self._handle = None
         self._ptr = None
+        _OPEN_DBS.discard(self)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None

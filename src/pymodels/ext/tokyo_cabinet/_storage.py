@@ -109,6 +109,10 @@ features = Features(
     thread_safe=True,
     fork_safe=False,
     concurrent_processes=False,
+    # Reopening after a kill repairs the file (tests/test_tokyo_cabinet_reliability.py);
+    # writes that would fill the disk are refused before Tokyo's memory map meets it.
+    crash_safe=True,
+    disk_full_safe=True,
     persistent=True,
 )
 
@@ -1212,6 +1216,13 @@ def _open_locked(
                 ) from e
             if e.ecode == ErrorCode.INVALID and "already open" in e.message:
                 raise ConfigurationError(f"{path}: {e.message}") from e
+            if e.ecode == ErrorCode.THREAD:
+                # Tokyo's own table of open files, which a forked child inherits.
+                raise PyModelsError(
+                    f"cannot open {path}: Tokyo Cabinet has it open in this process, or in "
+                    "the process this one was forked from; open it before forking in only "
+                    "one of them, or in a process that was not forked from its opener"
+                ) from e
             if e.ecode in _DAMAGE:
                 raise CorruptData(
                     f"{path} is not a Tokyo Cabinet table database, or is truncated or "
