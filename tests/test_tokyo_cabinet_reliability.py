@@ -624,3 +624,30 @@ def test_a_forked_child_cannot_write_through_its_parents_handle(tmp_path: Path) 
     with open_storage(path) as again:
         assert sorted(again) == ["after", "before"]
     assert not path.read_bytes()[FLAGS_OFFSET] & FLAG_OPEN
+
+
+def test_opening_a_second_storage_keeps_the_file_locked(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every fcntl lock the process holds on it:
+    reading the header for the crash check must not do that to a file already open."""
+    import sys
+
+    path = tmp_path / "locked.tct"
+    probe = (
+        "import sys, pymodels\n"
+        "from pymodels.errors import LockTimeout\n"
+        "try:\n"
+        "    pymodels.get_storage({'backend': 'tokyo_cabinet', 'path': sys.argv[1]}).close()\n"
+        "except LockTimeout:\n"
+        "    print('locked')\n"
+        "else:\n"
+        "    print('opened')\n"
+    )
+    with open_storage(path) as first, open_storage(path) as second:
+        first.save({"n": 1}, primary_key="a")
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == "locked", done.stderr
+        second.save({"n": 2}, primary_key="b")
+    with open_storage(path) as again:
+        assert sorted(again) == ["a", "b"]

@@ -91,8 +91,9 @@ INSTALL_HINT: Final = "apt-get install libtokyocabinet9"
 #: open (cleared by a clean close), and once a fatal error (I/O, a damaged record) was met.
 FLAG_OPEN: Final = 1
 FLAG_FATAL: Final = 2
-#: Offset of the flag byte in the file header.
+#: Offset of the flag byte in the file header, and the header's size.
 FLAGS_OFFSET: Final = 33
+HEADER_SIZE: Final = 256
 
 
 class TokyoCabinetUnavailable(ImportError):
@@ -575,8 +576,9 @@ def _acquire(
     tune: tuple[int, int, int, int] | None,
     cache: tuple[int, int, int] | None,
     xmsiz: int | None,
-) -> tuple[_Handle, bool]:
-    """The shared handle of ``path``, and whether this call opened the file."""
+) -> tuple[_Handle, bytes | None]:
+    """The shared handle of ``path``, and the file's header as it was just before this
+    call opened the file (None: the file was already open in this process)."""
     realpath = os.path.realpath(path)
     with _REGISTRY_LOCK:
         handle = _REGISTRY.get(realpath)
@@ -596,7 +598,15 @@ def _acquire(
                     "tctdbopen",
                 )
             handle.users += 1
-            return handle, False
+            return handle, None
+        # Read before Tokyo rewrites its flags on open. Only here, with the file open
+        # nowhere in this process: closing any descriptor of a file drops every fcntl
+        # lock the process holds on it, Tokyo's included.
+        try:
+            with open(path, "rb") as f:
+                header = f.read(HEADER_SIZE)
+        except OSError:
+            header = b""
         ptr = _tctdbnew()
         if not ptr:
             raise MemoryError("tctdbnew returned NULL")
@@ -622,7 +632,7 @@ def _acquire(
         handle = _Handle(ptr, path, realpath, int(mode))
         handle.users = 1
         _REGISTRY[realpath] = handle
-        return handle, True
+        return handle, header
 
 
 def _release(handle: _Handle) -> None:
@@ -688,6 +698,9 @@ class TableDB:
         self._finalizer: weakref.finalize[[_Handle], TableDB] | None = None
         #: Whether :meth:`open` opened the file (False: it joined a handle already open).
         self.opened_file = False
+        #: When it did: the file's first :data:`HEADER_SIZE` bytes just before (empty for
+        #: a new file), which show how the last writer left it (:data:`FLAG_OPEN`).
+        self.header_before = b""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -728,7 +741,9 @@ class TableDB:
         fspath = os.fspath(path)
         if "\0" in fspath:
             raise ValueError("path must not contain NUL")
-        handle, self.opened_file = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
+        handle, header = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
+        self.opened_file = header is not None
+        self.header_before = header or b""
         self._handle = handle
         self._ptr = handle.ptr
         self._path = fspath

@@ -124,7 +124,7 @@ _OPAQUE_SIZE: Final = 64
 #: pymodels writer has the file open (0 once it closed it cleanly).
 _OPAQUE_OFFSET: Final = 192
 _OPEN_MARK: Final = _OPAQUE_SIZE - 1
-_HEADER_SIZE: Final = 256
+_HEADER_SIZE: Final = _binding.HEADER_SIZE
 _TC_MAGIC: Final = b"ToKyO CaBiNeT"
 
 _log = logging.getLogger("pymodels.ext.tokyo_cabinet")
@@ -292,12 +292,7 @@ class _Before(typing.NamedTuple):
     empty: bool
 
 
-def _read_header(path: str) -> _Before:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER_SIZE)
-    except OSError:
-        return _Before(0, False, True)
+def _parse_header(head: bytes) -> _Before:
     if len(head) < _HEADER_SIZE or not head.startswith(_TC_MAGIC):
         return _Before(0, False, not head)
     ours = head[_OPAQUE_OFFSET : _OPAQUE_OFFSET + len(MAGIC)] == MAGIC
@@ -385,7 +380,8 @@ class Storage(BaseStorage):
         mode = OpenMode.READER if self.read_only else OpenMode.WRITER | OpenMode.CREAT
         if s.sync:
             mode |= OpenMode.TSYNC
-        self._db, before = _open_locked(db, path, mode, s.lock_timeout)
+        self._db = _open_locked(db, path, mode, s.lock_timeout)
+        before = _parse_header(self._db.header_before)
         self._file = _file_state(path)
         # Every storage on this file shares one lock (see _File): the base class's
         # transaction() and read-modify-write paths hold it.
@@ -1188,21 +1184,18 @@ def _translate(operation: str) -> Iterator[None]:
         raise _error(operation, e) from e
 
 
-def _open_locked(
-    db: TableDB, path: str, mode: OpenMode, timeout: float | None
-) -> tuple[TableDB, _Before]:
-    """Open ``path``, waiting up to ``timeout`` for another process's lock; also return
-    what the header said right before the open that got the lock.
+def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) -> TableDB:
+    """Open ``path``, waiting up to ``timeout`` for another process's lock.
 
-    Every attempt fails at once when the file is locked (LCKNB), so the header is read
-    just before the attempt that succeeds: a writer still holding the file shows as
-    having it open, and one that closed it meanwhile does not.
+    Every attempt fails at once when the file is locked (LCKNB), so the header the
+    binding reads just before the attempt that succeeds (``header_before``) shows how
+    the last writer left the file: a writer still holding it shows as having it open,
+    one that closed it meanwhile does not.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        before = _read_header(path)
         try:
-            return db.open(path, mode | OpenMode.LCKNB), before
+            return db.open(path, mode | OpenMode.LCKNB)
         except TCError as e:
             if e.ecode == ErrorCode.LOCK:
                 if deadline is None or time.monotonic() < deadline:
