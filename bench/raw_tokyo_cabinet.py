@@ -31,6 +31,7 @@ Record = tuple[bytes, dict[bytes, bytes]]
 #: What each figure measures (all in operations per second).
 METRICS: dict[str, str] = {
     "put_tx": "bulk put, one transaction, no index",
+    "put": "one put per record, no transaction, no index",
     "put_tx_indexed": "bulk put, one transaction, email + name lexical indexes maintained",
     "get": "get by primary key, random order",
     "email_eq": "indexed STREQ on email (1 hit), then get the record",
@@ -42,6 +43,7 @@ METRICS: dict[str, str] = {
 #: Reference figures from shared/notes/tokyo.md section 6 and performance.md (ctypes, 100k).
 REFERENCE: dict[str, str] = {
     "put_tx": "154k/s (put, no tx, no index; 3 columns)",
+    "put": "154k/s (put, no tx, no index; 3 columns)",
     "put_tx_indexed": "88k/s (one tx, 2 indexes; 3 columns)",
     "get": "101k/s",
     "email_eq": "-",
@@ -89,6 +91,15 @@ def run_once(n: int, records: list[Record] | None = None, seed: int = 0) -> dict
         mode = OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC
         with TableDB().open(Path(tmp) / "plain.tct", mode) as db:
             result["put_tx"] = rate(n, lambda: _load(db, records))
+
+        with TableDB().open(Path(tmp) / "single.tct", mode) as db:
+
+            def puts() -> None:
+                put = db.put
+                for pk, cols in records:
+                    put(pk, cols)
+
+            result["put"] = rate(n, puts)
 
         with TableDB().open(Path(tmp) / "indexed.tct", mode) as db:
             db.setindex("email", IndexType.LEXICAL)

@@ -35,6 +35,8 @@ METRICS: dict[str, tuple[str, str]] = {
         "put_tx_indexed",
     ),
     "put_batches": ("save_many, default batches of 1000, indexes", "put_tx_indexed"),
+    "save": ("storage.save(doc, primary_key=...) per record, no index", "put"),
+    "save_no_space_check": ("the same with min_free_space=None (no free-space check)", "put"),
     "get": ("storage.get(None, pk), random order", "get"),
     "email_eq": ("list(query.where(email=...)), 1 document", "email_eq"),
     "email_eq_count": ("query.where(email=...).count()", "email_eq_keys"),
@@ -65,6 +67,19 @@ def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="pm-tc-") as tmp:
         with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/plain.tct"}) as s:
             out["put_tx"] = rate(n, lambda: s.save_many(docs, batch_size=n))
+        # Single saves with and without the free-space check (issue 14), alternated
+        # within the run so that both see the same machine.
+        keys = [str(i) for i in range(n)]
+        for metric, reserve in (("save", 8 * 2**20), ("save_no_space_check", None)):
+            settings = {"path": f"{tmp}/{metric}.tct", "min_free_space": reserve}
+            with pymodels.get_storage({"backend": "tokyo_cabinet", **settings}) as s:
+
+                def saves(s: Any = s) -> None:
+                    save = s.save
+                    for doc, key in zip(docs, keys, strict=True):
+                        save(doc, primary_key=key)
+
+                out[metric] = rate(n, saves)
         with pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/batch.tct"}) as s:
             s.create_index("email")
             s.create_index("name")

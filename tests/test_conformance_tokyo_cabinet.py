@@ -21,15 +21,6 @@ except BackendUnavailable as e:  # the C library is missing here
 
 
 class TestTokyoCabinet(StorageTests):
-    # Issue #14: a second storage on the same .tct in one process opens, and
-    # writes are lost; the fix belongs to the tokyo-reliability branch, which
-    # removes this override (strict: it fails as soon as the test passes).
-    @pytest.mark.xfail(strict=True, reason="#14: two handles on one .tct lose acknowledged writes")
-    def test_a_second_storage_or_process_on_the_file_loses_no_acknowledged_write(
-        self, storage: BaseStorage
-    ) -> None:
-        super().test_a_second_storage_or_process_on_the_file_loses_no_acknowledged_write(storage)
-
     @pytest.fixture
     def storage_factory(self, tmp_path: Path) -> Iterator[Callable[[], BaseStorage]]:
         path = str(tmp_path / "storage.tct")

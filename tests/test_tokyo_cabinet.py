@@ -31,6 +31,7 @@ from pymodels import Document, Q
 from pymodels.errors import (
     BackendUnavailable,
     ConfigurationError,
+    CorruptData,
     LockTimeout,
     NotSupported,
 )
@@ -821,7 +822,7 @@ def test_read_only_skips_indexes_and_needs_the_file(
 
 def test_not_a_table_database(path: Path) -> None:
     path.write_bytes(b"not a database at all" * 20)
-    with pytest.raises(ConfigurationError, match="not a Tokyo Cabinet table database"):
+    with pytest.raises(CorruptData, match="not a Tokyo Cabinet table database"):
         pymodels.get_storage({"backend": "tokyo_cabinet", "path": str(path)})
 
 
@@ -1010,6 +1011,11 @@ NEAR_NUMBERS = st.sampled_from(
         2**63 - 1,
         2**63 - 2,
         -(2**63),
+        float(-(2**63)),  # equal to the int: both must be found by either (issue 14)
+        -(2**63) + 1,
+        float(2**63),
+        Decimal(-(2**63)),
+        -1e20,
         1e16,
         10**16 + 1,
         -1.5,
@@ -1106,3 +1112,129 @@ def test_numbers_beyond_int64_keep_a_decimal_index_consistent(storage: Storage) 
     assert pks(storage.query().where(n=1e20)) == ["c"]
     assert pks(storage.query().where(n__in=[1e20, 6])) == ["b", "c"]
     assert pks(storage.query().where(n__gte=Decimal("1"))) == ["h"]
+
+
+def test_numbers_compare_by_value_at_the_int64_bounds(open_storage: Callable[..., Storage]) -> None:
+    """-2**63 and float(-2**63) are equal: every query finds both, with or without an index,
+    as the memory reference does (issue 14)."""
+    values = {
+        "a": -(2**63),
+        "b": float(-(2**63)),
+        "c": -(2**63) + 1,
+        "d": -1e20,
+        "e": 2**63 - 1,
+        "f": float(2**63),
+        "g": Decimal(-(2**63)),
+    }
+    memory = pymodels.get_storage({"backend": "memory"})
+    tokyo = open_storage()
+    for pk, v in values.items():
+        memory.save({"v": v}, primary_key=pk)
+        tokyo.save({"v": v}, primary_key=pk)
+    lookups: list[dict[str, Any]] = [
+        {"v": -(2**63)},
+        {"v": float(-(2**63))},
+        {"v__in": [float(-(2**63)), 2**63 - 1]},
+        {"v__lt": -(2**63) + 1},
+        {"v__lte": float(-(2**63))},
+        {"v__gte": -(2**63)},
+        {"v__gt": float(-(2**63))},
+        {"v__between": (-1e20, float(-(2**63)))},
+        {"v": 2**63 - 1},
+        {"v__gt": 2**63 - 1},
+    ]
+    for indexed in (False, True):
+        if indexed:
+            tokyo.create_index("v", kind="decimal")
+        for lookup in lookups:
+            expected = sorted(pks(memory.query().where(**lookup)))
+            assert sorted(pks(tokyo.query().where(**lookup))) == expected, (lookup, indexed)
+            assert tokyo.query().where(**lookup).count() == len(expected), (lookup, indexed)
+    assert identical(tokyo.get(None, "b")["v"], float(-(2**63)))
+    assert raw_columns_of(tokyo, "b")[b"v"] == b"-9223372036854775808.0"
+
+
+def raw_columns_of(storage: Storage, pk: str) -> dict[bytes, bytes]:
+    columns = storage._db.get(pk.encode())
+    assert columns is not None
+    return columns
+
+
+# Characters str.split() splits at that Tokyo does not (issue 14), and Tokyo's own
+# separators (bytes up to 0x20, commas), which type tokens escape.
+_SPACES = (
+    "\u00a0\u1680\u2000\u2007\u200a\u2028\u2029\u202f\u205f\u3000"
+    "\x1c\x1d\x1e\x1f\x85\x0b\x0c \t\n\r,:%"
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.text(
+            st.sampled_from(_SPACES + "ab1é名") | st.characters(exclude_categories=["Cs"]),
+            min_size=1,
+            max_size=8,
+        ).filter(oracle.valid_field_name),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+    value=st.sampled_from([5, 1.5, True, Decimal("2.50"), b"x", "", dt.date(2020, 1, 2), [1]]),
+)
+def test_field_names_round_trip_exactly_with_their_types(
+    storage: Storage, names: list[str], value: Any
+) -> None:
+    """Every field name the value domain allows keeps its name and its value's type."""
+    record = {name: value for name in names}
+    pk = storage.save(record)
+    loaded = storage._load(pk)
+    assert loaded is not None
+    assert set(loaded) == set(names)
+    for name in names:
+        assert identical(loaded[name], value), name
+        assert pks(storage.query().where(**{name: value})) == [pk], name
+    storage.delete(pk)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for i in range(depth - 1):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 2, 50, 100])
+def test_records_nested_to_the_value_domains_limit_save_and_load(
+    storage: Storage, depth: int
+) -> None:
+    """The shared nesting limit is 100 levels: Tokyo encodes and decodes without recursion,
+    so neither Python's recursion limit nor the caller's stack depth matters (issue 14)."""
+    value = _nested(depth, Decimal("2.50"))
+    pk = storage.save({"deep": value, "n": 1})
+    assert identical(storage.get(None, pk)["deep"], value)
+    assert pks(storage.query().where(deep=value)) == [pk]
+
+    # Saved and loaded from a stack already deep: no RecursionError either way.
+    def at_depth(n: int) -> Any:
+        return storage.get(None, pk)["deep"] if n == 0 else at_depth(n - 1)
+
+    limit = sys.getrecursionlimit()
+    assert identical(at_depth(limit - 200), value)
+
+
+def test_json_columns_are_written_and_read_without_recursion() -> None:
+    from pymodels.ext.tokyo_cabinet._columns import _decode_dict, json_text
+
+    deep = _nested(5000, 1)
+    deep = {"k": deep}
+    text = json_text(deep)
+    assert text.count("[") + text.count("{") == 5000
+    # Deeper than json's own parser goes: another client wrote it; it loads as text.
+    from pymodels.ext.tokyo_cabinet._columns import decode_record
+
+    record = decode_record({b"_types": b"d:m", b"d": text.encode()})
+    assert record["d"] == text
+    assert _decode_dict(json_text(_nested(99, {"a": [1, "b c"]})).encode()) is not None

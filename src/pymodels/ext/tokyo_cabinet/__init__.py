@@ -16,6 +16,9 @@ lexical, decimal, token and q-gram, one per column; the planner uses them.
 Limits: one writer process per file (Tokyo locks the file: a second process waits or
 fails at once, setting ``lock_timeout``); no compound or unique indexes; no multi-key
 ordering in the engine (such queries sort in Python); ``kind`` must be ``"TABLE"``.
+Reliability: after a crash, opening the file repairs it (indexes rebuilt, with a log
+warning); writes that would fill the disk are refused (``min_free_space``); damage raises
+``CorruptData``. A ``.tct`` file is parsed by C code: opening an untrusted one is not safe.
 See ``docs/tokyo_cabinet.md``.
 """
 

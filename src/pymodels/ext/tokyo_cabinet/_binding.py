@@ -58,7 +58,7 @@ import enum
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -86,6 +86,14 @@ __all__ = [
 ]
 
 INSTALL_HINT: Final = "apt-get install libtokyocabinet9"
+
+#: Header flags (byte 33 of the file, ``tctdbflags``): set while a writer has the file
+#: open (cleared by a clean close), and once a fatal error (I/O, a damaged record) was met.
+FLAG_OPEN: Final = 1
+FLAG_FATAL: Final = 2
+#: Offset of the flag byte in the file header, and the header's size.
+FLAGS_OFFSET: Final = 33
+HEADER_SIZE: Final = 256
 
 
 class TokyoCabinetUnavailable(ImportError):
@@ -283,6 +291,7 @@ _tctdbnew = _fn("tctdbnew", _P)
 _tctdbdel = _fn("tctdbdel", None, _P)
 _tctdbecode = _fn("tctdbecode", _I, _P)
 _tctdbopaque = _fn("tctdbopaque", _P, _P)
+_tctdbflags = _fn("tctdbflags", ctypes.c_uint8, _P)
 _tctdbsetmutex = _fn("tctdbsetmutex", _BOOL, _P)
 _tctdbtune = _fn(
     "tctdbtune", _BOOL, _P, ctypes.c_int64, ctypes.c_int8, ctypes.c_int8, ctypes.c_uint8
@@ -506,7 +515,7 @@ def _check_pk(pk: bytes) -> None:
 class _Handle:
     """One open ``TCTDB*``; shared by every :class:`TableDB` on the same real path."""
 
-    __slots__ = ("mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
+    __slots__ = ("before_close", "mode", "path", "ptr", "realpath", "tx_lock", "tx_owner", "users")
 
     def __init__(self, ptr: int, path: str, realpath: str, mode: int) -> None:
         self.ptr: int | None = ptr
@@ -517,10 +526,42 @@ class _Handle:
         # Transactions belong to the handle; this lock serialises them between threads.
         self.tx_lock = threading.Lock()
         self.tx_owner: int | None = None
+        # Called with the pointer right before the last user's tctdbclose (the file's
+        # owner uses it to mark the file cleanly closed, see TableDB.on_last_close).
+        self.before_close: Callable[[int], None] | None = None
 
 
 _REGISTRY: dict[str, _Handle] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+def _forget_handles_after_fork() -> None:
+    """In a forked child: the parent's open handles are the parent's.
+
+    Using one would write through the parent's memory map and file descriptor without
+    its file lock (fcntl locks are not inherited), and closing one would rewrite the
+    parent's header. So the child forgets them: its old TableDB objects fail as closed,
+    and opening the file again goes through Tokyo's lock like any other process (the
+    parent still holds it: LCKNB fails, or the open waits).
+    """
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()  # another thread may have held it at the fork
+    for handle in _REGISTRY.values():
+        handle.ptr = None
+        handle.before_close = None
+        handle.tx_lock = threading.Lock()
+        handle.tx_owner = None
+    _REGISTRY.clear()
+    for db in list(_OPEN_DBS):
+        db._ptr = None
+        db._handle = None
+    _OPEN_DBS.clear()
+
+
+#: Every open TableDB (their cached pointers are cleared in a forked child).
+_OPEN_DBS: weakref.WeakSet[TableDB] = weakref.WeakSet()
+
+os.register_at_fork(after_in_child=_forget_handles_after_fork)
 
 
 def open_handles() -> dict[str, int]:
@@ -535,7 +576,9 @@ def _acquire(
     tune: tuple[int, int, int, int] | None,
     cache: tuple[int, int, int] | None,
     xmsiz: int | None,
-) -> _Handle:
+) -> tuple[_Handle, bytes | None]:
+    """The shared handle of ``path``, and the file's header as it was just before this
+    call opened the file (None: the file was already open in this process)."""
     realpath = os.path.realpath(path)
     with _REGISTRY_LOCK:
         handle = _REGISTRY.get(realpath)
@@ -555,7 +598,15 @@ def _acquire(
                     "tctdbopen",
                 )
             handle.users += 1
-            return handle
+            return handle, None
+        # Read before Tokyo rewrites its flags on open. Only here, with the file open
+        # nowhere in this process: closing any descriptor of a file drops every fcntl
+        # lock the process holds on it, Tokyo's included.
+        try:
+            with open(path, "rb") as f:
+                header = f.read(HEADER_SIZE)
+        except OSError:
+            header = b""
         ptr = _tctdbnew()
         if not ptr:
             raise MemoryError("tctdbnew returned NULL")
@@ -581,7 +632,7 @@ def _acquire(
         handle = _Handle(ptr, path, realpath, int(mode))
         handle.users = 1
         _REGISTRY[realpath] = handle
-        return handle
+        return handle, header
 
 
 def _release(handle: _Handle) -> None:
@@ -589,12 +640,15 @@ def _release(handle: _Handle) -> None:
         handle.users -= 1
         if handle.users > 0:
             return
-        del _REGISTRY[handle.realpath]
+        if _REGISTRY.get(handle.realpath) is handle:
+            del _REGISTRY[handle.realpath]
         ptr = handle.ptr
         handle.ptr = None
     if not ptr:
         return
     try:
+        if handle.before_close is not None:
+            handle.before_close(ptr)
         ok = bool(_tctdbclose(ptr))
         err = None if ok else _handle_error(ptr, handle.path, "tctdbclose")
     finally:
@@ -642,6 +696,11 @@ class TableDB:
         self._cache: tuple[int, int, int] | None = None
         self._xmsiz: int | None = None
         self._finalizer: weakref.finalize[[_Handle], TableDB] | None = None
+        #: Whether :meth:`open` opened the file (False: it joined a handle already open).
+        self.opened_file = False
+        #: When it did: the file's first :data:`HEADER_SIZE` bytes just before (empty for
+        #: a new file), which show how the last writer left it (:data:`FLAG_OPEN`).
+        self.header_before = b""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -682,10 +741,13 @@ class TableDB:
         fspath = os.fspath(path)
         if "\0" in fspath:
             raise ValueError("path must not contain NUL")
-        handle = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
+        handle, header = _acquire(fspath, int(mode), self._tune, self._cache, self._xmsiz)
+        self.opened_file = header is not None
+        self.header_before = header or b""
         self._handle = handle
         self._ptr = handle.ptr
         self._path = fspath
+        _OPEN_DBS.add(self)
         # Releases the shared handle if this object is dropped or the interpreter exits
         # without close(): an unclosed writer can leave the file needing repair.
         self._finalizer = weakref.finalize(self, _release_quietly, handle)
@@ -698,6 +760,7 @@ class TableDB:
             return
         self._handle = None
         self._ptr = None
+        _OPEN_DBS.discard(self)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -719,6 +782,23 @@ class TableDB:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def on_last_close(self, hook: Callable[[int], None] | None) -> None:
+        """Call ``hook(pointer)`` right before the file's last user closes it (after any
+        transaction is aborted); ``None`` removes it. One hook per open file."""
+        if self._handle is None:
+            raise TCError(int(ErrorCode.INVALID), "database is not open", self._path, "TableDB")
+        self._handle.before_close = hook
+
+    def flags(self) -> int:
+        """The file header's flag byte (``tctdbflags``): 1 open for writing, 2 a fatal
+        error happened (see :data:`FLAG_OPEN`, :data:`FLAG_FATAL`)."""
+        return int(_tctdbflags(self._h()))
+
+    def ecode(self) -> int:
+        """This thread's last error code on the handle (sticky once a fatal error, such
+        as a damaged record, has been met: see :meth:`flags`)."""
+        return int(_tctdbecode(self._h()))
 
     @property
     def closed(self) -> bool:

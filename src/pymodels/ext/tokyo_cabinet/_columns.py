@@ -161,7 +161,10 @@ def _parse_types(raw: bytes) -> dict[bytes, tuple[str, int]]:
     """
     out: dict[bytes, tuple[str, int]] = {}
     exponents: dict[bytes, int] = {}
-    for tok in raw.decode("utf-8", "replace").split():
+    # Split where Tokyo splits tokens (bytes up to 0x20, commas), never with str.split():
+    # that also splits at Unicode spaces (NBSP, U+2028, U+3000), which field names may
+    # hold unescaped (see _escape).
+    for tok in _TC_SEPARATORS.split(raw.decode("utf-8", "replace")):
         name, sep, code = tok.rpartition(":")
         if not sep or not code:
             continue
@@ -194,23 +197,34 @@ def word_safe(text: str) -> bool:
 
 #: The largest integer part a number column shows as such (see :func:`float_text`).
 SATURATED: Final = 2**63 - 1
+#: The smallest: Tokyo's 64-bit integers reach -2**63 on the negative side.
+SATURATED_MIN: Final = -(2**63)
+
+
+def saturates(value: float | decimal.Decimal) -> bool:
+    """Whether a float or Decimal lies outside the int64 range (see :func:`float_text`)."""
+    return bool(value > SATURATED or value < SATURATED_MIN)
 
 
 def _saturated(negative: bool, exact: str) -> str:
-    return f"{'-' if negative else ''}{SATURATED} ({exact})"
+    return f"{SATURATED_MIN if negative else SATURATED} ({exact})"
 
 
 def float_text(value: float) -> str:
     """A float as positional decimal text (exact: the digits of ``repr``).
 
-    Beyond 2**63 - 1 in magnitude the text is that bound then the exact value in
-    parentheses (``9223372036854775807 (1e+20)``): Tokyo's decimal index reads integer
-    parts into a 64-bit integer and would misplace larger ones, and its number parser
-    stops at the space, so both see the bound and keep their orders consistent.
+    Outside the int64 range [-2**63, 2**63 - 1] the text is the nearer bound then the
+    exact value in parentheses (``9223372036854775807 (1e+20)``): Tokyo's decimal index
+    reads integer parts into a 64-bit integer and would misplace larger ones, and its
+    number parser stops at the space, so both see the bound and keep their orders
+    consistent. -2**63 itself is inside the range and written with all its digits, as the
+    int -2**63 is: the two are equal, and Tokyo must find them equal.
     """
     text = repr(value)
-    if abs(value) > SATURATED:
+    if value > SATURATED or value < SATURATED_MIN:
         return _saturated(value < 0, text)
+    if value == SATURATED_MIN:
+        return f"{SATURATED_MIN}.0"  # repr's digits would round it: -9223372036854776000
     if "e" in text or "E" in text:
         text = format(decimal.Decimal(text), "f")
     if "." not in text:
@@ -221,10 +235,10 @@ def float_text(value: float) -> str:
 def decimal_text(value: decimal.Decimal) -> tuple[str, int]:
     """A Decimal as positional text, and the exponent to restore (0: none needed).
 
-    Beyond 2**63 - 1 in magnitude, as :func:`float_text` (the parenthesised exact text
-    keeps the exponent, so none is returned).
+    Outside the int64 range, as :func:`float_text` (the parenthesised exact text keeps
+    the exponent, so none is returned).
     """
-    if abs(value) > SATURATED:
+    if saturates(value):
         return _saturated(value.is_signed(), str(value)), 0
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
@@ -289,15 +303,58 @@ def json_number_forms(value: int | float) -> list[str]:
 
 
 def json_text(value: Any) -> str:
-    """Spaced tagged JSON: every element a separate Tokyo token."""
+    """Spaced tagged JSON: every element a separate Tokyo token.
+
+    Written with an explicit stack, not by recursion: a value nested as deep as the
+    value domain allows must not meet Python's recursion limit (nor depend on how deep
+    the caller's stack already is).
+    """
     t = type(value)
-    if t is list:
-        return "[ " + ", ".join(json_text(v) for v in value) + " ]" if value else "[]"
-    if t is dict:
-        if not value:
-            return "{}"
-        items = (f"{_json_str(k)}: {json_text(v)}" for k, v in value.items())
-        return "{ " + ", ".join(items) + " }"
+    if t is list and value and all(type(v) in _SCALARS for v in value):
+        return "[ " + ", ".join(map(_json_leaf, value)) + " ]"  # the common, flat case
+    out: list[str] = []
+    append = out.append
+    # One frame per open list or dict: [its items, its closing text, whether an item
+    # was written, whether it is a dict].
+    stack: list[list[Any]] = []
+    item = value
+    while True:
+        t = type(item)
+        if t is list and item:
+            append("[ ")
+            stack.append([iter(item), " ]", False, False])
+        elif t is dict and item:
+            append("{ ")
+            stack.append([iter(item.items()), " }", False, True])
+        else:
+            append(_json_leaf(item))
+        while stack:
+            frame = stack[-1]
+            nxt: Any = next(frame[0], _END)
+            if nxt is _END:
+                append(frame[1])
+                stack.pop()
+                continue
+            if frame[2]:
+                append(", ")
+            frame[2] = True
+            if frame[3]:
+                key, item = nxt
+                append(_json_str(key))
+                append(": ")
+            else:
+                item = nxt
+            break
+        else:
+            return "".join(out)
+
+
+_END: Final[Any] = object()
+_SCALARS: Final = frozenset({str, int, float, bool})
+
+
+def _json_leaf(value: Any) -> str:
+    t = type(value)
     if t is str:
         return _json_str(value)
     if t is bool:
@@ -306,7 +363,16 @@ def json_text(value: Any) -> str:
         return str(value)
     if t is float:
         return repr(value)
-    return json_text(encode_tagged(value))
+    if t is list:
+        return "[]"
+    if t is dict:
+        return "{}"
+    # Decimal, bytes, dates: a one-key tagged object holding a str.
+    tagged = encode_tagged(value)
+    if type(tagged) is not dict:
+        raise TypeError(f"{t.__name__} is not a storable value")  # validated before
+    ((tag, text),) = tagged.items()
+    return f"{{ {_json_str(tag)}: {_json_str(text)} }}"
 
 
 def _json_str(text: str) -> str:
@@ -516,15 +582,37 @@ def _decode_words(raw: bytes) -> list[str]:
     return raw.decode("utf-8").split(" ")
 
 
+#: The tags of tagged JSON (:mod:`pymodels.codec`) that stand for one value.
+_TAGS: Final = frozenset({"$date", "$datetime", "$decimal", "$bytes"})
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    # json calls this for every object, innermost first: tagged values are decoded as
+    # the parser meets them, with no recursive walk over the result (see json_text).
+    if len(obj) == 1:
+        ((tag, raw),) = obj.items()
+        if tag in _TAGS and type(raw) is str:
+            return decode_tagged(obj)
+    return obj
+
+
+# One decoder: json.loads(raw, object_hook=...) would build a new one per call.
+_JSON: Final = json.JSONDecoder(object_hook=_untag)
+
+
+def _load_json(raw: bytes) -> Any:
+    return _JSON.decode(raw.decode("utf-8"))
+
+
 def _decode_list(raw: bytes) -> list[Any]:
-    value = decode_tagged(json.loads(raw))
+    value = _load_json(raw)
     if type(value) is not list:
         raise ValueError("not a list column")
     return value
 
 
 def _decode_dict(raw: bytes) -> dict[str, Any]:
-    value = decode_tagged(json.loads(raw))
+    value = _load_json(raw)
     if type(value) is not dict:
         raise ValueError("not a dict column")
     return value
@@ -550,7 +638,16 @@ _Decoder = Callable[[bytes], Any]
 #: What a typed column that does not parse as its type raises. Another client may rewrite
 #: a column without updating ``_types``: what is there is text, so it loads as text
 #: rather than failing the whole record.
-_BAD_COLUMN: Final = (ValueError, TypeError, ArithmeticError, KeyError, IndexError)
+#: (RecursionError: JSON nested deeper than the parser's limit, which only another client
+#: can write: pymodels refuses such values when they are saved.)
+_BAD_COLUMN: Final = (
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    KeyError,
+    IndexError,
+    RecursionError,
+)
 
 
 @functools.lru_cache(maxsize=1024)

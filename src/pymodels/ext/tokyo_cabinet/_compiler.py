@@ -39,7 +39,6 @@ from ._binding import Cond
 from ._columns import (
     ALL_CODES,
     KIND_CODES,
-    SATURATED,
     TYPES_COLUMN,
     date_text,
     datetime_text,
@@ -49,6 +48,7 @@ from ._columns import (
     json_text,
     name_bytes,
     number_forms,
+    saturates,
     tc_tokens,
     token,
     word_safe,
@@ -465,7 +465,7 @@ def _number_text(value: int | float) -> str:
 
 def _decimal_forms(value: decimal.Decimal) -> list[str] | None:
     """Every column text of a Decimal equal to ``value`` (None for zero: unbounded)."""
-    if value.is_zero() or abs(value) > SATURATED:
+    if value.is_zero() or saturates(value):
         return None  # zero: unboundedly many forms; beyond the bound: see float_text
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)

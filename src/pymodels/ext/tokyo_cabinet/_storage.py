@@ -6,7 +6,10 @@ import contextlib
 import ctypes
 import datetime
 import decimal
+import functools
+import logging
 import os
+import resource
 import threading
 import time
 import typing
@@ -24,6 +27,7 @@ from ...backend import (
     Compiled,
     Condition,
     ConfigurationError,
+    CorruptData,
     Features,
     IndexSpec,
     IntegrityError,
@@ -36,6 +40,9 @@ from ...backend import (
 )
 from . import _binding
 from ._binding import (
+    FLAG_FATAL,
+    FLAG_OPEN,
+    FLAGS_OFFSET,
     Cond,
     ErrorCode,
     IndexType,
@@ -102,6 +109,10 @@ features = Features(
     thread_safe=True,
     fork_safe=False,
     concurrent_processes=False,
+    # Reopening after a kill repairs the file (tests/test_tokyo_cabinet_reliability.py);
+    # writes that would fill the disk are refused before Tokyo's memory map meets it.
+    crash_safe=True,
+    disk_full_safe=True,
     persistent=True,
 )
 
@@ -109,6 +120,29 @@ features = Features(
 MAGIC: Final = b"pymodels-tct "
 FORMAT_VERSION: Final = 1
 _OPAQUE_SIZE: Final = 64
+#: Where the user area starts in the file, and the byte of it that is 1 while a
+#: pymodels writer has the file open (0 once it closed it cleanly).
+_OPAQUE_OFFSET: Final = 192
+_OPEN_MARK: Final = _OPAQUE_SIZE - 1
+_HEADER_SIZE: Final = _binding.HEADER_SIZE
+_TC_MAGIC: Final = b"ToKyO CaBiNeT"
+
+_log = logging.getLogger("pymodels.ext.tokyo_cabinet")
+
+#: Error codes meaning the file's bytes are not what Tokyo wrote (damage, truncation,
+#: another format): reads that meet them raise CorruptData. Once met they stick to the
+#: handle (Tokyo's "fatal" state), so every later read raises too.
+_DAMAGE: Final = frozenset(
+    {ErrorCode.META, ErrorCode.RHEAD, ErrorCode.READ, ErrorCode.SEEK, ErrorCode.MMAP}
+)
+#: Error codes of a write that failed without harm (nothing was written).
+_HARMLESS: Final = frozenset(
+    {ErrorCode.KEEP, ErrorCode.NOREC, ErrorCode.INVALID, ErrorCode.LOCK, ErrorCode.THREAD}
+)
+#: The free-space check runs again after at most this many bytes written.
+_RECHECK_BYTES: Final = 1 << 20
+#: Room kept below a file size limit (RLIMIT_FSIZE): Tokyo grows files 32 KiB ahead.
+_RLIMIT_MARGIN: Final = 256 * 1024
 
 _INDEX_TYPES: Final = {
     "lexical": IndexType.LEXICAL,
@@ -152,12 +186,24 @@ class Settings(BaseSettings):
     xmsiz: int | None = None
     #: Synchronise every transaction to the device (slower, survives power loss).
     sync: bool = False
+    #: Bytes of free space a write must leave on the file's file system (and below the
+    #: process's file size limit): a write that would go below raises PyModelsError
+    #: and writes nothing. Tokyo writes through a memory map, where a full disk kills
+    #: the process (SIGBUS) instead of failing the write. None: no check.
+    min_free_space: int | None = 8 * 2**20
 
     @pydantic.field_validator("lock_timeout")
     @classmethod
     def _non_negative(cls, value: float | None) -> float | None:
         if value is not None and value < 0:
             raise ValueError("must be 0 or more, or None to wait forever")
+        return value
+
+    @pydantic.field_validator("min_free_space")
+    @classmethod
+    def _bytes(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError("must be 0 or more bytes, or None for no check")
         return value
 
 
@@ -169,6 +215,112 @@ class _File:
         # storage on the file: one lock serialises transactions with every other use.
         self.lock = threading.RLock()
         self.indexes: dict[bytes, str] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """The state of a file just opened (the object outlives closes and reopens)."""
+        #: Why writes are refused until the file is reopened (None: they are not).
+        self.failed: str | None = None
+        #: Indexed columns whose index may be behind its records: queries use no index
+        #: while any is listed, and create_index rebuilds them.
+        self.stale: set[bytes] = set()
+        self.space: _Space | None = None
+
+
+class _Space:
+    """The free-space check before writes (see :attr:`Settings.min_free_space`).
+
+    Asking the file system before every write would cost a system call per record; the
+    check instead grants a budget of bytes (at most :data:`_RECHECK_BYTES`) and asks
+    again when writes have used it up.
+    """
+
+    def __init__(self, path: str, reserve: int) -> None:
+        self.path = path
+        self.directory = os.path.dirname(os.path.abspath(path))
+        self.reserve = reserve
+        self.budget = 0
+
+    def take(self, nbytes: int) -> None:
+        """Account for a write of about ``nbytes``; raise if it would not fit."""
+        self.budget -= nbytes
+        if self.budget < 0:
+            self.refresh(nbytes)
+
+    def refresh(self, nbytes: int) -> None:
+        try:
+            st = os.statvfs(self.directory)
+        except OSError as e:
+            raise PyModelsError(f"cannot check the free space for {self.path}: {e}") from e
+        room = st.f_bavail * st.f_frsize - self.reserve
+        why = f"{room + self.reserve} bytes free on its file system, {self.reserve} kept free"
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            below_limit = limit - self._largest_file() - _RLIMIT_MARGIN
+            if below_limit < room:
+                room = below_limit
+                why = f"the process's file size limit (RLIMIT_FSIZE) is {limit} bytes"
+        if room < nbytes:
+            self.budget = 0
+            raise PyModelsError(
+                f"not enough space to write to {self.path} ({why}; this write needs about "
+                f"{nbytes}); nothing was written. Free some space (or lower the setting "
+                "min_free_space) and retry"
+            )
+        self.budget = min(room, _RECHECK_BYTES) - nbytes
+
+    def _largest_file(self) -> int:
+        # The database and its index files: each grows on its own.
+        prefix = os.path.basename(self.path)
+        largest = 0
+        with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        largest = max(largest, entry.stat().st_size)
+        return largest
+
+
+class _Before(typing.NamedTuple):
+    """What the file header said just before this process opened the file."""
+
+    #: Tokyo's flag byte (:data:`FLAG_OPEN`, :data:`FLAG_FATAL`).
+    flags: int
+    #: pymodels' own open mark (see :data:`_OPEN_MARK`).
+    marked: bool
+    #: The file was missing or empty.
+    empty: bool
+
+
+def _parse_header(head: bytes) -> _Before:
+    if len(head) < _HEADER_SIZE or not head.startswith(_TC_MAGIC):
+        return _Before(0, False, not head)
+    ours = head[_OPAQUE_OFFSET : _OPAQUE_OFFSET + len(MAGIC)] == MAGIC
+    return _Before(head[FLAGS_OFFSET], ours and head[_OPAQUE_OFFSET + _OPEN_MARK] == 1, False)
+
+
+def _set_open_mark(ptr: int, value: int) -> None:
+    """pymodels' open mark in the user area of the header (only in files it stamped)."""
+    area = _binding._tctdbopaque(ptr)
+    if area and ctypes.string_at(area, len(MAGIC)) == MAGIC:
+        ctypes.memset(area + _OPEN_MARK, value, 1)
+
+
+def _clear_fatal_flag(ptr: int) -> None:
+    # Tokyo sets the fatal flag in the header on any I/O error or damaged record and
+    # never clears it; once the file is checked and repaired it no longer applies. The
+    # header is in Tokyo's memory map, and the user area is at a fixed offset in it.
+    area = _binding._tctdbopaque(ptr)
+    if area:
+        flags = ctypes.c_uint8.from_address(area - _OPAQUE_OFFSET + FLAGS_OFFSET)
+        flags.value &= ~FLAG_FATAL & 0xFF
+
+
+def _closing(state: _File, ptr: int) -> None:
+    """Before the last close of a file opened for writing: mark it closed cleanly,
+    unless a failed write or an untrusted index means the next open must repair it."""
+    if state.failed is None and not state.stale:
+        _set_open_mark(ptr, 0)
 
 
 _FILES: dict[str, _File] = {}
@@ -229,17 +381,168 @@ class Storage(BaseStorage):
         if s.sync:
             mode |= OpenMode.TSYNC
         self._db = _open_locked(db, path, mode, s.lock_timeout)
+        before = _parse_header(self._db.header_before)
         self._file = _file_state(path)
         # Every storage on this file shares one lock (see _File): the base class's
         # transaction() and read-modify-write paths hold it.
         self._lock = self._file.lock
         try:
             with self._lock:
+                if self._db.opened_file:
+                    self._file.reset()
+                    self._file.indexes = _scan_indexes(path)
                 self._check_format()
-                self._file.indexes = _scan_indexes(path)
+                if self._db.opened_file:
+                    self._recover(before)
         except BaseException:
             self._db.close()
             raise
+        if s.min_free_space is not None and self._file.space is None and not self.read_only:
+            self._file.space = _Space(path, s.min_free_space)
+
+    def _recover(self, before: _Before) -> None:
+        """After this process opened the file: if its last writer did not close it
+        cleanly, check it and rebuild its indexes (a reader only stops using them)."""
+        state = self._file
+        writer = bool(self._db.mode & OpenMode.WRITER)
+        reasons = []
+        if before.flags & FLAG_OPEN or before.marked:
+            reasons.append("its last writer did not close it")
+        if before.flags & FLAG_FATAL:
+            reasons.append("Tokyo Cabinet met an I/O error or damage while it was open")
+        if before.empty and state.indexes:
+            reasons.append("it is empty but index files remain")
+        if reasons:
+            indexes = ", ".join(c.decode("utf-8", "replace") for c in state.indexes) or "none"
+            why = "; ".join(reasons)
+            if not writer:
+                state.stale = set(state.indexes)
+                _log.warning(
+                    "%s was not closed cleanly (%s); opened read-only, so queries use none "
+                    "of its indexes (%s) until a writer opens it and rebuilds them",
+                    self.path,
+                    why,
+                    indexes,
+                )
+                return
+            _log.warning(
+                "%s was not closed cleanly (%s): checking its records and rebuilding its "
+                "indexes (%s)",
+                self.path,
+                why,
+                indexes,
+            )
+            with _translate("repair"):
+                keys = self._db.keys()
+                code = self._db.ecode()
+                if code not in _DAMAGE and len(keys) != self._db.rnum():
+                    # A write cut short leaves the header's record count off by its
+                    # record: rewriting the file from the records recounts them.
+                    _log.warning(
+                        "%s: its header counts %d records but %d are there: rewriting the "
+                        "file (tctdboptimize)",
+                        self.path,
+                        self._db.rnum(),
+                        len(keys),
+                    )
+                    self._db.optimize()
+                self._checked_keys_list()
+                for col, kind in state.indexes.items():
+                    self._rebuild_index(col, kind)
+                self._db.sync()
+                _clear_fatal_flag(self._db._h())
+        if writer:
+            _set_open_mark(self._db._h(), 1)
+            self._db.on_last_close(functools.partial(_closing, state))
+
+    def _rebuild_index(self, col: bytes, kind: str) -> None:
+        # Dropping the index file and building it again from the records: whatever
+        # the old one held (entries of records never written, entries missing) is gone.
+        try:
+            self._db.setindex(col, IndexType.VOID)
+        except TCError as e:
+            if e.ecode != ErrorCode.INVALID:
+                raise
+            # Tokyo did not load the index file (one cut short by a crash while it was
+            # being built is skipped when the database opens): nothing holds it.
+            for name in _index_files(self.path, col):
+                os.unlink(name)
+        if kind in ("lexical", "decimal"):
+            self._refuse_empty_values(col)
+        self._db.setindex(col, _INDEX_TYPES[kind])
+        self._file.stale.discard(col)
+
+    def _checked_keys_list(self) -> list[bytes]:
+        """Every primary key; CorruptData where the file cannot list them all."""
+        keys = self._db.keys()
+        count = self._db.rnum()
+        code = self._db.ecode()
+        if code in _DAMAGE or len(keys) != count:
+            self._damaged(
+                f"its header counts {count} records but {len(keys)} could be listed"
+                + (f" ({_binding._tctdberrmsg(code).decode()})" if code in _DAMAGE else ""),
+            )
+        return keys
+
+    def _damaged(self, detail: str, pk: str | None = None) -> typing.NoReturn:
+        where = f", record {pk!r}" if pk is not None else ""
+        raise CorruptData(
+            f"{self.path}{where} is damaged: {detail}. Tokyo Cabinet cannot read it back; "
+            "restore the file from a copy",
+            path=self.path,
+            pk=pk,
+        )
+
+    def _check_reads(self) -> None:
+        """After a search: the library reports damage it met only in its error code."""
+        code = self._db.ecode()
+        if code in _DAMAGE:
+            self._damaged(f"a search met {_binding._tctdberrmsg(code).decode()} (ecode {code})")
+
+    def _read_error(self, operation: str, e: TCError, pk: str | None = None) -> PyModelsError:
+        if e.ecode in _DAMAGE:
+            where = f", record {pk!r}" if pk is not None else ""
+            return CorruptData(
+                f"{self.path}{where} is damaged: Tokyo Cabinet {operation} failed: "
+                f"{e.message} (ecode {e.ecode}); restore the file from a copy",
+                path=self.path,
+                pk=pk,
+            )
+        return _error(operation, e)
+
+    def _write_error(self, operation: str, e: TCError) -> PyModelsError:
+        """A failed write: unless it changed nothing, no further write is trusted."""
+        if e.ecode in _HARMLESS:
+            return _error(operation, e)
+        state = self._file
+        state.failed = f"{operation}: {e.message} (ecode {e.ecode})"
+        state.stale = set(state.indexes)
+        return PyModelsError(
+            f"Tokyo Cabinet {operation} failed on {self.path}: {e.message} (ecode {e.ecode}). "
+            "The record being written may be absent; writes are refused until the storage "
+            "is reopened (reopening checks the file and rebuilds its indexes)"
+        )
+
+    def _writable(self, nbytes: int) -> None:
+        """Before a write of about ``nbytes``: refuse it after a failed write, or when the
+        free space would run short (see :class:`_Space`)."""
+        state = self._file
+        if state.failed is not None:
+            raise PyModelsError(
+                f"{self.path}: an earlier write failed ({state.failed}); close and reopen "
+                "the storage (reopening checks the file and rebuilds its indexes)"
+            )
+        if state.space is not None:
+            state.space.take(nbytes * (1 + len(state.indexes)) + 512)
+
+    def _check_written(self, operation: str) -> None:
+        """After writes: Tokyo loses some write errors (it still returns success) but
+        always raises the fatal flag in the header."""
+        if self._db.flags() & FLAG_FATAL:
+            e = TCError(self._db.ecode(), "a write failed inside the library", self.path, operation)
+            if e.ecode in _HARMLESS:
+                e = TCError(int(ErrorCode.MISC), e.message, self.path, operation)
+            raise self._write_error(operation, e)
 
     def _check_format(self) -> None:
         area = self._opaque()
@@ -268,6 +571,8 @@ class Storage(BaseStorage):
         if area is not None:
             stamp = MAGIC + str(FORMAT_VERSION).encode("ascii")
             ctypes.memmove(area, stamp.ljust(_OPAQUE_SIZE, b"\x00"), _OPAQUE_SIZE)
+            if self._db.opened_file or self._db.mode & OpenMode.WRITER:
+                ctypes.memset(area + _OPEN_MARK, 1, 1)  # open for writing (see _recover)
 
     def _close(self) -> None:
         with self._lock:
@@ -292,7 +597,7 @@ class Storage(BaseStorage):
             with self._lock:
                 dump = self._db.getdump(key)
         except TCError as e:
-            raise _error("get", e) from e
+            raise self._read_error("get", e, pk) from e
         return None if dump is None else decode_dump(dump)
 
     def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
@@ -302,11 +607,16 @@ class Storage(BaseStorage):
     def _load_dumps(self, keys: list[bytes]) -> list[bytes | None]:
         """Records of several keys as dumps (see :func:`decode_dump`), None where missing."""
         getdump = self._db.getdump
+        done = 0
         try:
             with self._lock:
-                return [getdump(k) for k in keys]
+                out = []
+                for k in keys:
+                    out.append(getdump(k))
+                    done += 1
+                return out
         except TCError as e:
-            raise _error("get", e) from e
+            raise self._read_error("get", e, _pk(keys[done])) from e
 
     def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
         """Column maps of several keys, aligned with them (None: deleted meanwhile)."""
@@ -315,46 +625,59 @@ class Storage(BaseStorage):
             with self._lock:
                 return [get(k) for k in keys]
         except TCError as e:
-            raise _error("get", e) from e
+            raise self._read_error("get", e) from e
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         dump = encode_dump(record)
         key = pk.encode("utf-8")
-        try:
-            with self._lock:
-                return self._db.putdump(key, dump, keep=not overwrite)
-        except TCError as e:
-            raise _error("put", e) from e
+        with self._lock:
+            self._writable(len(dump) + len(key))
+            try:
+                done = self._db.putdump(key, dump, keep=not overwrite)
+            except TCError as e:
+                raise self._write_error("put", e) from e
+            self._check_written("put")
+            return done
 
     def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         putdump = self._db.putdump
-        try:
-            with self._lock:
+        writable = self._writable
+        with self._lock:
+            try:
                 # Each record is encoded right before its put: the encoded form is bytes,
                 # and holding a whole batch of it would only feed the garbage collector.
                 for pk, record in items:
                     key = pk.encode("utf-8")
+                    dump = encode_dump(record)
+                    writable(len(dump) + len(key))
                     # Generated pks are written insert-if-absent: a clash (however
                     # unlikely) makes the base class redo the batch one by one with
                     # fresh pks.
-                    if not putdump(key, encode_dump(record), keep=True):
+                    if not putdump(key, dump, keep=True):
                         raise IntegrityError(f"a record with pk {pk!r} exists already")
-        except TCError as e:
-            raise _error("put", e) from e
+            except TCError as e:
+                raise self._write_error("put", e) from e
+            self._check_written("put")
 
     def _remove(self, pk: str) -> bool:
         key = pk.encode("utf-8")
-        with self._lock, _translate("out"):
-            return self._db.out(key)
+        with self._lock:
+            self._writable(len(key))
+            try:
+                done = self._db.out(key)
+            except TCError as e:
+                raise self._write_error("out", e) from e
+            self._check_written("out")
+            return done
 
     def _keys(self) -> Iterator[str]:
         with self._lock, _translate("fwmkeys"):
-            keys = self._db.keys()
+            keys = self._checked_keys_list()
         return (_pk(k) for k in keys)
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._lock, _translate("fwmkeys"):
-            keys = self._db.keys()
+            keys = self._checked_keys_list()
         yield from self._records(keys)
 
     def _records(
@@ -389,25 +712,39 @@ class Storage(BaseStorage):
             return self._db.vsiz(key) >= 0
 
     def _clear(self) -> None:
-        with self._lock, _translate("clear"):
-            handle = self._db._handle
-            in_tx = handle is not None and handle.tx_owner is not None
-            if in_tx or self._db.rnum() <= _VANISH_ABOVE:
-                with self._db.query() as q:
-                    q.searchout()
-            else:
-                self._db.vanish()  # truncates the file, header included
-                self._stamp()
+        with self._lock:
+            self._writable(0)
+            try:
+                self._clear_now()
+            except TCError as e:
+                raise self._write_error("clear", e) from e
+            self._check_written("clear")
+
+    def _clear_now(self) -> None:
+        handle = self._db._handle
+        in_tx = handle is not None and handle.tx_owner is not None
+        if in_tx or self._db.rnum() <= _VANISH_ABOVE:
+            with self._db.query() as q:
+                q.searchout()
+        else:
+            self._db.vanish()  # truncates the file, header included
+            self._stamp()
 
     # ----------------------------------------------------------- transactions
 
     def _begin(self) -> None:
-        with _translate("tranbegin"):
+        self._writable(0)
+        try:
             self._db.tranbegin()
+        except TCError as e:
+            raise self._write_error("tranbegin", e) from e
 
     def _commit(self) -> None:
-        with _translate("trancommit"):
+        try:
             self._db.trancommit()
+        except TCError as e:
+            raise self._write_error("trancommit", e) from e
+        self._check_written("trancommit")
 
     def _rollback(self) -> None:
         with _translate("tranabort"):
@@ -428,18 +765,30 @@ class Storage(BaseStorage):
         with self._lock:
             current = self._file.indexes.get(col)
             wanted = spec.kind or current or "lexical"
-            if current == wanted:
+            if current == wanted and col not in self._file.stale:
                 return
             if self._tx_open():
                 raise NotSupported(
                     "Tokyo Cabinet cannot create an index inside a transaction "
                     "(create it before the transaction starts)"
                 )
-            with _translate("setindex"):
-                if wanted in ("lexical", "decimal"):
-                    self._refuse_empty_values(col)
-                self._db.setindex(col, _INDEX_TYPES[wanted])
+            self._writable(0)
+            if self._file.space is not None:
+                # An index file is about as large as the column it holds: at most the file.
+                self._file.space.take(self._db.fsiz())
+            try:
+                if col in self._file.stale:
+                    # An index that may be behind its records is rebuilt, not kept.
+                    _log.warning("%s: rebuilding the index on %r", self.path, key.path[0])
+                    self._rebuild_index(col, wanted)
+                else:
+                    if wanted in ("lexical", "decimal"):
+                        self._refuse_empty_values(col)
+                    self._db.setindex(col, _INDEX_TYPES[wanted])
+            except TCError as e:
+                raise self._write_error("setindex", e) from e
             self._file.indexes[col] = wanted
+            self._check_written("setindex")
 
     def _refuse_empty_values(self, col: bytes) -> None:
         # Tokyo Cabinet 1.4.48 aborts the process (a failed C assertion) when it meets an
@@ -484,17 +833,26 @@ class Storage(BaseStorage):
         skip: int = 0,
         extra: TCCond | None = None,
     ) -> list[_binding.Query]:
-        """One Tokyo query per block; the first carries the order and the limit."""
+        """One Tokyo query per block; the first carries the order and the limit.
+
+        While an index may be behind its records (see :attr:`_File.stale`) no condition
+        uses an index.
+        """
         queries: list[_binding.Query] = []
+        scan = bool(self._file.stale)
         try:
             for block in blocks:
                 q = self._db.query()
                 queries.append(q)
                 for c in block:
-                    q.addcond(c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx)
+                    q.addcond(c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx or scan)
                 if extra is not None:
                     q.addcond(
-                        extra.col, extra.op, extra.expr, negate=extra.negate, noidx=extra.noidx
+                        extra.col,
+                        extra.op,
+                        extra.expr,
+                        negate=extra.negate,
+                        noidx=extra.noidx or scan,
                     )
             if order is not None:
                 queries[0].setorder(order[0], order[1])
@@ -521,14 +879,18 @@ class Storage(BaseStorage):
             keys = self._run(blocks, extra=extra)
             keys.sort(reverse=order[1] == Order.STRDESC)
             return _sliced(keys, limit, skip)
+        if order is not None and (limit >= 0 or skip) and self._file.stale:
+            # An ordered query with a limit may walk the order column's index: not while
+            # an index may be behind its records.
+            return _sliced(self._run(blocks, order, extra=extra), limit, skip)
         queries = self._tc_queries(blocks, order, limit, skip, extra)
         try:
-            if len(queries) == 1:
-                return queries[0].search()
-            return metasearch(queries, SetOp.UNION)
+            keys = queries[0].search() if len(queries) == 1 else metasearch(queries, SetOp.UNION)
         finally:
             for q in queries:
                 q.close()
+        self._check_reads()
+        return keys
 
     def _checked_keys(
         self, plan: Plan, extra: TCCond | None = None, exclude: set[bytes] | None = None
@@ -567,7 +929,7 @@ class Storage(BaseStorage):
                 if plan.blocks is None:
                     if extra is None and (order is None or order[0] == b""):
                         # Every record: the key list is cheaper than a table scan.
-                        keys = self._db.keys()
+                        keys = self._checked_keys_list()
                         if order is not None:
                             keys.sort(reverse=order[1] == Order.STRDESC)
                         return _sliced(keys, limit, skip)
@@ -698,6 +1060,7 @@ class Storage(BaseStorage):
                             total += queries[0].searchcount()
                         finally:
                             queries[0].close()
+                        self._check_reads()
                 elif sure:
                     total += len(self._run(sure))
                 if plan.checked:
@@ -715,20 +1078,29 @@ class Storage(BaseStorage):
                 total = self._count()
                 self._clear()
                 return total
-        with self._atomic(), self._lock, _translate("searchout"):
-            # Checked records are found before anything is deleted; the rest goes with
-            # searchout (a record deleted by an earlier block is not found again).
-            checked = self._checked_keys(plan) if plan.checked else []
-            total = 0
-            for block in plan.blocks:
-                if block.check is None:
-                    with self._db.query() as q:
-                        for c in block.conds:
-                            q.addcond(c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx)
-                        q.searchout()
-                        total += q.count()
-            out = self._db.out
-            return total + sum(1 for k in checked if out(k))
+        with self._atomic(), self._lock:
+            self._writable(0)
+            try:
+                # Checked records are found before anything is deleted; the rest goes
+                # with searchout (a record deleted by an earlier block is not found again).
+                checked = self._checked_keys(plan) if plan.checked else []
+                total = 0
+                scan = bool(self._file.stale)
+                for block in plan.blocks:
+                    if block.check is None:
+                        with self._db.query() as q:
+                            for c in block.conds:
+                                q.addcond(
+                                    c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx or scan
+                                )
+                            q.searchout()
+                            total += q.count()
+                out = self._db.out
+                total += sum(1 for k in checked if out(k))
+            except TCError as e:
+                raise self._write_error("searchout", e) from e
+            self._check_written("searchout")
+            return total
 
     def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
         # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
@@ -813,15 +1185,20 @@ def _translate(operation: str) -> Iterator[None]:
 
 
 def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) -> TableDB:
+    """Open ``path``, waiting up to ``timeout`` for another process's lock.
+
+    Every attempt fails at once when the file is locked (LCKNB), so the header the
+    binding reads just before the attempt that succeeds (``header_before``) shows how
+    the last writer left the file: a writer still holding it shows as having it open,
+    one that closed it meanwhile does not.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
-            if timeout is None:
-                return db.open(path, mode)
             return db.open(path, mode | OpenMode.LCKNB)
         except TCError as e:
             if e.ecode == ErrorCode.LOCK:
-                if deadline is not None and time.monotonic() < deadline:
+                if deadline is None or time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
                 waited = f" for {timeout:g} s" if timeout else ""
@@ -832,11 +1209,36 @@ def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) 
                 ) from e
             if e.ecode == ErrorCode.INVALID and "already open" in e.message:
                 raise ConfigurationError(f"{path}: {e.message}") from e
-            if e.ecode in (ErrorCode.META, ErrorCode.RHEAD):
-                raise ConfigurationError(
-                    f"{path} is not a Tokyo Cabinet table database ({e.message})"
+            if e.ecode == ErrorCode.THREAD:
+                # Tokyo's own table of open files, which a forked child inherits.
+                raise PyModelsError(
+                    f"cannot open {path}: Tokyo Cabinet has it open in this process, or in "
+                    "the process this one was forked from; open it before forking in only "
+                    "one of them, or in a process that was not forked from its opener"
+                ) from e
+            if e.ecode in _DAMAGE:
+                raise CorruptData(
+                    f"{path} is not a Tokyo Cabinet table database, or is truncated or "
+                    f"damaged ({e.message}, ecode {e.ecode})",
+                    path=path,
                 ) from e
             raise PyModelsError(f"cannot open {path}: {e}") from e
+
+
+def _index_files(path: str, col: bytes) -> list[str]:
+    """The index files of column ``col`` beside the database ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path) + ".idx."
+    found = []
+    for name in os.listdir(directory):
+        column, _, suffix = name[len(prefix) :].rpartition(".")
+        if (
+            name.startswith(prefix)
+            and suffix in _INDEX_SUFFIXES
+            and unquote_to_bytes(column) == col
+        ):
+            found.append(os.path.join(directory, name))
+    return found
 
 
 def _scan_indexes(path: str) -> dict[bytes, str]:
