@@ -58,6 +58,7 @@ OPERATORS: Final = frozenset(
         "$nor",
         "$not",
         "$eq",
+        "$ne",
         "$gt",
         "$gte",
         "$lt",
