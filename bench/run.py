@@ -44,6 +44,12 @@ OPENERS: dict[str, Callable[[Path], dict[str, Any]]] = {
         "url": os.environ["BENCH_POSTGRESQL_URL"],
         "table": f"bench_{tmp.name.replace('-', '_')}",
     },
+    # MongoDB likewise: main() starts a throwaway server (or uses PYMODELS_TEST_MONGODB_URL).
+    "mongodb": lambda tmp: {
+        "backend": "mongodb",
+        "url": os.environ["BENCH_MONGODB_URL"],
+        "collection": f"bench_{tmp.name.replace('-', '_')}",
+    },
 }
 
 
@@ -105,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             from pymodels.testing.postgresql import postgres_url_for_tests
 
             os.environ["BENCH_POSTGRESQL_URL"] = stack.enter_context(postgres_url_for_tests())
+        if "mongodb" in args.backends.split(","):
+            from pymodels.testing.mongodb import mongodb_url_for_tests
+
+            os.environ["BENCH_MONGODB_URL"] = stack.enter_context(mongodb_url_for_tests())
         _report(args)
     print("ratio = raw / pymodels: how many times faster the raw engine is (1.00x = parity)")
     return 0
@@ -115,7 +125,8 @@ def _report(args: argparse.Namespace) -> None:
         raw = importlib.import_module(f"raw_{backend}")
         for n in (int(x) for x in args.n.split(",")):
             ours = run_pymodels(backend, n, args.runs)
-            extra = {"url": os.environ["BENCH_POSTGRESQL_URL"]} if backend == "postgresql" else {}
+            env = {"postgresql": "BENCH_POSTGRESQL_URL", "mongodb": "BENCH_MONGODB_URL"}
+            extra = {"url": os.environ[env[backend]]} if backend in env else {}
             theirs = raw.run(n, args.runs, **extra)
             names = RAW_METRICS.get(backend, {m: m for m in METRICS})
             for metric in METRICS:

@@ -189,6 +189,7 @@ BACKENDS = [
     "pymodels.ext.sqlite",
     "pymodels.ext.postgresql",
     "pymodels.ext.tokyo_cabinet",
+    "pymodels.ext.mongodb",
     "pymodels_testbackend",
 ]
 DOCS = ROOT / "docs" / "backends.md"
@@ -330,7 +331,13 @@ def test_the_registry_needs_only_storage(tmp_path: Path, monkeypatch: pytest.Mon
 
 SRC = ROOT / "src" / "pymodels"
 #: Modules whose queries reach a storage, and where they do it.
-QUERY_MODULES = ["query.py", "ext/memory.py", "ext/_sql/query.py", "ext/tokyo_cabinet/_query.py"]
+QUERY_MODULES = [
+    "query.py",
+    "ext/memory.py",
+    "ext/_sql/query.py",
+    "ext/tokyo_cabinet/_query.py",
+    "ext/mongodb/_query.py",
+]
 #: What storage.py and query.py call documents (their variables' names).
 DOCUMENT_NAMES = {"doc", "doc_or_pk", "cls", "doc_class", "d", "ref", "write"}
 

@@ -37,9 +37,7 @@ POSTGRESQL_DATABASE = {
 # MongoDB, the road past one machine
 MONGODB_DATABASE = {
     "backend": "pymodels.ext.mongodb",
-    "host": "localhost",
-    "port": 27017,
-    "database": "pymodels",
+    "url": os.environ.get("PYMODELS_MONGODB_URL", "mongodb://localhost:27017/pymodels"),
 }
 
 # the standard library only

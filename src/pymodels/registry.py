@@ -43,6 +43,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "shelve": ("pymodels.ext.shelve", ""),
     "sqlite": ("pymodels.ext.sqlite", ""),
     "postgresql": ("pymodels.ext.postgresql", "pip install 'pymodels[postgresql]'"),
+    "mongodb": ("pymodels.ext.mongodb", "pip install 'pymodels[mongodb]'"),
     "tokyo_cabinet": ("pymodels.ext.tokyo_cabinet", "apt-get install libtokyocabinet9"),
 }
 
@@ -50,6 +51,8 @@ BUILTIN: dict[str, tuple[str, str]] = {
 ALIASES: dict[str, str] = {
     "postgres": "postgresql",
     "sqlite3": "sqlite",
+    "mongo": "mongodb",
+    "mongodb+srv": "mongodb",
     "tokyo-cabinet": "tokyo_cabinet",
 }
 

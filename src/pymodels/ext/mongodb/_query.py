@@ -1,0 +1,142 @@
+"""The MongoDB query: one filter document, sorted in the engine where BSON sorts as the contract.
+
+BSON orders values of different types by its own type ranks (numbers before
+strings before documents before arrays before binary before booleans before
+dates), arrays by their least or greatest element, embedded documents by key
+order and binary data by length first. The contract orders kinds differently
+and lists element by element. So a sort key runs in the engine only when the
+matching records hold, at that key, values of one kind BSON sorts as the
+contract does: booleans, numbers (int and float), Decimal128 Decimals, str, or
+aware datetimes on whole milliseconds (BSON dates); absent values sort first
+ascending and last descending in both. The pk (``_id``) sorts in the engine
+while every ``_id`` is a str.
+
+Which kinds the records hold is learned from the first batch the engine
+returns: when that batch is the whole result the decision is made on it
+alone; otherwise one ``find_one`` probe asks the server for a matching record
+with another kind at a sort key (or an array on the way to it). When there is
+one, the query sorts in Python: the sort keys of every match, then the
+records of the slice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+from ...backend import MISSING, BaseQuery, Compiled, Item, OrderKey, get_path
+from ._compiler import NUMBER_TYPES, dotted, valid_path
+from ._encoding import decimal128
+
+__all__ = ["FIRST_BATCH", "SORT_TYPES", "Query", "classes_of", "sort_spec", "stages"]
+
+#: Records fetched before deciding whether the engine's order can be kept.
+FIRST_BATCH = 1000
+
+#: The BSON types of each kind the engine sorts as the contract does.
+SORT_TYPES: dict[str, Any] = {
+    "bool": "bool",
+    "number": NUMBER_TYPES,
+    "decimal": "decimal",
+    "str": "string",
+    "aware": "date",
+}
+
+
+def _sort_class(value: Any) -> str | None:
+    """The kind of ``value`` if BSON sorts it as the contract does, else None."""
+    t = type(value)
+    if t is bool:
+        return "bool"
+    if t is int or t is float:
+        return "number"
+    if t is str:
+        return "str"
+    if t is decimal.Decimal:
+        return "decimal" if decimal128(value) is not None else None
+    if t is datetime.datetime and value.tzinfo is not None and value.microsecond % 1000 == 0:
+        return "aware"
+    return None
+
+
+def sort_spec(order: tuple[OrderKey, ...]) -> list[tuple[str, int]]:
+    """pymongo's sort list for a full order (paths no record can hold are left out)."""
+    spec: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for key in order:
+        if key.is_pk:
+            name = "_id"
+        elif valid_path(key.path):
+            name = dotted(key.path)
+        else:
+            continue  # absent in every record: it cannot change the order
+        if name not in seen:  # a repeated key cannot change the order either
+            seen.add(name)
+            spec.append((name, -1 if key.descending else 1))
+    return spec
+
+
+class Query(BaseQuery[Any]):
+    """A query compiled to a MongoDB filter document (the storage's hooks run it)."""
+
+    def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
+        # Always: the storage's _select falls back to Python where BSON's order differs.
+        return True
+
+    def _engine_count(self, native: Any) -> int:
+        return self.storage._count_where(native)
+
+    def _engine_explain(
+        self, compiled: Compiled, order: tuple[OrderKey, ...] | None, offset: int, limit: int | None
+    ) -> str:
+        return self.storage._explain_select(compiled.native, order, offset, limit)
+
+
+def classes_of(rows: list[Item], keys: list[OrderKey]) -> list[str | None] | None:
+    """Per key, the one engine-sortable kind the rows hold there (None: none seen).
+
+    None when some row holds a kind the engine does not sort as the contract
+    does, two kinds meet at one key, or a list lies on a key's path.
+    """
+    out: list[str | None] = []
+    for key in keys:
+        seen: str | None = None
+        path = key.path
+        for _, record in rows:
+            value = record.get(path[0], MISSING) if len(path) == 1 else _value_at(record, path)
+            if value is MISSING:
+                continue
+            if value is _BLOCKED:
+                return None
+            kind = _sort_class(value)
+            if kind is None or (seen is not None and kind != seen):
+                return None
+            seen = kind
+        out.append(seen)
+    return out
+
+
+_BLOCKED = object()
+
+
+def _value_at(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    current: Any = record
+    for part in path[:-1]:
+        current = current.get(part, MISSING) if type(current) is dict else MISSING
+        if type(current) is list:
+            return _BLOCKED  # BSON would sort by the list's elements' values
+        if current is MISSING:
+            return MISSING
+    return get_path(current, path[-1:]) if type(current) is dict else MISSING
+
+
+def stages(plan: Any) -> str:
+    stages: list[str] = []
+    while isinstance(plan, dict) and plan:
+        stage = str(plan.get("stage", "?"))
+        if "indexName" in plan:
+            stage += f"({plan['indexName']})"
+        stages.append(stage)
+        plan = plan.get("inputStage")
+    return " <- ".join(stages) or "?"

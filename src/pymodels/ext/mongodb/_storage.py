@@ -1,0 +1,695 @@
+"""The MongoDB storage: one collection, pymongo, sessions for transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import os
+import re
+import threading
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import pydantic
+
+try:
+    import pymongo
+    import pymongo.errors
+    from bson import ObjectId
+    from bson.codec_options import CodecOptions
+    from pymongo.client_session import ClientSession
+    from pymongo.collection import Collection
+except ImportError as e:  # pragma: no cover - depends on the environment
+    from ...backend import BackendUnavailable
+
+    raise BackendUnavailable(
+        f"pymodels.ext.mongodb needs pymongo ({e}): pip install 'pymodels[mongodb]'"
+    ) from e
+
+from ...backend import (
+    INT_MAX,
+    INT_MIN,
+    MISSING,
+    OPS,
+    BaseQuery,
+    BaseSettings,
+    BaseStorage,
+    Change,
+    Compiled,
+    ConfigurationError,
+    ConnectionFailed,
+    Features,
+    IndexSpec,
+    IntegrityError,
+    Item,
+    Lookup,
+    NotSupported,
+    OrderKey,
+    PyModelsError,
+    sort_items,
+)
+from ._compiler import NOT_ARRAY, NUMBER_TYPES, compile_condition, dotted, valid_path
+from ._encoding import TAG, decode_record, encode_record, encode_value
+from ._query import FIRST_BATCH, SORT_TYPES, Query, classes_of, sort_spec, stages
+
+__all__ = ["META_COLLECTION", "Settings", "Storage", "features"]
+
+#: Ops whose filter is exact for every value.
+NATIVE_OPS = frozenset({"exists", "startswith", "year"})
+
+features = Features(
+    ops={op: "native" if op in NATIVE_OPS else "prefilter" for op in OPS},
+    # Decided per storage from the server's hello (a replica set or mongos):
+    # Storage.features is replaced by an instance attribute saying so.
+    transactions=True,
+    indexes=True,
+    unique_indexes=True,
+    compound_indexes=True,
+    partial_update=True,
+    thread_safe=True,
+    fork_safe=True,
+    concurrent_processes=True,
+    # No: every write the server acknowledged survives the client's crash, but
+    # a multi-document write in flight (clear, a query's delete or update)
+    # goes on in the server after the client died, so the store is not yet
+    # what it will be when the storage is reopened (docs/mongodb.md).
+    crash_safe=False,
+    persistent=True,
+    networked=True,
+)
+
+#: The collection holding the library's own data (one document per collection of records).
+META_COLLECTION = "pymodels_meta"
+FORMAT_VERSION = 1
+COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,119}")
+_HEX24 = re.compile(r"[0-9a-f]{24}")
+#: URL parameters that are pymodels settings, removed before pymongo sees the URL.
+OWN_PARAMETERS = ("collection", "read_only", "timeout")
+UTC = datetime.UTC
+WRITE_CONFLICT = 112
+_CODEC: CodecOptions[Any] = CodecOptions(tz_aware=True, tzinfo=UTC)
+
+
+class Settings(BaseSettings):
+    """Settings of the MongoDB backend: a URL, or host/port/database, or a ready client."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    #: Any MongoDB connection string (replica sets, read preference, TLS, credentials).
+    url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    #: The database (default: the URL's, else "pymodels").
+    database: str | None = None
+    #: The collection holding this storage's records.
+    collection: str = "documents"
+    #: Seconds to find a server before ConnectionFailed (serverSelectionTimeoutMS).
+    timeout: float = 10.0
+    #: Seconds to wait for a connection and for each answer (None: pymongo's defaults).
+    connect_timeout: float | None = None
+    socket_timeout: float | None = None
+    #: A ready pymongo.MongoClient (then url, host and port must be absent); not closed by close().
+    client: Any = None
+
+    @pydantic.field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not COLLECTION_NAME.fullmatch(value) or value.startswith("system."):
+            raise ValueError("must be a plain collection name (letters, digits, _ . -)")
+        if value == META_COLLECTION:
+            raise ValueError(f"{META_COLLECTION} is the library's own collection")
+        return value
+
+
+def _hosts_of(client: Any) -> list[str]:
+    try:
+        return [f"{h}:{p}" for h, p in client.topology_description.server_descriptions()]
+    except Exception:
+        return []
+
+
+class Storage(BaseStorage):
+    """Records as documents of one MongoDB collection."""
+
+    features: ClassVar[Features] = features
+    query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    settings_class: ClassVar[type[BaseSettings]] = Settings
+    url_schemes: ClassVar[tuple[str, ...]] = ("mongodb", "mongodb+srv", "mongo")
+    settings: Settings
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> dict[str, Any]:
+        """``mongodb://host:27017/db?collection=people``: pymodels' parameters come out."""
+        parts = urlsplit(url)
+        own: dict[str, Any] = {}
+        rest: list[str] = []
+        for item in parts.query.split("&") if parts.query else ():
+            key, _, value = item.partition("=")
+            if unquote(key) in OWN_PARAMETERS:
+                own[unquote(key)] = unquote(value)
+            else:
+                rest.append(item)  # as written: pymongo parses its own options
+        if parts.scheme == "mongo":
+            parts = parts._replace(scheme="mongodb")
+        return {"url": urlunsplit(parts._replace(query="&".join(rest))), **own}
+
+    # ------------------------------------------------------------ connection
+
+    def _open(self) -> None:
+        s = self.settings
+        self._tx = threading.local()
+        self._owned = s.client is None
+        if s.client is not None:
+            if s.url is not None or s.host is not None or s.port is not None:
+                raise ConfigurationError("give setting 'client' or 'url'/'host'/'port', not both")
+            if not isinstance(s.client, pymongo.MongoClient):
+                raise ConfigurationError("setting 'client' must be a pymongo.MongoClient")
+        elif s.url is not None and (s.host is not None or s.port is not None):
+            raise ConfigurationError("give setting 'url' or 'host'/'port', not both")
+        self._pid = os.getpid()
+        self._client: Any = s.client if s.client is not None else self._connect()
+        try:
+            self._init()
+        except BaseException:
+            self._close()
+            raise
+
+    def _connect(self) -> Any:
+        s = self.settings
+        options: dict[str, Any] = {"serverSelectionTimeoutMS": max(1, int(s.timeout * 1000))}
+        if s.connect_timeout is not None:
+            options["connectTimeoutMS"] = max(1, int(s.connect_timeout * 1000))
+        if s.socket_timeout is not None:
+            options["socketTimeoutMS"] = max(1, int(s.socket_timeout * 1000))
+        try:
+            if s.url is not None:
+                return pymongo.MongoClient(s.url, **options)
+            return pymongo.MongoClient(s.host or "localhost", s.port or 27017, **options)
+        except pymongo.errors.ConfigurationError as e:
+            raise ConfigurationError(f"mongodb: bad connection settings: {e}") from e
+        except (pymongo.errors.PyMongoError, ValueError, TypeError) as e:
+            raise ConfigurationError(f"mongodb: bad connection settings: {e}") from e
+
+    def _init(self) -> None:
+        s = self.settings
+        name = s.database
+        if name is None and s.url is not None:
+            with contextlib.suppress(pymongo.errors.ConfigurationError):
+                name = self._client.get_default_database().name
+        self._db = self._client.get_database(name or "pymodels", codec_options=_CODEC)
+        self._coll: Collection[Any] = self._db.get_collection(s.collection)
+        self._meta = self._db.get_collection(META_COLLECTION)
+        with self._guard():
+            hello = self._client.admin.command("hello")
+            # Transactions need a replica set member or a mongos (MongoDB 4.0 / 4.2+).
+            has_tx = "setName" in hello or hello.get("msg") == "isdbgrid"
+            self.features = features.replace(transactions=has_tx)  # type: ignore[misc]
+            meta = self._meta.find_one({"_id": s.collection})
+            if meta is None and not self.read_only:
+                self._meta.update_one(
+                    {"_id": s.collection},
+                    {"$setOnInsert": {"format": FORMAT_VERSION}},
+                    upsert=True,
+                )
+                meta = self._meta.find_one({"_id": s.collection})
+            # Records written by other programs may carry ObjectId _ids, which
+            # BSON sorts after every str: pk order then needs Python.
+            self._object_ids = (
+                self._coll.find_one({"_id": {"$type": "objectId"}}, {"_id": 1}) is not None
+            )
+        if meta is not None and meta.get("format") != FORMAT_VERSION:
+            raise ConfigurationError(
+                f"collection {s.collection!r} has pymodels format {meta.get('format')}; "
+                f"this pymodels reads format {FORMAT_VERSION}"
+            )
+
+    @property
+    def collection(self) -> Collection[Any]:
+        """The pymongo collection holding the records (a fresh client after fork())."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return self._coll
+
+    def _after_fork(self) -> None:
+        # A MongoClient must not be used in a forked child: the child gets its own.
+        self._pid = os.getpid()
+        if not self._owned:
+            raise PyModelsError("mongodb: a storage on a given client cannot be used after fork()")
+        self._client = self._connect()
+        self._db = self._client.get_database(self._db.name, codec_options=_CODEC)
+        self._coll = self._db.get_collection(self._coll.name)
+        self._meta = self._db.get_collection(META_COLLECTION)
+        self._tx = threading.local()
+
+    @property
+    def session(self) -> ClientSession | None:
+        """This thread's transaction session, if one is open."""
+        return getattr(self._tx, "session", None)
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Translate pymongo's errors into the library's."""
+        try:
+            yield
+        except pymongo.errors.DuplicateKeyError as e:
+            raise IntegrityError(f"mongodb: {_duplicate_message(e.details)}") from e
+        except pymongo.errors.BulkWriteError as e:
+            errors = e.details.get("writeErrors") or [{}]
+            if errors[0].get("code") == 11000:
+                raise IntegrityError(f"mongodb: {_duplicate_message(errors[0])}") from e
+            raise PyModelsError(f"mongodb: {errors[0].get('errmsg', e)}") from e
+        except (
+            pymongo.errors.ServerSelectionTimeoutError,
+            pymongo.errors.AutoReconnect,
+            pymongo.errors.ConnectionFailure,
+        ) as e:
+            hosts = _hosts_of(self._client) or [self._given_host()]
+            host, _, port = hosts[0].rpartition(":")
+            raise ConnectionFailed(
+                f"cannot reach MongoDB at {', '.join(hosts)}: {e}",
+                host=host or None,
+                port=int(port) if port.isdigit() else None,
+            ) from e
+        except pymongo.errors.PyMongoError as e:
+            raise PyModelsError(f"mongodb: {e}") from e
+
+    def _given_host(self) -> str:
+        s = self.settings
+        return f"{s.host or 'localhost'}:{s.port or 27017}"
+
+    # ------------------------------------------------------------ pks
+
+    def _new_pk(self) -> str:
+        return str(ObjectId())
+
+    @staticmethod
+    def _id_filter(pk: str) -> Any:
+        """The ``_id`` condition of ``pk``: a 24-hex pk also matches its ObjectId."""
+        if len(pk) == 24 and _HEX24.fullmatch(pk):
+            return {"$in": [pk, ObjectId(pk)]}
+        return pk
+
+    def _ids_filter(self, pks: Iterable[str]) -> dict[str, Any]:
+        ids: list[Any] = []
+        for pk in pks:
+            ids.append(pk)
+            if len(pk) == 24 and _HEX24.fullmatch(pk):
+                ids.append(ObjectId(pk))
+        return {"_id": {"$in": ids}}
+
+    # ------------------------------------------------------------ required hooks
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        with self._guard():
+            doc = self.collection.find_one({"_id": self._id_filter(pk)}, session=self.session)
+        return None if doc is None else self._decode(doc)[1]
+
+    def _decode(self, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if type(doc["_id"]) is ObjectId:
+            self._object_ids = True
+        return decode_record(doc)
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        coll = self.collection
+        session = self.session
+        with self._guard():
+            if len(pk) == 24 and _HEX24.fullmatch(pk):
+                return self._store_hex(pk, record, overwrite)
+            if overwrite:
+                coll.replace_one(
+                    {"_id": pk}, encode_record(pk, record), upsert=True, session=session
+                )
+                return True
+            try:
+                coll.insert_one(encode_record(pk, record), session=session)
+            except pymongo.errors.DuplicateKeyError as e:
+                if (e.details or {}).get("keyPattern", {"_id": 1}) == {"_id": 1}:
+                    return False
+                raise
+            return True
+
+    def _store_hex(self, pk: str, record: dict[str, Any], overwrite: bool) -> bool:
+        # The record may be stored under ObjectId(pk) (written by another
+        # program): it is that record, and it keeps its _id's type.
+        coll = self.collection
+        session = self.session
+        found = list(coll.find({"_id": self._id_filter(pk)}, {"_id": 1}, session=session))
+        if len(found) > 1:
+            raise IntegrityError(
+                f"mongodb: pk {pk!r} names two records (_id {pk!r} and ObjectId('{pk}')); "
+                "remove one of them"
+            )
+        if found:
+            if not overwrite:
+                return False
+            _id = found[0]["_id"]
+            coll.replace_one({"_id": _id}, encode_record(_id, record), session=session)
+            return True
+        try:
+            coll.insert_one(encode_record(pk, record), session=session)
+        except pymongo.errors.DuplicateKeyError as e:
+            if overwrite or (e.details or {}).get("keyPattern", {"_id": 1}) != {"_id": 1}:
+                raise
+            return False
+        return True
+
+    def _remove(self, pk: str) -> bool:
+        with self._guard():
+            result = self.collection.delete_one({"_id": self._id_filter(pk)}, session=self.session)
+        return bool(result.deleted_count == 1)
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self._find({}, None, 0, None)
+
+    def _clear(self) -> None:
+        with self._guard():
+            self.collection.delete_many({}, session=self.session)
+
+    def _close(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None and self._owned and os.getpid() == self._pid:
+            with contextlib.suppress(pymongo.errors.PyMongoError):
+                client.close()
+
+    # ------------------------------------------------------------ optional overrides
+
+    def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
+        with self._guard():
+            docs = list(self.collection.find(self._ids_filter(pks), session=self.session))
+        found = dict(self._decode(doc) for doc in docs)
+        return [found.get(pk) for pk in pks]
+
+    def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        docs = [encode_record(pk, record) for pk, record in items]
+        if docs:
+            with self._guard():
+                # Fresh pks: a clash is an IntegrityError, and the caller redoes
+                # the batch one by one (never overwriting).
+                self.collection.insert_many(docs, ordered=True, session=self.session)
+
+    def _keys(self) -> Iterator[str]:
+        for pk, _ in self._find({}, None, 0, None, projection={"_id": 1}):
+            yield pk
+
+    def _count(self) -> int:
+        with self._guard():
+            return int(self.collection.count_documents({}, session=self.session))
+
+    def _contains(self, pk: str) -> bool:
+        with self._guard():
+            doc = self.collection.find_one(
+                {"_id": self._id_filter(pk)}, {"_id": 1}, session=self.session
+            )
+        return doc is not None
+
+    def _begin(self) -> None:
+        if not self.features.transactions:
+            raise NotSupported("mongodb: transactions need a replica set or a sharded cluster")
+        with self._guard():
+            session = self._client.start_session()
+            session.start_transaction()
+        self._tx.session = session
+
+    def _commit(self) -> None:
+        session = self._tx.session
+        try:
+            with self._guard():
+                session.commit_transaction()
+        finally:
+            self._tx.session = None
+            session.end_session()
+
+    def _rollback(self) -> None:
+        session = getattr(self._tx, "session", None)
+        if session is None:
+            return
+        try:
+            with self._guard(), contextlib.suppress(pymongo.errors.PyMongoError):
+                session.abort_transaction()
+        finally:
+            self._tx.session = None
+            session.end_session()
+
+    def _can_index_now(self) -> bool:
+        # MongoDB creates indexes outside transactions only.
+        return self.session is None
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        keys = []
+        for key in spec.keys:
+            if not valid_path(key.path):
+                raise ConfigurationError(f"cannot index {key.key!r}: not a field path")
+            keys.append((dotted(key.path), -1 if key.descending else 1))
+        options: dict[str, Any] = {"name": ("u_" if spec.unique else "i_") + spec.name}
+        if spec.unique:
+            options["unique"] = True
+            # Absent values never clash (MongoDB would index them as null).
+            options["partialFilterExpression"] = {name: {"$exists": True} for name, _ in keys}
+        with self._guard():
+            self.collection.create_index(keys, **options)
+
+    def _update_many(self, pks: list[str], changes: list[Change]) -> int:
+        update = _update_document(changes)
+        if update is None or not pks:
+            return super()._update_many(pks, changes)
+        document, guard = update
+        ids = self._ids_filter(pks)
+        with self._lock, self._atomic(), self._guard():
+            coll, session = self.collection, self.session
+            # Records the update document cannot change exactly (a parent that
+            # is not a dict, an int that would overflow, a field that is not a
+            # number) take the generic path, which raises the contract's errors.
+            others = (
+                [
+                    self._decode(doc)[0]
+                    for doc in coll.find({**ids, "$nor": [guard]}, {"_id": 1}, session=session)
+                ]
+                if guard
+                else []
+            )
+            done = super()._update_many(others, changes) if others else 0
+            result = coll.update_many({**ids, **guard}, document, session=session)
+            return done + int(result.matched_count)
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        if expected is None:
+            return self._store(pk, record, overwrite=False)
+        if expected is MISSING:
+            lookup = Lookup((field,), "exists", False)
+        else:
+            lookup = Lookup((field,), "equals", expected)
+        compiled = compile_condition(lookup)
+        if compiled.residual is not None:
+            return super()._compare_and_store(pk, record, field, expected)
+        with self._guard():
+            found = self.collection.find_one(
+                {"_id": self._id_filter(pk)}, {"_id": 1}, session=self.session
+            )
+            if found is None:
+                return False
+            _id = found["_id"]
+            try:
+                result = self.collection.replace_one(
+                    {"$and": [{"_id": _id}, compiled.native or {}]},
+                    encode_record(_id, record),
+                    session=self.session,
+                )
+            except pymongo.errors.OperationFailure as e:
+                if e.code == WRITE_CONFLICT:
+                    # Another writer changed the record meanwhile (SecantusDB
+                    # reports this outside transactions too): the stored
+                    # version is no longer the one expected.
+                    return False
+                raise
+        return bool(result.matched_count == 1)
+
+    # ------------------------------------------------------------ the engine's side of queries
+
+    def _compile_condition(self, condition: Any) -> Compiled:
+        return compile_condition(condition)
+
+    def _select(self, native: Any, order: Any, offset: int, limit: int | None) -> Iterator[Item]:
+        flt = native or {}
+        if order is None:
+            return self._find(flt, None, offset, limit)
+        keys = [k for k in order if not k.is_pk and valid_path(k.path)]
+        if self._object_ids:
+            # ObjectId _ids sort after every str _id in BSON: Python sorts.
+            return self._python_order(flt, order, offset, limit)
+        if not keys:
+            return self._find(flt, sort_spec(order), offset, limit)
+        return self._checked_order(flt, order, keys, offset, limit)
+
+    def _checked_order(
+        self,
+        flt: dict[str, Any],
+        order: tuple[OrderKey, ...],
+        keys: list[OrderKey],
+        offset: int,
+        limit: int | None,
+    ) -> Iterator[Item]:
+        """The engine's order where the records' kinds allow it, else Python's (see _query)."""
+        batch_size = FIRST_BATCH if limit is None else min(limit, FIRST_BATCH)
+        stream = self._find(flt, sort_spec(order), offset, limit)
+        rows = list(itertools.islice(stream, batch_size))
+        complete = offset == 0 and len(rows) < batch_size
+        classes = classes_of(rows, keys)
+        if complete:
+            if classes is None:
+                sort_items(rows, order)
+            yield from rows
+            return
+        if classes is None or any(c is None for c in classes) or self._mixed(flt, keys, classes):
+            stream.close()
+            yield from self._python_order(flt, order, offset, limit)
+            return
+        yield from rows
+        yield from stream
+
+    def _mixed(self, flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]) -> bool:
+        """Whether a matching record holds another kind at a key (or a list on its path)."""
+        branches: list[dict[str, Any]] = []
+        for key, kind in zip(keys, classes, strict=True):
+            name = dotted(key.path)
+            branches.append(
+                {name: {"$exists": True, "$ne": None, "$not": {"$type": SORT_TYPES[str(kind)]}}}
+            )
+            branches.extend(
+                {dotted(key.path[:i]): {"$type": "array"}} for i in range(1, len(key.path) + 1)
+            )
+        probe = {"$and": [flt, {"$or": branches}]} if flt else {"$or": branches}
+        with self._guard():
+            found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
+        return found is not None
+
+    def _python_order(
+        self, flt: dict[str, Any], order: tuple[OrderKey, ...], offset: int, limit: int | None
+    ) -> Iterator[Item]:
+        """Sort in Python: the sort keys of every match, then the records of the slice."""
+        fields = {k.path[0] for k in order if not k.is_pk and valid_path(k.path)}
+        projection = dict.fromkeys(fields, 1) if fields else {"_id": 1}
+        keyed = list(self._find(flt, None, 0, None, projection=projection))
+        sort_items(keyed, order)
+        chosen = [pk for pk, _ in keyed[offset : None if limit is None else offset + limit]]
+        del keyed
+        for start in range(0, len(chosen), FIRST_BATCH):
+            batch = chosen[start : start + FIRST_BATCH]
+            for pk, record in zip(batch, self._load_many(batch), strict=True):
+                if record is not None:  # deleted meanwhile
+                    yield pk, record
+
+    def _count_where(self, native: Any) -> int:
+        with self._guard():
+            return int(self.collection.count_documents(native or {}, session=self.session))
+
+    def _delete_where(self, native: Any) -> int | None:
+        with self._guard():
+            result = self.collection.delete_many(native or {}, session=self.session)
+        return int(result.deleted_count)
+
+    def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
+        flt = native or {}
+        spec = sort_spec(order) if order else []
+        with self._guard():
+            cursor = self.collection.find(flt, session=self.session)
+            if spec:
+                cursor = cursor.sort(spec)
+            if offset:
+                cursor = cursor.skip(offset)
+            if limit is not None:
+                cursor = cursor.limit(limit)
+            plan = cursor.explain()
+        winning = plan.get("queryPlanner", {}).get("winningPlan", {})
+        text = f"find {flt!r} sort {spec!r}"
+        if offset or limit is not None:
+            text += f" skip {offset} limit {limit}"
+        text += f"\n  plan (explain): {stages(winning)}"
+        if spec:
+            text += "\n  (kinds at the sort keys checked per run; Python sorts where they mix)"
+        return text
+
+    # ------------------------------------------------------------ reading
+
+    def _find(
+        self,
+        flt: dict[str, Any],
+        sort: list[tuple[str, int]] | None,
+        offset: int,
+        limit: int | None,
+        projection: dict[str, Any] | None = None,
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        with self._guard():
+            cursor = self.collection.find(flt, projection, session=self.session)
+            if sort:
+                cursor = cursor.sort(sort)
+            if offset:
+                cursor = cursor.skip(offset)
+            if limit is not None:
+                cursor = cursor.limit(limit)
+        return self._stream(cursor)
+
+    def _stream(self, cursor: Any) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        try:
+            while True:
+                with self._guard():
+                    doc = next(cursor, None)
+                if doc is None:
+                    return
+                yield self._decode(doc)
+        finally:
+            cursor.close()
+
+
+def _duplicate_message(details: Mapping[str, Any] | None) -> str:
+    details = details or {}
+    message = str(details.get("errmsg", "duplicate key"))
+    match = re.search(r"index: (\S+)", message)
+    index = match.group(1) if match else details.get("keyPattern")
+    return f"duplicate key in unique index {index} ({details.get('keyValue', message)})"
+
+
+def _update_document(changes: list[Change]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(update document, guard)`` for changes MongoDB applies exactly where the guard holds.
+
+    None when no update document can (a path that is another's prefix).
+    """
+    paths = sorted(c.path for c in changes)
+    if any(b[: len(a)] == a for a, b in itertools.pairwise(paths)):
+        return None
+    document: dict[str, dict[str, Any]] = {}
+    guards: list[dict[str, Any]] = []
+    for change in changes:
+        name = dotted(change.path)
+        for i in range(1, len(change.path)):
+            parent = dotted(change.path[:i])
+            # Each parent absent or a plain dict (not a list, scalar, null or tagged value).
+            guards.append(
+                {
+                    "$or": [
+                        {parent: {"$exists": False}},
+                        {
+                            parent: {"$type": "object", "$not": NOT_ARRAY},
+                            f"{parent}.{TAG}": {"$exists": False},
+                        },
+                    ]
+                }
+            )
+        if change.op == "unset":
+            document.setdefault("$unset", {})[name] = ""
+        elif change.op == "set":
+            document.setdefault("$set", {})[name] = encode_value(change.value)
+        else:
+            amount = change.value
+            bounds: dict[str, Any] = {"$type": NUMBER_TYPES, "$not": NOT_ARRAY}
+            if type(amount) is int and amount > 0:
+                bounds["$lte"] = INT_MAX - amount
+            elif type(amount) is int and amount < 0:
+                bounds["$gte"] = INT_MIN - amount
+            guards.append({"$or": [{name: {"$exists": False}}, {name: bounds}]})
+            document.setdefault("$inc", {})[name] = amount
+    guard: dict[str, Any] = {"$and": guards} if guards else {}
+    return document, guard

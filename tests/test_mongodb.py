@@ -1,0 +1,354 @@
+"""MongoDB-specific behaviour: ObjectId pks, the filter allow-list, connections,
+replica sets and transactions, bulk writes, and SecantusDB's deviations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+import pymodels
+from pymodels import ConfigurationError, ConnectionFailed, IntegrityError, NotSupported
+from pymodels.ext.memory import Storage as MemoryStorage
+from pymodels.storage import BaseStorage
+from pymodels.testing import strategies as pst
+from pymodels.testing.mongodb import TemporaryMongo, mongodb_skip_reason
+
+pymongo = pytest.importorskip("pymongo")
+from bson import Decimal128, ObjectId  # noqa: E402 - after the skip above
+from pymongo.monitoring import CommandListener, CommandStartedEvent  # noqa: E402
+
+from pymodels.ext.mongodb._compiler import OPERATORS, compile_condition  # noqa: E402
+
+_reason = mongodb_skip_reason()
+if _reason is not None and os.environ.get("PYMODELS_REQUIRE_ENGINES"):
+    raise RuntimeError(f"MongoDB is required (PYMODELS_REQUIRE_ENGINES is set): {_reason}")
+needs_server = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TemporaryMongo]:
+    if _reason is not None:
+        pytest.skip(_reason)
+    with TemporaryMongo() as s:
+        yield s
+
+
+@pytest.fixture
+def collection_name() -> str:
+    return f"t{os.getpid()}_{next(_names)}"
+
+
+@pytest.fixture
+def storage(server: TemporaryMongo, collection_name: str) -> Iterator[BaseStorage]:
+    with pymodels.get_storage(server.url, collection=collection_name) as s:
+        yield s
+
+
+@pytest.fixture
+def raw(server: TemporaryMongo, collection_name: str) -> Iterator[Any]:
+    """The same collection through pymongo, as another program sees it."""
+    client: Any = pymongo.MongoClient(server.url)
+    try:
+        yield client.pymodels[collection_name]
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ the compiler
+
+
+def _operators(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.startswith("$"):
+                yield key
+            yield from _operators(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _operators(item)
+
+
+def _keys(node: Any) -> Iterator[str]:
+    """Every key of the filter that names a field (operator documents skipped)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not key.startswith("$"):
+                yield key
+                if isinstance(value, dict) and all(k.startswith("$") for k in value):
+                    yield from _keys(list(value.values()))
+            else:
+                yield from _keys(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys(item)
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=pst.query_cases())
+def test_the_compiler_emits_only_allowed_operators(
+    case: tuple[dict[str, dict[str, Any]], dict[str, Any]],
+) -> None:
+    _, spec = case
+    with MemoryStorage() as memory:
+        condition = pst.to_query(memory.query(), spec).condition
+    native = compile_condition(condition).native or {}
+    assert set(_operators(native)) <= OPERATORS
+    for key in _keys(native):
+        # Field names only come from validated paths (and the tagged values' parts).
+        parts = key.split(".")
+        assert all(p and "$" not in p for p in parts), key
+
+
+def test_values_are_never_syntax() -> None:
+    native = compile_condition(pymodels.Q(a__contains="$where(.*)", b="$gt")).native
+    assert native is not None
+    contains, equals = native["$and"]
+    assert contains["$or"][0]["a"]["$regex"] == r"\$where\(\.\*\)"  # escaped for the regex
+    assert equals == {"b": {"$eq": "$gt", "$not": {"$type": "array"}}}  # a value, not an operator
+    # A path part that cannot be a field name never reaches the filter.
+    assert compile_condition(pymodels.Q(**{"a__$where": 1})).native == {"_id": {"$in": []}}
+
+
+# ------------------------------------------------------------------ primary keys
+
+
+@needs_server
+def test_generated_pks_are_object_id_strings(storage: BaseStorage, raw: Any) -> None:
+    pk = storage.save({"a": 1})
+    assert ObjectId.is_valid(pk) and str(ObjectId(pk)) == pk
+    assert raw.find_one({"_id": pk}) is not None  # stored as the str
+
+
+@needs_server
+def test_object_id_records_of_other_programs(storage: BaseStorage, raw: Any) -> None:
+    oid = ObjectId()
+    raw.insert_one({"_id": oid, "name": "from elsewhere", "n": 2})
+    storage.save({"name": "ours", "n": 1}, primary_key="zzz")
+    pk = str(oid)
+    assert storage.get(None, pk)["name"] == "from elsewhere" and pk in storage
+    # Saving it back keeps the ObjectId _id, and so do updates.
+    doc = storage.get(None, pk)
+    doc["n"] = 3
+    doc.save()
+    assert storage.update(pk, m=1) == 1
+    stored = raw.find_one({"_id": oid})
+    assert stored == {"_id": oid, "name": "from elsewhere", "n": 3, "m": 1}
+    assert raw.count_documents({"_id": pk}) == 0
+    # A new record under that pk would be a second one: refused.
+    with pytest.raises(IntegrityError):
+        storage.insert({"x": 1}, primary_key=pk)
+    # Order by pk is the order of the str pks, whatever the _id types.
+    assert [d.pk for d in storage.query()] == sorted([pk, "zzz"])
+    assert [d.pk for d in storage.query().order_by("-pk")] == sorted([pk, "zzz"], reverse=True)
+    assert [d.pk for d in storage.query().order_by("n")] == ["zzz", pk]
+    assert sorted(storage) == sorted([pk, "zzz"])
+    storage.delete(pk)
+    assert raw.count_documents({}) == 1
+
+
+@needs_server
+def test_a_pk_naming_two_records_is_refused(storage: BaseStorage, raw: Any) -> None:
+    oid = ObjectId()
+    raw.insert_many([{"_id": oid, "a": 1}, {"_id": str(oid), "a": 2}])
+    with pytest.raises(IntegrityError, match="two records"):
+        storage.save({"a": 3}, primary_key=str(oid))
+
+
+# ------------------------------------------------------------------ values
+
+
+@needs_server
+def test_values_are_native_bson_where_bson_keeps_them(storage: BaseStorage, raw: Any) -> None:
+    aware = dt.datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+    storage.save(
+        {
+            "d": Decimal("2.50"),
+            "big": Decimal("1E+6144"),
+            "when": aware,
+            "fine": aware.replace(microsecond=123456),
+            "day": dt.date(2024, 5, 1),
+            "naive": dt.datetime(2024, 5, 1, 12),
+        },
+        primary_key="k",
+    )
+    doc = raw.find_one({"_id": "k"})
+    assert doc["d"] == Decimal128("2.50")
+    assert doc["big"] == {"_pm": "dec", "_v": "1E+6144"}
+    assert doc["when"] == aware.replace(tzinfo=None)  # a plain BSON date (naive UTC in pymongo)
+    assert doc["fine"]["_pm"] == "aw" and doc["fine"]["_us"] == 456
+    assert doc["day"]["_pm"] == "dt" and doc["naive"]["_pm"] == "nv"
+
+
+@needs_server
+def test_records_of_other_programs_read_in_the_domain(storage: BaseStorage, raw: Any) -> None:
+    raw.insert_one(
+        {"_id": "x", "when": dt.datetime(2024, 1, 2, 3, 4, 5), "gone": None, "n": {"z": None}}
+    )
+    record = dict(storage.get(None, "x"))
+    assert record == {"when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "n": {}}
+    assert storage.query().where(gone__exists=False).count() == 1
+
+
+@needs_server
+def test_secantus_deviations_give_the_contract_answer(storage: BaseStorage) -> None:
+    # SecantusDB's distinct merges True with 1, and it finds Decimal128("9.99")
+    # equal to 9.99: values() never uses distinct, and filters say the type.
+    storage.save({"x": True}, primary_key="a")
+    storage.save({"x": 1}, primary_key="b")
+    storage.save({"y": Decimal("9.99")}, primary_key="c")
+    storage.save({"y": 9.99}, primary_key="d")
+    assert storage.query().values("x") == [True, 1]
+    assert [d.pk for d in storage.query().where(y=9.99)] == ["d"]
+    assert [d.pk for d in storage.query().where(y=Decimal("9.99"))] == ["c"]
+    assert [d.pk for d in storage.query().where(y__gte=9.99)] == ["d"]
+    assert [d.pk for d in storage.query().order_by("-y")] == ["c", "d", "a", "b"]
+
+
+# ------------------------------------------------------------------ settings and connections
+
+
+def test_url_parameters_of_pymodels_come_out() -> None:
+    from pymodels.ext.mongodb import Storage
+
+    got = Storage.settings_from_url(
+        "mongodb://u:p%40ss@h1:27017,h2/db?replicaSet=rs&collection=people&readPreference=secondary"
+    )
+    assert got == {
+        "url": "mongodb://u:p%40ss@h1:27017,h2/db?replicaSet=rs&readPreference=secondary",
+        "collection": "people",
+    }
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ConfigurationError, match="not both"):
+        pymodels.get_storage({"backend": "mongo", "url": "mongodb://x", "host": "y"})
+    with pytest.raises(ConfigurationError, match="collection"):
+        pymodels.get_storage({"backend": "mongodb", "collection": "pymodels_meta"})
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        pymodels.get_storage({"backend": "mongodb", "table": "x"})
+
+
+def test_unreachable_server_fails_within_the_timeout() -> None:
+    start = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        pymodels.get_storage({"backend": "mongodb", "host": "127.0.0.1", "port": 1, "timeout": 0.5})
+    assert time.monotonic() - start < 5
+    assert "127.0.0.1:1" in str(info.value)
+    assert info.value.host == "127.0.0.1" and info.value.port == 1
+
+
+@needs_server
+def test_a_ready_client_is_used_and_left_open(server: TemporaryMongo, collection_name: str) -> None:
+    client: Any = pymongo.MongoClient(server.url)
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name, "database": "other"}
+    ) as s:
+        s.save({"a": 1}, primary_key="k")
+    assert client.other[collection_name].find_one({"_id": "k"}) == {"_id": "k", "a": 1}
+    client.close()
+
+
+@needs_server
+def test_replica_set_url_and_transactions(server: TemporaryMongo, collection_name: str) -> None:
+    with pymodels.get_storage(server.replica_set_url, collection=collection_name) as s:
+        assert s.features.transactions
+        with pytest.raises(RuntimeError), s.transaction():
+            s.save({"a": 1}, primary_key="k")
+            raise RuntimeError
+        assert "k" not in s
+        with s.transaction():
+            s.save({"a": 2}, primary_key="k")
+        assert s.get(None, "k")["a"] == 2
+
+
+@needs_server
+def test_no_transactions_without_a_replica_set(
+    server: TemporaryMongo, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = pymongo.database.Database.command
+
+    def standalone(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = original(self, command, *args, **kwargs)
+        if command == "hello":
+            reply = {k: v for k, v in reply.items() if k not in ("setName", "msg")}
+        return reply
+
+    monkeypatch.setattr(pymongo.database.Database, "command", standalone)
+    with pymodels.get_storage(server.url, collection=collection_name) as s:
+        assert not s.features.transactions
+        with pytest.raises(NotSupported), s.transaction():
+            pass  # pragma: no cover - never entered
+        assert len(s.save_many([{"n": i} for i in range(5)], batch_size=2)) == 5
+
+
+# ------------------------------------------------------------------ writes and indexes
+
+
+class _Inserts(CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name in ("insert", "update", "delete"):
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+@needs_server
+def test_save_many_is_one_insert_per_batch(server: TemporaryMongo, collection_name: str) -> None:
+    listener = _Inserts()
+    client: Any = pymongo.MongoClient(server.url, event_listeners=[listener])
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        listener.commands.clear()
+        pks = s.save_many(({"n": i} for i in range(2500)), batch_size=1000)
+        assert len(pks) == 2500 and listener.commands == ["insert"] * 3
+    client.close()
+
+
+@needs_server
+def test_duplicate_keys_name_the_index(storage: BaseStorage) -> None:
+    storage.create_index(("city", "-age"))
+    storage.create_index("email", unique=True)
+    storage.save({"email": "a"})
+    with pytest.raises(IntegrityError, match="u_email"):
+        storage.save({"email": "a"})
+
+
+@needs_server
+def test_explain_comes_from_the_server(storage: BaseStorage) -> None:
+    storage.create_index("n")
+    storage.save_many({"n": i} for i in range(10))
+    plan = storage.query().where(n=3).order_by("n").explain()
+    assert "plan (explain):" in plan and "'n'" in plan
+
+
+@needs_server
+def test_storage_used_after_fork_gets_its_own_client(storage: BaseStorage) -> None:
+    storage.save({"a": 1}, primary_key="p")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            storage.save({"a": 2}, primary_key="c")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.get(None, "c")["a"] == 2
