@@ -16,7 +16,10 @@ the end of this module: :func:`from_record` turns a record into a document,
 :func:`is_member`/:func:`membership` say which records a class covers,
 :func:`plan_save` turns a document (and the unsaved documents it references)
 into the records a save writes, and :func:`mark_saved` gives the documents
-their pks and versions once written. ``storage.py`` and ``query.py`` use no
+their pks and versions once written; :func:`check_lookup` and
+:func:`check_changes` hold queries and updates against a class's
+declarations, and :func:`creation_data`/:func:`new_document` build what
+``get_or_create`` creates. ``storage.py`` and ``query.py`` use no
 other private name of this module.
 """
 
@@ -753,7 +756,8 @@ def _check_change(cls: type[Document], path: tuple[str, ...], op: str, value: An
                 field=key,
             )
         return value
-    where = f"update {key}: {cls.__name__}.{path[0]}"
+    label = key if op == "set" else f"{key}__{op}"
+    where = f"update {label}: {cls.__name__}.{path[0]}"
     annotation: Any = info.annotation
     for part in path[1:]:
         annotation = _item_annotation(annotation)
