@@ -133,3 +133,52 @@ def test_aware_values_are_normalised_to_utc() -> None:
     lookup = parse_key("t", noon)
     assert lookup.value.utcoffset() == dt.timedelta(0)
     assert lookup.matches({"t": noon.astimezone(dt.UTC)})
+
+
+@pytest.mark.parametrize(
+    ("key", "spelling"),
+    [
+        ("country__ne", "where_not(country=...)"),
+        ("country__neq", "where_not(country=...)"),
+        ("a__b__nin", "where_not(a__b__in=[...])"),  # not "did you mean 'in'"
+        ("a__notin", "where_not(a__in=[...])"),
+        ("a__not_in", "where_not(a__in=[...])"),
+        ("a__eq", "a=..."),
+        ("a__exact", "a=..."),
+        ("a__iexact", "a__iequals=..."),
+        ("a__isnull", "a__exists=False"),
+        ("a__regex", "a__matches=..."),
+        ("a__iregex", "a__imatches=..."),
+        ("a__range", "a__between=(low, high)"),
+        ("a__has_key", "a__KEY__exists=True"),
+    ],
+)
+def test_django_and_mongodb_op_names_get_the_pymodels_spelling(key: str, spelling: str) -> None:
+    with pytest.raises(InvalidQuery, match=re.escape(spelling)) as info:
+        parse_key(key, "x")
+    assert f"{key}__equals" in str(info.value)  # the way to a key named so
+    *path, name = key.split("__")
+    assert parse_key(f"{key}__equals", "x") == Lookup((*path, name), "equals", "x")
+    assert name not in OPS
+
+
+def test_a_saved_document_stands_for_its_pk() -> None:
+    from pymodels import Document, get_storage
+
+    class Author(Document):
+        name: str
+
+    saved = Author(name="A")
+    with get_storage("memory://") as storage:
+        storage.save(saved, primary_key="a1")
+    unsaved = Author(name="B")
+    assert Q(author=saved) == Q(author="a1")
+    assert Q(author__in=[saved, "a2"]) == Q(author__in=["a1", "a2"])
+    assert Q(authors__contains=saved) == Q(authors__contains="a1")
+    assert Q(authors__contains_all=[saved]) == Q(authors__contains_all=["a1"])
+    with pytest.raises(InvalidQuery, match="Author given is not saved"):
+        Q(author=unsaved)
+    with pytest.raises(InvalidQuery, match="not saved"):
+        Q(author__in=[saved, unsaved])
+    with pytest.raises(InvalidQuery, match="author__gt"):
+        Q(author__gt=saved)  # an ordering op takes no document

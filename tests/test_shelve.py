@@ -349,3 +349,25 @@ def test_a_write_that_failed_part_way_is_remembered_past_close(tmp_path: Path) -
         s.save({"n": 3}, primary_key="c")
     with open_shelf(path) as s:  # accepted and closed cleanly: no longer refused
         assert sorted(s) == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("nodir/x.db", "directory nodir does not exist"),
+        ("afile/x.db", "afile is not a directory"),
+    ],
+)
+def test_file_errors_name_the_path_and_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, cause: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(pymodels.PyModelsError, match=f"cannot open {name}: {cause}"):
+        pymodels.get_storage(f"shelve:///{name}")
+
+
+def test_repr_shows_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage("shelve:///data.shelf") as s:
+        assert repr(s) == "<pymodels.ext.shelve.Storage at 'data.shelf'>"

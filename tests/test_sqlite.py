@@ -475,3 +475,32 @@ def test_an_iterator_left_open_past_close_says_nothing(
         del it
         gc.collect()
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("nodir/x.db", "directory nodir does not exist"),
+        ("adir", "adir is a directory"),
+        ("afile/x.db", "afile is not a directory"),
+    ],
+)
+def test_file_errors_name_the_path_and_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, cause: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(PyModelsError, match=f"cannot open {name}: {cause}"):
+        pymodels.get_storage(f"sqlite:///{name}")
+
+
+def test_repr_shows_the_file_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage("sqlite:///app.db") as s:
+        assert repr(s) == "<pymodels.ext.sqlite.Storage at 'app.db'>"
+    with pymodels.get_storage("sqlite:///app.db?table=people") as s:
+        assert s.location == "app.db?table=people"
+    assert repr(s) == "<pymodels.ext.sqlite.Storage at 'app.db?table=people' closed>"
+    with pymodels.get_storage("sqlite://") as s:
+        assert s.location == ":memory:"

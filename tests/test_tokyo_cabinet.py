@@ -122,7 +122,7 @@ def pks(query: Any) -> list[str]:
 
 def test_the_storage_is_named_by_its_package(storage: Storage) -> None:
     assert storage.backend == "pymodels.ext.tokyo_cabinet"
-    assert repr(storage) == "<pymodels.ext.tokyo_cabinet.Storage>"
+    assert repr(storage) == f"<pymodels.ext.tokyo_cabinet.Storage at {storage.location!r}>"
     with pytest.raises(NotSupported, match=r"^pymodels\.ext\.tokyo_cabinet has no compound"):
         storage.create_index(("a", "b"))
 
@@ -1238,3 +1238,36 @@ def test_json_columns_are_written_and_read_without_recursion() -> None:
     record = decode_record({b"_types": b"d:m", b"d": text.encode()})
     assert record["d"] == text
     assert _decode_dict(json_text(_nested(99, {"a": [1, "b c"]})).encode()) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("nodir/x.tct", "directory nodir does not exist"),
+        ("adir", "adir is a directory"),
+        ("afile/x.tct", "afile is not a directory"),
+    ],
+)
+def test_file_errors_name_the_path_and_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, cause: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(pymodels.PyModelsError, match=f"cannot open {name}: {cause}"):
+        pymodels.get_storage(f"tokyo-cabinet:///{name}")
+
+
+def test_repr_shows_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pymodels.get_storage("tokyo-cabinet:///storage.tct") as s:
+        assert repr(s) == "<pymodels.ext.tokyo_cabinet.Storage at 'storage.tct'>"
+        Person(first_name="A").save(s)
+        # has_index reads Tokyo's own index files, which Person's Meta.indexes made.
+        assert s.has_index("last_name", kind="lexical") and s.has_index("tags", kind="token")
+        assert not s.has_index("last_name", kind="decimal")
+        index_files = tmp_path.glob("storage.tct.idx.*")
+        assert sorted(p.name for p in index_files if p.suffix != ".wal") == [
+            "storage.tct.idx.last_name.lex",
+            "storage.tct.idx.tags.tok",
+        ]

@@ -28,6 +28,7 @@ from .errors import (
     ValidationError,
 )
 from .features import OPS, Features, OpSupport
+from .files import file_problem, open_failure
 from .ordering import PK_ORDER, OrderKey, sort_items
 from .query import BATCH_SIZE, BaseQuery, Compiled, Item
 from .registry import url_path
@@ -83,8 +84,10 @@ __all__ = [
     "declared_types",
     "decode_tagged",
     "encode_tagged",
+    "file_problem",
     "get_path",
     "kind_of",
+    "open_failure",
     "sort_items",
     "url_path",
 ]

@@ -1,7 +1,8 @@
 """Partial changes: what ``update()`` asks for, parsed, and applied to a record.
 
 ``storage.update(pk, **changes)`` and ``query.update(**changes)`` parse their
-keywords with :func:`parse_changes` into :class:`Change` tuples, which reach
+keywords with :func:`parse_changes` into :class:`Change` tuples (a saved
+document as a value becomes its pk), which reach
 a backend's ``_update_many`` hook; :func:`apply_changes` is the reference
 semantics that the default hook (and any engine) follows.
 """
@@ -50,9 +51,34 @@ def parse_changes(changes: Mapping[str, Any]) -> list[Change]:
             value = validate_value(value, key)
         else:
             # The value sits len(parts) levels down (a record is level 1).
-            value = validate_value(value, key, len(parts))
+            try:
+                value = validate_value(value, key, len(parts))
+            except ValidationError:
+                # A saved document stands for its pk (a reference's stored
+                # value): converted only here, so plain values pay nothing.
+                converted = _documents_as_pks(key, value)
+                if converted is value:
+                    raise
+                value = validate_value(converted, key, len(parts))
         parsed.append(Change(tuple(parts), op, value))
     return parsed
+
+
+def _documents_as_pks(key: str, value: Any) -> Any:
+    """``value`` with saved documents as their pks (``value`` itself when it holds none)."""
+    from .documents import Document  # documents imports this module
+
+    if isinstance(value, Document):
+        if value.pk is None:
+            raise ValidationError(
+                f"{key}: the {type(value).__name__} given is not saved, so it has no pk to "
+                "store; save it first",
+                field=key,
+            )
+        return value.pk
+    if type(value) is list and any(isinstance(v, Document) for v in value):
+        return [_documents_as_pks(key, v) for v in value]
+    return value
 
 
 def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, Any]:

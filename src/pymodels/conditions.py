@@ -106,7 +106,12 @@ class Lookup(Condition):
         except _Expected as e:
             raise _invalid_value(path, op, value, e) from None
         except ValidationError as e:
-            raise _invalid_value(path, op, value, e) from e
+            # A saved document stands for its pk (a reference's stored value):
+            # converted only here, so the common lookup pays nothing for it.
+            pks = _documents_as_pks(path, op, value)
+            if pks is _NO_DOCUMENT:
+                raise _invalid_value(path, op, value, e) from e
+            value = check(pks)
         # The slots' own setters: object.__setattr__ on a class that overrides
         # __setattr__ costs several times more, on every where().
         _SET_PATH(self, path)
@@ -288,6 +293,13 @@ def _split_key(key: str) -> tuple[tuple[str, ...], str]:
         raise InvalidQuery(f"lookup {key!r} has an empty path part")
     if len(parts) >= 2 and parts[-1] in _OP_SET:
         return tuple(parts[:-1]), parts[-1]
+    if len(parts) >= 2 and parts[-1] in _FOREIGN_OPS:
+        field = "__".join(parts[:-1])
+        spelling = _FOREIGN_OPS[parts[-1]].format(field=field)
+        raise InvalidQuery(
+            f"lookup {key!r}: {parts[-1]!r} is not a pymodels op; write {spelling} "
+            f"(to reach a key named {parts[-1]!r} write {key}__equals)"
+        )
     if len(parts) >= 2:
         near = _near_op(parts[-1])
         if near is not None:
@@ -296,6 +308,26 @@ def _split_key(key: str) -> tuple[tuple[str, ...], str]:
                 f"(to reach a key named {parts[-1]!r} write {key}__equals)"
             )
     return tuple(parts), "equals"
+
+
+#: Op names of Django and MongoDB that pymodels spells otherwise: name -> the spelling.
+#: As a last part after ``__`` they raise InvalidQuery with it, as one-edit typos of
+#: ops do; ``__equals`` still reaches a nested key of that name.
+_FOREIGN_OPS: Final = {
+    "ne": "where_not({field}=...)",
+    "neq": "where_not({field}=...)",
+    "nin": "where_not({field}__in=[...])",
+    "notin": "where_not({field}__in=[...])",
+    "not_in": "where_not({field}__in=[...])",
+    "eq": "{field}=... (or {field}__equals=...)",
+    "exact": "{field}=... (or {field}__equals=...)",
+    "iexact": "{field}__iequals=...",
+    "isnull": "{field}__exists=False (isnull=True) or {field}__exists=True",
+    "regex": "{field}__matches=...",
+    "iregex": "{field}__imatches=...",
+    "range": "{field}__between=(low, high)",
+    "has_key": "{field}__KEY__exists=True",
+}
 
 
 def parse_path(name: str) -> tuple[str, ...]:
@@ -309,10 +341,10 @@ def parse_path(name: str) -> tuple[str, ...]:
 
 
 def _near_op(word: str) -> str | None:
-    return next((op for op in OPS if _one_edit(word, op)), None)
+    return next((op for op in OPS if one_edit(word, op)), None)
 
 
-def _one_edit(a: str, b: str) -> bool:
+def one_edit(a: str, b: str) -> bool:
     """True when ``a`` and ``b`` differ by exactly one insertion, deletion or substitution."""
     if a == b or abs(len(a) - len(b)) > 1:
         return False
@@ -328,6 +360,36 @@ def _one_edit(a: str, b: str) -> bool:
 
 class _Expected(Exception):
     """A lookup value of the wrong form; the message says what the op takes."""
+
+
+_NO_DOCUMENT: Final[Any] = object()
+_PK_OPS: Final = frozenset({"equals", "contains", "in", "contains_all", "contains_any"})
+
+
+def _documents_as_pks(path: tuple[str, ...], op: str, value: Any) -> Any:
+    """``value`` with saved documents replaced by their pks (``_NO_DOCUMENT``: none there).
+
+    An unsaved document has no pk to match: InvalidQuery says so.
+    """
+    from .documents import Document  # documents imports this module
+
+    def pk_of(v: Any) -> Any:
+        if not isinstance(v, Document):
+            return v
+        if v.pk is None:
+            raise InvalidQuery(
+                f"lookup {'__'.join(path)}__{op}: the {type(v).__name__} given is not saved, "
+                "so it has no pk to match; save it first"
+            )
+        return v.pk
+
+    if op not in _PK_OPS:
+        return _NO_DOCUMENT
+    if isinstance(value, Document):
+        return pk_of(value)
+    if type(value) in (list, tuple) and any(isinstance(v, Document) for v in value):
+        return type(value)(pk_of(v) for v in value)
+    return _NO_DOCUMENT
 
 
 def _invalid_value(path: tuple[str, ...], op: str, value: Any, error: Exception) -> InvalidQuery:

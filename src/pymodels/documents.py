@@ -16,13 +16,19 @@ the end of this module: :func:`from_record` turns a record into a document,
 :func:`is_member`/:func:`membership` say which records a class covers,
 :func:`plan_save` turns a document (and the unsaved documents it references)
 into the records a save writes, and :func:`mark_saved` gives the documents
-their pks and versions once written. ``storage.py`` and ``query.py`` use no
+their pks and versions once written; :func:`check_lookup` and
+:func:`check_changes` hold queries and updates against a class's
+declarations, and :func:`creation_data`/:func:`new_document` build what
+``get_or_create`` creates. ``storage.py`` and ``query.py`` use no
 other private name of this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
+import decimal
 import functools
 import inspect
 import types
@@ -34,9 +40,10 @@ import pydantic
 from pydantic import Field
 
 from . import codec
-from .conditions import ALL, And, Condition, Not, Q
+from .changes import Change
+from .conditions import ALL, And, Condition, Lookup, Not, Q, one_edit, parse_key
 from .errors import ConfigurationError, ConflictError, InvalidQuery, PyModelsError, ValidationError
-from .values import MISSING, check_field_name, strict_equal, validate_value
+from .values import MISSING, check_field_name, kind_of, strict_equal, validate_value
 
 if TYPE_CHECKING:
     from .query import BaseQuery
@@ -48,13 +55,17 @@ __all__ = [
     "Model",
     "SavePlan",
     "Write",
+    "check_changes",
+    "check_lookup",
     "check_query_path",
+    "creation_data",
     "declared_types",
     "from_record",
     "index_entries",
     "is_member",
     "mark_saved",
     "membership",
+    "new_document",
     "plan_save",
     "stored_values",
 ]
@@ -378,24 +389,15 @@ class Document(pydantic.BaseModel):
     def get_or_create(
         cls, storage: BaseStorage, defaults: Mapping[str, Any] | None = None, **lookups: Any
     ) -> tuple[Self, bool]:
-        """The first member matching ``lookups``, or a new one saved from them.
+        """The first member matching ``lookups`` and False, or a new one saved from them and True.
 
-        A new document takes its fields from the plain-equality lookups
-        (``name="x"`` or ``name__equals="x"``) and from ``defaults``. Two
-        processes racing here may both create: use a unique index to prevent it.
+        Lookups are equalities only (``name="x"``, ``name__equals="x"``,
+        ``address__city="Oulu"``; any other op raises :class:`InvalidQuery`
+        naming it); a new document takes its fields from them, then from
+        ``defaults``. Atomic where the engine can make it so (see
+        :meth:`BaseStorage.get_or_create <pymodels.storage.BaseStorage.get_or_create>`).
         """
-        found = cls.objects(storage).where(**lookups).first()
-        if found is not None:
-            return found, False
-        data: dict[str, Any] = {}
-        for key, value in lookups.items():
-            bare = key.removesuffix("__equals")
-            if "__" not in bare:
-                data[bare] = value
-        data.update(defaults or {})
-        doc = cls(**data)
-        doc.save(storage)
-        return doc, True
+        return storage.get_or_create(cls, defaults, **lookups)
 
     # ---- the mapping view of the stored values
 
@@ -593,9 +595,224 @@ def _type_name(annotation: Any) -> str:
 
 
 @functools.cache
-def _strict_adapter(cls: type[Document], name: str) -> pydantic.TypeAdapter[Any]:
-    """A validator for one declared field (used to load only() projections)."""
-    return pydantic.TypeAdapter(cls.model_fields[name].annotation or Any)
+def _strict_adapter(
+    cls: type[Document], name: str, constraints: bool = False
+) -> pydantic.TypeAdapter[Any]:
+    """A validator for one declared field (only() projections; with its constraints: updates)."""
+    info = cls.model_fields[name]
+    annotation: Any = info.annotation or Any
+    if constraints and info.metadata:
+        annotation = typing.Annotated[annotation, *info.metadata]
+    return pydantic.TypeAdapter(annotation)
+
+
+@functools.cache
+def _near_field(cls: type[Document], name: str) -> str | None:
+    """A declared field one edit away from the undeclared ``name``, if any."""
+    # Names shorter than three letters are one edit from too much (``x``, ``y``).
+    if len(name) < 3:
+        return None
+    return next((f for f in cls.__pydantic_fields__ if len(f) >= 3 and _typo_of(name, f)), None)
+
+
+def _typo_of(name: str, field: str) -> bool:
+    """One insertion, deletion, substitution or swap of neighbours (``nmae``) apart."""
+    if one_edit(name, field):
+        return True
+    if len(name) != len(field):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(name, field, strict=True)) if a != b]
+    return (
+        len(diff) == 2
+        and diff[1] == diff[0] + 1
+        and name[diff[0]] == field[diff[1]]
+        and name[diff[1]] == field[diff[0]]
+    )
+
+
+#: Python types whose values are of one contract kind (datetime: naive or aware).
+_TYPE_KINDS: dict[Any, frozenset[str]] = {
+    bool: frozenset({"bool"}),
+    int: frozenset({"number"}),
+    float: frozenset({"number"}),
+    str: frozenset({"str"}),
+    decimal.Decimal: frozenset({"decimal"}),
+    bytes: frozenset({"bytes"}),
+    datetime.datetime: frozenset({"datetime", "datetime_tz"}),
+    datetime.date: frozenset({"date"}),
+    list: frozenset({"list"}),
+    dict: frozenset({"dict"}),
+}
+_DATE_KINDS: frozenset[str] = frozenset({"date", "datetime", "datetime_tz"})
+_STR_FIELD_OPS: frozenset[str] = frozenset(
+    {
+        "startswith",
+        "endswith",
+        "iequals",
+        "icontains",
+        "istartswith",
+        "iendswith",
+        "matches",
+        "imatches",
+        "like",
+    }
+)
+
+
+#: (class, declared field) -> :func:`_field_kinds` of it, worked out on first use.
+_KINDS: dict[tuple[type, str], frozenset[str] | None] = {}
+#: Ops whose value a field's kinds must include.
+_SCALAR_OPS: frozenset[str] = frozenset({"equals", "gt", "gte", "lt", "lte"})
+
+
+def _field_kinds(annotation: Any) -> frozenset[str] | None:
+    """The value kinds a field declared so can hold; None when the type does not say."""
+    kinds: set[str] = set()
+    for option in _strip_optional(annotation):
+        origin = typing.get_origin(option) or option
+        if origin is typing.Literal:
+            for arg in typing.get_args(option):
+                if type(arg) not in _TYPE_KINDS:
+                    return None
+                kinds |= _TYPE_KINDS[type(arg)]
+        elif isinstance(origin, type) and issubclass(origin, Document):
+            kinds.add("str")  # a reference holds the pk
+        elif origin in _TYPE_KINDS:
+            kinds |= _TYPE_KINDS[origin]
+        elif isinstance(origin, type) and issubclass(origin, Mapping):
+            kinds.add("dict")
+        else:
+            return None  # Any, enums, custom types: the type does not say
+    return frozenset(kinds)
+
+
+def _kind_problem(op: str, value: Any, kinds: frozenset[str]) -> str | None:
+    """Why a lookup ``op=value`` can never match a field holding ``kinds`` (None: it can)."""
+
+    def never(v: Any) -> str | None:
+        kind = kind_of(v)
+        if kind in kinds:
+            return None
+        hint = ""
+        if kind == "str" and "number" in kinds:
+            with contextlib.suppress(ValueError):
+                hint = f"; did you mean {int(v) if v.strip().isdigit() else float(v)!r}?"
+        return f"{v!r} (a {kind}) can never match{hint}"
+
+    if op in ("equals", "gt", "gte", "lt", "lte"):
+        return never(value)
+    if op == "between":
+        return never(value[0])
+    if op == "in":
+        return next((p for p in map(never, value) if p is not None), None)
+    if op in _STR_FIELD_OPS:
+        return None if "str" in kinds else f"{op} (an op on str fields) can never match"
+    if op in ("year", "month", "day"):
+        if kinds & _DATE_KINDS:
+            return None
+        return f"{op} (an op on dates and datetimes) can never match"
+    if op in ("contains", "contains_all", "contains_any"):
+        if "list" in kinds:
+            return None
+        if "str" not in kinds:
+            return f"{op} (an op on str and list fields) can never match"
+        values = value if op != "contains" else (value,)
+        bad = next((v for v in values if type(v) is not str), None)
+        return None if bad is None else f"{op} {bad!r} (not a str) can never match"
+    return None
+
+
+def _item_annotation(annotation: Any) -> Any:
+    """The type of a dict field's values (Any when open), or None when it holds no dict."""
+    for option in _strip_optional(annotation):
+        if option is Any or option is object:
+            return Any
+        origin = typing.get_origin(option) or option
+        if isinstance(origin, type) and issubclass(origin, Mapping):
+            args = typing.get_args(option)
+            return args[1] if len(args) == 2 else Any
+    return None
+
+
+def _check_change(cls: type[Document], path: tuple[str, ...], op: str, value: Any) -> Any:
+    """One change of a typed ``update``, validated against the declared field (see check_changes).
+
+    ``op`` is ``set``, ``unset`` or ``inc``. Return the value to store (a
+    ``float`` field given an int stores a float, as saving does); raise
+    :class:`ValidationError` naming the field. Undeclared fields take any
+    value, as records may hold them.
+    """
+    fields = cls.__pydantic_fields__
+    key = "__".join(path)
+    if not fields:
+        return value
+    info = fields.get(path[0])
+    if info is None:
+        near = _near_field(cls, path[0])
+        if near is not None:
+            raise ValidationError(
+                f"update {key}: {cls.__name__} declares no field {path[0]!r}; did you "
+                f"mean {near!r}? (storage.query().update(...) writes undeclared fields)",
+                field=key,
+            )
+        return value
+    label = key if op == "set" else f"{key}__{op}"
+    where = f"update {label}: {cls.__name__}.{path[0]}"
+    annotation: Any = info.annotation
+    for part in path[1:]:
+        annotation = _item_annotation(annotation)
+        if annotation is None:
+            raise ValidationError(
+                f"{where} is declared as {_type_name(info.annotation)}, so it has no key {part!r}",
+                field=key,
+            )
+    if op == "unset":
+        if len(path) == 1 and info.is_required():
+            raise ValidationError(
+                f"{where} is required: without it records would no longer be "
+                f"{cls.__name__} members",
+                field=key,
+            )
+        return value
+    if annotation is Any:
+        return value
+    if op == "inc":
+        kinds = _field_kinds(annotation)
+        if kinds != frozenset({"number"}):
+            raise ValidationError(
+                f"{where}: inc needs a number field, and the field is declared as "
+                f"{_type_name(annotation)}",
+                field=key,
+            )
+        if type(value) is float and float not in _strip_optional(annotation):
+            raise ValidationError(
+                f"{where} is declared as {_type_name(annotation)}: inc takes an int here",
+                field=key,
+            )
+        return value
+    if len(path) == 1 and path[0] in cls._references():
+        target, many = cls._references()[path[0]]
+        pks_ok = type(value) is str or (
+            many and type(value) is list and all(type(v) is str for v in value)
+        )
+        if not pks_ok:
+            shape = f"a list of {target.__name__} pks" if many else f"a {target.__name__} pk"
+            raise ValidationError(
+                f"{where} is a reference: it takes {shape} or saved documents, not {value!r}",
+                field=key,
+            )
+        return value
+    adapter = (
+        _strict_adapter(cls, path[0], constraints=True)
+        if len(path) == 1
+        else pydantic.TypeAdapter(annotation)
+    )
+    try:
+        checked = adapter.validate_python(value, strict=True)
+    except pydantic.ValidationError as e:
+        reason = "; ".join(err["msg"] for err in e.errors())
+        raise ValidationError(f"{where}: {reason} (got {value!r})", field=key) from e
+    return validate_value(checked, key)
 
 
 # ================================================= records: the storage seam
@@ -678,15 +895,133 @@ def is_member(cls: type[Document], record: Mapping[str, Any]) -> bool:
 
 
 def check_query_path(cls: type[Document], path: tuple[str, ...], where: str) -> None:
-    """Refuse a query path that passes through a field ``cls`` declares as a scalar."""
-    if len(path) < 2 or path[0] not in cls.model_fields:
+    """Refuse a path ``cls``'s declarations show to be a mistake (InvalidQuery).
+
+    A top-level name one edit (or one swap) away from a declared field, and
+    not declared itself, is taken for a typo; a path may not pass through a
+    declared field that cannot hold a dict.
+    """
+    fields = cls.__pydantic_fields__
+    if not fields:
+        return  # free-form: nothing declared, nothing to hold a path against
+    if path[0] not in fields:
+        near = _near_field(cls, path[0])
+        if near is not None:
+            raise InvalidQuery(
+                f"{where}: {cls.__name__} declares no field {path[0]!r}; did you mean "
+                f"{near!r}? (an undeclared field of that name is reached through "
+                "storage.query())"
+            )
         return
-    annotation = cls.model_fields[path[0]].annotation
+    if len(path) < 2:
+        return
+    annotation = fields[path[0]].annotation
     if not _allows_nesting(annotation):
         raise InvalidQuery(
             f"{where}: {cls.__name__}.{path[0]} is declared as {_type_name(annotation)}, "
             "so a path cannot pass through it"
         )
+
+
+def check_lookup(cls: type[Document], lookup: Lookup) -> None:
+    """As :func:`check_query_path`, and refuse a value that can never match the field.
+
+    Only for a declared top-level field whose type names the kinds it holds
+    (``born: int`` holds numbers, so ``born="1950"`` is a mistake).
+    """
+    path = lookup.path
+    op = lookup.op
+    if len(path) != 1 or path[0] not in cls.__pydantic_fields__:
+        check_query_path(cls, path, f"{lookup.key}__{op}")
+        return
+    # The common case, a declared field and a value of a kind it holds, in few
+    # steps: every where() on a class comes here.
+    kinds = _KINDS.get((cls, path[0]), _UNSET)
+    if kinds is _UNSET:
+        kinds = _KINDS[cls, path[0]] = _field_kinds(cls.__pydantic_fields__[path[0]].annotation)
+    if kinds is None or op == "exists":
+        return
+    if op in _SCALAR_OPS and kind_of(lookup.value) in kinds:
+        return
+    problem = _kind_problem(op, lookup.value, kinds)
+    if problem is not None:
+        annotation = cls.__pydantic_fields__[path[0]].annotation
+        raise InvalidQuery(
+            f"{lookup.key}__{op}: {cls.__name__}.{path[0]} is declared as "
+            f"{_type_name(annotation)}, so {problem}"
+        )
+
+
+def check_changes(cls: type[Document], changes: list[Change]) -> list[Change]:
+    """The changes of a typed ``update``, validated against ``cls`` (ValidationError).
+
+    A set value must pass the declared field's type and constraints in strict
+    mode, and becomes what saving stores (a ``float`` field given an int holds
+    a float); ``inc`` needs a number field (an ``int`` field an int); a
+    required field cannot be unset (records would leave the class); a path
+    cannot pass through a field that holds no dict; an undeclared name one edit
+    away from a declared field is taken for a typo. Undeclared fields take any
+    value, as records may hold them.
+    """
+    if not cls.__pydantic_fields__:
+        return changes
+    return [c._replace(value=_check_change(cls, c.path, c.op, c.value)) for c in changes]
+
+
+def creation_data(
+    cls: type[Document], lookups: Mapping[str, Any], defaults: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The fields ``get_or_create`` gives a new document: equality lookups, then ``defaults``.
+
+    Nested equalities (``address__city="Oulu"``) build dicts; any other op
+    raises :class:`InvalidQuery` naming the lookups.
+    """
+    data: dict[str, Any] = {}
+    others: list[str] = []
+    for key, value in lookups.items():
+        lookup = parse_key(key, value)
+        if lookup.op != "equals":
+            others.append(key)
+            continue
+        target = data
+        for part in lookup.path[:-1]:
+            nested = target.setdefault(part, {})
+            if type(nested) is not dict:
+                raise InvalidQuery(f"get_or_create: {key} conflicts with another lookup")
+            target = nested
+        target[lookup.path[-1]] = value
+    if others:
+        raise InvalidQuery(
+            f"get_or_create takes equality lookups only (they become the new document's "
+            f"fields), not {', '.join(others)}"
+        )
+    data.update(defaults or {})
+    return data
+
+
+def new_document(cls: type[D], storage: BaseStorage, data: Mapping[str, Any]) -> D:
+    """A new, unsaved ``cls`` document from stored-form values (ValidationError if invalid).
+
+    References may be given as pks (they load from ``storage``) or documents;
+    undeclared keys are kept as undeclared fields.
+    """
+    fields = cls.__pydantic_fields__
+    refs = cls._references()
+    declared: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in refs and value is not None:
+            target, many = refs[name]
+            if many and type(value) is list:
+                value = [target._placeholder(storage, v) if type(v) is str else v for v in value]
+            elif type(value) is str:
+                value = target._placeholder(storage, value)
+        if name in fields:
+            declared[name] = value
+    doc = cls(**declared)
+    for name, value in data.items():
+        if name not in fields:
+            doc[name] = value
+    return doc
 
 
 def declared_types(cls: type[Document], name: str) -> list[Any] | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeV
 
 from . import documents
 from .changes import parse_changes
-from .conditions import ALL, And, Condition, Not, Q, combine, parse_path
+from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
 from .documents import Document, from_record
 from .errors import DoesNotExist, InvalidQuery, check_usable
 from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key
@@ -48,6 +48,9 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
 _new = object.__new__
 
 D = TypeVar("D", bound="Document")
+
+#: The path ``values("pk")`` and ``order_by("pk")`` name: the primary key.
+_PK_PATH = ("pk",)
 
 #: A stored record with its pk, as engines hand them out.
 Item = tuple[str, dict[str, Any]]
@@ -248,8 +251,13 @@ class BaseQuery(Generic[D]):
         return self
 
     def _check_paths(self, cond: Condition) -> None:
+        if self.doc_class is None:
+            return
+        if type(cond) is Lookup:
+            documents.check_lookup(self.doc_class, cond)
+            return
         for lookup in cond.lookups():
-            self._check_path(lookup.path, f"{lookup.key}__{lookup.op}")
+            documents.check_lookup(self.doc_class, lookup)
 
     def _check_path(self, path: tuple[str, ...], where: str) -> None:
         if self.doc_class is not None:
@@ -438,20 +446,41 @@ class BaseQuery(Generic[D]):
             return doc  # type: ignore[return-value]
         return None
 
-    def values(self, name: str) -> list[Any]:
-        """The distinct values of a field among matching records, in query order."""
-        path = parse_path(name)
-        self._check_path(path, f"values({name!r})")
+    def values(self, name: str, *names: str) -> list[Any]:
+        """The distinct values of a field among matching records, in query order.
+
+        ``values("pk")`` gives the primary keys. With several names, tuples of
+        their values (``None`` for a missing one) over the records that have at
+        least one of them, deduplicated the same way (``values_list`` elsewhere).
+        """
+        paths = []
+        for n in (name, *names):
+            path = parse_path(n)
+            if path != _PK_PATH:
+                self._check_path(path, f"values({n!r})")
+            paths.append(path)
         seen: set[Any] = set()
         out: list[Any] = []
-        for _pk, record in self._items():
-            value = get_path(record, path)
-            if value is MISSING:
+        if not names:
+            path = paths[0]
+            for pk, record in self._items():
+                value = pk if path == _PK_PATH else get_path(record, path)
+                if value is MISSING:
+                    continue
+                frozen = freeze(value)
+                if frozen not in seen:
+                    seen.add(frozen)
+                    out.append(value)
+            return out
+        for pk, record in self._items():
+            row = [pk if p == _PK_PATH else get_path(record, p) for p in paths]
+            if all(v is MISSING for v in row):
                 continue
-            frozen = freeze(value)
+            # MISSING itself in the key: a missing value differs from every stored one.
+            frozen = tuple(v if v is MISSING else freeze(v) for v in row)
             if frozen not in seen:
                 seen.add(frozen)
-                out.append(value)
+                out.append(tuple(None if v is MISSING else v for v in row))
         return out
 
     def delete(self) -> int:
@@ -469,9 +498,18 @@ class BaseQuery(Generic[D]):
         return self.storage._remove_many(pks)
 
     def update(self, **changes: Any) -> int:
-        """Apply partial changes (``f=v``, ``f__unset=True``, ``f__inc=n``) to every match."""
+        """Apply partial changes (``f=v``, ``f__unset=True``, ``f__inc=n``) to every match.
+
+        Returns how many records changed. On a class's query every change is
+        first validated against the declared field (:class:`ValidationError`
+        naming it, nothing written); a saved document as a value stands for
+        its pk.
+        """
         check_usable(self.storage, write=True)
         parsed = parse_changes(changes)
+        if self.doc_class is not None:
+            # Nothing is written that the class could not load back.
+            parsed = documents.check_changes(self.doc_class, parsed)
         pks = [pk for pk, _ in self._items()]
         return self.storage._update_many(pks, parsed)
 

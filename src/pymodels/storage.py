@@ -32,15 +32,18 @@ import pydantic
 
 from . import documents
 from .changes import Change, apply_changes, parse_changes
-from .conditions import ALL, Condition
+from .conditions import ALL, Condition, parse_path
 from .documents import Document
 from .errors import (
     BulkWriteError,
     ConfigurationError,
     ConflictError,
+    ConnectionFailed,
     DoesNotExist,
     IntegrityError,
+    LockTimeout,
     NotSupported,
+    PyModelsError,
     ValidationError,
     check_usable,
 )
@@ -48,7 +51,7 @@ from .features import Features
 from .ordering import OrderKey, parse_order, sort_items
 from .pks import new_pk, new_pks
 from .query import BaseQuery, Compiled, Item
-from .values import MISSING, check_pk, stored_record, strict_equal
+from .values import MISSING, check_pk, get_path, stored_record, strict_equal
 
 __all__ = [
     "OPTIONAL_HOOKS",
@@ -85,6 +88,8 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_create_index",
     "_index_kind",
     "_can_index_now",
+    "_has_index",
+    "_serialize",
     "_update_many",
     "_remove_many",
     "_compare_and_store",
@@ -179,6 +184,7 @@ class BaseStorage(abc.ABC):
         self._lock = threading.RLock()
         self._tx_depth = 0
         self._indexed: set[type[Any]] = set()
+        self._index_failed: set[type[Any]] = set()
         self._open()
 
     @classmethod
@@ -279,6 +285,24 @@ class BaseStorage(abc.ABC):
         Engines with several kinds pick one from the fields' declared types.
         """
         return None
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        """Whether the engine holds the index ``spec`` describes (with ``features.indexes``).
+
+        The default knows of none: a backend with indexes answers from the
+        engine's own list, which ``has_index`` and the conformance suite read.
+        """
+        return False
+
+    def _serialize(self, key: str) -> None:  # noqa: B027 - an optional no-op hook
+        """Inside a transaction: make other processes' transactions that pass ``key`` wait.
+
+        ``get_or_create`` and ``upsert`` call it first thing in their
+        transaction, so that two processes cannot both find nothing and both
+        write. The default does nothing, which is right where a transaction
+        already excludes other writers from its start (SQLite's ``BEGIN
+        IMMEDIATE``) or where one process owns the database.
+        """
 
     def _can_index_now(self) -> bool:
         """Whether ``ensure_indexes`` may create indexes now (False: at a later save)."""
@@ -387,14 +411,68 @@ class BaseStorage(abc.ABC):
         """As :meth:`save`, but raise :class:`IntegrityError` if the pk exists."""
         return self._write_data(data, primary_key, insert=True)
 
-    def update(self, pk: str, **changes: Any) -> int:
+    def update(self, pk: str | Document, **changes: Any) -> int:
         """Change fields of one record without loading it into a document.
 
         ``field=value`` sets, ``field__unset=True`` removes, ``field__inc=n``
-        adds. Returns the number of records changed (0 when ``pk`` is missing).
+        adds; a saved document as a value stands for its pk. Returns the number
+        of records changed (1); raises :class:`DoesNotExist` when no record is
+        stored under ``pk``, as :meth:`delete` does. ``pk`` may be a saved
+        document: its class then validates the changes, as a typed
+        ``Query.update`` does (the document object itself is not changed).
         """
         self._check_writable()
-        return self._update_many([check_pk(pk)], parse_changes(changes))
+        key = check_pk(_pk_of(pk, "update"))
+        parsed = parse_changes(changes)
+        if isinstance(pk, Document):
+            parsed = documents.check_changes(type(pk), parsed)
+        if not self._update_many([key], parsed):
+            raise DoesNotExist(f"no record with pk {key!r}")
+        return 1
+
+    def upsert(self, data: Document | Mapping[str, Any], on: str) -> str:
+        """Replace the record whose field ``on`` equals ``data``'s, or insert a new one.
+
+        Return the pk (a document takes the pk of the record it replaces).
+        ``on`` names a field that identifies records (an email): where several
+        records hold the value, :class:`IntegrityError` and nothing is written.
+        Atomic where the engine can make it so: in a transaction that other
+        processes' upserts wait for, and with a unique index on ``on`` against
+        every writer.
+        """
+        self._check_writable()
+        path = parse_path(on)
+        if isinstance(data, Document):
+            value = get_path(dict(data.items()), path)
+        elif isinstance(data, Mapping):
+            value = get_path(data, path)
+        else:
+            raise ValidationError(
+                f"upsert() takes a Document or a mapping, not {type(data).__name__}"
+            )
+        if value is MISSING or value is None:
+            raise ValidationError(f"upsert on {on!r}: the data has no {on!r}", field=on)
+        query = self.query().where(**{f"{on}__equals": value})
+        key = f"upsert {on} {value!r}"
+
+        def write() -> str:
+            found = query[:2].values("pk")
+            if len(found) > 1:
+                raise IntegrityError(
+                    f"upsert on {on!r}: several records hold {value!r} (pks {found!r}, ...)"
+                )
+            return self.save(data, primary_key=found[0] if found else None)
+
+        try:
+            with self._exclusive(key):
+                return write()
+        except IntegrityError:
+            # A unique index refused a twin another writer inserted meanwhile:
+            # that record is now the one to replace.
+            if not query.exists():
+                raise
+            with self._exclusive(key):
+                return write()
 
     def save_many(
         self, items: Iterable[Document | Mapping[str, Any]], batch_size: int = 1000
@@ -454,14 +532,59 @@ class BaseStorage(abc.ABC):
                 out.append(None)
         return out
 
+    def get_or_create(
+        self, doc_class: type[D], defaults: Mapping[str, Any] | None = None, **lookups: Any
+    ) -> tuple[D, bool]:
+        """The first member matching ``lookups`` and False, or a new one saved from them and True.
+
+        Lookups are equalities only (others raise :class:`InvalidQuery`
+        naming them); a new document takes its fields from them, then from
+        ``defaults``. Atomic where the engine can make it so: the look-up and
+        the save run under the storage lock, in a transaction that other
+        processes' ``get_or_create`` of the same lookups wait for (where the
+        engine has transactions); and where a unique index refuses the new
+        document because another writer made its twin, that one is returned.
+        """
+        data = documents.creation_data(doc_class, lookups, defaults)
+        query = self.query(doc_class).where(**lookups)  # also makes Meta.indexes
+        found = query.first()
+        if found is not None:
+            return found, False
+        doc = documents.new_document(doc_class, self, data)  # invalid: raises, writes nothing
+        key = f"get_or_create {doc_class.__name__} {sorted(lookups.items())!r}"
+        try:
+            with self._exclusive(key):
+                found = query.first()
+                if found is not None:
+                    return found, False
+                self.save(doc)
+        except IntegrityError:
+            found = query.first()
+            if found is None:
+                raise
+            return found, False
+        return doc, True
+
     @overload
     def query(self, doc_class: None = None) -> BaseQuery[Document]: ...
     @overload
     def query(self, doc_class: type[D]) -> BaseQuery[D]: ...
 
     def query(self, doc_class: type[D] | None = None) -> BaseQuery[D] | BaseQuery[Document]:
-        """A query over every record (or every member of ``doc_class``)."""
+        """A query over every record (or every member of ``doc_class``).
+
+        The class's ``Meta.indexes`` are made first if this storage object has
+        not made them yet, whatever wrote the records (``save_many`` of
+        mappings, an import, another program): a query never runs without them.
+        """
         self._check_open()
+        if (
+            doc_class is not None
+            and doc_class not in self._indexed
+            and doc_class not in self._index_failed
+            and not self.read_only
+        ):
+            self._ensure_indexes_to_read(doc_class)
         return self.query_class(self, doc_class)
 
     def __contains__(self, pk: object) -> bool:
@@ -478,11 +601,40 @@ class BaseStorage(abc.ABC):
 
     # ---- removing
 
-    def delete(self, pk: str) -> None:
-        """Delete the record under ``pk``; :class:`DoesNotExist` if there is none."""
+    def delete(self, pk: str | Document) -> None:
+        """Delete the record under ``pk`` (or a saved document's); :class:`DoesNotExist` if none."""
         self._check_writable()
-        if not self._remove(check_pk(pk)):
-            raise DoesNotExist(f"no record with pk {pk!r}")
+        key = check_pk(_pk_of(pk, "delete"))
+        if not self._remove(key):
+            raise DoesNotExist(f"no record with pk {key!r}")
+
+    def delete_many(self, pks: Iterable[str | Document]) -> int:
+        """Delete the records under several pks (or saved documents); return how many.
+
+        All or nothing: if any pk has no record, :class:`DoesNotExist` names the
+        missing ones and nothing is deleted. Where the engine has transactions
+        this holds against other writers too; elsewhere the pks are checked
+        first, so only a writer deleting one of them meanwhile can leave the
+        deletion partial (the error then says so).
+        """
+        self._check_writable()
+        keys = list(dict.fromkeys(check_pk(_pk_of(pk, "delete_many")) for pk in pks))
+        with self._lock, self._atomic():
+            missing = [pk for pk in keys if not self._contains(pk)]
+            if missing:
+                raise DoesNotExist(
+                    f"no record with pk {', '.join(map(repr, missing[:10]))}"
+                    + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                    + ": nothing deleted"
+                )
+            removed = self._remove_many(keys)
+            if removed != len(keys):
+                partial = "" if self.features.transactions else f" ({removed} deleted)"
+                raise DoesNotExist(
+                    f"delete_many: {len(keys) - removed} of the records vanished while "
+                    f"deleting{partial}"
+                )
+        return removed
 
     def clear(self) -> None:
         """Delete every record."""
@@ -552,6 +704,23 @@ class BaseStorage(abc.ABC):
         if self.features.indexes:
             self._create_index(spec)
 
+    def has_index(
+        self,
+        path_or_tuple: str | tuple[str, ...] | list[str],
+        unique: bool = False,
+        kind: str | None = None,
+    ) -> bool:
+        """Whether the engine holds the index :meth:`create_index` would make with these arguments.
+
+        Asks the engine (its own list of indexes), not this object's memory.
+        ``kind=None`` accepts any kind. Always False where ``features.indexes``
+        is False.
+        """
+        self._check_open()
+        if not self.features.indexes:
+            return False
+        return self._has_index(self._parse_index(path_or_tuple, unique, kind))
+
     def ensure_indexes(self, doc_class: type[Document]) -> None:
         """Create the indexes ``doc_class.Meta.indexes`` asks for (idempotent)."""
         if self.read_only:
@@ -600,9 +769,16 @@ class BaseStorage(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def location(self) -> str | None:
+        """Where the data lives, for people: a file path, a server and database, or None."""
+        return None
+
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
-        return f"<{self.backend}.{type(self).__name__}{state}>"
+        where = self.location
+        at = "" if where is None else f" at {where!r}"
+        return f"<{self.backend}.{type(self).__name__}{at}{state}>"
 
     # ======================================================== internals
 
@@ -617,6 +793,36 @@ class BaseStorage(abc.ABC):
         if self.features.transactions:
             return self.transaction()
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _exclusive(self, key: str) -> Iterator[None]:
+        """A block no other writer passing ``key`` runs at the same time, where the engine allows.
+
+        The storage lock excludes this object's other threads; a transaction
+        (where the engine has them) with :meth:`_serialize` excludes other
+        processes. Read, decide and write inside it.
+        """
+        with self._lock, self._atomic():
+            if self.features.transactions:
+                self._serialize(key)
+            yield
+
+    def _ensure_indexes_to_read(self, doc_class: type[Document]) -> None:
+        """Make ``doc_class``'s indexes before a query; a failure warns and the query runs.
+
+        Reading must not fail for want of an index: an index the engine lacks
+        (``unique`` where there are none) is reported by the class's saves.
+        """
+        try:
+            self.ensure_indexes(doc_class)
+        except PyModelsError as e:
+            if isinstance(e, (ConnectionFailed, LockTimeout)):
+                raise
+            # Warned once; the class's saves still try (and report) it.
+            self._index_failed.add(doc_class)
+            warnings.warn(
+                f"indexes of {doc_class.__name__} not made on {self.backend}: {e}", stacklevel=3
+            )
 
     def _write_data(self, data: Any, primary_key: str | None, *, insert: bool) -> str:
         self._check_writable()
@@ -663,6 +869,12 @@ class BaseStorage(abc.ABC):
 
     def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
         docs = any(type(item) is not dict and isinstance(item, Document) for item in batch)
+        if docs:
+            # Before the batch's transaction: some engines (Tokyo Cabinet) cannot
+            # build an index inside one, and the first save would then skip it.
+            for cls in {type(item) for item in batch if isinstance(item, Document)}:
+                if cls not in self._indexed:
+                    self.ensure_indexes(cls)
         if docs or not self.features.transactions:
             self._save_batch_one_by_one(start, batch, written)
         else:
@@ -720,6 +932,17 @@ class BaseStorage(abc.ABC):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _pk_of(pk: Any, method: str) -> Any:
+    """A saved document's pk, or ``pk`` itself; an unsaved document is refused."""
+    if isinstance(pk, Document):
+        if pk.pk is None:
+            raise PyModelsError(
+                f"{method}(): the {type(pk).__name__} given was never saved, so it has no pk"
+            )
+        return pk.pk
+    return pk
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -19,6 +19,7 @@ is ever retried); after a server restart the next call reconnects.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import math
 import os
@@ -186,6 +187,32 @@ class Storage(SQLStorage):
             else:
                 rest.append(item)
         return {"url": urlunsplit(parts._replace(query="&".join(rest))), **own}
+
+    @property
+    def location(self) -> str | None:
+        """Server, database and table, for people (never the password)."""
+        parsed = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        dbname = parsed.get("dbname") or parsed.get("user") or ""
+        return f"{self._host}:{self._port}/{dbname}?table={self._table}"
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        name = self._dialect.index_name(self._table, spec)
+        sql = (
+            "SELECT 1 FROM pg_indexes WHERE schemaname = current_schema() "
+            f"AND tablename = {PARAM} AND indexname = {PARAM}"
+        )
+        text, params = self._dialect.render(Frag(sql, (self._table, name)))
+        with self._db() as conn:
+            return conn.execute(text, params).fetchone() is not None
+
+    def _serialize(self, key: str) -> None:
+        # READ COMMITTED lets two transactions both find nothing and both write:
+        # a transaction-scoped advisory lock on the key makes the second wait.
+        digest = hashlib.blake2b(f"{self._table}\0{key}".encode(), digest_size=8).digest()
+        with self._db() as conn:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", [int.from_bytes(digest, "big", signed=True)]
+            )
 
     # ------------------------------------------------------------ connections
 

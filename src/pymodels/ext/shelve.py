@@ -56,6 +56,8 @@ from ..backend import (
     Features,
     LockTimeout,
     PyModelsError,
+    file_problem,
+    open_failure,
     url_path,
 )
 
@@ -132,6 +134,11 @@ class Storage(BaseStorage):
             settings[key] = value
         return settings
 
+    @property
+    def location(self) -> str | None:
+        """The shelve file, for people."""
+        return str(self.settings.path)
+
     # ------------------------------------------------------------ opening
 
     def _open(self) -> None:
@@ -185,7 +192,7 @@ class Storage(BaseStorage):
         try:
             return self._module.open(path, flag)
         except Exception as e:
-            raise _open_error(path, self.dbm_module, e) from e
+            raise _open_error(path, self.dbm_module, e, write=not self.read_only) from e
 
     def _check_clean_close(self) -> None:
         if self._lockfile is None:
@@ -427,7 +434,11 @@ def _error(path: str, what: str, pk: str | None, e: BaseException) -> PyModelsEr
     )
 
 
-def _open_error(path: str, name: str, e: BaseException) -> PyModelsError:
+def _open_error(path: str, name: str, e: BaseException, *, write: bool) -> PyModelsError:
+    problem = file_problem(path, write=write)
+    if problem is not None:
+        # A missing directory or a directory in the file's place: said in words.
+        return PyModelsError(f"cannot open {path} with {name}: {problem} ({e})")
     text = str(e)
     if "needs recovery" in text:
         return CorruptData(
@@ -487,12 +498,16 @@ def _take_lock(path: str, *, shared: bool, timeout: float | None) -> IO[str] | N
                 handle = open(name, "a+", encoding="utf-8")  # noqa: SIM115
             except OSError:
                 return None
-        else:  # pragma: no cover - the directory vanished
-            raise PyModelsError(f"cannot create the lock file {name}") from None
+        else:  # the directory is missing, or is not one
+            raise PyModelsError(
+                open_failure(path, f"cannot create the lock file {name}", write=True)
+            ) from None
     except OSError as e:
         if shared:
             return None
-        raise PyModelsError(f"cannot create the lock file {name}: {e.strerror}") from e
+        raise PyModelsError(
+            open_failure(path, f"cannot create the lock file {name}: {e.strerror}", write=True)
+        ) from e
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.001

@@ -38,11 +38,13 @@ from ..backend import (
     Change,
     ConfigurationError,
     Features,
+    IndexSpec,
     IntegrityError,
     Item,
     LockTimeout,
     OrderKey,
     PyModelsError,
+    open_failure,
     url_path,
 )
 from ._sql.compiler import Compiler, Frag
@@ -162,6 +164,17 @@ class Storage(SQLStorage):
             settings["path"] = url_path(url)
         return settings
 
+    @property
+    def location(self) -> str | None:
+        """The database file (``:memory:`` in memory) and the table, for people."""
+        path = ":memory:" if self._memory else str(self.settings.path)
+        return path if self._table == "documents" else f"{path}?table={self._table}"
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        name = self._dialect.index_name(self._table, spec)
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ? AND tbl_name = ?"
+        return bool(self._fetchall(sql, (name, self._table)))
+
     # ------------------------------------------------------------ connections
 
     def _open(self) -> None:
@@ -245,7 +258,9 @@ class Storage(SQLStorage):
                 conn.close()
                 raise
         except sqlite3.Error as e:
-            raise PyModelsError(f"cannot open {path or 'an in-memory database'}: {e}") from e
+            if self._memory:
+                raise PyModelsError(f"cannot open an in-memory database: {e}") from e
+            raise PyModelsError(open_failure(str(path), e, write=not self.read_only)) from e
         return conn
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:

@@ -166,6 +166,27 @@ class Profile(Document):
     address: dict[str, Any] = {}
 
 
+class Item(Document):
+    sku: str
+    qty: int = 0
+    price: float | None = None
+
+    class Meta:
+        indexes = ["sku"]
+
+
+class Member(Document):
+    email: str
+    name: str = ""
+
+
+class Account(Member):
+    """A member whose email is unique (savable only where unique indexes are)."""
+
+    class Meta:
+        indexes = [{"fields": "email", "unique": True}]
+
+
 EVERY_KIND: dict[str, Any] = {
     "s": "héllo wörld ✓ $%_*.^'\"",
     "i": -(2**63),
@@ -398,7 +419,9 @@ class StorageTests:
         assert identical(dict(storage.get(None, pk)), {"a": 3, "n": {"c": 5, "d": [1]}, "z": 1.5})
         assert storage.update(pk, a__inc=0.5) == 1
         assert identical(storage.get(None, pk)["a"], 3.5)
-        assert storage.update("missing", a=1) == 0
+        with pytest.raises(DoesNotExist):
+            storage.update("missing", a=1)  # as delete("missing") does
+        assert "missing" not in storage
         assert storage.update(pk, fresh__inc=4) == 1
         assert storage.get(None, pk)["fresh"] == 4
 
@@ -583,7 +606,8 @@ class StorageTests:
         with pytest.raises(ValidationError):
             storage.update("k", n__inc=2**63)  # leaves int64
         assert storage.get(None, "k")["n"] == 4
-        assert storage.update("missing", n__inc=1) == 0
+        with pytest.raises(DoesNotExist):
+            storage.update("missing", n__inc=1)
 
     def test_unknown_index_kind_raises(self, storage: BaseStorage) -> None:
         with pytest.raises(NotSupported):
@@ -1062,6 +1086,325 @@ class StorageTests:
             stored = _all_records(again)
         assert stored == acked
 
+    # ================================================ typed writes and lookups
+
+    @requires("indexes")
+    @pytest.mark.parametrize(
+        "writer", ["save", "insert", "save_many", "save_many_mappings", "update", "import"]
+    )
+    def test_meta_indexes_exist_before_the_first_query(
+        self, storage_factory: Factory, writer: str
+    ) -> None:
+        """Whatever wrote the records, a class's query finds its Meta.indexes made."""
+        s = storage_factory()
+        s.clear()
+        try:
+            if writer == "save":
+                Item(sku="a").save(s)
+            elif writer == "insert":
+                s.insert({"sku": "a"})
+            elif writer == "save_many":
+                s.save_many([Item(sku=c) for c in "abcde"], batch_size=2)
+                # Documents saved in bulk have their class's indexes before any query.
+                assert s.has_index("sku")
+            elif writer == "save_many_mappings":
+                s.save_many([{"sku": c} for c in "abcde"])
+            elif writer == "update":
+                pk = s.save({"sku": "old"})
+                s.update(pk, sku="a")
+            elif writer == "import":
+                # What an import or a copy does: mappings under given pks, in a
+                # transaction where there are transactions, from another storage object.
+                with s.transaction() if s.features.transactions else contextlib.nullcontext():
+                    s.save({"sku": "a"}, primary_key="imported")
+            with storage_factory() as reader:
+                query = Item.objects(reader).where(sku="a")
+                assert reader.has_index("sku"), "the query was made before the index"
+                assert query.count() == 1
+                assert not reader.has_index("qty")
+        finally:
+            s.close()
+
+    def test_a_class_whose_indexes_cannot_be_made_is_still_queried(
+        self, storage: BaseStorage
+    ) -> None:
+        storage.save({"email": "a@x"})
+        if storage.features.unique_indexes:
+            assert Account.objects(storage).count() == 1
+            return
+        with pytest.warns(UserWarning, match="indexes of Account not made"):
+            query = Account.objects(storage)
+        assert query.where(email="a@x").count() == 1
+        with pytest.raises(NotSupported):
+            Account(email="b@x").save(storage)  # the save reports it
+
+    @requires("indexes", "transactions")
+    def test_meta_indexes_of_a_save_inside_a_transaction(self, storage: BaseStorage) -> None:
+        with storage.transaction():
+            Item(sku="a").save(storage)
+        Item.objects(storage)
+        assert storage.has_index("sku")
+
+    def test_typed_update_validates_every_change_before_writing(self, storage: BaseStorage) -> None:
+        pk = Person(first_name="Ann", age=3, tags=["a"]).save(storage)
+        before = dict(storage.get(None, pk))
+        people = Person.objects(storage)
+        bad: list[tuple[dict[str, Any], str]] = [
+            ({"age": "two thousand"}, "age"),
+            ({"age": 1.5}, "age"),
+            ({"age": True}, "age"),
+            ({"tags": ["x", 1]}, "tags"),
+            ({"first_name__unset": True}, "first_name"),  # required: records would leave Person
+            ({"first_name": None}, "first_name"),
+            ({"last_name__inc": 1}, "last_name"),  # inc needs a number field
+            ({"age__inc": 0.5}, "age"),  # an int field stays an int
+            ({"age__x": 1}, "age"),  # an int holds no keys
+            ({"agee": 4}, "agee"),  # one edit from a declared field
+            ({"age": 4, "first_name": 5}, "first_name"),  # the good change is not written either
+            ({"birth_place": 7}, "birth_place"),
+        ]
+        for changes, field in bad:
+            with pytest.raises(ValidationError, match=field):
+                people.update(**changes)
+        with pytest.raises(ValidationError, match="code"):
+            Country.objects(storage).update(code="FIN")  # Field(max_length=2)
+        doc = storage.get(Person, pk)
+        with pytest.raises(ValidationError, match="age"):
+            storage.update(doc, age="x")  # a document's class validates storage.update too
+        assert dict(storage.get(None, pk)) == before
+        assert people.update(age=4, tags=["b"], nickname="undeclared", last_name=None) == 1
+        assert people.update(age__inc=2) == 1
+        assert storage.update(doc, age__inc=1) == 1
+        loaded = storage.get(Person, pk)
+        assert (loaded.age, loaded.tags, loaded["nickname"]) == (7, ["b"], "undeclared")
+        storage.save({"nick": "n", "address": {"city": "Oulu"}}, primary_key="prof")
+        assert Profile.objects(storage).update(address__zip="90100") == 1
+        assert storage.get(Profile, "prof").address == {"city": "Oulu", "zip": "90100"}
+        item = Item(sku="s", price=1.5)
+        item.save(storage)
+        Item.objects(storage).update(price=2)  # a float field takes an int, stored as a float
+        assert identical(storage.get(None, item.pk)["price"], 2.0)  # type: ignore[arg-type]
+        # Free-form queries and storage.update(pk) write any value, as records may hold it.
+        assert storage.query().where(first_name="Ann").update(age="old") == 1
+
+    def test_mistaken_lookups_on_a_declared_class_raise_with_the_spelling(
+        self, storage: BaseStorage
+    ) -> None:
+        people = Person.objects(storage)
+        mistakes: list[tuple[dict[str, Any], str]] = [
+            ({"first_nme": "A"}, "did you mean 'first_name'"),
+            ({"frist_name": "A"}, "did you mean 'first_name'"),
+            ({"agee__gt": 3}, "did you mean 'age'"),
+            ({"age": "40"}, "did you mean 40"),
+            ({"age__gte": "4.5"}, "did you mean 4.5"),
+            ({"age__in": [1, "2"]}, "'2'"),
+            ({"age__startswith": "4"}, "str fields"),
+            ({"age__year": 1990}, "dates"),
+            ({"first_name": 1}, "can never match"),
+            ({"first_name__contains": 1}, "can never match"),
+            ({"tags": "a"}, "can never match"),  # a list field never equals a str
+            ({"birth_date": dt.datetime(2000, 1, 1)}, "can never match"),
+            ({"first_name__ne": "A"}, r"where_not\(first_name=\.\.\.\)"),
+            ({"age__nin": [1]}, r"where_not\(age__in=\[\.\.\.\]\)"),
+            ({"age__isnull": True}, "age__exists=False"),
+            ({"first_name__iexact": "a"}, "first_name__iequals"),
+            ({"first_name__regex": "^A"}, "first_name__matches"),
+            ({"first_name__iregex": "^a"}, "first_name__imatches"),
+            ({"age__range": (1, 2)}, "age__between"),
+        ]
+        for lookups, message in mistakes:
+            with pytest.raises(InvalidQuery, match=message):
+                people.where(**lookups)
+            with pytest.raises(InvalidQuery):
+                people.where_not(**lookups)
+        with pytest.raises(InvalidQuery, match="did you mean 'last_name'"):
+            people.order_by("-last_nme")
+        with pytest.raises(InvalidQuery, match="did you mean 'age'"):
+            people.values("agee")
+        # Truly undeclared fields and values that can match keep working.
+        Person(first_name="Ann", age=3)["nickname"] = "x"
+        storage.save({"first_name": "Ann", "age": 3.0, "nickname": "an", "zz": 1})
+        assert people.where(nickname="an", zz=1, age=3, age__in=[3, 4.5]).count() == 1
+        assert people.where(company="none").count() == 0
+        # Free-form queries know no declarations: any field, any value.
+        assert storage.query().where(first_nme="A", age="40").count() == 0
+        # A Django or MongoDB op name gets its spelling in any query; __equals
+        # reaches a nested key named so, as it does for keys named like ops.
+        with pytest.raises(InvalidQuery, match=r"where_not\(country="):
+            storage.query().where(country__ne="FI")
+        storage.save({"country": {"ne": "FI"}, "nick": "n", "address": {"ne": 1}})
+        assert storage.query().where(country__ne__equals="FI").count() == 1
+        assert Profile.objects(storage).where(address__ne__equals=1).count() == 1
+
+    def test_saved_documents_stand_for_their_pks(self, storage: BaseStorage) -> None:
+        fi = Country(name="Finland", code="FI")
+        se = Country(name="Sweden", code="SE")
+        fi.save(storage)
+        se.save(storage)
+        ann = Person(first_name="Ann", birth_place=fi)
+        ann.save(storage)
+        people = Person.objects(storage)
+        assert [p.pk for p in people.where(birth_place=fi)] == [ann.pk]
+        assert people.where(birth_place__in=[se, fi]).count() == 1
+        assert people.where(Q(birth_place=se) | Q(birth_place=fi)).count() == 1
+        assert people.where_not(birth_place=se).count() == 1
+        assert storage.query().where(birth_place=fi).count() == 1
+        assert people.update(birth_place=se) == 1
+        assert storage.get(Person, ann.pk).birth_place.pk == se.pk  # type: ignore[arg-type,union-attr]
+        assert storage.update(ann.pk, birth_place=fi) == 1  # type: ignore[arg-type]
+        assert people.where(birth_place=fi.pk).count() == 1
+        a, b = Node(label="a"), Node(label="b")
+        storage.save_many([a, b])
+        root = Node(label="root")
+        root.save(storage)
+        assert Node.objects(storage).where(label="root").update(children=[a, b], next=a) == 1
+        loaded = storage.get(Node, root.pk)  # type: ignore[arg-type]
+        assert [c.pk for c in loaded.children] == [a.pk, b.pk]
+        assert Node.objects(storage).where(children__contains=b).count() == 1
+        unsaved = Country(name="Nowhere", code="NW")
+        with pytest.raises(InvalidQuery, match="not saved"):
+            people.where(birth_place=unsaved)
+        with pytest.raises(InvalidQuery, match="not saved"):
+            people.where(birth_place__in=[fi, unsaved])
+        with pytest.raises(ValidationError, match="not saved"):
+            people.update(birth_place=unsaved)
+        storage.delete(ann)
+        assert ann.pk not in storage
+        with pytest.raises(PyModelsError, match="never saved"):
+            storage.delete(unsaved)
+
+    def test_values_of_several_fields_and_of_the_pk(self, storage: BaseStorage) -> None:
+        self._people(storage)
+        q = storage.query().order_by("first_name")
+        assert q.values("pk") == ["p0", "p1", "p2", "p3", "p4"]
+        assert q[1:3].values("pk") == ["p1", "p2"]
+        assert q.values("last_name", "age") == [
+            ("Smith", 31),
+            ("Smythe", 25),
+            ("Doe", 25.0),
+            ("smith", "40"),
+        ]  # Eve has neither: no tuple
+        # Missing values are None; tuples are deduplicated as values are (25 == 25.0).
+        assert q.values("age", "nope") == [(31, None), (25, None), ("40", None)]
+        assert q.values("pk", "age")[-1] == ("p4", None)
+        assert q.values("tags", "first_name")[0] == (["a", "b"], "Ann")
+
+    def test_get_or_create_takes_equality_lookups_only(self, storage: BaseStorage) -> None:
+        with pytest.raises(InvalidQuery, match="first_name__startswith"):
+            Person.get_or_create(storage, first_name__startswith="Z")
+        with pytest.raises(InvalidQuery, match="age__gt"):
+            Person.get_or_create(storage, first_name="Z", age__gt=3)
+        assert len(storage) == 0
+        fi = Country(name="Finland", code="FI")
+        fi.save(storage)
+        doc, created = Person.get_or_create(
+            storage, first_name="Ann", birth_place=fi, nickname="an", defaults={"age": 3}
+        )
+        assert created and doc.pk is not None and doc.age == 3 and doc["nickname"] == "an"
+        again, created = Person.get_or_create(
+            storage, first_name__equals="Ann", birth_place=fi.pk, nickname="an"
+        )
+        assert (again.pk, created) == (doc.pk, False)
+        prof, created = Profile.get_or_create(storage, nick="n", address__city="Oulu")
+        assert created and prof.address == {"city": "Oulu"}
+        assert Profile.get_or_create(storage, nick="n", address__city="Oulu")[1] is False
+        with pytest.raises(ValidationError):
+            Person.get_or_create(storage, first_name="Bo", defaults={"age": "x"})
+        assert Person.objects(storage).where(first_name="Bo").count() == 0
+
+    @requires("thread_safe")
+    def test_get_or_create_racing_in_threads_creates_once(self, storage: BaseStorage) -> None:
+        created: list[bool] = []
+
+        def work(t: int) -> None:
+            for i in range(20):
+                created.append(Person.get_or_create(storage, first_name=f"R{i}")[1])
+
+        run_in_threads(work, 4)
+        assert created.count(True) == 20
+        assert Person.objects(storage).count() == 20
+
+    @requires("transactions", "concurrent_processes")
+    def test_get_or_create_racing_in_processes_creates_once(self, storage: BaseStorage) -> None:
+        settings = reopening_settings(storage)
+        start = multiprocessing.get_context("spawn").Barrier(4)
+        _in_processes(_get_or_create_many, [(settings, "Person", 30, start) for _ in range(4)])
+        assert sorted(Person.objects(storage).values("first_name")) == sorted(
+            f"R{i}" for i in range(30)
+        )
+        assert Person.objects(storage).count() == 30
+
+    @requires("unique_indexes", "concurrent_processes")
+    def test_get_or_create_on_a_unique_field_racing_in_processes(
+        self, storage: BaseStorage
+    ) -> None:
+        settings = reopening_settings(storage)
+        start = multiprocessing.get_context("spawn").Barrier(4)
+        _in_processes(_get_or_create_many, [(settings, "Account", 30, start) for _ in range(4)])
+        assert Account.objects(storage).count() == 30
+
+    def test_upsert_replaces_or_inserts_on_a_field(self, storage: BaseStorage) -> None:
+        pk = storage.upsert({"email": "a@x", "n": 1}, on="email")
+        assert storage.upsert({"email": "a@x", "n": 2}, on="email") == pk
+        assert dict(storage.get(None, pk)) == {"email": "a@x", "n": 2}
+        other = storage.upsert({"email": "b@x"}, on="email")
+        assert other != pk and len(storage) == 2
+        doc = Member(email="a@x", name="Ann")
+        assert storage.upsert(doc, on="email") == pk == doc.pk
+        assert dict(storage.get(None, pk)) == {"email": "a@x", "name": "Ann"}
+        fresh = Member(email="c@x")
+        assert storage.upsert(fresh, on="email") == fresh.pk and len(storage) == 3
+        storage.save({"email": "dup", "n": 1}, primary_key="d1")
+        storage.save({"email": "dup", "n": 2}, primary_key="d2")
+        with pytest.raises(IntegrityError, match="several"):
+            storage.upsert({"email": "dup", "n": 3}, on="email")
+        assert len(storage) == 5 and storage.get(None, "d1")["n"] == 1
+        with pytest.raises(ValidationError, match="email"):
+            storage.upsert({"name": "no email"}, on="email")
+
+    @requires("thread_safe")
+    def test_upsert_racing_in_threads_inserts_once(self, storage: BaseStorage) -> None:
+        def work(t: int) -> None:
+            for i in range(20):
+                storage.upsert({"email": f"{i}@x", "by": t}, on="email")
+
+        run_in_threads(work, 4)
+        assert len(storage) == 20
+
+    @requires("transactions", "concurrent_processes")
+    def test_upsert_racing_in_processes_inserts_once(self, storage: BaseStorage) -> None:
+        settings = reopening_settings(storage)
+        start = multiprocessing.get_context("spawn").Barrier(4)
+        _in_processes(_upsert_many, [(settings, w, 100, start) for w in range(4)])
+        assert len(storage) == 100
+        assert sorted(storage.query().values("email")) == sorted(f"{i}@x" for i in range(100))
+
+    def test_update_and_delete_by_pk_agree_on_a_missing_pk(self, storage: BaseStorage) -> None:
+        with pytest.raises(DoesNotExist, match="nope"):
+            storage.update("nope", x=1)
+        with pytest.raises(DoesNotExist, match="nope"):
+            storage.delete("nope")
+        assert len(storage) == 0
+        # Queries count instead: nothing matched, nothing changed.
+        assert storage.query().where(x=1).update(x=2) == 0
+        assert storage.query().where(x=1).delete() == 0
+
+    def test_delete_many_is_all_or_nothing(self, storage: BaseStorage) -> None:
+        pks = [storage.save({"n": i}) for i in range(3)]
+        with pytest.raises(DoesNotExist, match=r"'nope'.*nothing deleted"):
+            storage.delete_many([pks[0], "nope", pks[1]])
+        assert sorted(storage) == sorted(pks)
+        doc = storage.get(None, pks[2])
+        assert storage.delete_many([pks[0], doc, pks[0]]) == 2
+        assert list(storage) == [pks[1]]
+        assert storage.delete_many([]) == 0
+
+    def test_repr_names_backend_and_location(self, storage: BaseStorage) -> None:
+        text = repr(storage)
+        assert storage.backend in text
+        if storage.features.persistent:
+            assert storage.location and repr(storage.location) in text
+
     # ====================================================== differential
 
     @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None)
@@ -1152,6 +1495,22 @@ def _save_many_times(settings: dict[str, Any], worker: int, count: int) -> None:
     with get_storage(settings) as s:
         for i in range(count):
             s.save({"worker": worker, "i": i})
+
+
+def _get_or_create_many(settings: dict[str, Any], cls_name: str, count: int, start: Any) -> None:
+    cls: Any = {"Person": Person, "Account": Account}[cls_name]
+    field = "first_name" if cls is Person else "email"
+    with get_storage(settings) as s:
+        start.wait(60)  # every process is ready: the race starts at once
+        for i in range(count):
+            cls.get_or_create(s, **{field: f"R{i}"})
+
+
+def _upsert_many(settings: dict[str, Any], worker: int, count: int, start: Any) -> None:
+    with get_storage(settings) as s:
+        start.wait(60)
+        for i in range(count):
+            s.upsert({"email": f"{i}@x", "by": worker}, on="email")
 
 
 class _Counter(Document):

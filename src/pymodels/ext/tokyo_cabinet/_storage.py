@@ -35,6 +35,7 @@ from ...backend import (
     NotSupported,
     PyModelsError,
     declared_types,
+    open_failure,
     sort_items,
     url_path,
 )
@@ -544,6 +545,11 @@ class Storage(BaseStorage):
                 e = TCError(int(ErrorCode.MISC), e.message, self.path, operation)
             raise self._write_error(operation, e)
 
+    @property
+    def location(self) -> str | None:
+        """The table database file, for people."""
+        return str(self.settings.path)
+
     def _check_format(self) -> None:
         area = self._opaque()
         if area is None:
@@ -810,6 +816,14 @@ class Storage(BaseStorage):
         # its first field: Tokyo has no compound indexes.)
         first = fields if isinstance(fields, str) else fields[0]
         return _default_kind(doc_class, first.lstrip("-"))
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        # Tokyo's own record of its indexes: the index files beside the table file.
+        key = spec.keys[0]
+        if len(spec.keys) != 1 or len(key.path) != 1:
+            return False
+        kind = _scan_indexes(self.settings.path).get(name_bytes(key.path[0]))
+        return kind is not None and (spec.kind is None or spec.kind == kind)
 
     def _can_index_now(self) -> bool:
         # Tokyo cannot build an index inside a transaction: a later save does it.
@@ -1222,7 +1236,8 @@ def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) 
                     f"damaged ({e.message}, ecode {e.ecode})",
                     path=path,
                 ) from e
-            raise PyModelsError(f"cannot open {path}: {e}") from e
+            writing = bool(mode & OpenMode.WRITER)
+            raise PyModelsError(open_failure(path, e, write=writing)) from e
 
 
 def _index_files(path: str, col: bytes) -> list[str]:
