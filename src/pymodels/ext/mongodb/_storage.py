@@ -407,6 +407,7 @@ class Storage(BaseStorage):
     def _begin(self) -> None:
         if not self.features.transactions:
             raise NotSupported("mongodb: transactions need a replica set or a sharded cluster")
+        _ = self.collection  # after fork(): this process's own client first
         with self._guard():
             session = self._client.start_session()
             session.start_transaction()
