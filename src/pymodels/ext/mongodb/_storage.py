@@ -8,6 +8,7 @@ import itertools
 import os
 import re
 import threading
+import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -44,6 +45,7 @@ from ...backend import (
     IndexSpec,
     IntegrityError,
     Item,
+    LockTimeout,
     Lookup,
     NotSupported,
     OrderKey,
@@ -155,6 +157,12 @@ class Storage(BaseStorage):
             parts = parts._replace(scheme="mongodb")
         return {"url": urlunsplit(parts._replace(query="&".join(rest))), **own}
 
+    @property
+    def location(self) -> str | None:
+        """Servers, database and collection, for people (never credentials)."""
+        hosts = ",".join(_hosts_of(self._client)) or self._given_host()
+        return f"{hosts}/{self._db.name}?collection={self._coll.name}"
+
     # ------------------------------------------------------------ connection
 
     def _open(self) -> None:
@@ -246,7 +254,10 @@ class Storage(BaseStorage):
     @property
     def session(self) -> ClientSession | None:
         """This thread's transaction session, if one is open."""
-        return getattr(self._tx, "session", None)
+        session: ClientSession | None = getattr(self._tx, "session", None)
+        if session is not None:
+            self._tx.used = True  # see _serialize
+        return session
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -412,6 +423,7 @@ class Storage(BaseStorage):
             session = self._client.start_session()
             session.start_transaction()
         self._tx.session = session
+        self._tx.used = False
 
     def _commit(self) -> None:
         session = self._tx.session
@@ -432,6 +444,55 @@ class Storage(BaseStorage):
         finally:
             self._tx.session = None
             session.end_session()
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        name = ("u_" if spec.unique else "i_") + spec.name
+        with self._guard():
+            info = self.collection.index_information()
+        return name in info and bool(info[name].get("unique", False)) == spec.unique
+
+    def _serialize(self, key: str) -> None:
+        # MongoDB makes a conflicting transaction fail, never wait: both write
+        # one lock document first, and the loser starts its transaction again
+        # (nothing of it is lost while the lock is its first use) until the
+        # winner has committed.
+        state = self._tx
+        session = getattr(state, "session", None)
+        if session is None:
+            return
+        fresh = not getattr(state, "used", False)
+        lock = {"_id": f"lock\x00{self._coll.name}\x00{key}"}
+        deadline = time.monotonic() + max(self.settings.timeout, 1.0)
+        delay = 0.001
+        while True:
+            try:
+                with self._guard():
+                    self._meta.update_one(lock, {"$inc": {"n": 1}}, upsert=True, session=session)
+                return
+            except PyModelsError as e:
+                cause = e.__cause__
+                conflict = isinstance(cause, pymongo.errors.OperationFailure) and (
+                    cause.code in (WRITE_CONFLICT, 11000)
+                    or cause.has_error_label("TransientTransactionError")
+                )
+                if not conflict:
+                    raise
+                if not fresh:
+                    # The transaction wrote before: it cannot start again here.
+                    raise LockTimeout(
+                        f"mongodb: another transaction holds {key!r}; this one is rolled "
+                        "back and may be retried"
+                    ) from e
+                if time.monotonic() > deadline:
+                    raise LockTimeout(
+                        f"mongodb: another transaction held {key!r} for {self.settings.timeout}s"
+                    ) from e
+            with self._guard(), contextlib.suppress(pymongo.errors.PyMongoError):
+                session.abort_transaction()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            with self._guard():
+                session.start_transaction()
 
     def _can_index_now(self) -> bool:
         # MongoDB creates indexes outside transactions only.
