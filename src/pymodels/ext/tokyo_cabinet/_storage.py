@@ -307,6 +307,17 @@ def _set_open_mark(ptr: int, value: int) -> None:
         ctypes.memset(area + _OPEN_MARK, value, 1)
 
 
+def _mark_unclean(path: str) -> None:
+    """Set the open mark in a closed file's header (only in files pymodels stamped)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        at = _OPAQUE_OFFSET
+        if os.pread(fd, len(MAGIC), at) == MAGIC:
+            os.pwrite(fd, b"\x01", at + _OPEN_MARK)
+    finally:
+        os.close(fd)
+
+
 def _clear_fatal_flag(ptr: int) -> None:
     # Tokyo sets the fatal flag in the header on any I/O error or damaged record and
     # never clears it; once the file is checked and repaired it no longer applies. The
@@ -585,7 +596,16 @@ class Storage(BaseStorage):
             try:
                 self._db.close()
             except TCError as e:
-                raise PyModelsError(f"closing {self.settings.path}: {e}") from e
+                # The open mark was cleared just before the close that failed (a full
+                # disk while flushing index pages, say): set it again, so that the next
+                # open repairs the file. Tokyo has let go of the file by now, so this
+                # descriptor holds no lock that closing it could drop.
+                with contextlib.suppress(OSError):
+                    _mark_unclean(self.path)
+                raise PyModelsError(
+                    f"closing {self.settings.path}: {e}; the next open checks the file and "
+                    "rebuilds its indexes"
+                ) from e
 
     @property
     def path(self) -> str:
@@ -613,16 +633,22 @@ class Storage(BaseStorage):
     def _load_dumps(self, keys: list[bytes]) -> list[bytes | None]:
         """Records of several keys as dumps (see :func:`decode_dump`), None where missing."""
         getdump = self._db.getdump
-        done = 0
         try:
             with self._lock:
-                out = []
-                for k in keys:
-                    out.append(getdump(k))
-                    done += 1
-                return out
+                return [getdump(k) for k in keys]
         except TCError as e:
-            raise self._read_error("get", e, _pk(keys[done])) from e
+            raise self._read_error("get", e, self._failing_key(keys)) from e
+
+    def _failing_key(self, keys: list[bytes]) -> str | None:
+        """The first of ``keys`` whose record cannot be read (reads change nothing, so
+        the error path finds it again rather than the hot path counting)."""
+        for key in keys:
+            try:
+                with self._lock:
+                    self._db.getdump(key)
+            except TCError:
+                return _pk(key)
+        return None
 
     def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
         """Column maps of several keys, aligned with them (None: deleted meanwhile)."""
