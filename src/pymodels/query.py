@@ -39,7 +39,6 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_compile",
     "_engine_order",
     "_engine_fetch",
-    "_engine_page",
     "_engine_count",
     "_engine_delete",
     "_engine_explain",
@@ -149,19 +148,6 @@ class BaseQuery(Generic[D]):
         filtering in Python. The default asks the storage's ``_select``.
         """
         return iter(self.storage._select(native, order, offset, limit))
-
-    def _engine_page(
-        self, order: tuple[OrderKey, ...], offset: int, limit: int
-    ) -> list[Item] | None:
-        """The exact page ``[offset:offset + limit]`` of :attr:`condition` in ``order`` (hook).
-
-        A fast path for short results (``first()``, ``q[:10]``), asked before
-        the condition is compiled: an engine that can run such a page in one
-        step (a cached statement) returns its records here, in the contract's
-        order; None takes the general path. The default asks the storage's
-        ``_select_page``.
-        """
-        return self.storage._select_page(self.condition, order, offset, limit)
 
     def _engine_count(self, native: Any) -> int:
         """Count what ``native`` selects (optional fast path)."""
@@ -342,7 +328,10 @@ class BaseQuery(Generic[D]):
         if limit == "query":
             limit = self._limit
         if limit and self._after is None:
-            page = self._engine_page(self._full_order, self._offset, limit)
+            # A short exact result (first(), q[:10]) straight from the engine,
+            # before compiling, where it can (the storage's _select_page).
+            condition = self._where if self.doc_class is None else self.condition
+            page = self.storage._select_page(condition, self._full_order, self._offset, limit)
             if page is not None:
                 return iter(page)
         offset = self._offset

@@ -16,13 +16,13 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...backend import PK_ORDER, BaseQuery, Compiled, Item, OrderKey, get_path, sort_items
+from ...backend import BaseQuery, Compiled, Item, OrderKey, get_path, sort_items
 from .compiler import valid_path
 
 if TYPE_CHECKING:
     from .storage import SQLStorage
 
-__all__ = ["SQLQuery"]
+__all__ = ["SQLQuery", "any_container", "order_paths"]
 
 
 def _holds_container(record: dict[str, Any], paths: Sequence[tuple[str, ...]]) -> bool:
@@ -34,7 +34,8 @@ def _holds_container(record: dict[str, Any], paths: Sequence[tuple[str, ...]]) -
     return False
 
 
-def _any_container(rows: list[Item], paths: Sequence[tuple[str, ...]]) -> bool:
+def any_container(rows: list[Item], paths: Sequence[tuple[str, ...]]) -> bool:
+    """Whether some row holds a list or dict at one of ``paths`` (SQL may misorder it)."""
     if len(paths) == 1 and len(paths[0]) == 1:
         # Ordered by one top-level field, the common case: one test per row.
         name = paths[0][0]
@@ -49,20 +50,6 @@ class SQLQuery(BaseQuery[Any]):
         # The storage of an SQLQuery is always a SQL backend (its query_class).
         storage: SQLStorage
 
-    def _engine_page(
-        self, order: tuple[OrderKey, ...], offset: int, limit: int
-    ) -> list[Item] | None:
-        # The hot path, a short exact result (first(), q[:10]) of a condition
-        # shape seen before: one cached statement, its rows in one fetch.
-        rows = self.storage._select_page(self.condition, order, offset, limit)
-        if rows is None or order is PK_ORDER:
-            return rows  # pks are never lists or dicts
-        paths = _order_paths(order)
-        if not paths or not _any_container(rows, paths):
-            return rows
-        # A list or dict at an order key: the general path repairs the order.
-        return None
-
     def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
         # Always: _engine_fetch repairs the order among lists and dicts itself.
         return True
@@ -74,10 +61,10 @@ class SQLQuery(BaseQuery[Any]):
         offset: int,
         limit: int | None,
     ) -> Iterator[Item]:
-        paths = () if order is None else _order_paths(order)
+        paths = () if order is None else order_paths(order)
         selected = self.storage._select(native, order, offset, limit)
         if isinstance(selected, list):
-            if not paths or not _any_container(selected, paths):
+            if not paths or not any_container(selected, paths):
                 return iter(selected)
             rows = iter(selected)
         elif not paths:
@@ -130,7 +117,7 @@ class SQLQuery(BaseQuery[Any]):
 
 
 @functools.lru_cache(maxsize=1024)
-def _order_paths(order: tuple[OrderKey, ...]) -> tuple[tuple[str, ...], ...]:
+def order_paths(order: tuple[OrderKey, ...]) -> tuple[tuple[str, ...], ...]:
     """The paths of ``order`` that records can hold (where a list or dict may need repair)."""
     return tuple(k.path for k in order if valid_path(k.path))
 

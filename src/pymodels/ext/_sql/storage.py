@@ -18,9 +18,10 @@ import abc
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ...backend import BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
+from ...backend import PK_ORDER, BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
 from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
+from .query import any_container, order_paths
 
 __all__ = ["KEY_COLUMNS", "RECORD_COLUMNS", "SQLStorage"]
 
@@ -187,11 +188,20 @@ class SQLStorage(BaseStorage):
     def _select_page(
         self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
     ) -> list[Item] | None:
-        # One cached statement per condition shape: no compiling, one fetch.
+        # The hot path: one cached statement per condition shape, no
+        # compiling, its rows in one fetch.
         if limit > self._page_size:
             return None
         statement = self._compiler.select(condition, self._table, order, offset, limit)
-        return None if statement is None else self._fetch_records(*statement)
+        if statement is None:
+            return None
+        rows = self._fetch_records(*statement)
+        if order is PK_ORDER:
+            return rows  # pks are never lists or dicts
+        paths = order_paths(order)
+        if paths and any_container(rows, paths):
+            return None  # a list or dict at an order key: the general path repairs it
+        return rows
 
     def _count_where(self, where: Frag | None) -> int:
         return self._scalar(self._dialect.count(self._table, where))
