@@ -294,10 +294,15 @@ class BaseStorage(abc.ABC):
     def _has_index(self, spec: IndexSpec) -> bool:
         """Whether the engine holds the index ``spec`` describes (with ``features.indexes``).
 
-        The default knows of none: a backend with indexes answers from the
-        engine's own list, which ``has_index`` and the conformance suite read.
+        The default looks in :meth:`_indexes` (none unless a backend lists its
+        indexes); a backend may answer from the engine more directly.
         """
-        return False
+        return any(
+            held.keys == spec.keys
+            and held.unique == spec.unique
+            and (spec.kind is None or held.kind == spec.kind)
+            for held in self._indexes()
+        )
 
     def _serialize(self, key: str) -> None:  # noqa: B027 - an optional no-op hook
         """Inside a transaction: make other processes' transactions that pass ``key`` wait.
