@@ -20,6 +20,7 @@ from .errors import (
     LockTimeout,
     NotSupported,
     PyModelsError,
+    StorageNotFound,
     ValidationError,
 )
 from .features import Features
@@ -46,6 +47,7 @@ __all__ = [
     "NotSupported",
     "PyModelsError",
     "Q",
+    "StorageNotFound",
     "ValidationError",
     "get_db",
     "get_storage",

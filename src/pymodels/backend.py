@@ -25,6 +25,7 @@ from .errors import (
     LockTimeout,
     NotSupported,
     PyModelsError,
+    StorageNotFound,
     ValidationError,
 )
 from .features import OPS, Features, OpSupport
@@ -77,6 +78,7 @@ __all__ = [
     "Or",
     "OrderKey",
     "PyModelsError",
+    "StorageNotFound",
     "ValidationError",
     "apply_changes",
     "check_field_name",

@@ -23,6 +23,7 @@ __all__ = [
     "LockTimeout",
     "NotSupported",
     "PyModelsError",
+    "StorageNotFound",
     "ValidationError",
     "check_usable",
 ]
@@ -68,6 +69,17 @@ class BackendNotFound(ConfigurationError):
         self.name = name
         self.known = tuple(known)
         super().__init__(f"unknown backend {name!r}; known backends: {', '.join(self.known)}")
+
+
+class StorageNotFound(ConfigurationError):
+    """A storage opened read-only does not exist (no file, no table); nothing was created.
+
+    ``path`` names what is missing: the file, or the table.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class BackendUnavailable(PyModelsError):

@@ -86,6 +86,7 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_commit",
     "_rollback",
     "_create_index",
+    "_indexes",
     "_index_kind",
     "_can_index_now",
     "_has_index",
@@ -279,6 +280,10 @@ class BaseStorage(abc.ABC):
     def _create_index(self, spec: IndexSpec) -> None:  # noqa: B027 - an optional no-op hook
         """Create an index (idempotently). Only called when ``features.indexes``."""
 
+    def _indexes(self) -> list[IndexSpec]:
+        """The indexes the engine holds for this storage. Only called when ``features.indexes``."""
+        return []
+
     def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str | None:
         """The index kind for a ``Meta.indexes`` entry that names none (None: the default).
 
@@ -289,10 +294,15 @@ class BaseStorage(abc.ABC):
     def _has_index(self, spec: IndexSpec) -> bool:
         """Whether the engine holds the index ``spec`` describes (with ``features.indexes``).
 
-        The default knows of none: a backend with indexes answers from the
-        engine's own list, which ``has_index`` and the conformance suite read.
+        The default looks in :meth:`_indexes` (none unless a backend lists its
+        indexes); a backend may answer from the engine more directly.
         """
-        return False
+        return any(
+            held.keys == spec.keys
+            and held.unique == spec.unique
+            and (spec.kind is None or held.kind == spec.kind)
+            for held in self._indexes()
+        )
 
     def _serialize(self, key: str) -> None:  # noqa: B027 - an optional no-op hook
         """Inside a transaction: make other processes' transactions that pass ``key`` wait.
@@ -720,6 +730,15 @@ class BaseStorage(abc.ABC):
         if not self.features.indexes:
             return False
         return self._has_index(self._parse_index(path_or_tuple, unique, kind))
+
+    def indexes(self) -> list[IndexSpec]:
+        """The indexes this storage holds, as :meth:`create_index` received them.
+
+        Empty on an engine without indexes. The command line shows them
+        (``pymodels info``) and ``pymodels copy`` makes them on the destination.
+        """
+        self._check_open()
+        return self._indexes() if self.features.indexes else []
 
     def ensure_indexes(self, doc_class: type[Document]) -> None:
         """Create the indexes ``doc_class.Meta.indexes`` asks for (idempotent)."""

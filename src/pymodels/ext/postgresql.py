@@ -45,6 +45,7 @@ from ..backend import (
     LockTimeout,
     OrderKey,
     PyModelsError,
+    StorageNotFound,
 )
 
 try:
@@ -320,8 +321,9 @@ class Storage(SQLStorage):
                 version = None if found is None else found[0]
             if version is None:
                 if self.read_only:
-                    raise ConfigurationError(
-                        f"no pymodels table {self._table!r} (read_only is set)"
+                    raise StorageNotFound(
+                        f"no pymodels table {self._table!r} (read_only is set)",
+                        path=f"table {self._table}",
                     )
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
@@ -398,6 +400,7 @@ class Storage(SQLStorage):
             # Nested in a user's transaction this is a savepoint; the lock holds to its end.
             conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
             conn.execute(ddl)
+            conn.execute(*self._dialect.render(self._remember_index(spec)))
 
     def _update_many(self, pks: list[str], changes: list[Change]) -> int:
         compiled = self._dialect.update(changes)

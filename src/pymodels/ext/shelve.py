@@ -56,6 +56,7 @@ from ..backend import (
     Features,
     LockTimeout,
     PyModelsError,
+    StorageNotFound,
     file_problem,
     open_failure,
     url_path,
@@ -158,7 +159,7 @@ class Storage(BaseStorage):
             )
         else:
             if self.read_only:
-                raise ConfigurationError(f"{path} does not exist (read_only is set)")
+                raise StorageNotFound(f"{path} does not exist (read_only is set)", path=path)
             name = wanted or next(n for n in PREFERRED if _importable(n))
         self._module = _import_dbm(name)
         self.dbm_module = name

@@ -44,6 +44,7 @@ from ..backend import (
     LockTimeout,
     OrderKey,
     PyModelsError,
+    StorageNotFound,
     open_failure,
     url_path,
 )
@@ -241,7 +242,9 @@ class Storage(SQLStorage):
                 conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             elif self.read_only:
                 if not os.path.exists(str(path)):
-                    raise ConfigurationError(f"{path} does not exist (read_only is set)")
+                    raise StorageNotFound(
+                        f"{path} does not exist (read_only is set)", path=str(path)
+                    )
                 conn = self._connect_read_only(str(path))
             else:
                 conn = sqlite3.connect(
@@ -293,8 +296,10 @@ class Storage(SQLStorage):
         version = self._format_version(conn, key)
         if version is None:
             if self.read_only:
-                raise ConfigurationError(
-                    f"{self.settings.path} has no pymodels table {self._table!r} (read_only is set)"
+                raise StorageNotFound(
+                    f"{self.settings.path} has no pymodels table {self._table!r} "
+                    "(read_only is set)",
+                    path=f"{self.settings.path}, table {self._table}",
                 )
             # Only a new table takes the write lock: opening an existing one
             # never waits behind another connection's transaction.

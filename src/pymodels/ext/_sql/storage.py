@@ -15,6 +15,7 @@ creating an index, the short page of a cached statement.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,11 +24,14 @@ from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
 from .query import any_container, order_paths
 
-__all__ = ["KEY_COLUMNS", "RECORD_COLUMNS", "SQLStorage"]
+__all__ = ["KEY_COLUMNS", "META_TABLE", "RECORD_COLUMNS", "SQLStorage"]
 
 #: The columns of a row that is a record, and of one that is only its pk.
 RECORD_COLUMNS = "pk, body"
 KEY_COLUMNS = "pk, NULL"
+
+#: The library's own table (format versions, index descriptions), beside the records.
+META_TABLE = "pymodels_meta"
 
 
 class SQLStorage(BaseStorage):
@@ -217,3 +221,40 @@ class SQLStorage(BaseStorage):
 
     def _create_index(self, spec: IndexSpec) -> None:
         self._rowcount(Frag(self._dialect.create_index(self._table, spec)))
+        self._rowcount(self._remember_index(spec))
+
+    # Index names are digests: what each index is for is kept beside it, in
+    # the library's own table, so indexes() can list them.
+
+    def _remember_index(self, spec: IndexSpec) -> Frag:
+        """The statement recording ``spec`` in the meta table (after its DDL ran)."""
+        name = f"{self._table}.index.{self._dialect.index_name(self._table, spec)}"
+        value = json.dumps(
+            {"keys": [str(k) for k in spec.keys], "unique": spec.unique, "kind": spec.kind}
+        )
+        return Frag(
+            f"INSERT INTO {META_TABLE} (name, value) VALUES ({PARAM}, {PARAM}) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def _indexes(self) -> list[IndexSpec]:
+        prefix = f"{self._table}.index."
+        text, params = self._dialect.render(
+            Frag(
+                f"SELECT value FROM {META_TABLE} "
+                f"WHERE substr(name, 1, {len(prefix)}) = {PARAM} ORDER BY name",
+                (prefix,),
+            )
+        )
+        with self._db() as conn:
+            rows = conn.execute(text, params).fetchall()
+        specs = []
+        for (value,) in rows:
+            spec = json.loads(value)
+            keys = tuple(
+                OrderKey(tuple(key.lstrip("-").split("__")), key.startswith("-"))
+                for key in spec["keys"]
+            )
+            specs.append(IndexSpec(keys, spec["unique"], spec["kind"]))
+        return specs

@@ -50,6 +50,7 @@ from ...backend import (
     NotSupported,
     OrderKey,
     PyModelsError,
+    StorageNotFound,
     sort_items,
 )
 from ._compiler import NOT_ARRAY, NUMBER_TYPES, compile_condition, dotted, valid_path
@@ -215,6 +216,13 @@ class Storage(BaseStorage):
             has_tx = "setName" in hello or hello.get("msg") == "isdbgrid"
             self.features = features.replace(transactions=has_tx)  # type: ignore[misc]
             meta = self._meta.find_one({"_id": s.collection})
+            if meta is None and self.read_only and self._coll.find_one({}, {"_id": 1}) is None:
+                # Nothing to read and nothing may be created: as a missing file elsewhere.
+                raise StorageNotFound(
+                    f"no collection {s.collection!r} in database {self._db.name!r} "
+                    "(read_only is set)",
+                    path=f"collection {self._db.name}.{s.collection}",
+                )
             if meta is None and not self.read_only:
                 self._meta.update_one(
                     {"_id": s.collection},
@@ -511,6 +519,20 @@ class Storage(BaseStorage):
             options["partialFilterExpression"] = {name: {"$exists": True} for name, _ in keys}
         with self._guard():
             self.collection.create_index(keys, **options)
+
+    def _indexes(self) -> list[IndexSpec]:
+        with self._guard():
+            found = self.collection.index_information()
+        specs = []
+        for name, info in sorted(found.items()):
+            if not name.startswith(("i_", "u_")):
+                continue  # _id_, or an index another program made
+            keys = tuple(
+                OrderKey(tuple(field.split(".")), direction == -1)
+                for field, direction in info["key"]
+            )
+            specs.append(IndexSpec(keys, bool(info.get("unique", False)), None))
+        return specs
 
     def _update_many(self, pks: list[str], changes: list[Change]) -> int:
         update = _update_document(changes)

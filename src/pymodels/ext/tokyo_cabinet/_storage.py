@@ -33,7 +33,9 @@ from ...backend import (
     IntegrityError,
     LockTimeout,
     NotSupported,
+    OrderKey,
     PyModelsError,
+    StorageNotFound,
     declared_types,
     open_failure,
     sort_items,
@@ -376,7 +378,7 @@ class Storage(BaseStorage):
             )
         path = s.path
         if self.read_only and not os.path.exists(path):
-            raise ConfigurationError(f"{path} does not exist (read_only is set)")
+            raise StorageNotFound(f"{path} does not exist (read_only is set)", path=path)
         db = TableDB()
         if s.bnum or s.apow >= 0 or s.fpow >= 0 or s.large or s.compression:
             opts = TuneOpt(0)
@@ -859,6 +861,12 @@ class Storage(BaseStorage):
         """The indexed columns of the file and their kinds."""
         with self._lock:
             return {k.decode("utf-8", "replace"): v for k, v in self._file.indexes.items()}
+
+    def _indexes(self) -> list[IndexSpec]:
+        return [
+            IndexSpec((OrderKey((name,)),), False, kind)
+            for name, kind in sorted(self.index_kinds().items())
+        ]
 
     def _index_map(self) -> Mapping[bytes, str]:
         return self._file.indexes
