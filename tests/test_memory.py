@@ -276,3 +276,27 @@ def test_the_scan_is_the_reference_scan() -> None:
         expected = oracle.run(by_pk, {"where": [("lookup", k, v) for k, v in cond.items()]})
         assert _pks(storage.query().where(**cond)) == expected, cond
         assert storage.query().where(**cond).count() == len(expected), cond
+
+
+def test_indexes_stay_exact_under_threads_writing_and_querying() -> None:
+    storage, plain = _storage(), _storage()
+    storage.create_index(("city", "-age"))
+
+    def work(t: int) -> None:
+        for i in range(300):
+            record = {"city": f"c{i % 3}", "age": (i * 7 + t) % 13}
+            storage.save(record, primary_key=f"t{t}-{i:03}")
+            plain.save(record, primary_key=f"t{t}-{i:03}")
+            list(storage.query().where(city=f"c{i % 3}").order_by("-age")[:5])
+            if i % 7 == 0:
+                storage.delete(f"t{t}-{i // 2:03}")
+                plain.delete(f"t{t}-{i // 2:03}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for city in ("c0", "c1", "c2"):
+        q = storage.query().where(city=city).order_by("-age")
+        assert _pks(q) == _pks(plain.query().where(city=city).order_by("-age"))
