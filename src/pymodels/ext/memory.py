@@ -622,6 +622,10 @@ class Storage(BaseStorage):
     def _create_index(self, spec: IndexSpec) -> None:
         self._ns.add_index(spec.keys)
 
+    def _has_index(self, spec: IndexSpec) -> bool:
+        # No kinds and no unique indexes here (features): only plain ones exist.
+        return not spec.unique and spec.kind is None and spec.keys in self._ns.indexes
+
     def _begin(self) -> None:
         self._tx = _Tx()
         self._tx_owner = threading.get_ident()
