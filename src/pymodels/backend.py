@@ -41,8 +41,10 @@ from .values import (
     MISSING,
     check_field_name,
     copy_value,
+    freeze,
     get_path,
     kind_of,
+    sort_key,
 )
 
 __all__ = [
@@ -87,9 +89,11 @@ __all__ = [
     "decode_tagged",
     "encode_tagged",
     "file_problem",
+    "freeze",
     "get_path",
     "kind_of",
     "open_failure",
     "sort_items",
+    "sort_key",
     "url_path",
 ]

@@ -20,6 +20,7 @@ unique index compare by their JSON text (``[1]`` and ``[1.0]`` differ there).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sqlite3
@@ -90,6 +91,12 @@ FORMAT_VERSION = "1"
 FETCH_SIZE = 500
 #: Parameters per ``pk IN (...)`` (SQLite allows 32766 since 3.32).
 CHUNK = 500
+#: A JSON path literal after ``body, `` in SQL the dialect wrote (``json_type(body, '$."a"')``).
+_BODY_PATH = re.compile(r"\(body, ('(?:[^']|'')*')")
+#: The path literal of a tagged value's sort key ends with this part.
+_TAG_PART = '."$"\''
+#: A part of a JSON path literal, as _json_path writes it.
+_PATH_PART = re.compile(r'\."((?:[^"\\]|\\.)*)"')
 
 
 class Settings(BaseSettings):
@@ -139,6 +146,29 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
 # One dialect for every storage: its caches of per-path SQL are shared.
 _DIALECT = SQLiteDialect()
 _COMPILER = Compiler(_DIALECT)
+
+
+def _untagged(literal: str) -> str:
+    """The path literal of a field, given its own or its tag's (``'$."a"."$"'``)."""
+    return literal[: -len(_TAG_PART)] + "'" if literal.endswith(_TAG_PART) else literal
+
+
+def _path_of(literal: str) -> tuple[str, ...] | None:
+    """The path a JSON path literal of the dialect names (None: not one it writes)."""
+    text = literal[1:-1].replace("''", "'")
+    if not text.startswith("$"):
+        return None
+    try:
+        path = tuple(json.loads(f'"{part}"') for part in _PATH_PART.findall(text))
+    except ValueError:
+        return None
+    return path if path and _DIALECT.path_literal(path) == literal else None
+
+
+def _path_literal_of_rank(rank: str) -> str:
+    """The path literal a rank expression tests (its first ``json_type(body, ...)``)."""
+    found = _BODY_PATH.search(rank)
+    return found.group(1) if found else ""
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
@@ -412,6 +442,80 @@ class Storage(SQLStorage):
             # would overflow, a missing record) takes the exact generic path.
             rest = [pk for pk in pks if pk not in done]
             return len(done) + (super()._update_many(rest, changes) if rest else 0)
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        super()._create_index(spec)
+        self._index_cache = None
+
+    # ------------------------------------------------------------ counting from an index
+
+    _index_cache: list[tuple[str, str, frozenset[str]]] | None = None
+
+    def _indexes(self) -> list[tuple[str, str, frozenset[str]]]:
+        """``(name, first key's rank expression, every path literal)`` of each index.
+
+        Read from the schema (so indexes made by other programs using pymodels count
+        too), once per storage and again after ``create_index``.
+        """
+        found = self._index_cache
+        if found is None:
+            found = []
+            rows = self._fetchall(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+                (self._table,),
+            )
+            for name, sql in rows:
+                literals = _BODY_PATH.findall(sql or "")
+                path = _path_of(literals[0]) if literals else None
+                if path is None:
+                    continue
+                rank = self._dialect.rank(path)
+                # Only an index whose first term is the dialect's own rank expression.
+                if f"ON {self._qtable} (({rank})" not in str(sql):
+                    continue
+                found.append((str(name), rank, frozenset(map(_untagged, literals))))
+            self._index_cache = found
+        return found
+
+    def _count_where(self, where: Frag | None) -> int:
+        statement = None if where is None else self._count_from_index(where)
+        if statement is not None:
+            try:
+                return self._scalar(statement)
+            except PyModelsError:
+                self._index_cache = None  # dropped meanwhile: count as before
+        return super()._count_where(where)
+
+    def _count_from_index(self, where: Frag) -> Frag | None:
+        """A count that reads one index and never the table, where one holds every path.
+
+        SQLite 3.40 does not treat an index on expressions as covering, so a
+        condition on a path that is not an index's first key is a table scan
+        calling ``json_extract`` on every row. But once a query walks an index,
+        SQLite reads the indexed expressions from the index entries and seeks a
+        row only when it needs a column the index lacks (a deferred seek). So a
+        count over an index holding every path of the condition reads only that
+        index: ``INDEXED BY`` it, with an always-true range on its first term
+        (``rank > -100``: the rank is 0 to 10, or a tag's first character less
+        48). The answer is the same statement's; only the access path differs.
+        None when a path leads an index (SQLite then searches that index by
+        itself) or when no index holds every path.
+        """
+        used = {_untagged(lit) for lit in _BODY_PATH.findall(where.sql)}
+        if not used or where.sql.count("body") != len(_BODY_PATH.findall(where.sql)):
+            return None  # no path, or body used some other way
+        indexes = self._indexes()
+        leading = {_path_literal_of_rank(rank) for _, rank, _ in indexes}
+        if used & leading:
+            return None
+        for name, rank, paths in indexes:
+            if used <= paths:
+                sql = (
+                    f"SELECT count(*) FROM {self._qtable} INDEXED BY {self._dialect.ident(name)} "
+                    f"WHERE {rank} > -100 AND ({where.sql})"
+                )
+                return Frag(sql, where.params)
+        return None
 
     # ------------------------------------------------------------ used by Query
 

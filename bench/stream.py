@@ -1,0 +1,130 @@
+"""Streaming a large query: does memory stay flat while the results go by?
+
+    python bench/stream.py                          # 1M records, every embedded backend
+    python bench/stream.py --n 200000 --only memory,sqlite
+
+For each backend, in a fresh process: save ``--n`` records of the workload (made one
+at a time, so the program holds none of them), collect garbage, note the resident
+memory, reset the kernel's peak (``/proc/self/clear_refs``), then iterate two queries to
+the end, keeping nothing: ``where(age__gt=50)`` (about half the records, pk order) and
+``query()`` (every record). The table shows how far the peak rose above the resident
+memory before the query, and the rate. A backend that streams rises by a constant
+(a batch of records, a few documents); one that holds a list of every matching pk
+rises with ``--n``. Linux only (it reads ``/proc/self/status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from workload import CITIES
+
+BACKENDS = ("memory", "shelve", "sqlite", "tokyo_cabinet")
+
+
+def records(n: int) -> Iterator[dict[str, Any]]:
+    """The workload's records, one at a time (workload.make_records builds them all)."""
+    for i in range(n):
+        yield {
+            "name": f"name{i:07}",
+            "email": f"user{i}@example.com",
+            "age": 18 + i * 7 % 70,
+            "score": (i * 7919 % 10_000) / 100,
+            "city": CITIES[i % 50],
+            "tags": [f"t{i % 7}", f"u{i % 11}"],
+        }
+
+
+def _status(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    # "5" resets the peak resident set size (VmHWM) to the current one (Linux 4.0+).
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def worker(backend: str, n: int) -> dict[str, Any]:
+    import pymodels
+
+    with tempfile.TemporaryDirectory(prefix=f"stream-{backend}-") as tmp:
+        settings: dict[str, Any] = {"backend": backend}
+        if backend != "memory":
+            settings["path"] = str(Path(tmp) / f"stream.{backend}")
+        with pymodels.get_storage(settings) as storage:
+            start = time.perf_counter()
+            storage.save_many(records(n))
+            out: dict[str, Any] = {"load_s": time.perf_counter() - start}
+            for name, query in (
+                ("half", storage.query().where(age__gt=50)),
+                ("all", storage.query()),
+            ):
+                gc.collect()
+                before = _status("VmRSS")
+                _reset_peak()
+                start = time.perf_counter()
+                seen = sum(1 for _ in query)
+                elapsed = time.perf_counter() - start
+                out[name] = {
+                    "records": seen,
+                    "per_s": seen / elapsed,
+                    "rss_mb": before,
+                    "rise_mb": _status("VmHWM") - before,
+                }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=1_000_000, help="records (default 1000000)")
+    parser.add_argument("--only", default="", help="comma-separated backends (default: all)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.n)))
+        return 0
+    names = [x for x in args.only.split(",") if x] or list(BACKENDS)
+    print(f"N={args.n:,}: peak resident memory while iterating a query to the end, above")
+    print("the resident memory before it (each backend in a fresh process)")
+    print("| backend | query | records | records/s | RSS before | peak rise |")
+    print("|---|---|---:|---:|---:|---:|")
+    failed = False
+    for name in names:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name, "--n", str(args.n)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            check=False,
+        )
+        if proc.returncode != 0:
+            failed = True
+            print(f"| {name} | failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]} |")
+            continue
+        result = json.loads(proc.stdout)
+        for query, label in (("half", "where(age__gt=50)"), ("all", "query()")):
+            r = result[query]
+            print(
+                f"| {name} | `{label}` | {r['records']:,} | {r['per_s']:,.0f} | "
+                f"{r['rss_mb']:.0f} MB | {r['rise_mb']:.1f} MB |"
+            )
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
