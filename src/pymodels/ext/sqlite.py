@@ -451,7 +451,7 @@ class Storage(SQLStorage):
 
     _index_cache: list[tuple[str, str, frozenset[str]]] | None = None
 
-    def _indexes(self) -> list[tuple[str, str, frozenset[str]]]:
+    def _schema_indexes(self) -> list[tuple[str, str, frozenset[str]]]:
         """``(name, first key's rank expression, every path literal)`` of each index.
 
         Read from the schema (so indexes made by other programs using pymodels count
@@ -504,7 +504,7 @@ class Storage(SQLStorage):
         used = {_untagged(lit) for lit in _BODY_PATH.findall(where.sql)}
         if not used or where.sql.count("body") != len(_BODY_PATH.findall(where.sql)):
             return None  # no path, or body used some other way
-        indexes = self._indexes()
+        indexes = self._schema_indexes()
         leading = {_path_literal_of_rank(rank) for _, rank, _ in indexes}
         if used & leading:
             return None
