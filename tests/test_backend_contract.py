@@ -337,7 +337,7 @@ QUERY_MODULES = [
     "query.py",
     "ext/memory.py",
     "ext/_sql/query.py",
-    "ext/tokyo_cabinet/_query.py",
+    "ext/_tokyo/_query.py",
     "ext/mongodb/_query.py",
 ]
 #: What storage.py and query.py call documents (their variables' names).

@@ -41,6 +41,13 @@ from pymodels.testing import strategies as pst
 from pymodels.testing.suite import EVERY_KIND, Person, identical, run_in_threads, stored_form
 
 try:
+    from pymodels.ext._tokyo._columns import decode_dump, dump_types, encode_dump
+    from pymodels.ext._tokyo._compiler import (
+        TCCond,
+        case_insensitive_regex,
+        compile_condition,
+        gates_hold,
+    )
     from pymodels.ext.tokyo_cabinet import Storage, features
     from pymodels.ext.tokyo_cabinet._binding import (
         Cond,
@@ -50,13 +57,6 @@ try:
         live_pointer_kinds,
         live_pointers,
         open_handles,
-    )
-    from pymodels.ext.tokyo_cabinet._columns import decode_dump, dump_types, encode_dump
-    from pymodels.ext.tokyo_cabinet._compiler import (
-        TCCond,
-        case_insensitive_regex,
-        compile_condition,
-        gates_hold,
     )
 except BackendUnavailable as e:
     pytest.skip(f"Tokyo Cabinet backend unavailable: {e}", allow_module_level=True)
@@ -447,7 +447,7 @@ def test_queries_of_one_shape_compile_as_if_compiled_afresh(
     """compile_condition reuses the plan of a lookup shape with the operand substituted:
     the plans are the ones a full compile gives."""
     from pymodels.conditions import Lookup
-    from pymodels.ext.tokyo_cabinet import _compiler
+    from pymodels.ext._tokyo import _compiler
 
     indexes = {name.encode(): kind} if kind else {}
     for value in values:
@@ -985,7 +985,7 @@ def test_storage_is_a_base_storage() -> None:
 
 
 def test_binding_getdump_is_get_without_the_dict(path: Path) -> None:
-    from pymodels.ext.tokyo_cabinet._binding import _parse_map
+    from pymodels.ext._tokyo._format import _parse_map
 
     with TableDB().open(path) as db:
         db.put(b"k", {b"a": b"\x00\xff", b"long": b"x" * 300})
@@ -1226,14 +1226,14 @@ def test_records_nested_to_the_value_domains_limit_save_and_load(
 
 
 def test_json_columns_are_written_and_read_without_recursion() -> None:
-    from pymodels.ext.tokyo_cabinet._columns import _decode_dict, json_text
+    from pymodels.ext._tokyo._columns import _decode_dict, json_text
 
     deep = _nested(5000, 1)
     deep = {"k": deep}
     text = json_text(deep)
     assert text.count("[") + text.count("{") == 5000
     # Deeper than json's own parser goes: another client wrote it; it loads as text.
-    from pymodels.ext.tokyo_cabinet._columns import decode_record
+    from pymodels.ext._tokyo._columns import decode_record
 
     record = decode_record({b"_types": b"d:m", b"d": text.encode()})
     assert record["d"] == text

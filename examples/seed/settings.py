@@ -18,8 +18,8 @@ TOKYO_CABINET_DATABASE = {
 # access through the Tyrant manager (needs `ttserver storage.tct`, scalable)
 TOKYO_TYRANT_DATABASE = {
     "backend": "pymodels.ext.tokyo_tyrant",
-    "host": "localhost",
-    "port": 1978,
+    "host": os.environ.get("PYMODELS_TYRANT_HOST", "localhost"),
+    "port": int(os.environ.get("PYMODELS_TYRANT_PORT", "1978")),
 }
 
 # the embedded default: one SQLite file

@@ -18,6 +18,7 @@ from .conditions import ALL, And, Condition, Lookup, Not, Or
 from .documents import Document, declared_types
 from .errors import (
     BackendUnavailable,
+    BulkWriteError,
     ConfigurationError,
     ConnectionFailed,
     CorruptData,
@@ -45,6 +46,7 @@ from .values import (
     get_path,
     kind_of,
     sort_key,
+    stored_record,
 )
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "BaseQuery",
     "BaseSettings",
     "BaseStorage",
+    "BulkWriteError",
     "Change",
     "Compiled",
     "Condition",
@@ -95,5 +98,6 @@ __all__ = [
     "open_failure",
     "sort_items",
     "sort_key",
+    "stored_record",
     "url_path",
 ]

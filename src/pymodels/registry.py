@@ -45,6 +45,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "postgresql": ("pymodels.ext.postgresql", "pip install 'pymodels[postgresql]'"),
     "mongodb": ("pymodels.ext.mongodb", "pip install 'pymodels[mongodb]'"),
     "tokyo_cabinet": ("pymodels.ext.tokyo_cabinet", "apt-get install libtokyocabinet9"),
+    "tokyo_tyrant": ("pymodels.ext.tokyo_tyrant", ""),
 }
 
 #: Other names (and URL schemes) for the built-in backends.
@@ -54,6 +55,7 @@ ALIASES: dict[str, str] = {
     "mongo": "mongodb",
     "mongodb+srv": "mongodb",
     "tokyo-cabinet": "tokyo_cabinet",
+    "tokyo-tyrant": "tokyo_tyrant",
 }
 
 

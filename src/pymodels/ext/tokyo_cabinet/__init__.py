@@ -34,7 +34,7 @@ except ImportError as _e:  # TokyoCabinetUnavailable is an ImportError
         f"apt-get install libtokyocabinet9 ({_e})"
     ) from _e
 
-from ._query import Query
+from .._tokyo._query import Query
 from ._storage import Settings, Storage, features
 
 __all__ = ["Query", "Settings", "Storage", "features"]

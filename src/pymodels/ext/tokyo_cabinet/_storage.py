@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
-import decimal
 import functools
 import logging
 import os
@@ -23,9 +21,6 @@ from ...backend import (
     BATCH_SIZE,
     BaseQuery,
     BaseSettings,
-    BaseStorage,
-    Compiled,
-    Condition,
     ConfigurationError,
     CorruptData,
     Features,
@@ -36,11 +31,13 @@ from ...backend import (
     OrderKey,
     PyModelsError,
     StorageNotFound,
-    declared_types,
     open_failure,
-    sort_items,
     url_path,
 )
+from .._tokyo._columns import decode_dump, decode_record, dump_types, encode_dump, name_bytes
+from .._tokyo._compiler import Block, Plan, TCCond, gates_hold, pk_order_in_python
+from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
+from .._tokyo._query import Query
 from . import _binding
 from ._binding import (
     FLAG_FATAL,
@@ -57,17 +54,6 @@ from ._binding import (
     TuneOpt,
     metasearch,
 )
-from ._columns import decode_dump, decode_record, dump_types, encode_dump, name_bytes
-from ._compiler import (
-    Block,
-    OrderPlan,
-    Plan,
-    TCCond,
-    compile_condition,
-    gates_hold,
-    pk_order_in_python,
-)
-from ._query import Query
 
 if TYPE_CHECKING:
     from ...backend import Document
@@ -350,7 +336,7 @@ def _file_state(path: str) -> _File:
         return state
 
 
-class Storage(BaseStorage):
+class Storage(TokyoStorage):
     """Records in a Tokyo Cabinet table database, one column per top-level field."""
 
     features: ClassVar[Features] = features
@@ -649,7 +635,7 @@ class Storage(BaseStorage):
                 with self._lock:
                     self._db.getdump(key)
             except TCError:
-                return _pk(key)
+                return decode_pk(key)
         return None
 
     def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
@@ -707,7 +693,7 @@ class Storage(BaseStorage):
     def _keys(self) -> Iterator[str]:
         with self._lock, _translate("fwmkeys"):
             keys = self._checked_keys_list()
-        return (_pk(k) for k in keys)
+        return (decode_pk(k) for k in keys)
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._lock, _translate("fwmkeys"):
@@ -734,7 +720,7 @@ class Storage(BaseStorage):
                             verdicts[types] = passed
                     if not passed:
                         continue
-                yield _pk(key), decode_dump(dump)
+                yield decode_pk(key), decode_dump(dump)
 
     def _count(self) -> int:
         with self._lock, _translate("rnum"):
@@ -843,7 +829,7 @@ class Storage(BaseStorage):
         # datetimes, token for lists, lexical otherwise. (A compound entry arrives as
         # its first field: Tokyo has no compound indexes.)
         first = fields if isinstance(fields, str) else fields[0]
-        return _default_kind(doc_class, first.lstrip("-"))
+        return default_index_kind(doc_class, first.lstrip("-"))
 
     def _has_index(self, spec: IndexSpec) -> bool:
         # Tokyo's own record of its indexes: the index files beside the table file.
@@ -994,99 +980,6 @@ class Storage(BaseStorage):
         except TCError as e:
             raise _error("search", e) from e
 
-    def _compile_condition(self, condition: Condition) -> Compiled:
-        plan, residual = compile_condition(condition, self._index_map())
-        # No description here: explain() asks _explain_select, which describes the plan.
-        return Compiled(plan, residual)
-
-    def _select(
-        self, native: Any, order: Any, offset: int, limit: int | None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        # ``order``: the OrderPlan the query made of the order keys, or None.
-        plan: Plan = native
-        oplan: OrderPlan | None = order
-        if plan.nothing:
-            return
-        by_pk = oplan is None or oplan.by_pk
-        if plan.deferred is not None and limit is None and not offset and by_pk:
-            # Every match is loaded: its kind gates are checked on the loaded record rather
-            # than by Tokyo reading it once more.
-            lean, gates = plan.deferred
-            tc_order = None if oplan is None else (b"", oplan.tc_order)
-            yield from self._records(self._tc_search(lean, tc_order), gates)
-            return
-        if oplan is None:
-            keys = self._tc_search(plan)
-            stop = None if limit is None else offset + limit
-            yield from self._records(keys[offset:stop] if offset or stop else keys)
-            return
-        if oplan.by_pk:
-            keys = self._tc_search(
-                plan, (b"", oplan.tc_order), -1 if limit is None else limit, offset
-            )
-            yield from self._records(keys)
-            return
-        if limit is not None:
-            yield from self._top(plan, oplan, offset, limit)
-            return
-        yield from self._ordered_stream(plan, oplan, offset)
-
-    def _ordered_stream(
-        self, plan: Plan, oplan: OrderPlan, offset: int
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every match in order: Tokyo's order with runs of equal values sorted exactly."""
-        keys = self._tc_search(plan, (oplan.column, oplan.tc_order))
-        run: list[tuple[str, dict[str, Any]]] = []
-        run_value: bytes | None = None
-        skipped = 0
-        for start in range(0, len(keys), BATCH_SIZE):
-            batch = keys[start : start + BATCH_SIZE]
-            for key, columns in zip(batch, self._load_raw(batch), strict=True):
-                if columns is None:
-                    continue
-                value = columns.get(oplan.column)
-                if run and value != run_value:
-                    for item in sort_items(run, oplan.keys):
-                        if skipped < offset:
-                            skipped += 1
-                        else:
-                            yield item
-                    run = []
-                run_value = value
-                run.append((_pk(key), decode_record(columns)))
-        for item in sort_items(run, oplan.keys):
-            if skipped < offset:
-                skipped += 1
-            else:
-                yield item
-
-    def _top(
-        self, plan: Plan, oplan: OrderPlan, offset: int, limit: int
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """A slice of the order: Tokyo's top records plus every tie of the last one."""
-        want = offset + limit
-        if want == 0:
-            return
-        order = (oplan.column, oplan.tc_order)
-        keys = self._tc_search(plan, order, want)
-        raw = self._load_raw(keys)
-        found = {k: c for k, c in zip(keys, raw, strict=True) if c is not None}
-        if len(keys) == want and keys:
-            last = raw[-1]
-            boundary = None if last is None else last.get(oplan.column)
-            if boundary is None or b"\x00" in boundary:
-                # No way to name the boundary in a condition: take the whole order.
-                items = list(self._ordered_stream(plan, oplan, 0))
-                yield from items[offset:want]
-                return
-            tie = TCCond(oplan.column, Cond.STREQ, boundary)
-            more = [k for k in self._tc_search(plan, extra=tie) if k not in found]
-            for key, columns in zip(more, self._load_raw(more), strict=True):
-                if columns is not None:
-                    found[key] = columns
-        items = [(_pk(k), decode_record(c)) for k, c in found.items()]
-        yield from sort_items(items, oplan.keys)[offset:want]
-
     def _count_where(self, native: Any) -> int:
         plan: Plan = native
         if plan.nothing:
@@ -1150,36 +1043,6 @@ class Storage(BaseStorage):
             self._check_written("searchout")
             return total
 
-    def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
-        # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
-        plan: Plan = native
-        oplan: OrderPlan | None = order
-        tc_order = None if oplan is None else (oplan.column, oplan.tc_order)
-        lines = [plan.describe()]
-        tc_limit = -1
-        skip = 0
-        if oplan is not None:
-            if limit is not None:
-                tc_limit = offset + limit if not oplan.by_pk else limit
-            if oplan.by_pk:
-                skip = offset
-        blocks = 1 if plan.blocks is None else len(plan.blocks)
-        if tc_order is not None and pk_order_in_python(blocks, tc_order, tc_limit, skip):
-            lines.append("order by pk: sorted in Python")
-        elif tc_order is not None:
-            column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
-            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
-            lines.append(f"tctdbqrysetorder: {column} {direction}")
-        unsliced = limit is None and not offset
-        if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
-            lean, gates = plan.deferred
-            checked = " AND ".join(map(str, gates))
-            lines.append(f"documents: {lean.describe()} (then checked in Python: {checked})")
-        for i, hint in enumerate(self._tc_hints(plan, tc_order, tc_limit, skip)):
-            label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
-            lines.append(f"{label}: " + hint.replace("\n", "; "))
-        return "\n  ".join(lines)
-
     def _tc_hints(
         self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[str]:
@@ -1209,14 +1072,6 @@ class Storage(BaseStorage):
 def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
     stop = None if limit < 0 else skip + limit
     return keys[skip:stop] if skip or stop is not None else keys
-
-
-def _pk(key: bytes) -> str:
-    # Keys other clients wrote may not be UTF-8; such records still list and count.
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return key.decode("utf-8", "replace")
 
 
 def _error(operation: str, e: TCError) -> PyModelsError:
@@ -1306,22 +1161,3 @@ def _scan_indexes(path: str) -> dict[bytes, str]:
         if suffix in _INDEX_SUFFIXES and column:
             found[unquote_to_bytes(column)] = _INDEX_SUFFIXES[suffix]
     return found
-
-
-#: Declared types whose values Tokyo compares as numbers (dates and datetimes as digits).
-_NUMERIC_TYPES: Final = (int, float, decimal.Decimal, datetime.date, datetime.datetime)
-
-
-def _default_kind(doc_class: type[Document], field: str) -> str:
-    options = declared_types(doc_class, field)
-    if options is None:
-        return "lexical"
-    if (
-        options
-        and all(isinstance(o, type) and issubclass(o, _NUMERIC_TYPES) for o in options)
-        and not any(o is bool for o in options)
-    ):
-        return "decimal"
-    if options and all(typing.get_origin(o) is list or o is list for o in options):
-        return "token"
-    return "lexical"

@@ -1,4 +1,5 @@
-"""Queries over a Tokyo Cabinet table: the engine hooks of :class:`~pymodels.query.BaseQuery`.
+"""Queries over a Tokyo table (a Cabinet file or a Tyrant server): the engine hooks of
+:class:`~pymodels.query.BaseQuery`.
 
 Ordering goes to Tokyo only where its order provably equals the contract's:
 
@@ -21,12 +22,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...backend import BaseQuery, Compiled, OrderKey
-from ._binding import Order
 from ._columns import name_bytes
 from ._compiler import OrderPlan, Plan, guaranteed_kind
+from ._format import Order
 
 if TYPE_CHECKING:
-    from ._storage import Storage
+    from ._engine import TokyoStorage
 
 __all__ = ["Query"]
 
@@ -38,9 +39,9 @@ _PK_ORDERS: dict[tuple[OrderKey, ...], OrderPlan] = {}
 
 
 class Query(BaseQuery[Any]):
-    """A query compiled to Tokyo Cabinet's table query (see :mod:`._compiler`)."""
+    """A query compiled to Tokyo's table query (see :mod:`._compiler`)."""
 
-    storage: Storage
+    storage: TokyoStorage
 
     # ------------------------------------------------------------- engine hooks
 

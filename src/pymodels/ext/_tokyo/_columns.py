@@ -59,7 +59,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from ...backend import check_field_name, decode_tagged, encode_tagged
-from ._binding import VNUM1, parse_map, read_vnum, vnum
+from ._format import VNUM1, parse_map, read_vnum, vnum
 
 __all__ = [
     "ALL_CODES",
@@ -774,7 +774,7 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     end = len(buf)
     while i < end:
         # _size_at inlined twice: this loop runs per column of every record read.
-        # _binding.parse_map walks dumps the same way: change them together.
+        # _format.parse_map walks dumps the same way: change them together.
         size = buf[i]
         if size < 128:
             i += 1

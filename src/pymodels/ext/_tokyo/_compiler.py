@@ -35,7 +35,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from ...backend import And, Condition, Lookup, Not, Or, OrderKey, kind_of
-from ._binding import Cond
 from ._columns import (
     ALL_CODES,
     KIND_CODES,
@@ -53,6 +52,7 @@ from ._columns import (
     token,
     word_safe,
 )
+from ._format import Cond
 
 __all__ = [
     "Plan",

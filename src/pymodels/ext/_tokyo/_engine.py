@@ -1,0 +1,236 @@
+"""The query execution both Tokyo backends share, over a few hooks each implements.
+
+:class:`TokyoStorage` runs the shared query class's plans (:mod:`._query`,
+:mod:`._compiler`): selection with Tokyo's order, exact ordering of ties, slices and
+``explain()``. A backend supplies the engine side: ``_tc_search`` (primary keys of a
+plan), ``_records`` and ``_load_raw`` (records of keys), ``_tc_hints`` and
+``_index_map``; the Cabinet backend through the C library, the Tyrant backend over the
+network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import typing
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from ...backend import (
+    BATCH_SIZE,
+    BaseStorage,
+    Compiled,
+    Condition,
+    declared_types,
+    sort_items,
+)
+from ._columns import decode_record
+from ._compiler import OrderPlan, Plan, TCCond, compile_condition, pk_order_in_python
+from ._format import Cond, Order
+
+if TYPE_CHECKING:
+    from ...backend import Document
+
+__all__ = ["TokyoStorage", "decode_pk", "default_index_kind"]
+
+
+class TokyoStorage(BaseStorage):
+    """A storage over a Tokyo table: the Cabinet file directly, or a Tyrant server."""
+
+    # ------------------------------------------------------- the backend's side
+
+    def _index_map(self) -> Mapping[bytes, str]:
+        """Indexed columns and their kinds (the compiler prefers indexed conditions)."""
+        raise NotImplementedError
+
+    def _tc_search(
+        self,
+        plan: Plan,
+        order: tuple[bytes, int] | None = None,
+        limit: int = -1,
+        skip: int = 0,
+        extra: TCCond | None = None,
+    ) -> list[bytes]:
+        """Primary keys the plan selects (``extra``: one more condition on every block),
+        in ``order`` (column, :class:`~._format.Order`), skipped and limited."""
+        raise NotImplementedError
+
+    def _records(
+        self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(pk, record)`` of keys in batches, skipping keys deleted meanwhile and
+        records failing ``gates`` (see :attr:`~._compiler.Plan.deferred`)."""
+        raise NotImplementedError
+
+    def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
+        """Column maps of keys, aligned with them (None: missing)."""
+        raise NotImplementedError
+
+    def _tc_hints(
+        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
+    ) -> list[str]:
+        """Tokyo's own account of the plan's queries, for ``explain()``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------ shared query hooks
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        plan, residual = compile_condition(condition, self._index_map())
+        # No description here: explain() asks _explain_select, which describes the plan.
+        return Compiled(plan, residual)
+
+    def _select(
+        self, native: Any, order: Any, offset: int, limit: int | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        # ``order``: the OrderPlan the query made of the order keys, or None.
+        plan: Plan = native
+        oplan: OrderPlan | None = order
+        if plan.nothing:
+            return
+        by_pk = oplan is None or oplan.by_pk
+        if plan.deferred is not None and limit is None and not offset and by_pk:
+            # Every match is loaded: its kind gates are checked on the loaded record rather
+            # than by Tokyo reading it once more.
+            lean, gates = plan.deferred
+            tc_order = None if oplan is None else (b"", oplan.tc_order)
+            yield from self._records(self._tc_search(lean, tc_order), gates)
+            return
+        if oplan is None:
+            keys = self._tc_search(plan)
+            stop = None if limit is None else offset + limit
+            yield from self._records(keys[offset:stop] if offset or stop else keys)
+            return
+        if oplan.by_pk:
+            keys = self._tc_search(
+                plan, (b"", oplan.tc_order), -1 if limit is None else limit, offset
+            )
+            yield from self._records(keys)
+            return
+        if limit is not None:
+            yield from self._top(plan, oplan, offset, limit)
+            return
+        yield from self._ordered_stream(plan, oplan, offset)
+
+    def _ordered_stream(
+        self, plan: Plan, oplan: OrderPlan, offset: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every match in order: Tokyo's order with runs of equal values sorted exactly."""
+        keys = self._tc_search(plan, (oplan.column, oplan.tc_order))
+        run: list[tuple[str, dict[str, Any]]] = []
+        run_value: bytes | None = None
+        skipped = 0
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                if columns is None:
+                    continue
+                value = columns.get(oplan.column)
+                if run and value != run_value:
+                    for item in sort_items(run, oplan.keys):
+                        if skipped < offset:
+                            skipped += 1
+                        else:
+                            yield item
+                    run = []
+                run_value = value
+                run.append((decode_pk(key), decode_record(columns)))
+        for item in sort_items(run, oplan.keys):
+            if skipped < offset:
+                skipped += 1
+            else:
+                yield item
+
+    def _top(
+        self, plan: Plan, oplan: OrderPlan, offset: int, limit: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A slice of the order: Tokyo's top records plus every tie of the last one.
+
+        One record more than the slice is fetched: records of equal value are adjacent
+        in Tokyo's order, so when that one differs from the last of the slice nothing
+        beyond ties with it, and the search for ties is skipped (on Tokyo Tyrant: one
+        round trip less). It sorts after the slice and is cut off with the rest.
+        """
+        want = offset + limit
+        if want == 0:
+            return
+        order = (oplan.column, oplan.tc_order)
+        keys = self._tc_search(plan, order, want + 1)
+        raw = self._load_raw(keys)
+        found = {k: c for k, c in zip(keys, raw, strict=True) if c is not None}
+        if len(keys) > want:
+            last = raw[want - 1]
+            boundary = None if last is None else last.get(oplan.column)
+            if boundary is None or b"\x00" in boundary:
+                # No way to name the boundary in a condition: take the whole order.
+                items = list(self._ordered_stream(plan, oplan, 0))
+                yield from items[offset:want]
+                return
+            after = raw[want]
+            if after is None or after.get(oplan.column) == boundary:
+                tie = TCCond(oplan.column, Cond.STREQ, boundary)
+                more = [k for k in self._tc_search(plan, extra=tie) if k not in found]
+                for key, columns in zip(more, self._load_raw(more), strict=True):
+                    if columns is not None:
+                        found[key] = columns
+        items = [(decode_pk(k), decode_record(c)) for k, c in found.items()]
+        yield from sort_items(items, oplan.keys)[offset:want]
+
+    def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
+        # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
+        plan: Plan = native
+        oplan: OrderPlan | None = order
+        tc_order = None if oplan is None else (oplan.column, oplan.tc_order)
+        lines = [plan.describe()]
+        tc_limit = -1
+        skip = 0
+        if oplan is not None:
+            if limit is not None:
+                tc_limit = offset + limit if not oplan.by_pk else limit
+            if oplan.by_pk:
+                skip = offset
+        blocks = 1 if plan.blocks is None else len(plan.blocks)
+        if tc_order is not None and pk_order_in_python(blocks, tc_order, tc_limit, skip):
+            lines.append("order by pk: sorted in Python")
+        elif tc_order is not None:
+            column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
+            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
+            lines.append(f"tctdbqrysetorder: {column} {direction}")
+        unsliced = limit is None and not offset
+        if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
+            lean, gates = plan.deferred
+            checked = " AND ".join(map(str, gates))
+            lines.append(f"documents: {lean.describe()} (then checked in Python: {checked})")
+        for i, hint in enumerate(self._tc_hints(plan, tc_order, tc_limit, skip)):
+            label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
+            lines.append(f"{label}: " + hint.replace("\n", "; "))
+        return "\n  ".join(lines)
+
+
+def decode_pk(key: bytes) -> str:
+    """A key as a pk (keys other clients wrote that are not UTF-8 get U+FFFD)."""
+    # Keys other clients wrote may not be UTF-8; such records still list and count.
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return key.decode("utf-8", "replace")
+
+
+#: Declared types whose values Tokyo compares as numbers (dates and datetimes as digits).
+_NUMERIC_TYPES: Final = (int, float, decimal.Decimal, datetime.date, datetime.datetime)
+
+
+def default_index_kind(doc_class: type[Document], field: str) -> str:
+    """The index kind that fits a declared field: decimal for numbers, dates and
+    datetimes, token for lists, lexical otherwise."""
+    options = declared_types(doc_class, field)
+    if options is None:
+        return "lexical"
+    if (
+        options
+        and all(isinstance(o, type) and issubclass(o, _NUMERIC_TYPES) for o in options)
+        and not any(o is bool for o in options)
+    ):
+        return "decimal"
+    if options and all(typing.get_origin(o) is list or o is list for o in options):
+        return "token"
+    return "lexical"

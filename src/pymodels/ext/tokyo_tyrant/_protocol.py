@@ -1,0 +1,527 @@
+"""A pure-Python client for the Tokyo Tyrant binary protocol (``ttserver`` 1.1).
+
+Written from the protocol's documentation (``/work/shared/notes/tokyo.md`` section 7,
+the Tokyo Tyrant specification): every request is ``0xC8``, a command byte and a body of
+big-endian integers and length-prefixed byte strings; every reply starts with a status
+byte (0 success, 1 failure or no record). On failure only the status byte comes back,
+except for ``misc``, ``fwmkeys``, ``rnum``, ``size`` and ``stat``, which always send their
+whole shape.
+
+Table records go through ``misc put/putkeep/out/get`` (every column its own length-
+prefixed element: binary-safe); queries through ``misc search``.
+
+Connections
+-----------
+:class:`Client` keeps a small pool of sockets (``TCP_NODELAY``, buffered reads), so one
+client may be shared by threads: each call takes a socket from the pool, or opens one,
+and gives it back when the reply has been read.
+
+* A socket the server closed while it sat in the pool (a restarted server) is noticed
+  before it is used and replaced: nothing was sent on it.
+* A server that cannot be reached raises :class:`~pymodels.errors.ConnectionFailed`
+  naming the host and port, within ``timeout`` seconds.
+* A connection lost after a request was sent: a read is sent once more on a fresh
+  connection; a write is **never** repeated. The caller gets ``ConnectionFailed`` saying
+  that the write's outcome is unknown (the server may or may not have applied it); the
+  next call connects again.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, TypeVar
+
+from ...backend import ConnectionFailed, PyModelsError
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Client",
+    "ProtocolError",
+    "misc_request",
+    "request",
+]
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 1978
+
+MAGIC: Final = 0xC8
+# Command bytes.
+PUT: Final = 0x10
+PUTKEEP: Final = 0x11
+PUTCAT: Final = 0x12
+OUT: Final = 0x20
+GET: Final = 0x30
+MGET: Final = 0x31
+VSIZ: Final = 0x38
+ITERINIT: Final = 0x50
+ITERNEXT: Final = 0x51
+FWMKEYS: Final = 0x58
+ADDINT: Final = 0x60
+SYNC: Final = 0x70
+VANISH: Final = 0x72
+RNUM: Final = 0x80
+SIZE: Final = 0x81
+STAT: Final = 0x88
+MISC: Final = 0x90
+
+#: ``misc`` option: do not write the update log (replication). Not used by default.
+MONOULOG: Final = 1
+
+_U32: Final = struct.Struct(">I")
+_I32: Final = struct.Struct(">i")
+_U64: Final = struct.Struct(">Q")
+_HEAD2: Final = struct.Struct(">BB")
+_MISC_HEAD: Final = struct.Struct(">BBIII")
+_BUFSIZE: Final = 64 * 1024
+
+T = TypeVar("T")
+
+
+class ProtocolError(PyModelsError):
+    """The server sent something the protocol does not allow (the connection is dropped)."""
+
+
+# ------------------------------------------------------------------- request encoding
+
+
+def request(command: int, *parts: bytes) -> bytes:
+    """A request whose body is length-prefixed byte strings: ``C8 cmd u32 len... data...``.
+
+    The lengths come first, then the data, as every keyed command lays them out.
+    """
+    return (
+        _HEAD2.pack(MAGIC, command) + b"".join(_U32.pack(len(p)) for p in parts) + b"".join(parts)
+    )
+
+
+def misc_request(name: bytes, args: Sequence[bytes], opts: int = 0) -> bytes:
+    """A ``misc`` request: name, options, then each argument with its length."""
+    pieces = [_MISC_HEAD.pack(MAGIC, MISC, len(name), opts, len(args)), name]
+    for arg in args:
+        pieces.append(_U32.pack(len(arg)))
+        pieces.append(arg)
+    return b"".join(pieces)
+
+
+# ------------------------------------------------------------------------ connection
+
+
+class _Connection:
+    """One socket with a buffered reader."""
+
+    __slots__ = ("_reader", "_sock", "where")
+
+    def __init__(self, sock: socket.socket, where: str) -> None:
+        self._sock = sock
+        self._reader = sock.makefile("rb", buffering=_BUFSIZE)
+        self.where = where
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def read(self, size: int) -> bytes:
+        data: bytes = self._reader.read(size)
+        if len(data) != size:
+            raise EOFError("the server closed the connection")
+        return data
+
+    def status(self) -> int:
+        byte = self._reader.read(1)
+        if not byte:
+            raise EOFError("the server closed the connection")
+        return int(byte[0])
+
+    def u32(self) -> int:
+        value: int = _U32.unpack(self.read(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = _U64.unpack(self.read(8))[0]
+        return value
+
+    def elements(self, count: int) -> list[bytes]:
+        read = self.read
+        unpack = _U32.unpack
+        return [read(unpack(read(4))[0]) for _ in range(count)]
+
+    def stale(self) -> bool:
+        """Whether the server closed this idle socket (it is readable while no request is
+        outstanding: an end of file, or bytes nobody asked for)."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self._sock.close()
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class Client:
+    """A thread-safe Tokyo Tyrant client over a small pool of connections.
+
+    ``path`` (a unix socket, which ``ttserver -host /path -port 0`` listens on) replaces
+    ``host`` and ``port``. ``timeout`` bounds connecting and each reply, in seconds.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        timeout: float | None = 10.0,
+        path: str | None = None,
+        pool_size: int = 8,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.path = path
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """Where the server is, for messages: ``host:port`` or the socket path."""
+        return self.path if self.path else f"{self.host}:{self.port}"
+
+    # ----------------------------------------------------------- pool
+
+    def _connect(self) -> _Connection:
+        try:
+            if self.path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self.timeout)
+                    sock.connect(self.path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            raise ConnectionFailed(
+                f"cannot connect to Tokyo Tyrant at {self.address}"
+                f"{'' if self.timeout is None else f' within {self.timeout:g} s'}: {e}"
+            ) from e
+        return _Connection(sock, self.address)
+
+    def _acquire(self) -> _Connection:
+        if self._closed:
+            raise PyModelsError("the Tokyo Tyrant client is closed")
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if not conn.stale():
+                return conn
+            conn.close()
+
+    def _release(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close every pooled connection (calls in flight finish and close theirs)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def reset(self) -> None:
+        """Drop the pooled connections (after a ``fork()``: the child must not share them)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def call(self, data: bytes, reader: Callable[[_Connection], T], *, write: bool) -> T:
+        """Send one request and read its reply with ``reader``.
+
+        A read whose connection broke is sent once more on a fresh connection; a write
+        never is (see the module docstring).
+        """
+        for attempt in (1, 2):
+            conn = self._acquire()
+            try:
+                conn.send(data)
+                result = reader(conn)
+            except (OSError, EOFError, ProtocolError, struct.error) as e:
+                conn.close()
+                if write:
+                    raise ConnectionFailed(
+                        f"the connection to Tokyo Tyrant at {self.address} was lost during a "
+                        f"write: its outcome is unknown (the server may or may not have applied "
+                        f"it; nothing is retried by itself) ({_describe(e)})"
+                    ) from e
+                if attempt == 2 or isinstance(e, TimeoutError):
+                    raise ConnectionFailed(
+                        f"the connection to Tokyo Tyrant at {self.address} was lost "
+                        f"({_describe(e)})"
+                    ) from e
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    def call_many(
+        self, requests: Sequence[bytes], reader: Callable[[_Connection], T], *, write: bool
+    ) -> list[T]:
+        """Send several requests in one go (pipelined) and read each reply with ``reader``.
+
+        On a lost connection during writes, :class:`ConnectionFailed` says how many
+        replies had arrived: those writes are done, the rest have unknown outcomes.
+        """
+        if not requests:
+            return []
+        if len(requests) == 1:
+            return [self.call(requests[0], reader, write=write)]
+        if not write:
+            return self.call(
+                b"".join(requests), lambda c: [reader(c) for _ in requests], write=False
+            )
+        conn = self._acquire()
+        results: list[T] = []
+        try:
+            conn.send(b"".join(requests))
+            for _ in requests:
+                results.append(reader(conn))
+        except (OSError, EOFError, ProtocolError, struct.error) as e:
+            conn.close()
+            raise ConnectionFailed(
+                f"the connection to Tokyo Tyrant at {self.address} was lost during a batch of "
+                f"{len(requests)} writes: the first {len(results)} were acknowledged, the "
+                f"outcome of the others is unknown ({_describe(e)})"
+            ) from e
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn)
+        return results
+
+    # ----------------------------------------------------------- commands
+
+    def misc(
+        self, name: bytes, args: Sequence[bytes], *, write: bool, opts: int = 0
+    ) -> tuple[bool, list[bytes]]:
+        """``misc``: (success, result elements). The list comes with either status."""
+        return self.call(misc_request(name, args, opts), _read_misc, write=write)
+
+    def misc_many(
+        self, name: bytes, arg_lists: Sequence[Sequence[bytes]], *, write: bool, opts: int = 0
+    ) -> list[tuple[bool, list[bytes]]]:
+        """Several ``misc`` calls of one name, pipelined over one connection."""
+        return self.call_many(
+            [misc_request(name, args, opts) for args in arg_lists], _read_misc, write=write
+        )
+
+    # table records (misc: binary-safe)
+
+    def table_put(self, pk: bytes, columns: Sequence[bytes], *, keep: bool = False) -> bool:
+        """Store a record (``columns``: name, value, name, value...). With ``keep``, only
+        if the key is new. False: ``keep`` and the key exists."""
+        ok, _ = self.misc(b"putkeep" if keep else b"put", [pk, *columns], write=True)
+        return ok
+
+    def table_get(self, pk: bytes) -> list[bytes] | None:
+        """A record's columns (name, value, ...), or None when missing."""
+        ok, elements = self.misc(b"get", [pk], write=False)
+        return elements if ok else None
+
+    def table_out(self, pk: bytes) -> bool:
+        """Delete a record; False when it was missing."""
+        ok, _ = self.misc(b"out", [pk], write=True)
+        return ok
+
+    def search(self, args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
+        """``misc search``: one argument per sub-command (see :func:`search_args`)."""
+        ok, elements = self.misc(b"search", args, write=write)
+        if not ok:
+            raise PyModelsError(f"Tokyo Tyrant at {self.address}: search failed")
+        return elements
+
+    def genuid(self) -> int:
+        """A new unique number from the table's sequence."""
+        ok, elements = self.misc(b"genuid", [], write=True)
+        if not ok or len(elements) != 1:
+            raise PyModelsError(f"Tokyo Tyrant at {self.address}: genuid failed")
+        return int(elements[0])
+
+    def setindex(self, column: bytes, kind: bytes) -> bool:
+        """Create (or with ``void`` drop, ``opt`` optimise) the index of a column."""
+        ok, _ = self.misc(b"setindex", [column, kind], write=True)
+        return ok
+
+    # plain key/value commands
+
+    def put(self, key: bytes, value: bytes) -> bool:
+        """Plain put (on a table: the value is the NUL-joined columns)."""
+        return self.call(request(PUT, key, value), _read_ok, write=True)
+
+    def putkeep(self, key: bytes, value: bytes) -> bool:
+        return self.call(request(PUTKEEP, key, value), _read_ok, write=True)
+
+    def out(self, key: bytes) -> bool:
+        return self.call(request(OUT, key), _read_ok, write=True)
+
+    def get(self, key: bytes) -> bytes | None:
+        """Plain get (on a table: the NUL-joined columns; not binary-safe)."""
+        return self.call(request(GET, key), _read_value, write=False)
+
+    def mget(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Values of the keys that exist (on a table: NUL-joined columns, not binary-safe)."""
+        body = b"".join(_U32.pack(len(k)) + k for k in keys)
+        return self.call(
+            _HEAD2.pack(MAGIC, MGET) + _U32.pack(len(keys)) + body, _read_mget, write=False
+        )
+
+    def vsiz(self, key: bytes) -> int:
+        """Size of a value (on a table: of its NUL-joined form plus one); -1 if missing."""
+        return self.call(request(VSIZ, key), _read_vsiz, write=False)
+
+    def fwmkeys(self, prefix: bytes, max: int = -1) -> list[bytes]:
+        """Keys starting with ``prefix`` (at most ``max``; negative: all)."""
+        data = _HEAD2.pack(MAGIC, FWMKEYS) + _U32.pack(len(prefix)) + _I32.pack(max) + prefix
+        return self.call(data, _read_list, write=False)
+
+    def sync(self) -> bool:
+        """Write the server's buffers to the device."""
+        return self.call(_HEAD2.pack(MAGIC, SYNC), _read_ok, write=True)
+
+    def vanish(self) -> bool:
+        """Delete every record."""
+        return self.call(_HEAD2.pack(MAGIC, VANISH), _read_ok, write=True)
+
+    def rnum(self) -> int:
+        """Number of records."""
+        return self.call(_HEAD2.pack(MAGIC, RNUM), _read_u64, write=False)
+
+    def size(self) -> int:
+        """Size of the database in bytes."""
+        return self.call(_HEAD2.pack(MAGIC, SIZE), _read_u64, write=False)
+
+    def stat(self) -> dict[str, str]:
+        """The server's status (``type``, ``path``, ``version``, ``rnum``, ...)."""
+        text = self.call(_HEAD2.pack(MAGIC, STAT), _read_stat, write=False)
+        out: dict[str, str] = {}
+        for line in text.decode("utf-8", "replace").splitlines():
+            name, sep, value = line.partition("\t")
+            if sep:
+                out[name] = value
+        return out
+
+
+def search_args(
+    conditions: Iterable[tuple[bytes, str, bytes]] = (),
+    *,
+    order: tuple[bytes, str] | None = None,
+    limit: int | None = None,
+    skip: int = 0,
+) -> list[bytes]:
+    """``misc search`` arguments for one query block.
+
+    ``conditions`` are ``(column, op, expression)`` with ``op`` a name such as ``STREQ``,
+    optionally prefixed by ``!`` (negate) and then ``+`` (no index). ``order`` is
+    ``(column, STRASC|STRDESC|NUMASC|NUMDESC)``.
+    """
+    args = [
+        b"addcond\x00" + col + b"\x00" + op.encode("ascii") + b"\x00" + expr
+        for col, op, expr in conditions
+    ]
+    if order is not None:
+        args.append(b"setorder\x00" + order[0] + b"\x00" + order[1].encode("ascii"))
+    if limit is not None or skip:
+        args.append(b"setlimit\x00%d\x00%d" % (-1 if limit is None else limit, skip))
+    return args
+
+
+# ---------------------------------------------------------------------- reply readers
+
+
+def _read_ok(conn: _Connection) -> bool:
+    status = conn.status()
+    _check_status(status)
+    return status == 0
+
+
+def _read_value(conn: _Connection) -> bytes | None:
+    status = conn.status()
+    _check_status(status)
+    if status:
+        return None
+    return conn.read(conn.u32())
+
+
+def _read_vsiz(conn: _Connection) -> int:
+    status = conn.status()
+    _check_status(status)
+    return -1 if status else conn.u32()
+
+
+def _read_mget(conn: _Connection) -> dict[bytes, bytes]:
+    status = conn.status()
+    _check_status(status)
+    if status:
+        return {}
+    out: dict[bytes, bytes] = {}
+    for _ in range(conn.u32()):
+        ksiz = conn.u32()
+        vsiz = conn.u32()
+        key = conn.read(ksiz)
+        out[key] = conn.read(vsiz)
+    return out
+
+
+def _read_list(conn: _Connection) -> list[bytes]:
+    # fwmkeys: the list comes with either status.
+    _check_status(conn.status())
+    return conn.elements(conn.u32())
+
+
+def _read_misc(conn: _Connection) -> tuple[bool, list[bytes]]:
+    status = conn.status()
+    _check_status(status)
+    return status == 0, conn.elements(conn.u32())
+
+
+def _read_u64(conn: _Connection) -> int:
+    _check_status(conn.status())
+    return conn.u64()
+
+
+def _read_stat(conn: _Connection) -> bytes:
+    _check_status(conn.status())
+    return conn.read(conn.u32())
+
+
+def _check_status(status: int) -> None:
+    if status not in (0, 1):
+        raise ProtocolError(f"unexpected status byte {status} from Tokyo Tyrant")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError | socket.timeout):
+        return "no reply within the timeout"
+    return str(e) or type(e).__name__

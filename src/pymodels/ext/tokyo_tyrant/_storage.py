@@ -1,0 +1,570 @@
+"""The Tokyo Tyrant storage: settings, capabilities and the backend hooks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Final
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
+
+import pydantic
+
+from ...backend import (
+    BATCH_SIZE,
+    BaseQuery,
+    BaseSettings,
+    BulkWriteError,
+    ConfigurationError,
+    Document,
+    Features,
+    IndexSpec,
+    OrderKey,
+    PyModelsError,
+    ValidationError,
+    stored_record,
+)
+from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump, name_bytes
+from .._tokyo._compiler import (
+    Block,
+    Plan,
+    TCCond,
+    gates_hold,
+    pk_order_in_python,
+)
+from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
+from .._tokyo._format import Cond, Order, _read_vnum
+from .._tokyo._query import Query
+from ._protocol import DEFAULT_HOST, DEFAULT_PORT, Client
+
+__all__ = ["Query", "Settings", "Storage", "features"]
+
+# The same file, the same compiler: ops run as they do on the Cabinet backend. What
+# differs is what a server changes: no transactions (ttserver has none), several
+# processes may share the database, and a storage survives fork() (connections are
+# per process).
+features = Features(
+    ops={
+        "equals": "prefilter",
+        "exists": "native",
+        "gt": "prefilter",
+        "gte": "prefilter",
+        "lt": "prefilter",
+        "lte": "prefilter",
+        "between": "prefilter",
+        "in": "prefilter",
+        "contains": "prefilter",
+        "contains_all": "prefilter",
+        "contains_any": "prefilter",
+        "startswith": "native",
+        "endswith": "native",
+        "iequals": "prefilter",
+        "icontains": "prefilter",
+        "istartswith": "prefilter",
+        "iendswith": "prefilter",
+        "matches": "python",
+        "imatches": "python",
+        "year": "native",
+        "month": "native",
+        "day": "native",
+        "like": "prefilter",
+    },
+    transactions=False,
+    indexes=True,
+    unique_indexes=False,
+    compound_indexes=False,
+    index_kinds=frozenset({"lexical", "decimal", "token", "qgram"}),
+    partial_update=False,
+    thread_safe=True,
+    fork_safe=True,
+    concurrent_processes=True,
+    persistent=True,
+    networked=True,
+    # Killing a client loses nothing the server acknowledged (the server has it).
+    crash_safe=True,
+)
+
+_INDEX_SUFFIXES: Final = {"lex": "lexical", "dec": "decimal", "tok": "token", "qgr": "qgram"}
+#: ``misc setindex`` type numbers (``TDBIT*``) with the keep flag: an existing index is
+#: left alone rather than rebuilt.
+_KEEP: Final = 1 << 24
+_INDEX_NUMBERS: Final = {"lexical": 0, "decimal": 1, "token": 2, "qgram": 3}
+_ORDER_NAMES: Final = {int(o): o.name for o in Order}
+_OP_NAMES: Final = {int(c): c.name for c in Cond if c < Cond.NEGATE}
+_HINT: Final = b"\x00\x00[[HINT]]\n"
+#: An operator each index kind serves, to find out from Tokyo's hint which one exists.
+_INDEX_PROBES: Final = (
+    ("lexical", Cond.STREQ, b"(STREQ)"),
+    ("decimal", Cond.NUMEQ, b"(NUMEQ)"),
+    ("token", Cond.STROR, b"(STROR)"),
+    ("qgram", Cond.FTSPH, b"(FTS)"),
+)
+
+
+class Settings(BaseSettings):
+    """Settings of the Tokyo Tyrant backend."""
+
+    #: The server's host name or address.
+    host: str = DEFAULT_HOST
+    #: The server's TCP port.
+    port: int = DEFAULT_PORT
+    #: A unix socket to connect to instead of host and port (``ttserver -host PATH -port 0``).
+    socket: str | None = None
+    #: Seconds to wait for a connection and for each reply; None waits forever.
+    timeout: float | None = 10.0
+    #: Connections kept open for reuse (one per thread working at once is enough).
+    pool_size: int = 8
+
+    @pydantic.field_validator("port")
+    @classmethod
+    def _valid_port(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("must be between 0 and 65535")
+        return value
+
+    @pydantic.field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be more than 0, or None to wait forever")
+        return value
+
+
+class Storage(TokyoStorage):
+    """Records in a table database served by Tokyo Tyrant, one column per top-level field."""
+
+    features: ClassVar[Features] = features
+    query_class: ClassVar[type[BaseQuery[Any]]] = Query
+    settings_class: ClassVar[type[BaseSettings]] = Settings
+    url_schemes: ClassVar[tuple[str, ...]] = ("tokyo-tyrant", "tokyo_tyrant")
+    settings: Settings
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> dict[str, Any]:
+        """``tokyo-tyrant://host:port?timeout=5`` (query parameters are settings)."""
+        parts = urlsplit(url)
+        settings: dict[str, Any] = {}
+        if parts.hostname:
+            settings["host"] = parts.hostname
+        if parts.port is not None:
+            settings["port"] = parts.port
+        for key, value in parse_qsl(parts.query):
+            settings[key] = None if value.lower() == "none" and key == "timeout" else value
+        return settings
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _open(self) -> None:
+        s = self.settings
+        self._client = Client(
+            s.host, s.port, timeout=s.timeout, path=s.socket, pool_size=s.pool_size
+        )
+        self._pid = os.getpid()
+        self._known_indexes: dict[bytes, str] = {}
+        self._indexes_lock = threading.Lock()
+        stat = self._client.stat()
+        kind = stat.get("type")
+        if kind != "table":
+            self._client.close()
+            raise ConfigurationError(
+                f"Tokyo Tyrant at {self._client.address} serves a {kind or 'unknown'!r} "
+                f"database, not a table database: start ttserver on a file ending in .tct "
+                f"(for example: ttserver storage.tct); a name without that suffix gives a "
+                f"database without columns, which nothing could be queried in"
+            )
+        self._server_path = stat.get("path", "")
+        self._known_indexes.update(_scan_indexes(self._server_path))
+
+    def _close(self) -> None:
+        self._client.close()
+
+    @property
+    def location(self) -> str | None:
+        """The server (``host:port`` or its unix socket) and the file it serves."""
+        where = self._client.address
+        return f"{where} ({self._server_path})" if self._server_path else where
+
+    @property
+    def client(self) -> Client:
+        """The protocol client (after ``fork()``, the child's own connections)."""
+        if self._pid != os.getpid():
+            # Sockets inherited from the parent must not be shared: start afresh.
+            self._client.reset()
+            self._pid = os.getpid()
+        return self._client
+
+    # ---------------------------------------------------------------- records
+
+    def _load(self, pk: str) -> dict[str, Any] | None:
+        columns = self.client.table_get(pk.encode("utf-8"))
+        return None if columns is None else decode_record(_pairs(columns))
+
+    def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
+        raw = self._load_raw([pk.encode("utf-8") for pk in pks])
+        return [None if c is None else decode_record(c) for c in raw]
+
+    def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
+        # Pipelined misc get: binary-safe (mget joins columns with NUL, which values
+        # may hold) and still one round trip per batch.
+        out: list[dict[bytes, bytes] | None] = []
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            replies = self.client.misc_many(b"get", [[k] for k in batch], write=False)
+            out.extend(_pairs(cols) if ok else None for ok, cols in replies)
+        return out
+
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        return self.client.table_put(pk.encode("utf-8"), columns_of(record), keep=not overwrite)
+
+    def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
+        # Plain mappings go in one pipelined round trip per batch; without transactions
+        # the records before a failing one stay written (as the contract says).
+        if any(type(item) is not dict and isinstance(item, Document) for item in batch):
+            super()._save_batch(start, batch, written)
+            return
+        records: list[dict[str, Any]] = []
+        failure: tuple[int, ValidationError] | None = None
+        for index, item in enumerate(batch, start):
+            try:
+                if not isinstance(item, Mapping):
+                    raise ValidationError(
+                        f"save_many takes Documents or mappings, not {type(item).__name__}"
+                    )
+                records.append(stored_record(item))
+            except ValidationError as e:
+                failure = (index, e)
+                break
+        pks = self._new_pks(len(records))
+        args = [
+            [pk.encode("utf-8"), *columns_of(record)]
+            for pk, record in zip(pks, records, strict=True)
+        ]
+        replies = self.client.misc_many(b"putkeep", args, write=True)
+        for (ok, _), pk, arg in zip(replies, pks, args, strict=True):
+            while not ok:
+                # A generated pk that clashes (however unlikely) is replaced, never
+                # written over the record that has it.
+                pk = self._new_pk()
+                ok = self.client.table_put(pk.encode("utf-8"), arg[1:], keep=True)
+            written.append(pk)
+        if failure is not None:
+            index, error = failure
+            raise BulkWriteError(
+                f"save_many failed at item {index}: {error}", index=index, written_pks=written
+            ) from error
+
+    def _remove(self, pk: str) -> bool:
+        return self.client.table_out(pk.encode("utf-8"))
+
+    def _all_keys(self) -> list[bytes]:
+        return self.client.search([])
+
+    def _keys(self) -> Iterator[str]:
+        return (decode_pk(k) for k in self._all_keys())
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield from self._records(self._all_keys())
+
+    def _records(
+        self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                if columns is None:
+                    continue
+                if gates and not gates_hold(gates, columns.get(TYPES_COLUMN)):
+                    continue
+                yield decode_pk(key), decode_record(columns)
+
+    def _count(self) -> int:
+        return self.client.rnum()
+
+    def _contains(self, pk: str) -> bool:
+        return self.client.vsiz(pk.encode("utf-8")) >= 0
+
+    def _clear(self) -> None:
+        if not self.client.vanish():
+            raise PyModelsError(f"Tokyo Tyrant at {self.client.address}: vanish failed")
+
+    # _compare_and_store stays the base class's: exact between the threads of one
+    # process (it holds the storage lock), not between processes. Tokyo Tyrant has no
+    # conditional write that could make it atomic on the server (no transactions, no
+    # compare-and-set; only Lua extensions, which a stock ttserver does not load), and
+    # deleting the old version first would show readers a missing record meanwhile.
+    # docs/tokyo_tyrant.md says so.
+
+    # ----------------------------------------------------------------- indexes
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        (key,) = spec.keys
+        if len(key.path) > 1:
+            return  # Tokyo indexes whole columns; a nested path lives inside a JSON column
+        col = name_bytes(key.path[0])
+        with self._indexes_lock:
+            current = self._known_indexes.get(col)
+            wanted = spec.kind or current or "lexical"
+            if current == wanted:
+                return
+            if wanted in ("lexical", "decimal"):
+                self._refuse_empty_values(col)
+            kind = _INDEX_NUMBERS[wanted]
+            if current is not None:
+                # Another kind is asked for than the file has: drop it, then build.
+                self.client.setindex(col, b"void")
+                if not self.client.setindex(col, b"%d" % kind):
+                    raise PyModelsError(f"Tokyo Tyrant: setindex {col!r} failed")
+            else:
+                # With the keep flag an index the server has already (one this storage
+                # could not see: the server runs elsewhere) is left as it is rather than
+                # rebuilt on every open; its kind changes which conditions Tokyo can
+                # answer from it, never the results.
+                self.client.setindex(col, b"%d" % (kind | _KEEP))
+            self._known_indexes[col] = wanted
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        key = spec.keys[0]
+        if len(spec.keys) != 1 or len(key.path) != 1:
+            return False
+        kind = self.server_index_kind(name_bytes(key.path[0]))
+        return kind is not None and (spec.kind is None or spec.kind == kind)
+
+    def server_index_kind(self, column: bytes) -> str | None:
+        """The kind of the served file's index on ``column``, or None.
+
+        Read from the index files beside the file when the server runs on this machine;
+        otherwise asked of the server: Tokyo's hint names the index a condition of each
+        kind's operator would use (Tyrant has no command that lists indexes).
+        """
+        path = self._server_path
+        if path and os.path.isabs(path) and os.path.exists(path):
+            return _scan_indexes(path).get(column)
+        for kind, op, served in _INDEX_PROBES:
+            args = [*_cond_args([TCCond(column, op, b"0")]), b"setlimit\x001\x000", b"hint"]
+            used = b'using an index: "' + column + b'"'
+            for element in self.client.search(args):
+                # 'using an index: "col" asc (STREQ)' when the index serves the operator
+                # ('(FTS)' for q-grams); '(all)' when another kind only orders or scans.
+                if element.startswith(_HINT) and used in element and served in element:
+                    return kind
+        return None
+
+    def _refuse_empty_values(self, col: bytes) -> None:
+        # Tokyo Cabinet aborts the process (here: the server) when it meets an empty
+        # value while building a lexical or decimal index.
+        (count,) = self.client.search([*_cond_args([TCCond(col, Cond.STREQ, b"")]), b"count"])
+        if int(count):
+            raise PyModelsError(
+                f"cannot build a lexical or decimal index on {col.decode('utf-8', 'replace')!r}: "
+                f"{int(count)} records (written by another client) hold an empty value there, "
+                "which makes Tokyo Cabinet abort the server; rewrite them or use a token index"
+            )
+
+    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str:
+        first = fields if isinstance(fields, str) else fields[0]
+        return default_index_kind(doc_class, first.lstrip("-"))
+
+    def index_kinds(self) -> dict[str, str]:
+        """The indexed columns this storage knows of and their kinds."""
+        with self._indexes_lock:
+            return {k.decode("utf-8", "replace"): v for k, v in self._known_indexes.items()}
+
+    def _indexes(self) -> list[IndexSpec]:
+        return [
+            IndexSpec((OrderKey((name,)),), False, kind)
+            for name, kind in sorted(self.index_kinds().items())
+        ]
+
+    def _index_map(self) -> Mapping[bytes, str]:
+        return self._known_indexes
+
+    # ------------------------------------------------------------ query support
+
+    def _run(
+        self,
+        blocks: Sequence[Block],
+        order: tuple[bytes, int] | None = None,
+        limit: int = -1,
+        skip: int = 0,
+        extra: TCCond | None = None,
+        tail: Sequence[bytes] = (),
+    ) -> list[bytes]:
+        """Keys of the union of ``blocks`` (one search; a metasearch for several),
+        ordered and sliced; ``tail`` adds sub-commands (``count``, ``out``, ``hint``)."""
+        if not blocks:
+            return []
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
+            keys = self._run(blocks, extra=extra)
+            keys.sort(reverse=order[1] == Order.STRDESC)
+            return _sliced(keys, limit, skip)
+        args: list[bytes] = []
+        for i, block in enumerate(blocks):
+            if i:
+                args.append(b"next")
+            args.extend(_cond_args(block if extra is None else (*block, extra)))
+            if i == 0:
+                if order is not None:
+                    args.append(
+                        b"setorder\x00" + order[0] + b"\x00" + _ORDER_NAMES[order[1]].encode()
+                    )
+                if limit >= 0 or skip:
+                    args.append(b"setlimit\x00%d\x00%d" % (limit, skip))
+        args.extend(tail)
+        return self.client.search(args, write=b"out" in tail)
+
+    def _checked_keys(
+        self, plan: Plan, extra: TCCond | None = None, exclude: set[bytes] | None = None
+    ) -> list[bytes]:
+        assert plan.blocks is not None
+        found: list[bytes] = []
+        seen = set() if exclude is None else set(exclude)
+        for block in plan.blocks:
+            if block.check is None:
+                continue
+            candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
+            for key, columns in zip(candidates, self._load_raw(candidates), strict=True):
+                if columns is not None and block.check.matches(decode_record(columns)):
+                    found.append(key)
+                    seen.add(key)
+        return found
+
+    def _tc_search(
+        self,
+        plan: Plan,
+        order: tuple[bytes, int] | None = None,
+        limit: int = -1,
+        skip: int = 0,
+        extra: TCCond | None = None,
+    ) -> list[bytes]:
+        if plan.nothing:
+            return []
+        if plan.blocks is None:
+            return self._run([()], order, limit, skip, extra)
+        if not plan.checked:
+            return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
+        assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
+        sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
+        exclude = None if plan.disjoint else set(sure)
+        keys = sure + self._checked_keys(plan, extra, exclude)
+        if order is not None:
+            keys.sort(reverse=order[1] == Order.STRDESC)
+        return _sliced(keys, limit, skip)
+
+    def _count_where(self, native: Any) -> int:
+        plan: Plan = native
+        if plan.nothing:
+            return 0
+        if plan.blocks is None:
+            return self._count()
+        sure = [b.conds for b in plan.blocks if b.check is None]
+        if plan.checked and not plan.disjoint:
+            return len(self._tc_search(plan))
+        total = 0
+        if len(sure) == 1 or (sure and plan.disjoint):
+            # One round trip each, nothing but the number comes back. (A metasearch's
+            # count is not the union's size, so unions that may overlap send keys.)
+            for conds in sure:
+                (count,) = self._run([conds], tail=[b"count"])
+                total += int(count)
+        elif sure:
+            total += len(self._run(sure))
+        if plan.checked:
+            total += len(self._checked_keys(plan))
+        return total
+
+    def _delete_where(self, native: Any) -> int | None:
+        plan: Plan = native
+        if plan.nothing:
+            return 0
+        if plan.blocks is None:
+            total = self._count()
+            self._clear()
+            return total
+        # Checked records are found before anything is deleted; each exact block goes
+        # with one search ... out (the server deletes under its lock; a metasearch would
+        # not delete at all) and reports how many it took.
+        checked = self._checked_keys(plan) if plan.checked else []
+        total = 0
+        for block in plan.blocks:
+            if block.check is None:
+                (count,) = self._run([block.conds], tail=[b"out", b"count"])
+                total += int(count)
+        if checked:
+            replies = self.client.misc_many(b"out", [[k] for k in checked], write=True)
+            total += sum(1 for ok, _ in replies if ok)
+        return total
+
+    def _tc_hints(
+        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
+    ) -> list[str]:
+        if plan.nothing or (plan.everything and order is None):
+            return []
+        blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
+            order, limit, skip = None, -1, 0
+        elements = self._run(blocks, order, limit, skip, tail=[b"hint"])
+        hints = [e[len(_HINT) :] for e in elements if e.startswith(_HINT)]
+        return [h.decode("utf-8", "replace").strip() for h in hints[:1]]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def columns_of(record: Mapping[str, Any]) -> list[bytes]:
+    """A record's columns as ``misc put`` arguments: name, value, name, value, ...
+
+    The same columns, in the same text, as the Cabinet backend writes (one encoder:
+    :func:`~pymodels.ext._tokyo._columns.encode_dump`).
+    """
+    buf = encode_dump(record)
+    out: list[bytes] = []
+    append = out.append
+    i = 0
+    end = len(buf)
+    while i < end:
+        size = buf[i]
+        if size < 128:
+            i += 1
+        else:
+            size, i = _read_vnum(buf, i)
+        append(buf[i : i + size])
+        i += size
+    return out
+
+
+def _pairs(elements: list[bytes]) -> dict[bytes, bytes]:
+    it = iter(elements)
+    return dict(zip(it, it, strict=True))
+
+
+def _cond_args(conds: Iterable[TCCond]) -> list[bytes]:
+    args = []
+    for c in conds:
+        op = ("~" if c.negate else "") + ("+" if c.noidx else "") + _OP_NAMES[c.op]
+        args.append(b"addcond\x00" + c.col + b"\x00" + op.encode("ascii") + b"\x00" + c.expr)
+    return args
+
+
+def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
+    stop = None if limit < 0 else skip + limit
+    return keys[skip:stop] if skip or stop is not None else keys
+
+
+def _scan_indexes(path: str) -> dict[bytes, str]:
+    """Indexed columns of the served file, from the index files beside it, when the
+    server runs on this machine (else none are known until this storage makes some)."""
+    if not path or not os.path.isabs(path):
+        return {}
+    directory, base = os.path.split(path)
+    prefix = base + ".idx."
+    found: dict[bytes, str] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(prefix):
+            column, _, suffix = name[len(prefix) :].rpartition(".")
+            if suffix in _INDEX_SUFFIXES and column:
+                found[unquote_to_bytes(column)] = _INDEX_SUFFIXES[suffix]
+    return found

@@ -1,0 +1,407 @@
+"""Tests of the Tokyo Tyrant backend itself: the protocol client, connections and faults,
+the switch between the Cabinet and Tyrant backends on one file, and concurrency.
+
+The conformance suite runs in test_conformance_tokyo_tyrant.py. Servers come from
+:mod:`pymodels.testing.tyrant`: a real ``ttserver`` when ``PYMODELS_TEST_TTSERVER`` names
+one (or one is on PATH), else the project's test server over Tokyo Cabinet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import pymodels
+from pymodels import Document
+from pymodels.errors import BackendUnavailable, ConfigurationError, ConnectionFailed, NotSupported
+from pymodels.ext.tokyo_tyrant import Storage, features
+from pymodels.ext.tokyo_tyrant._protocol import Client
+from pymodels.testing.suite import run_in_threads
+
+try:
+    import pymodels.testing._tyrant_server  # the fallback server needs the Cabinet library
+    from pymodels.testing.tyrant import TemporaryTyrant
+except BackendUnavailable as e:  # pragma: no cover - the C library is missing here
+    pytest.skip(f"no Tokyo Tyrant test server: {e}", allow_module_level=True)
+
+TCTMGR = shutil.which("tctmgr")
+
+
+class Person(Document):
+    name: str
+    age: int
+    born: dt.date | None = None
+
+    class Meta:
+        indexes = ["name"]
+
+
+@pytest.fixture
+def tyrant(tmp_path: Path) -> Iterator[TemporaryTyrant]:
+    with TemporaryTyrant(str(tmp_path / "storage.tct")) as tt:
+        yield tt
+
+
+@pytest.fixture
+def client(tyrant: TemporaryTyrant) -> Iterator[Client]:
+    c = Client(tyrant.host, tyrant.port, timeout=10)
+    yield c
+    c.close()
+
+
+# ------------------------------------------------------------------------- client
+
+
+def test_misc_records_are_binary_safe(client: Client) -> None:
+    value = b"a\x00b\xff\xfe\x00"
+    assert client.table_put(b"k\x00\xff", [b"col", value, b"other", b"\x00"])
+    assert client.table_get(b"k\x00\xff") == [b"col", value, b"other", b"\x00"]
+    assert client.table_put(b"k\x00\xff", [b"col", b"x"], keep=True) is False
+    assert client.table_out(b"k\x00\xff") is True
+    assert client.table_out(b"k\x00\xff") is False
+    assert client.table_get(b"k\x00\xff") is None
+
+
+def test_search_commands(client: Client) -> None:
+    for i in range(10):
+        client.table_put(b"p%d" % i, [b"n", b"%d" % i, b"w", b"even" if i % 2 == 0 else b"odd"])
+    assert client.setindex(b"n", b"decimal")
+    conds = [b"addcond\x00n\x00NUMGE\x005"]
+    assert client.search([*conds, b"setorder\x00n\x00NUMDESC", b"setlimit\x002\x001"]) == [
+        b"p8",
+        b"p7",
+    ]
+    assert client.search([*conds, b"count"]) == [b"5"]
+    assert client.search([b"addcond\x00n\x00~NUMGE\x005", b"count"]) == [b"5"]
+    odd = b"addcond\x00w\x00STREQ\x00odd"
+    assert sorted(client.search([*conds, odd])) == [b"p5", b"p7", b"p9"]
+    assert client.search([*conds, odd, b"get\x00w"]) == [b"w\x00odd"] * 3
+    union = client.search([b"addcond\x00n\x00NUMEQ\x001", b"next", b"addcond\x00n\x00NUMEQ\x002"])
+    assert sorted(union) == [b"p1", b"p2"]
+    assert client.search([b"addcond\x00w\x00STREQ\x00odd", b"out", b"count"]) == [b"5"]
+    assert client.rnum() == 5
+    assert client.mget([b"p0", b"p1"]) == {b"p0": b"n\x000\x00w\x00even"}
+    assert client.genuid() >= 1
+    assert client.size() > 0
+    assert client.sync()
+    assert client.stat()["type"] == "table"
+    assert client.vanish() and client.rnum() == 0
+
+
+def test_unreachable_server_names_host_and_port_within_the_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        start = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=f"127.0.0.1:{port}"):
+            pymodels.get_storage(f"tokyo-tyrant://127.0.0.1:{port}?timeout=2")
+        assert time.monotonic() - start < 2
+
+
+class _SilentServer:
+    """Accepts connections, reads requests and never answers (or closes at once)."""
+
+    def __init__(self, close: bool) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.close = close
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            data = conn.recv(65536)
+            self.requests.append(data)
+            if self.close:
+                conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_server_that_does_not_answer_fails_within_the_timeout() -> None:
+    server = _SilentServer(close=False)
+    try:
+        client = Client("127.0.0.1", server.port, timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(ConnectionFailed, match=f"127.0.0.1:{server.port}"):
+            client.rnum()
+        assert time.monotonic() - start < 1.5
+    finally:
+        server.stop()
+
+
+def test_a_write_whose_reply_is_lost_is_not_repeated() -> None:
+    server = _SilentServer(close=True)
+    try:
+        client = Client("127.0.0.1", server.port, timeout=2)
+        with pytest.raises(ConnectionFailed, match="outcome is unknown"):
+            client.table_put(b"k", [b"c", b"v"])
+        time.sleep(0.1)
+        assert len(server.requests) == 1  # sent once, never again by itself
+        # A read is sent once more on a fresh connection before giving up.
+        with pytest.raises(ConnectionFailed):
+            client.table_get(b"k")
+        time.sleep(0.1)
+        assert len(server.requests) == 3
+    finally:
+        server.stop()
+
+
+def test_pooled_connections_survive_a_server_restart(tyrant: TemporaryTyrant) -> None:
+    with pymodels.get_storage(tyrant.url, timeout=5) as storage:
+        storage.save({"n": 1}, primary_key="a")
+        tyrant.stop()
+        with pytest.raises(ConnectionFailed, match=f"127.0.0.1:{tyrant.port}"):
+            storage.save({"n": 2}, primary_key="b")
+        tyrant.start()
+        # The pooled socket died with the old server: it is replaced, nothing is lost.
+        storage.save({"n": 3}, primary_key="c")
+        assert sorted(storage) == ["a", "c"]
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_kill_the_server_mid_run_nothing_acknowledged_is_lost(
+    tyrant: TemporaryTyrant, how: str
+) -> None:
+    """SIGTERM (a clean stop) or SIGKILL (a crash of the server, not of the machine:
+    what the server wrote is in the operating system's cache) while a client writes."""
+    acknowledged: list[str] = []
+    failures: list[float] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with pymodels.get_storage(tyrant.url, timeout=2) as storage:
+            i = 0
+            while not stop.is_set():
+                pk = f"r{i:06d}"
+                start = time.monotonic()
+                try:
+                    storage.save({"i": i}, primary_key=pk)
+                except ConnectionFailed:
+                    failures.append(time.monotonic() - start)
+                    time.sleep(0.01)
+                else:
+                    acknowledged.append(pk)
+                i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        tyrant.stop() if how == "stop" else tyrant.kill()  # while writes are in flight
+        time.sleep(0.3)
+        tyrant.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures, "the writer never saw the server gone"
+    assert max(failures) < 2.5  # each failure within the timeout
+    before = len(acknowledged)
+    assert before > 10
+    with pymodels.get_storage(tyrant.url) as storage:
+        stored = set(storage)
+        assert set(acknowledged) <= stored
+        # Writes after the restart were acknowledged too: the client recovered.
+        assert acknowledged[-1] in stored
+
+
+def test_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "tt.sock")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pymodels.testing._tyrant_server"),
+            *("-host", path, "-port", "0", "-pid", str(tmp_path / "pid")),
+            str(tmp_path / "s.tct"),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pymodels.get_storage({"backend": "tokyo_tyrant", "socket": path}) as storage:
+            storage.save({"a": 1}, primary_key="x")
+            assert storage.get(None, "x")["a"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ------------------------------------------------------------------------ backend
+
+
+def test_url_and_settings() -> None:
+    assert Storage.settings_from_url("tokyo-tyrant://db.example:1999?timeout=3") == {
+        "host": "db.example",
+        "port": 1999,
+        "timeout": "3",
+    }
+    with pytest.raises(ConfigurationError, match="port"):
+        pymodels.get_storage({"backend": "tokyo_tyrant", "port": 70000})
+
+
+def test_features_say_no_transactions(tyrant: TemporaryTyrant) -> None:
+    assert features.transactions is False
+    assert features.concurrent_processes is True
+    with (
+        pymodels.get_storage(tyrant.url) as storage,
+        pytest.raises(NotSupported),
+        storage.transaction(),
+    ):
+        pass
+
+
+def test_a_void_database_is_refused(tmp_path: Path) -> None:
+    # ttserver on a name without a table suffix serves a "void" database and listens.
+    with TemporaryTyrant(str(tmp_path / "storage")) as tt:
+        assert Client(tt.host, tt.port).stat()["type"] == "void"
+        with pytest.raises(ConfigurationError, match=r"not a table database.*\.tct"):
+            pymodels.get_storage(tt.url)
+
+
+def test_cabinet_then_tyrant_then_cabinet(tmp_path: Path) -> None:
+    """The switching story: one file, written and read through both backends."""
+    path = str(tmp_path / "storage.tct")
+    people = [
+        Person(name="ann", age=31, born=dt.date(1990, 1, 2)),
+        Person(name="bob", age=17),
+        Person(name="cid", age=45),
+    ]
+    with pymodels.get_storage({"backend": "tokyo_cabinet", "path": path}) as cabinet:
+        pks = [p.save(cabinet) for p in people]
+        cabinet.save({"price": Decimal("2.50"), "blob": b"\x00\xff", "tags": ["a b", 1]}, "odd")
+        cabinet.create_index("age", kind="decimal")
+        indexes = cabinet.index_kinds()  # type: ignore[attr-defined]
+    assert indexes == {"name": "lexical", "age": "decimal"}
+
+    with TemporaryTyrant(path) as tt, pymodels.get_storage(tt.url) as tyrant:
+        assert tyrant.index_kinds() == indexes  # type: ignore[attr-defined]
+        assert [p.name for p in Person.objects(tyrant).order_by("name")] == ["ann", "bob", "cid"]
+        assert tyrant.get(Person, pks[0]).born == dt.date(1990, 1, 2)
+        assert dict(tyrant.get(None, "odd")) == {
+            "price": Decimal("2.50"),
+            "blob": b"\x00\xff",
+            "tags": ["a b", 1],
+        }
+        q = Person.objects(tyrant).where(name="bob")
+        assert [p.pk for p in q] == [pks[1]]
+        assert "using an index" in q.explain()
+        assert Person.objects(tyrant).where(age__gte=30).count() == 2
+        carl = Person(name="carl", age=60)
+        carl.save(tyrant)
+        tyrant.delete(pks[1])
+        assert tt.running
+
+    with pymodels.get_storage({"backend": "tokyo_cabinet", "path": path}) as cabinet:
+        names = sorted(p.name for p in Person.objects(cabinet))
+        assert names == ["ann", "carl", "cid"]
+        assert carl.pk is not None
+        assert cabinet.get(Person, carl.pk).age == 60
+        assert Person.objects(cabinet).where(age__gt=50).count() == 1
+        assert dict(cabinet.get(None, "odd"))["blob"] == b"\x00\xff"
+    if TCTMGR:
+        out = subprocess.run([TCTMGR, "list", "-pv", path], capture_output=True, check=True)
+        assert b"carl" in out.stdout and b"bob" not in out.stdout
+
+
+def test_threads_share_one_storage(tyrant: TemporaryTyrant) -> None:
+    with pymodels.get_storage(tyrant.url) as storage:
+
+        def work(t: int) -> None:
+            for i in range(200):
+                storage.save({"t": t, "i": i})
+            assert storage.query().where(t=t).count() == 200
+
+        run_in_threads(work, 4)
+        assert len(storage) == 800
+
+
+def test_a_query_iterated_while_another_client_writes_yields_each_record_once(
+    tyrant: TemporaryTyrant,
+) -> None:
+    with pymodels.get_storage(tyrant.url) as reader, pymodels.get_storage(tyrant.url) as writer:
+        reader.save_many({"n": i} for i in range(3000))
+        stop = threading.Event()
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                writer.save({"n": 10_000 + i})  # new records matching the query
+                i += 1
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            seen = [doc.pk for doc in reader.query().where(n__gte=0)]
+            ordered = [doc.pk for doc in reader.query().order_by("pk")]
+        finally:
+            stop.set()
+            thread.join()
+        assert len(seen) == len(set(seen)) >= 3000
+        assert len(ordered) == len(set(ordered)) >= 3000
+
+
+def test_save_many_is_one_round_trip_per_batch_and_keeps_earlier_records(
+    tyrant: TemporaryTyrant,
+) -> None:
+    from pymodels.errors import BulkWriteError
+
+    with pymodels.get_storage(tyrant.url) as storage:
+        pks = storage.save_many({"n": i} for i in range(2500))
+        assert len(pks) == len(set(pks)) == 2500 == len(storage)
+        with pytest.raises(BulkWriteError) as info:
+            storage.save_many([{"n": 1}, {"n": 2}, {"bad": float("nan")}, {"n": 4}])
+        assert info.value.index == 2
+        assert len(info.value.written_pks) == 2  # earlier records stay: no transactions
+        assert len(storage) == 2502
+
+
+def test_fork_safe(tyrant: TemporaryTyrant) -> None:
+    with pymodels.get_storage(tyrant.url) as storage:
+        storage.save({"who": "parent"}, primary_key="p")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                storage.save({"who": "child"}, primary_key="c")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert storage.get(None, "c")["who"] == "child"
+
+
+def test_index_kinds_are_found_on_a_server_elsewhere(tyrant: TemporaryTyrant) -> None:
+    with pymodels.get_storage(tyrant.url) as storage:
+        assert isinstance(storage, Storage)
+        for field, kind in (("a", "lexical"), ("b", "decimal"), ("c", "token"), ("d", "qgram")):
+            storage.create_index(field, kind=kind)
+        storage.save({"a": "x", "b": 1, "c": ["y"], "d": "text"})
+        storage._server_path = ""  # as when the served file is not on this machine
+        found = {f: storage.server_index_kind(f.encode()) for f in "abcde"}
+        assert found == {"a": "lexical", "b": "decimal", "c": "token", "d": "qgram", "e": None}
+        assert storage.has_index("a") and not storage.has_index("e")
+        assert "127.0.0.1:" in repr(storage)
