@@ -12,6 +12,7 @@ each of them.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pymodels import registry
 from pymodels.features import OPS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -152,3 +154,31 @@ def test_op_table_lists_exactly_the_ops() -> None:
 def test_docs_do_not_send_readers_to_files_they_lack() -> None:
     for page in [*PAGES, DOCS.parent / "README.md"]:
         assert "API.md" not in page.read_text(encoding="utf-8"), page.name
+
+
+def _hooks() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_builtin_backend_has_a_page_with_its_features_table() -> None:
+    # The site build fails on a missing one too; this says so without building it.
+    hooks = _hooks()
+    assert hooks.builtin_backends() == list(registry.BUILTIN)
+    for name in registry.BUILTIN:
+        page = DOCS / f"{name}.md"
+        assert page.exists(), f"no docs page for backend {name}"
+        assert f"<!-- features: {name} -->" in page.read_text(encoding="utf-8"), page.name
+
+
+def test_generated_features_table_is_the_backends_features() -> None:
+    hooks = _hooks()
+    for name in ("memory", "sqlite"):
+        features = registry.load_backend(name).Storage.features
+        table = hooks.backend_table(name)
+        assert f"| transactions | {'yes' if features.transactions else 'no'} |" in table
+        for op in OPS:
+            assert f"| `{op}` | {hooks._OP_WORDS[features.op(op)]} |" in table, (name, op)
