@@ -22,6 +22,10 @@ from pymodels.features import OPS, Features
 
 log = logging.getLogger("mkdocs.plugins.pymodels")
 
+# Docstrings use Sphinx roles (:class:`X`); the Markdown renderer leaves the role
+# name in front of the code span, so the page drops it (and a leading ~).
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data|obj):<code>~?([^<]*)</code>")
+
 _MARKER = re.compile(r"^<!-- features: ([a-z_]+) -->$", re.MULTILINE)
 
 #: The capability flags in the order the tables show them, with the question each answers.
@@ -123,3 +127,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return backend_table(name)
 
     return _MARKER.sub(table, markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """Show Sphinx cross-reference roles from the docstrings as plain code."""
+    return _ROLE.sub(lambda m: f"<code>{m.group(1)}</code>", html)
