@@ -18,7 +18,7 @@ __all__ = ["OPS", "Features", "OpSupport"]
 #: re-checked in Python, or only in Python.
 OpSupport = Literal["native", "prefilter", "python"]
 
-#: Every lookup op of the contract (API.md section 4).
+#: Every lookup op of the contract; docs/queries.md shows each with an example.
 OPS: tuple[str, ...] = (
     "equals",
     "exists",
