@@ -27,7 +27,6 @@ The module needs only the standard library, plus pymongo to initiate a
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -41,6 +40,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from pymodels.testing._servers import free_port, run_command, stop_at_exit, url_from_env_or
 
 __all__ = [
     "ENV_URL",
@@ -90,12 +91,8 @@ def mongodb_skip_reason() -> str | None:
 @contextlib.contextmanager
 def mongodb_url_for_tests() -> Iterator[str]:
     """Yield a server URL: :data:`ENV_URL` if set, else a throwaway server's."""
-    url = os.environ.get(ENV_URL)
-    if url:
+    with url_from_env_or(ENV_URL, TemporaryMongo) as url:
         yield url
-        return
-    with TemporaryMongo() as server:
-        yield server.url
 
 
 class TemporaryMongo:
@@ -150,7 +147,7 @@ class TemporaryMongo:
         _LIVE.add(self)
         try:
             for attempt in range(5):
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
                 self._spawn()
                 if self._wait_ready():
                     break
@@ -253,13 +250,6 @@ class TemporaryMongo:
             return "(no log)"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # OP_MSG {ping: 1, $db: "admin"}: readiness without a driver.
 def _answers_ping(host: str, port: int) -> bool:
     body = b"\x10ping\x00\x01\x00\x00\x00\x02$db\x00\x06\x00\x00\x00admin\x00\x00"
@@ -279,34 +269,18 @@ def _answers_ping(host: str, port: int) -> bool:
 _LIVE: set[TemporaryMongo] = set()
 
 
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for server in list(_LIVE):
-        if server._owner == os.getpid():
-            with contextlib.suppress(Exception):
-                server.stop()
+stop_at_exit(_LIVE, lambda server: server._owner, lambda server: server.stop())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command with :data:`ENV_URL` set to a throwaway server; return its exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:
-        args = args[1:]
-    try:
-        server = TemporaryMongo().start()
-    except MongoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        if not args:
-            print(server.url, flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-            return 0
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        return subprocess.call(args, env={**os.environ, ENV_URL: server.url})
-    finally:
-        server.stop()
+    return run_command(
+        argv,
+        lambda: TemporaryMongo().start(),
+        MongoError,
+        lambda server: server.stop(),
+        lambda server: {ENV_URL: server.url},
+    )
 
 
 if __name__ == "__main__":

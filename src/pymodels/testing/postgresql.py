@@ -31,7 +31,6 @@ The module uses only the standard library, so it imports without the
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import os
@@ -41,7 +40,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,6 +47,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from pymodels.testing._servers import free_port, run_command, stop_at_exit, url_from_env_or
 
 __all__ = [
     "ENV_URL",
@@ -144,12 +144,8 @@ def postgres_url_for_tests(**options: Any) -> Iterator[str]:
     to :class:`TemporaryPostgres` and are ignored when the environment variable
     is used.
     """
-    url = os.environ.get(ENV_URL)
-    if url:
+    with url_from_env_or(ENV_URL, lambda: TemporaryPostgres(**options)) as url:
         yield url
-        return
-    with TemporaryPostgres(**options) as pg:
-        yield pg.url
 
 
 class TemporaryPostgres:
@@ -323,7 +319,7 @@ class TemporaryPostgres:
 
         attempts = 1 if self._fixed_port is not None else 5
         for attempt in range(1, attempts + 1):
-            port = self._fixed_port if self._fixed_port is not None else _free_port(self.host)
+            port = self._fixed_port if self._fixed_port is not None else free_port(self.host)
             self._write_settings(port, pg_dir)
             # A fresh log per attempt, so the port check below reads this attempt only.
             self.log_path.unlink(missing_ok=True)
@@ -527,13 +523,6 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -598,12 +587,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 _LIVE: set[TemporaryPostgres] = set()
 
 
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for pg in list(_LIVE):
-        if pg._owner_pid == os.getpid():
-            with contextlib.suppress(Exception):
-                pg._cleanup()
+stop_at_exit(_LIVE, lambda pg: pg._owner_pid, lambda pg: pg._cleanup())
 
 
 # ------------------------------------------------------------------------- CLI
@@ -615,26 +599,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage: ``python -m pymodels.testing.postgresql [--] CMD [ARGS...]``. Without a
     command, print the URL and wait for Ctrl-C.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:
-        args = args[1:]
-    try:
-        pg = TemporaryPostgres().start()
-    except PostgresError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if not args:
-            print(pg.url, flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-            return 0
-        env = {**os.environ, ENV_URL: pg.url}
-        # SIGTERM (e.g. from a CI timeout) should still run the finally below.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        return subprocess.call(args, env=env)
-    finally:
-        pg.stop()
+    return run_command(
+        argv,
+        lambda: TemporaryPostgres().start(),
+        PostgresError,
+        lambda pg: pg.stop(),
+        lambda pg: {ENV_URL: pg.url},
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Tokyo Cabinet C library).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -42,6 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from pymodels.testing._servers import free_port, run_command, stop_at_exit
 
 __all__ = [
     "ENV_TTSERVER",
@@ -208,7 +209,7 @@ class TemporaryTyrant:
                 self._owner_pid = os.getpid()
                 _LIVE.add(self)
             for attempt in range(5):
-                port = self._port or self._fixed_port or _free_port(self.host)
+                port = self._port or self._fixed_port or free_port(self.host)
                 if self._try_start(port):
                     self._port = port
                     return self
@@ -290,22 +291,8 @@ class TemporaryTyrant:
             return "(no log)"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 _LIVE: set[TemporaryTyrant] = set()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for tt in list(_LIVE):
-        if tt._owner_pid == os.getpid():
-            with contextlib.suppress(Exception):
-                tt._cleanup()
+stop_at_exit(_LIVE, lambda tt: tt._owner_pid, lambda tt: tt._cleanup())
 
 
 # ------------------------------------------------------------------------- CLI
@@ -317,30 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage: ``python -m pymodels.testing.tyrant [--] CMD [ARGS...]``. Without a command,
     print the URL and wait for Ctrl-C.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:
-        args = args[1:]
-    try:
-        tt = TemporaryTyrant().start()
-    except TyrantError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if not args:
-            print(tt.url, flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-            return 0
-        env = {
-            **os.environ,
+    return run_command(
+        argv,
+        lambda: TemporaryTyrant().start(),
+        TyrantError,
+        lambda tt: tt.close(),
+        lambda tt: {
             ENV_URL: tt.url,
             "PYMODELS_TYRANT_HOST": tt.host,
             "PYMODELS_TYRANT_PORT": str(tt.port),
-        }
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        return subprocess.call(args, env=env)
-    finally:
-        tt.close()
+        },
+    )
 
 
 if __name__ == "__main__":
