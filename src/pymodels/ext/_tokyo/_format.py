@@ -17,6 +17,7 @@ __all__ = [
     "IndexType",
     "Order",
     "SetOp",
+    "parse_list",
     "parse_map",
     "read_vnum",
     "vnum",
@@ -162,3 +163,20 @@ VNUM1: Final = _VNUM1
 vnum = _vnum
 read_vnum = _read_vnum
 parse_map = _parse_map
+
+
+def parse_list(buf: bytes) -> list[bytes]:
+    """The elements of a serialized TCLIST (or a map dump read flat: key, value, ...)."""
+    out: list[bytes] = []
+    append = out.append
+    i = 0
+    end = len(buf)
+    while i < end:
+        size = buf[i]
+        if size < 128:
+            i += 1
+        else:
+            size, i = _read_vnum(buf, i)
+        append(buf[i : i + size])
+        i += size
+    return out

@@ -70,7 +70,7 @@ from .._tokyo._format import (  # shared with the Tyrant backend
     SetOp,
     _dump_map,
     _parse_map,
-    _read_vnum,
+    parse_list,
     parse_map,
     read_vnum,
     vnum,
@@ -330,22 +330,6 @@ def live_pointer_kinds() -> dict[str, int]:
     return counts
 
 
-def _parse_list(buf: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    append = out.append
-    i = 0
-    end = len(buf)
-    while i < end:
-        size = buf[i]
-        if size < 128:
-            i += 1
-        else:
-            size, i = _read_vnum(buf, i)
-        append(buf[i : i + size])
-        i += size
-    return out
-
-
 def _take_list(lst: int | None) -> list[bytes]:
     """Copy an owned TCLIST out and free it (the caller has not recorded it yet)."""
     if not lst:
@@ -363,7 +347,7 @@ def _take_list(lst: int | None) -> list[bytes]:
     finally:
         del _LIVE[lst]
         _tclistdel(lst)
-    return _parse_list(data)
+    return parse_list(data)
 
 
 def _cstr(value: str | bytes, what: str) -> bytes:

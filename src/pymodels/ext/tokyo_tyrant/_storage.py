@@ -33,7 +33,7 @@ from .._tokyo._compiler import (
     pk_order_in_python,
 )
 from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
-from .._tokyo._format import Cond, Order, _read_vnum
+from .._tokyo._format import Cond, Order, parse_list
 from .._tokyo._query import Query
 from ._protocol import DEFAULT_HOST, DEFAULT_PORT, Client
 
@@ -516,20 +516,7 @@ def columns_of(record: Mapping[str, Any]) -> list[bytes]:
     The same columns, in the same text, as the Cabinet backend writes (one encoder:
     :func:`~pymodels.ext._tokyo._columns.encode_dump`).
     """
-    buf = encode_dump(record)
-    out: list[bytes] = []
-    append = out.append
-    i = 0
-    end = len(buf)
-    while i < end:
-        size = buf[i]
-        if size < 128:
-            i += 1
-        else:
-            size, i = _read_vnum(buf, i)
-        append(buf[i : i + size])
-        i += size
-    return out
+    return parse_list(encode_dump(record))
 
 
 def _pairs(elements: list[bytes]) -> dict[bytes, bytes]:
