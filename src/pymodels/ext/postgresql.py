@@ -64,7 +64,7 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps_pg, loads_pg
 from ._sql.postgresql_dialect import PostgresDialect
 from ._sql.query import SQLQuery
-from ._sql.storage import RECORD_COLUMNS, SQLStorage
+from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -93,7 +93,6 @@ features = Features(
 )
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-META_TABLE = "pymodels_meta"
 FORMAT_VERSION = "1"
 #: Serialises the library's DDL (CREATE ... IF NOT EXISTS races in PostgreSQL).
 DDL_LOCK = 0x706D_6D6F_6465_6C73  # "pmmodels"

@@ -54,7 +54,7 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import SQLiteDialect, register_functions
-from ._sql.storage import RECORD_COLUMNS, SQLStorage
+from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -85,7 +85,6 @@ memory_features = features.replace(
 #: Table names: plain identifiers, so they need no quoting anywhere (and fit
 #: PostgreSQL's 63-byte limit with an index-name suffix).
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-META_TABLE = "pymodels_meta"
 FORMAT_VERSION = "1"
 #: Rows pulled from SQLite at a time while iterating.
 FETCH_SIZE = 500
