@@ -96,6 +96,7 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_compare_and_store",
     "_new_pk",
     "_new_pks",
+    "_save_batch",
     # The engine's side of queries: called by the backend's query class (and
     # by BaseQuery's defaults), never by the public API.
     "_compile_condition",
