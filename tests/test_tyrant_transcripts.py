@@ -10,6 +10,7 @@ same options.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from pathlib import Path
@@ -21,7 +22,7 @@ from pymodels.errors import BackendUnavailable
 
 try:
     import pymodels.testing._tyrant_server  # noqa: F401 - needs the Cabinet library
-    from pymodels.testing.tyrant import TemporaryTyrant
+    from pymodels.testing.tyrant import ENV_TTSERVER, TemporaryTyrant
 except BackendUnavailable as e:  # pragma: no cover
     pytest.skip(f"no Tokyo Tyrant test server: {e}", allow_module_level=True)
 
@@ -60,11 +61,21 @@ def _stat_lines(reply: bytes) -> list[tuple[str, str]]:
     return [(k, "*" if k in VARYING else v) for k, v in lines]
 
 
-@pytest.fixture(scope="module")
-def replies(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict[str, str], bytes]]:
+#: The servers replayed against: always the project's test server; also the real
+#: ``ttserver`` that ``PYMODELS_TEST_TTSERVER`` names, which shows that the fixture still
+#: says what a real server answers.
+SERVERS = ["test-server", *(["ttserver"] if os.environ.get(ENV_TTSERVER) else [])]
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def replies(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[tuple[dict[str, str], bytes]]:
     folder = tmp_path_factory.mktemp("tt")
     out = []
-    with TemporaryTyrant(str(folder / DOC["dbname"]), ttserver=False) as tt:
+    ttserver = False if request.param == "test-server" else None
+    with TemporaryTyrant(str(folder / DOC["dbname"]), ttserver=ttserver) as tt:
+        assert tt.real == (request.param == "ttserver")
         sock = socket.create_connection(("127.0.0.1", tt.port), timeout=10)
         try:
             for entry in DOC["transcript"]:
