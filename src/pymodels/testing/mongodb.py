@@ -34,14 +34,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from pymodels.testing._servers import free_port, run_command, stop_at_exit, url_from_env_or
+from pymodels.testing._servers import ThrowawayServer, free_port, run_command, url_from_env_or
 
 __all__ = [
     "ENV_URL",
@@ -95,19 +93,30 @@ def mongodb_url_for_tests() -> Iterator[str]:
         yield url
 
 
-class TemporaryMongo:
-    """A MongoDB server in a temporary folder, for one ``with`` block."""
+class TemporaryMongo(ThrowawayServer):
+    """A MongoDB server in a temporary folder, for one ``with`` block.
 
-    host = "127.0.0.1"
+    Should this process die without stopping the server (even by SIGKILL), the
+    :class:`~pymodels.testing._servers.Watchdog` stops it and removes the folder.
+    """
+
+    error = MongoError
+    dir_prefix = "pymodels-mongo-"
 
     def __init__(self, *, start_timeout: float = 60.0, stop_timeout: float = 10.0) -> None:
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.kind, self.program = find_server()
-        self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._owner = os.getpid()
-        self.port = 0
+
+    @property
+    def _dir(self) -> Path | None:
+        # The base class's directory, by the name this class's helpers use.
+        return self._base_dir
+
+    @property
+    def running(self) -> bool:
+        """Whether the server was started and not stopped."""
+        return self._proc is not None
 
     @property
     def url(self) -> str:
@@ -122,32 +131,17 @@ class TemporaryMongo:
         name = "secantus" if self.kind == "secantus" else "pymodels"
         return f"mongodb://{self.host}:{self.port}/?replicaSet={name}"
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise MongoError("the server is not running")
-        return self._proc.pid
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _server_pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def start(self) -> Self:
         """Start the server and wait until it answers; on failure stop everything."""
         if self._dir is not None:
             raise MongoError("this TemporaryMongo was already started")
-        self._dir = Path(tempfile.mkdtemp(prefix="pymodels-mongo-"))
-        _LIVE.add(self)
+        self._create_base_dir()
         try:
             for attempt in range(5):
-                self.port = free_port(self.host)
+                self._port = free_port(self.host)
                 self._spawn()
                 if self._wait_ready():
                     break
@@ -162,14 +156,15 @@ class TemporaryMongo:
         return self
 
     def stop(self) -> None:
-        """Stop the server by its pid and remove the folder (idempotent)."""
-        try:
-            self._kill()
-        finally:
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-            _LIVE.discard(self)
+        """Stop the server by its pid and remove the folder (idempotent).
+
+        Only the process that started the server does so: in a forked child it does
+        nothing, and the parent's server and folder stay.
+        """
+        self.close()
+
+    def _stop_server(self) -> None:
+        self._kill()
 
     # ------------------------------------------------------------------ helpers
 
@@ -229,7 +224,7 @@ class TemporaryMongo:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or os.getpid() != self._owner:
+        if proc is None:
             return
         for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 5.0)):
             if proc.poll() is not None:
@@ -266,10 +261,8 @@ def _answers_ping(host: str, port: int) -> bool:
     return len(reply) > 21 and b"ok" in reply
 
 
-_LIVE: set[TemporaryMongo] = set()
-
-
-stop_at_exit(_LIVE, lambda server: server._owner, lambda server: server.stop())
+# Servers started and not yet stopped, which an atexit hook stops as a last resort.
+_LIVE = TemporaryMongo._live
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,15 +40,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
-from pymodels.testing._servers import free_port, run_command, stop_at_exit, url_from_env_or
+from pymodels.testing._servers import ThrowawayServer, free_port, run_command, url_from_env_or
 
 __all__ = [
     "ENV_URL",
@@ -148,7 +145,7 @@ def postgres_url_for_tests(**options: Any) -> Iterator[str]:
         yield url
 
 
-class TemporaryPostgres:
+class TemporaryPostgres(ThrowawayServer):
     """A PostgreSQL server living in a temporary directory, for one ``with`` block.
 
     Args:
@@ -166,9 +163,15 @@ class TemporaryPostgres:
 
     Attributes available while running: :attr:`url`, :attr:`pid`, :attr:`port`,
     :attr:`host`, :attr:`base_dir`, :attr:`data_dir`, :attr:`log_path`.
+
+    Should this process die without stopping the server (even by SIGKILL), the
+    :class:`~pymodels.testing._servers.Watchdog` stops it and removes the directory.
     """
 
-    host = "127.0.0.1"
+    error = PostgresError
+    dir_prefix = "pymodels-pg-"
+    # If the owner dies: a "fast" shutdown (SIGTERM, "smart", would wait for clients).
+    watchdog_signal = signal.SIGINT
     user = "postgres"
     dbname = "postgres"
 
@@ -182,19 +185,12 @@ class TemporaryPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
         self._bin_dir_arg = Path(bin_dir) if bin_dir is not None else None
         self._fixed_port = port
         self._settings = {**BASE_SETTINGS, **(settings or {})}
         self._parent_dir = Path(parent_dir) if parent_dir is not None else None
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-
-        self._base_dir: Path | None = None
-        self._port: int | None = None
         self._pid: int | None = None
-        # The process that started the server; a forked child must not stop it at exit.
-        self._owner_pid: int | None = None
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
 
@@ -211,23 +207,9 @@ class TemporaryPostgres:
         return self._port
 
     @property
-    def pid(self) -> int:
-        """Process id of the postmaster, as written in ``postmaster.pid``."""
-        if self._pid is None:
-            raise PostgresError("the server is not running")
-        return self._pid
-
-    @property
     def url(self) -> str:
         """Connection URL, e.g. ``postgresql://postgres@127.0.0.1:54321/postgres``."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
-
-    @property
-    def base_dir(self) -> Path:
-        """The temporary directory that holds everything (removed on stop)."""
-        if self._base_dir is None:
-            raise PostgresError("the server has not been started")
-        return self._base_dir
 
     @property
     def data_dir(self) -> Path:
@@ -238,23 +220,6 @@ class TemporaryPostgres:
     def log_path(self) -> Path:
         """The server log; read it when a test needs the server's side of an error."""
         return self.base_dir / "pg" / "log"
-
-    # ------------------------------------------------------------- context manager
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"pid={self._pid} port={self._port}" if self.running else "stopped"
-        return f"<TemporaryPostgres {state}>"
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -275,11 +240,7 @@ class TemporaryPostgres:
                         "Install the server with: apt-get install postgresql"
                     )
             as_user = _postgres_user_if_root()
-            self._owner_pid = os.getpid()
-            self._base_dir = Path(tempfile.mkdtemp(prefix="pymodels-pg-", dir=self._parent_dir))
-            # Registered before anything runs, so even an interpreter exit in the
-            # middle of start() stops whatever was started.
-            _LIVE.add(self)
+            self._create_base_dir(self._parent_dir)
             try:
                 self._start(bin_dir, as_user)
             except BaseException:
@@ -288,9 +249,15 @@ class TemporaryPostgres:
             return self
 
     def stop(self) -> None:
-        """Stop the server (if running) and remove the temporary directory. Idempotent."""
-        with self._lock:
-            self._cleanup()
+        """Stop the server (if running) and remove the temporary directory. Idempotent.
+
+        In a forked child of the process that started the server it does nothing.
+        """
+        self.close()
+
+    def _server_pid(self) -> int | None:
+        """The postmaster's pid, as written in ``postmaster.pid``."""
+        return self._pid
 
     # --------------------------------------------------------------------- helpers
 
@@ -461,15 +428,11 @@ class TemporaryPostgres:
             else:
                 raise PostgresError(f"postmaster {pid} survived SIGKILL")
 
-    def _cleanup(self) -> None:
+    def _stop_server(self) -> None:
         try:
             self._kill_postmaster()
         finally:
             self._pid = None
-            if self._base_dir is not None:
-                shutil.rmtree(self._base_dir, ignore_errors=True)
-                self._base_dir = None
-            _LIVE.discard(self)
 
 
 # ------------------------------------------------------------------ module helpers
@@ -582,12 +545,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-# Servers started and not yet stopped; the atexit hook is the last resort for a
-# caller that never reached its finally/__exit__ (e.g. sys.exit in a fixture).
-_LIVE: set[TemporaryPostgres] = set()
-
-
-stop_at_exit(_LIVE, lambda pg: pg._owner_pid, lambda pg: pg._cleanup())
+# Servers started and not yet stopped, which an atexit hook stops as a last resort.
+_LIVE = TemporaryPostgres._live
 
 
 # ------------------------------------------------------------------------- CLI

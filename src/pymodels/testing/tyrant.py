@@ -34,15 +34,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from pymodels.testing._servers import free_port, run_command, stop_at_exit
+from pymodels.testing._servers import ThrowawayServer, free_port, run_command
 
 __all__ = [
     "ENV_TTSERVER",
@@ -76,7 +73,7 @@ def find_ttserver() -> str | None:
     return shutil.which("ttserver")
 
 
-class TemporaryTyrant:
+class TemporaryTyrant(ThrowawayServer):
     """A Tokyo Tyrant server for one ``with`` block.
 
     Args:
@@ -90,10 +87,13 @@ class TemporaryTyrant:
             connections, and to exit after SIGTERM (then SIGKILL).
 
     :meth:`start` and :meth:`stop` may be called again (a restart on the same port and
-    file), which fault tests use; :meth:`kill` stops the server with SIGKILL.
+    file), which fault tests use; :meth:`kill` stops the server with SIGKILL. Should this
+    process die without closing (even by SIGKILL), the
+    :class:`~pymodels.testing._servers.Watchdog` stops the server and removes the directory.
     """
 
-    host = "127.0.0.1"
+    error = TyrantError
+    dir_prefix = "pymodels-tt-"
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class TemporaryTyrant:
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
         self._path_arg = None if path is None else os.fspath(path)
         if ttserver is False:
             self.ttserver: str | None = None
@@ -112,13 +113,7 @@ class TemporaryTyrant:
         else:
             self.ttserver = find_ttserver()
         self._fixed_port = port
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
-        self._base_dir: Path | None = None
-        self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._owner_pid: int | None = None
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ properties
 
@@ -132,18 +127,6 @@ class TemporaryTyrant:
         return self._proc is not None and self._proc.poll() is None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise TyrantError("the server has not been started")
-        return self._port
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise TyrantError("the server is not running")
-        return self._proc.pid
-
-    @property
     def url(self) -> str:
         """``tokyo-tyrant://127.0.0.1:PORT``."""
         return f"tokyo-tyrant://{self.host}:{self.port}"
@@ -152,12 +135,6 @@ class TemporaryTyrant:
     def settings(self) -> dict[str, object]:
         """Settings for :func:`pymodels.get_storage`."""
         return {"backend": "tokyo_tyrant", "host": self.host, "port": self.port}
-
-    @property
-    def base_dir(self) -> Path:
-        if self._base_dir is None:
-            raise TyrantError("the server has not been started")
-        return self._base_dir
 
     @property
     def dbname(self) -> str:
@@ -177,19 +154,6 @@ class TemporaryTyrant:
     def pid_path(self) -> Path:
         return self.base_dir / "tt.pid"
 
-    # ------------------------------------------------------------- context manager
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         kind = "ttserver" if self.real else "test server"
         state = (
@@ -205,9 +169,7 @@ class TemporaryTyrant:
             if self.running:
                 raise TyrantError("the server is already running")
             if self._base_dir is None:
-                self._base_dir = Path(tempfile.mkdtemp(prefix="pymodels-tt-"))
-                self._owner_pid = os.getpid()
-                _LIVE.add(self)
+                self._create_base_dir()
             for attempt in range(5):
                 port = self._port or self._fixed_port or free_port(self.host)
                 if self._try_start(port):
@@ -258,11 +220,6 @@ class TemporaryTyrant:
         with self._lock:
             self._terminate(signal.SIGKILL)
 
-    def close(self) -> None:
-        """Stop the server and remove the temporary directory. Idempotent."""
-        with self._lock:
-            self._cleanup()
-
     def _terminate(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
@@ -275,14 +232,11 @@ class TemporaryTyrant:
             proc.wait()
             raise TyrantError(f"the server ignored {sig.name}:\n{self._read_log()}") from None
 
-    def _cleanup(self) -> None:
-        try:
-            self._terminate(signal.SIGTERM)
-        finally:
-            if self._base_dir is not None:
-                shutil.rmtree(self._base_dir, ignore_errors=True)
-                self._base_dir = None
-            _LIVE.discard(self)
+    def _server_pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _stop_server(self) -> None:
+        self._terminate(signal.SIGTERM)
 
     def _read_log(self) -> str:
         try:
@@ -291,8 +245,8 @@ class TemporaryTyrant:
             return "(no log)"
 
 
-_LIVE: set[TemporaryTyrant] = set()
-stop_at_exit(_LIVE, lambda tt: tt._owner_pid, lambda tt: tt._cleanup())
+# Servers started and not yet closed, which an atexit hook stops as a last resort.
+_LIVE = TemporaryTyrant._live
 
 
 # ------------------------------------------------------------------------- CLI
