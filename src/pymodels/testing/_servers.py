@@ -148,6 +148,14 @@ def _close_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_in_child)
 
+# Disarmed watchdogs, exiting on their own: reaped later (_reap), so that a close does
+# not wait for a Python start-up.
+_EXITING: list[subprocess.Popen[bytes]] = []
+
+
+def _reap() -> None:
+    _EXITING[:] = [proc for proc in _EXITING if proc.poll() is None]
+
 
 class Watchdog:
     """Stops the processes using *directory* and removes it if this process dies first.
@@ -158,6 +166,7 @@ class Watchdog:
     """
 
     def __init__(self, directory: Path, first_signal: int, grace: float) -> None:
+        _reap()
         read_end, write_end = os.pipe()  # both non-inheritable: servers never hold them
         try:
             self._proc = subprocess.Popen(
@@ -194,16 +203,23 @@ class Watchdog:
 
     def disarm(self) -> None:
         """The owner cleaned up: the watchdog exits without touching anything."""
-        self._close(b"disarm\n")
+        if self._close(b"disarm\n"):
+            _EXITING.append(self._proc)
+            _reap()
 
     def release(self) -> None:
-        """Let the watchdog sweep the directory now, as if this process had died."""
-        self._close(b"")
+        """Let the watchdog sweep the directory now, as if this process had died.
 
-    def _close(self, message: bytes) -> None:
+        Waits for the sweep (a few seconds at most).
+        """
+        if self._close(b""):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(60.0)
+
+    def _close(self, message: bytes) -> bool:
         fd, self._fd = self._fd, None
         if fd is None or os.getpid() != self._owner:
-            return
+            return False
         _ARMED_FDS.discard(fd)
         try:
             if message:
@@ -211,9 +227,7 @@ class Watchdog:
                     os.write(fd, message)
         finally:
             os.close(fd)
-        # Reap it, so no zombie is left; a sweep may take a few seconds.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(30.0)
+        return True
 
 
 def _pids_naming(directory: str) -> list[int]:
@@ -406,7 +420,12 @@ class ThrowawayServer(abc.ABC):
         # Registered before anything runs, so even an interpreter exit in the middle
         # of start() stops whatever was started.
         self._live.add(self)
-        self._watchdog = Watchdog(self._base_dir, self.watchdog_signal, max(self.stop_timeout, 1.0))
+        try:
+            grace = max(self.stop_timeout, 1.0)
+            self._watchdog = Watchdog(self._base_dir, self.watchdog_signal, grace)
+        except BaseException:
+            self._cleanup()
+            raise
         return self._base_dir
 
     def _cleanup(self) -> None:
