@@ -168,6 +168,7 @@ class Watchdog:
     def __init__(self, directory: Path, first_signal: int, grace: float) -> None:
         _reap()
         read_end, write_end = os.pipe()  # both non-inheritable: servers never hold them
+        _ARMED_FDS.add(write_end)  # before anything, so that a fork from now on closes it
         try:
             self._proc = subprocess.Popen(
                 [
@@ -188,13 +189,13 @@ class Watchdog:
                 start_new_session=True,
             )
         except BaseException:
+            _ARMED_FDS.discard(write_end)
             os.close(write_end)
             raise
         finally:
             os.close(read_end)
         self._fd: int | None = write_end
         self._owner = os.getpid()
-        _ARMED_FDS.add(write_end)
 
     @property
     def pid(self) -> int:
@@ -323,11 +324,14 @@ class ThrowawayServer(abc.ABC):
     dir_prefix: ClassVar[str] = "pymodels-server-"
     #: What the watchdog sends first when the owner died (SIGKILL follows).
     watchdog_signal: ClassVar[signal.Signals] = signal.SIGTERM
-    #: Servers of this class started and not yet cleaned up (one set per subclass).
+    #: Servers of this kind started and not yet cleaned up (one set per direct subclass,
+    #: shared with its own subclasses).
     _live: ClassVar[set[ThrowawayServer]] = set()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if ThrowawayServer not in cls.__bases__:
+            return
         cls._live = set()
         stop_at_exit(cls._live, lambda server: server._owner_pid, lambda server: server._cleanup())
 
