@@ -239,8 +239,12 @@ def _pids_naming(directory: str) -> list[int]:
     "DIR/..."'``) belongs to a process started for this server.
     """
     pattern = re.compile(re.escape(directory.encode()) + rb"(?![^/\"' ])")
-    found = []
-    for entry in os.scandir("/proc"):
+    found: list[int] = []
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return found  # no /proc (not Linux): only the directory is removed
+    for entry in entries:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
