@@ -577,6 +577,29 @@ def test_counts_read_only_the_index_and_give_the_tables_answer(tmp_path: Path) -
     assert [indexed.query().where(age__gt=50).count(), plain.query().count()] == [7, 15]
 
 
+def test_a_count_on_the_second_key_walks_the_first_keys_values(tmp_path: Path) -> None:
+    with backend.Storage(path=str(tmp_path / "walk.db")) as s:
+        s.create_index(("city", "-age"))
+        records: list[dict[str, Any]] = [
+            {"city": c, "age": a} for c in "abc" for a in range(40, 60)
+        ]
+        records += [{"age": 55}, {"city": None, "age": 58}, {"city": 3, "age": 51.5}]
+        s.save_many(records)
+        where = s.query().where(age__gt=50)._compiled.native
+        assert where is not None
+        # Five values of city (none, 3, "a", "b", "c"): five ranges counted.
+        assert s._count_by_prefix(where) == 3 * 9 + 3
+        assert s.query().where(age__gt=50).count() == 30
+        assert s.query().where_not(age__gt=50).count() == len(records) - 30
+        # Past PREFIX_WALK_MAX values of the first key: the whole index is counted instead.
+        s.save_many({"city": f"x{i}", "age": 99} for i in range(backend.PREFIX_WALK_MAX))
+        assert s._count_by_prefix(where) is None
+        assert s.query().where(age__gt=50).count() == 30 + backend.PREFIX_WALK_MAX
+        # Two paths, or a path that is not an index's second key: no walk.
+        both = s.query().where(age__gt=50, city="a")._compiled.native
+        assert both is not None and s._count_by_prefix(both) is None
+
+
 def test_a_count_survives_its_index_being_dropped(storage: Any, path: Path) -> None:
     storage.create_index(("city", "age"))
     storage.save_many([{"city": "a", "age": i} for i in range(10)])

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
@@ -90,6 +90,8 @@ FORMAT_VERSION = "1"
 FETCH_SIZE = 500
 #: Parameters per ``pk IN (...)`` (SQLite allows 32766 since 3.32).
 CHUNK = 500
+#: Most values of an index's first key a count walks (see Storage._count_by_prefix).
+PREFIX_WALK_MAX = 64
 #: A JSON path literal after ``body, `` in SQL the dialect wrote (``json_type(body, '$."a"')``).
 _BODY_PATH = re.compile(r"\(body, ('(?:[^']|'')*')")
 #: The path literal of a tagged value's sort key ends with this part.
@@ -168,6 +170,20 @@ def _path_literal_of_rank(rank: str) -> str:
     """The path literal a rank expression tests (its first ``json_type(body, ...)``)."""
     found = _BODY_PATH.search(rank)
     return found.group(1) if found else ""
+
+
+class _SchemaIndex(NamedTuple):
+    """An index of the dialect's making, as counting sees it."""
+
+    name: str
+    #: The first key's rank expression.
+    rank: str
+    #: Every path literal the index holds (untagged).
+    paths: frozenset[str]
+    #: The first key's path.
+    lead: tuple[str, ...]
+    #: The second key's path literal ("" when there is none).
+    second: str
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
@@ -448,10 +464,10 @@ class Storage(SQLStorage):
 
     # ------------------------------------------------------------ counting from an index
 
-    _index_cache: list[tuple[str, str, frozenset[str]]] | None = None
+    _index_cache: list[_SchemaIndex] | None = None
 
-    def _schema_indexes(self) -> list[tuple[str, str, frozenset[str]]]:
-        """``(name, first key's rank expression, every path literal)`` of each index.
+    def _schema_indexes(self) -> list[_SchemaIndex]:
+        """What counting needs to know of each index of the dialect's making.
 
         Read from the schema (so indexes made by other programs using pymodels count
         too), once per storage and again after ``create_index``.
@@ -472,7 +488,17 @@ class Storage(SQLStorage):
                 # Only an index whose first term is the dialect's own rank expression.
                 if f"ON {self._qtable} (({rank})" not in str(sql):
                     continue
-                found.append((str(name), rank, frozenset(map(_untagged, literals))))
+                untagged = list(dict.fromkeys(map(_untagged, literals)))
+                second = untagged[1] if len(untagged) > 1 else ""
+                path2 = _path_of(second) if second else None
+                # The second key, when it is one: its rank expression right after the first key's.
+                lead = f"({rank}), ({_DIALECT.value(path)})"
+                if path2 is None or not any(
+                    f"{lead}{way}, ({self._dialect.rank(path2)})" in str(sql)
+                    for way in ("", " DESC")
+                ):
+                    second = ""
+                found.append(_SchemaIndex(str(name), rank, frozenset(untagged), path, second))
             self._index_cache = found
         return found
 
@@ -480,10 +506,69 @@ class Storage(SQLStorage):
         statement = None if where is None else self._count_from_index(where)
         if statement is not None:
             try:
+                if where is not None:
+                    walked = self._count_by_prefix(where)
+                    if walked is not None:
+                        return walked
                 return self._scalar(statement)
             except PyModelsError:
                 self._index_cache = None  # dropped meanwhile: count as before
         return super()._count_where(where)
+
+    def _count_by_prefix(self, where: Frag) -> int | None:
+        """A count of a condition on an index's second key only, range by range.
+
+        The index is ordered by its first key, then the second: within one value of
+        the first key, the entries a range on the second key selects are adjacent.
+        So the count walks the distinct values of the first key (a seek each, in one
+        read transaction, at most :data:`PREFIX_WALK_MAX` of them) and counts each
+        one's range, reading only the matching entries instead of every entry of
+        the index. None (count the whole index instead) when no index has the
+        condition's one path second, or when its first key has more values than that.
+        """
+        used = {_untagged(lit) for lit in _BODY_PATH.findall(where.sql)}
+        if len(used) != 1:
+            return None
+        index = next((i for i in self._schema_indexes() if i.second in used), None)
+        if index is None:
+            return None
+        d = self._dialect
+        table = f"{self._qtable} INDEXED BY {d.ident(index.name)}"
+        rank, value = index.rank, _DIALECT.value(index.lead)
+        first = f"SELECT {rank}, {value} FROM {table} WHERE {rank} > -100 ORDER BY 1, 2 LIMIT 1"
+        # ORDER BY the value alone where the rank is fixed: SQLite 3.40 sorts in a
+        # temporary b-tree when an ORDER BY names an expression bound by "= ?".
+        after_value = (
+            f"SELECT {rank}, {value} FROM {table} "
+            f"WHERE {rank} = ? AND {value} > ? ORDER BY 2 LIMIT 1"
+        )
+        after_rank = f"SELECT {rank}, {value} FROM {table} WHERE {rank} > ? ORDER BY 1, 2 LIMIT 1"
+        count_sql = (
+            f"SELECT count(*) FROM {table} WHERE {rank} = ? AND {value} IS ? AND ({where.sql})"
+        )
+        count, params = d.render(Frag(count_sql, where.params))
+        with self._db() as conn:
+            own = not conn.in_transaction
+            if own:
+                conn.execute("BEGIN")  # one snapshot for the walk and every count
+            try:
+                prefixes: list[tuple[Any, Any]] = []
+                row = conn.execute(first).fetchone()
+                while row is not None:
+                    if len(prefixes) == PREFIX_WALK_MAX:
+                        return None
+                    prefixes.append(row)
+                    r, v = row
+                    # NULL (absent or JSON null) is rank 0's one value, and no other rank's.
+                    row = None if v is None else conn.execute(after_value, (r, v)).fetchone()
+                    if row is None:
+                        row = conn.execute(after_rank, (r,)).fetchone()
+                return sum(
+                    int(conn.execute(count, (r, v, *params)).fetchone()[0]) for r, v in prefixes
+                )
+            finally:
+                if own:
+                    conn.execute("COMMIT")
 
     def _count_from_index(self, where: Frag) -> Frag | None:
         """A count that reads one index and never the table, where one holds every path.
@@ -504,10 +589,10 @@ class Storage(SQLStorage):
         if not used or where.sql.count("body") != len(_BODY_PATH.findall(where.sql)):
             return None  # no path, or body used some other way
         indexes = self._schema_indexes()
-        leading = {_path_literal_of_rank(rank) for _, rank, _ in indexes}
+        leading = {_path_literal_of_rank(i.rank) for i in indexes}
         if used & leading:
             return None
-        for name, rank, paths in indexes:
+        for name, rank, paths, _, _ in indexes:
             if used <= paths:
                 sql = (
                     f"SELECT count(*) FROM {self._qtable} INDEXED BY {self._dialect.ident(name)} "
