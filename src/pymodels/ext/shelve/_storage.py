@@ -195,8 +195,18 @@ class Storage(BaseStorage):
             raise
         if self._lockfile is not None and not self.read_only:
             # Marked open until a clean close: a writer killed with the file
-            # open leaves the mark, and the next opening sees it.
-            _mark(self._lockfile, f"open by pid {os.getpid()}\n", sync=self._journal is not None)
+            # open leaves the mark, and the next opening sees it. Without the
+            # mark no write may start (nothing has changed the data file yet).
+            journaled = self._journal is not None
+            try:
+                _mark(self._lockfile, f"open by pid {os.getpid()}\n", sync=journaled)
+            except OSError as e:
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                if self._journal is not None:
+                    self._journal.close()
+                _release_lock(self._lockfile, clean=False)
+                raise _open_error(path, name, e, write=True) from e
         self._arm_finalizer()
 
     def _arm_finalizer(self) -> None:
