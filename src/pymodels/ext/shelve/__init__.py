@@ -16,12 +16,13 @@ journal ``<path>.journal`` beside a consistent copy ``<path>.snapshot``, then
 applied to the data file. A write that returned survives SIGKILL at any point
 (with or without ``sync``), and the file always reopens: opening a file whose
 writer was killed rebuilds the data file from snapshot and journal and logs a
-WARNING saying so. On a full disk a write raises a typed error and the store
-stays as it was. With ``sync=True`` each write also fsyncs the journal, so it
-survives a power loss or an OS crash; with ``sync=False`` (the default) an OS
-crash can lose writes made since the last close. The journal is checkpointed
-into the snapshot at close and whenever it outgrows the data file (4 MiB at
-least), so a file takes about twice its size on disk.
+WARNING saying so (``read_only`` rebuilds a private copy instead). On a full
+disk a write raises a typed error and the store stays as it was. With
+``sync=True`` each write also fsyncs the journal, so it survives a power loss
+or an OS crash; with ``sync=False`` (the default) an OS crash can lose writes
+made since the last close. Once the journal outgrows the data file (4 MiB at
+least) a checkpoint copies the data file to the snapshot and empties it, so a
+file takes about twice its size on disk.
 Over ``dbm.ndbm`` and ``dbm.dumb`` (module-level ``features``: both False):
 durable once ``close()`` returns; a writer killed mid-write or a write failed
 part way (``dbm.ndbm`` can lose earlier records on a full disk) makes the next

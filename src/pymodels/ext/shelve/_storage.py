@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -176,6 +177,8 @@ class Storage(BaseStorage):
         self._damage: list[str] = []
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._journal: Journal | None = None
+        #: read_only on a file whose writer was killed: a private repaired copy.
+        self._scratch: str | None = None
         self._checkpoint_at = CHECKPOINT_BYTES
         self._lockfile = _take_lock(path, shared=self.read_only, timeout=self.settings.lock_timeout)
         try:
@@ -183,14 +186,16 @@ class Storage(BaseStorage):
                 self._open_journaled()
             else:
                 if journaled:
-                    self._check_journal_clean()
+                    self._open_journaled_read_only()
                 else:
                     self._check_clean_close()
-                self._db = self._open_db()
+                    self._db = self._open_db()
                 self._check_meta()
         except BaseException:
             if self._journal is not None:
                 self._journal.close()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
             _release_lock(self._lockfile, clean=False)
             raise
         if self._lockfile is not None and not self.read_only:
@@ -214,7 +219,14 @@ class Storage(BaseStorage):
         if self._finalizer is not None:
             self._finalizer.detach()
         self._finalizer = weakref.finalize(
-            self, _shut, self._db, self._lockfile, self._damage, self._journal, self.settings.path
+            self,
+            _shut,
+            self._db,
+            self._lockfile,
+            self._damage,
+            self._journal,
+            self.settings.path,
+            self._scratch,
         )
 
     def _open_db(self, *, create: bool = True) -> Any:
@@ -275,27 +287,31 @@ class Storage(BaseStorage):
                 self._checkpoint()
                 if self._damage:
                     raise PyModelsError(f"cannot open {path}: {self._damage[0]}")
-            self._checkpoint_at = max(CHECKPOINT_BYTES, _size_of(path))
+            self._checkpoint_at = _checkpoint_threshold(path)
             return
         end = self._repair(mark)
         self._db = self._open_db(create=False)
         self._check_meta()
         self._journal = Journal(journal, size=end, sync=self.settings.sync)
-        self._checkpoint_at = max(CHECKPOINT_BYTES, _size_of(path))
+        self._checkpoint_at = _checkpoint_threshold(path)
 
-    def _repair(self, mark: str) -> int:
+    def _repair(self, mark: str, *, private: str | None = None) -> int:
         """Rebuild the data file from the snapshot and the journal; return the journal's whole end.
 
         The data file is deleted first: it is only a copy of what snapshot and
         journal hold, possibly damaged, and its space may be what a full disk
         needs for the rebuild. A repair killed half way is simply redone.
+        ``private`` (read_only): build the repaired file there instead, and
+        leave every file beside the data as it is.
         """
         path = self.settings.path
-        snapshot, rebuild = _snapshot_path(path), path + ".rebuild"
+        snapshot = _snapshot_path(path)
+        rebuild = private or path + ".rebuild"
         payloads, end, size = _journal.read(_journal_path(path))
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if private is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             shutil.copyfile(snapshot, rebuild)
             db = self._module.open(rebuild, "w")
             try:
@@ -303,9 +319,10 @@ class Storage(BaseStorage):
                 count = _journal.apply(db, ops, META_KEY.encode())
             finally:
                 db.close()
-            _fsync_path(rebuild)
-            os.replace(rebuild, path)
-            _fsync_path(os.path.dirname(os.path.abspath(path)))
+            if private is None:
+                _fsync_path(rebuild)
+                os.replace(rebuild, path)
+                _fsync_path(os.path.dirname(os.path.abspath(path)))
         except Exception as e:
             with contextlib.suppress(OSError):
                 os.unlink(rebuild)
@@ -320,29 +337,39 @@ class Storage(BaseStorage):
                 path=path,
             ) from e
         torn = f"; dropped {size - end} bytes of a write never acknowledged" if size > end else ""
+        where = (
+            f" (read_only: into a private copy, {private}; the next opening for writing "
+            "repairs the file itself)"
+            if private
+            else ""
+        )
         log.warning(
-            "%s was not closed cleanly (%s): repaired from its snapshot and journal, "
+            "%s was not closed cleanly (%s): repaired from its snapshot and journal%s, "
             "%d writes replayed from %d journal entries%s",
             path,
             mark or "data file missing",
+            where,
             count,
             len(payloads),
             torn,
         )
         return end
 
-    def _check_journal_clean(self) -> None:
-        """Read-only on a journaled file: its data file must be whole (closed cleanly)."""
+    def _open_journaled_read_only(self) -> None:
+        """Read-only on a journaled file: as it is if closed cleanly, else a repaired copy."""
         path = self.settings.path
-        mark = _read_mark(self._lockfile) if self._lockfile is not None else ""
+        mark = _read_mark(self._lockfile)
         if _parse_clean(mark)[0] and os.path.exists(path):
+            self._db = self._open_db()
             return
-        raise CorruptData(
-            f"{path} was not closed cleanly ({mark or 'data file missing'}): open it once for "
-            f"writing, which repairs it from {_snapshot_path(path)} and its journal with every "
-            "acknowledged write; read_only cannot repair it",
-            path=path,
-        )
+        # A reader may not write beside the file: it repairs a private copy.
+        self._scratch = tempfile.mkdtemp(prefix="pymodels-shelve-")
+        private = os.path.join(self._scratch, os.path.basename(path))
+        self._repair(mark, private=private)
+        try:
+            self._db = self._module.open(private, "r")
+        except Exception as e:
+            raise _open_error(path, self.dbm_module, e, write=False) from e
 
     def _check_clean_close(self) -> None:
         if self._lockfile is None:
@@ -469,7 +496,12 @@ class Storage(BaseStorage):
             if journal is not None and not self._damage and journal.size >= self._checkpoint_at:
                 self._checkpoint()
             problem = _shut(
-                self._db, self._lockfile, self._damage, self._journal, self.settings.path
+                self._db,
+                self._lockfile,
+                self._damage,
+                self._journal,
+                self.settings.path,
+                self._scratch,
             )
             if problem is None:
                 return
@@ -602,7 +634,7 @@ class Storage(BaseStorage):
         with contextlib.suppress(OSError):  # a journal left whole replays harmlessly
             journal.cut(0)
             journal.flush()
-        self._checkpoint_at = max(CHECKPOINT_BYTES, _size_of(path))
+        self._checkpoint_at = _checkpoint_threshold(path)
 
     # ------------------------------------------------------------ helpers
 
@@ -858,7 +890,12 @@ def _release_lock(handle: IO[str] | None, *, clean: bool) -> None:
 
 
 def _shut(
-    db: Any, handle: IO[str] | None, damage: list[str], journal: Journal | None, path: str
+    db: Any,
+    handle: IO[str] | None,
+    damage: list[str],
+    journal: Journal | None,
+    path: str,
+    scratch: str | None = None,
 ) -> BaseException | None:
     """Close the dbm, the journal and the lock; return what failed, if anything.
 
@@ -881,6 +918,8 @@ def _shut(
         problem = e
     if journal is not None:
         journal.close()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     if handle is None or handle.closed:
         return problem
     writer = "+" in handle.mode
@@ -910,6 +949,14 @@ def _size_of(path: str) -> int:
         return os.path.getsize(path)
     except FileNotFoundError:
         return 0
+
+
+def _checkpoint_threshold(path: str) -> int:
+    """Journal bytes that start a checkpoint: the data file's size, CHECKPOINT_BYTES at least.
+
+    Copying the data file then costs at most one byte per byte journaled.
+    """
+    return max(CHECKPOINT_BYTES, _size_of(path))
 
 
 def _fsync_path(path: str) -> None:
