@@ -628,3 +628,51 @@ def test_a_gnu_file_written_by_plain_shelve_after_a_clean_close_keeps_that_write
     _killed_writer(path, lambda s: s.save({"n": 3}, primary_key="b"))
     with open_shelf(path) as s:  # the repair starts from a snapshot with plain's write
         assert sorted(s) == ["a", "b", "plain"]
+
+
+@needs_gnu
+@pytest.mark.parametrize("stage", ["copying", "after the rename", "after the cut"])
+def test_a_kill_inside_a_checkpoint_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    from pymodels.ext.shelve import _journal, _storage
+
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save_many([{"n": i} for i in range(30)])
+    monkeypatch.setattr(_storage, "_checkpoint_threshold", lambda path: 1)
+    real_copy, real_cut = _storage._copy_durably, _journal.Journal.cut
+
+    marker = tmp_path / "killed in the checkpoint"
+
+    def die() -> None:
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def copy(source: str, target: str) -> None:
+        if stage == "copying":
+            Path(f"{target}.tmp").write_bytes(Path(source).read_bytes()[:100])
+            die()
+        real_copy(source, target)
+        if stage == "after the rename":  # new snapshot, old journal: replayed harmlessly
+            die()
+
+    def cut(journal: _journal.Journal, size: int, cause: BaseException | None = None) -> None:
+        real_cut(journal, size, cause)
+        if stage == "after the cut" and size == 0:
+            die()
+
+    monkeypatch.setattr(_storage, "_copy_durably", copy)
+    monkeypatch.setattr(_journal.Journal, "cut", cut)
+
+    def work(s: pymodels.storage.BaseStorage) -> None:
+        s.save({"n": 100}, primary_key="acked")  # journaled; its checkpoint is killed
+
+    _killed_writer(path, work)
+    assert marker.exists()
+    monkeypatch.undo()
+    with open_shelf(path) as s:
+        assert len(s) == 31 and s.get(None, "acked")["n"] == 100
+    assert not Path(f"{path}.snapshot.tmp").exists()
+    with open_shelf(path) as s:  # and again, after a clean close
+        assert len(s) == 31
