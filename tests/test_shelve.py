@@ -111,6 +111,8 @@ DBMS = [
     pytest.param(n, marks=pytest.mark.skipif(not _has(n), reason=f"{n} is not importable here"))
     for n in ("dbm.gnu", "dbm.ndbm", "dbm.dumb")
 ]
+#: The modules without a journal: an unclean close is refused until recovered.
+UNJOURNALED = DBMS[1:]
 
 
 class _Planted:
@@ -194,7 +196,7 @@ except pymodels.LockTimeout:
 """
 
 
-@pytest.mark.parametrize("module", DBMS)
+@pytest.mark.parametrize("module", UNJOURNALED)
 def test_a_file_its_writer_never_closed_is_refused_until_recovered(
     tmp_path: Path, module: str
 ) -> None:
@@ -371,3 +373,306 @@ def test_repr_shows_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     with pymodels.get_storage("shelve:///data.shelf") as s:
         assert repr(s) == "<pymodels.ext.shelve.Storage at 'data.shelf'>"
+
+
+# ------------------------------------------------------- dbm.gnu's journal (#14)
+
+
+def _killed_writer(path: Path, work: object, **settings: object) -> None:
+    """Fork a child that opens ``path``, runs ``work(storage)`` and is SIGKILLed with it open."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed
+        s = open_shelf(path, dbm="dbm.gnu", **settings)
+        work(s)  # type: ignore[operator]
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@needs_gnu
+def test_gnu_features_are_crash_and_disk_full_safe(tmp_path: Path) -> None:
+    from pymodels.ext.shelve import GNU_FEATURES, features
+
+    assert not features.crash_safe and not features.disk_full_safe  # every module
+    assert GNU_FEATURES.crash_safe and GNU_FEATURES.disk_full_safe
+    with open_shelf(tmp_path / "g", dbm="dbm.gnu") as s:
+        assert s.features is GNU_FEATURES
+    for module in ("dbm.dumb",):
+        with open_shelf(tmp_path / "d", dbm=module) as s:
+            assert not s.features.crash_safe and not s.features.disk_full_safe
+
+
+@needs_gnu
+def test_a_killed_gnu_writer_is_repaired_at_the_next_opening(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save({"n": 1}, primary_key="a")
+
+    def work(s: pymodels.storage.BaseStorage) -> None:
+        s.save({"n": 2}, primary_key="b")
+        s.save_many([{"n": i} for i in range(50)])
+        s.delete("a")
+        s.save({"n": 3}, primary_key="c")
+
+    _killed_writer(path, work)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with caplog.at_level("WARNING"), open_shelf(path, read_only=True) as r:
+        # A reader may not write beside the file: it reads a repaired private copy.
+        assert {"b", "c"} <= set(r) and len(r) == 52 and "a" not in r
+        scratch = Path(r._scratch)  # type: ignore[attr-defined]
+        assert scratch.is_dir()
+    assert "read_only: into a private copy" in caplog.text
+    assert not scratch.exists()  # removed at close
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    caplog.clear()
+    with caplog.at_level("WARNING"), open_shelf(path) as s:
+        assert {"b", "c"} <= set(s) and len(s) == 52 and "a" not in s
+    assert "repaired from its snapshot and journal" in caplog.text
+    # 53 writes, plus the first session's: a small journal outlives a clean close.
+    assert "54 writes replayed" in caplog.text
+    with open_shelf(path, read_only=True) as r:  # closed cleanly by the repairing opener
+        assert len(r) == 52
+    # Closed cleanly, the data file is a plain gdbm shelf again.
+    gnu = importlib.import_module("dbm.gnu")
+    plain: shelve.Shelf[object] = shelve.Shelf(gnu.open(str(path), "r"))
+    with plain:
+        assert plain["c"] == {"n": 3}
+
+
+@needs_gnu
+def test_a_torn_journal_tail_is_dropped_and_never_hides_later_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shelf"
+    _killed_writer(path, lambda s: s.save({"n": 1}, primary_key="a"))
+    with open(f"{path}.journal", "ab") as journal:  # a write the kill cut short
+        journal.write(b"PMJ\x01\x40\x00\x00\x00garbage")
+    with caplog.at_level("WARNING"), open_shelf(path) as s:
+        assert sorted(s) == ["a"]
+        s.save({"n": 2}, primary_key="b")  # appended where the torn frame began
+    assert "dropped 15 bytes" in caplog.text
+    _killed_writer(path, lambda s: s.save({"n": 3}, primary_key="c"))
+    with open_shelf(path) as s:
+        assert sorted(s) == ["a", "b", "c"]
+
+
+@needs_gnu
+def test_a_repair_or_checkpoint_killed_half_way_is_redone(tmp_path: Path) -> None:
+    path = tmp_path / "shelf"
+    _killed_writer(path, lambda s: s.save_many([{"n": i} for i in range(20)]))
+    os.unlink(path)  # a repair killed after deleting the damaged data file
+    Path(f"{path}.rebuild").write_bytes(b"half a copy")
+    Path(f"{path}.snapshot.tmp").write_bytes(b"half a checkpoint")
+    with open_shelf(path) as s:
+        assert len(s) == 20
+    assert not Path(f"{path}.rebuild").exists() and not Path(f"{path}.snapshot.tmp").exists()
+
+
+@needs_gnu
+def test_checkpoints_empty_the_journal_and_survive_kills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pymodels.ext.shelve import _storage
+
+    monkeypatch.setattr(_storage, "CHECKPOINT_BYTES", 2000)
+    path = tmp_path / "shelf"
+    journal = Path(f"{path}.journal")
+
+    def work(s: pymodels.storage.BaseStorage) -> None:
+        for i in range(400):  # overwrites: the journal outgrows the data file
+            s.save({"i": i, "pad": "x" * 300}, primary_key=f"k{i % 5}")
+
+    _killed_writer(path, work)
+    size = Path(path).stat().st_size
+    assert journal.stat().st_size <= size + 400  # checkpointed along the way
+    with open_shelf(path) as s:
+        assert sorted(s) == [f"k{i}" for i in range(5)]
+        assert s.get(None, "k4")["i"] == 399
+        for i in range(400):
+            s.save({"i": i}, primary_key=f"k{i % 5}")
+    assert journal.stat().st_size <= size + 400
+
+
+@needs_gnu
+def test_a_gnu_file_from_before_the_journal_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "shelf"
+    gnu = importlib.import_module("dbm.gnu")
+    plain: shelve.Shelf[object] = shelve.Shelf(gnu.open(str(path), "c"))
+    with plain:
+        plain["old"] = {"n": 1}
+    with open_shelf(path) as s:
+        s.save({"n": 2}, primary_key="new")
+    assert Path(f"{path}.snapshot").exists()
+    _killed_writer(path, lambda s: s.save({"n": 3}, primary_key="newer"))
+    with open_shelf(path) as s:
+        assert sorted(s) == ["new", "newer", "old"]
+
+
+@needs_gnu
+def test_gnu_sync_fsyncs_the_journal_on_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with open_shelf(tmp_path / "fast", dbm="dbm.gnu") as s:
+        s.save({"n": 1})
+    assert calls == []
+    with open_shelf(tmp_path / "synced", dbm="dbm.gnu", sync=True) as s:
+        s.save({"n": 1})
+        s.save_many([{"n": 2}, {"n": 3}])
+        s.delete(s.save({"n": 4}))
+    assert len(calls) == 4  # save_many's batch is one journal frame
+
+
+@needs_gnu
+@pytest.mark.parametrize("fails", ["journal", "data file"])
+def test_a_gnu_write_that_fails_changes_nothing_and_save_many_names_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    from pymodels.ext.shelve import _journal
+
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save({"n": 0}, primary_key="a")
+        writes = 0
+        real_pwrite, real_apply = os.pwrite, _journal.apply
+
+        def full_disk() -> None:
+            nonlocal writes
+            writes += 1
+            if writes > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def pwrite(fd: int, data: bytes, offset: int) -> int:
+            full_disk()
+            return real_pwrite(fd, data, offset)
+
+        def apply(*args: object) -> int:
+            full_disk()
+            return real_apply(*args)  # type: ignore[arg-type]
+
+        if fails == "journal":
+            monkeypatch.setattr(os, "pwrite", pwrite)
+        else:
+            monkeypatch.setattr(_journal, "apply", apply)
+        with pytest.raises(pymodels.BulkWriteError, match="disk full") as info:
+            s.save_many([{"n": i} for i in range(1, 10)], batch_size=2)
+        # One journal frame per batch: three batches written, the fourth not at all.
+        assert len(info.value.written_pks) == 6 and info.value.index == 6
+        written = info.value.written_pks
+        monkeypatch.undo()
+        if fails == "journal":  # nothing else changed: the storage goes on
+            s.save({"n": 10}, primary_key="b")
+            expected = sorted(["a", "b", *written])
+        else:  # the data file is in doubt: this storage stops, the next opening repairs
+            with pytest.raises(pymodels.PyModelsError, match="open the file again"):
+                s.save({"n": 10}, primary_key="b")
+            expected = sorted(["a", *written])
+    with open_shelf(path) as s:
+        assert sorted(s) == expected
+
+
+@needs_gnu
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_tmpfs_keeps_every_acknowledged_gnu_write(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        path = mount / "shelf"
+        acked: dict[str, dict[str, object]] = {}
+        errors: list[pymodels.PyModelsError] = []
+        with open_shelf(path, dbm="dbm.gnu") as s:
+            for i in range(3000):
+                record = {"i": i, "pad": "x" * 2000}
+                try:
+                    acked[s.save(record)] = record
+                except pymodels.PyModelsError as e:
+                    errors.append(e)
+                    if len(errors) >= 5:
+                        break
+        assert errors and "disk full" in str(errors[0])
+        with open_shelf(path) as s:
+            stored = {str(d.pk): dict(d) for d in s.query()}
+        assert stored == acked
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@needs_gnu
+def test_a_gnu_file_written_by_plain_shelve_after_a_clean_close_keeps_that_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save({"n": 1}, primary_key="a")
+    gnu = importlib.import_module("dbm.gnu")
+    plain: shelve.Shelf[object] = shelve.Shelf(gnu.open(str(path), "w"))
+    with plain:
+        plain["plain"] = {"n": 2}
+    with caplog.at_level("WARNING"), open_shelf(path) as s:
+        assert sorted(s) == ["a", "plain"]
+    assert "took a new snapshot" in caplog.text
+    _killed_writer(path, lambda s: s.save({"n": 3}, primary_key="b"))
+    with open_shelf(path) as s:  # the repair starts from a snapshot with plain's write
+        assert sorted(s) == ["a", "b", "plain"]
+
+
+@needs_gnu
+@pytest.mark.parametrize("stage", ["copying", "after the rename", "after the cut"])
+def test_a_kill_inside_a_checkpoint_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    from pymodels.ext.shelve import _journal, _storage
+
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.gnu") as s:
+        s.save_many([{"n": i} for i in range(30)])
+    monkeypatch.setattr(_storage, "_checkpoint_threshold", lambda path: 1)
+    real_copy, real_cut = _storage._copy_durably, _journal.Journal.cut
+
+    marker = tmp_path / "killed in the checkpoint"
+
+    def die() -> None:
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def copy(source: str, target: str) -> None:
+        if stage == "copying":
+            Path(f"{target}.tmp").write_bytes(Path(source).read_bytes()[:100])
+            die()
+        real_copy(source, target)
+        if stage == "after the rename":  # new snapshot, old journal: replayed harmlessly
+            die()
+
+    def cut(journal: _journal.Journal, size: int, cause: BaseException | None = None) -> None:
+        real_cut(journal, size, cause)
+        if stage == "after the cut" and size == 0:
+            die()
+
+    monkeypatch.setattr(_storage, "_copy_durably", copy)
+    monkeypatch.setattr(_journal.Journal, "cut", cut)
+
+    def work(s: pymodels.storage.BaseStorage) -> None:
+        s.save({"n": 100}, primary_key="acked")  # journaled; its checkpoint is killed
+
+    _killed_writer(path, work)
+    assert marker.exists()
+    monkeypatch.undo()
+    with open_shelf(path) as s:
+        assert len(s) == 31 and s.get(None, "acked")["n"] == 100
+    assert not Path(f"{path}.snapshot.tmp").exists()
+    with open_shelf(path) as s:  # and again, after a clean close
+        assert len(s) == 31
