@@ -98,11 +98,11 @@ features = Features(
     thread_safe=True,
     fork_safe=False,
     concurrent_processes=False,
-    # Reopening after a kill repairs indexes and counts (tests/test_tokyo_cabinet_reliability.py),
-    # but a write cut short can leave a record Tokyo cannot read back (CorruptData on open,
-    # seen once by the suite's kill test): not every acknowledged write is promised.
-    # Writes that would fill the disk are refused before Tokyo's memory map meets it.
-    crash_safe=False,
+    # Every write runs in a Tokyo transaction (its write-ahead log is played back on the
+    # next open), and reopening after a kill rebuilds the indexes: see docs/tokyo_cabinet.md,
+    # tests/test_tokyo_cabinet_reliability.py. Writes that would fill the disk are refused
+    # before Tokyo's memory map meets it.
+    crash_safe=True,
     disk_full_safe=True,
     persistent=True,
 )
@@ -438,6 +438,16 @@ class Storage(TokyoStorage):
             indexes = ", ".join(c.decode("utf-8", "replace") for c in state.indexes) or "none"
             why = "; ".join(reasons)
             if not writer:
+                unplayed = _unplayed_logs(self.path)
+                if unplayed:
+                    # Tokyo plays a dead writer's log back even for a reader, but only
+                    # when it may write the file: otherwise the records are as the kill
+                    # left them, possibly torn.
+                    raise PyModelsError(
+                        f"{self.path} was not closed cleanly and its write-ahead log "
+                        f"({', '.join(unplayed)}) could not be played back by this read-only "
+                        "open (no write permission?): open it once for writing to recover it"
+                    )
                 state.stale = set(state.indexes)
                 _log.warning(
                     "%s was not closed cleanly (%s); opened read-only, so queries use none "
@@ -1163,6 +1173,23 @@ def _open_locked(db: TableDB, path: str, mode: OpenMode, timeout: float | None) 
                 ) from e
             writing = bool(mode & OpenMode.WRITER)
             raise PyModelsError(open_failure(path, e, write=writing)) from e
+
+
+def _unplayed_logs(path: str) -> list[str]:
+    """Write-ahead logs of ``path`` and its index files that still hold a transaction.
+
+    Tokyo truncates a log at commit and removes it once played back; one holding at least
+    its header (8 + 256 bytes) after an open is a transaction nobody undid."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(path)
+    found = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".wal"):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_size >= 8 + _HEADER_SIZE:
+                        found.append(entry.name)
+    return sorted(found)
 
 
 def _index_files(path: str, col: bytes) -> list[str]:
