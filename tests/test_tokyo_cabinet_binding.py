@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -471,6 +472,61 @@ def test_close_aborts_open_transaction(path: Path) -> None:
         assert again.keys() == [b"a"]
         with again.transaction():  # not left locked
             pass
+
+
+def test_atomically_commits_aborts_and_joins_an_open_transaction(db: TableDB) -> None:
+    db.setindex("v", IndexType.LEXICAL)
+    assert db.atomically(db.putdump, b"a", b"\x01v\x011", keep=True) is True
+    assert not db.in_transaction()
+
+    def put_then_fail() -> None:
+        db.put(b"b", {b"v": b"2"})
+        raise RuntimeError("undo")
+
+    with pytest.raises(RuntimeError):
+        db.atomically(put_then_fail)
+    assert db.keys() == [b"a"] and not db.in_transaction()
+    with db.transaction():
+        assert db.in_transaction()
+        db.atomically(db.put, b"c", {b"v": b"3"})  # joins: the abort below undoes it
+        db.tranabort()
+        db.tranbegin()
+    assert sorted(db.keys()) == [b"a"]
+    with db.query() as q:
+        assert q.addcond("v", Cond.STRBW, "").search() == [b"a"]
+
+
+def test_a_process_killed_inside_a_transaction_leaves_the_state_before_it(path: Path) -> None:
+    """Tokyo's write-ahead log (``<file>.wal``, one per index file) is played back by the
+    next open: the records and index entries of the killed transaction are gone."""
+    with TableDB().open(path) as db:
+        db.setindex("v", IndexType.DECIMAL)
+        db.put(b"before", {b"v": b"1", b"p": b"x" * 5000})
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child kills itself mid-transaction
+        try:
+            db = TableDB().open(path)
+            db.tranbegin()
+            for i in range(200):
+                db.put(b"k%d" % i, {b"v": b"2", b"p": b"y" * 3000})
+            db.put(b"before", {b"v": b"3"})  # an overwrite moves the record
+            db.out(b"k7")
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert os.path.getsize(f"{path}.wal") > 0  # the log the child left behind
+    assert path.read_bytes()[binding.FLAGS_OFFSET] & binding.FLAG_OPEN
+    with TableDB().open(path) as db:
+        assert db.keys() == [b"before"] and db.rnum() == 1
+        assert db.get(b"before") == {b"v": b"1", b"p": b"x" * 5000}
+        with db.query() as q:
+            assert q.addcond("v", Cond.NUMEQ, "1").search() == [b"before"]
+            assert "using an index" in q.hint()
+        with db.query() as q:
+            assert q.addcond("v", Cond.NUMEQ, "2").search() == []
+    assert not os.path.exists(f"{path}.wal")  # a clean close removes it
 
 
 def test_transactions_of_threads_wait_for_each_other(path: Path) -> None:

@@ -60,7 +60,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from .._tokyo._format import (  # shared with the Tyrant backend
     VNUM1,
@@ -100,6 +100,8 @@ __all__ = [
 ]
 
 INSTALL_HINT: Final = "apt-get install libtokyocabinet9"
+
+_T = TypeVar("_T")
 
 #: Header flags (byte 33 of the file, ``tctdbflags``): set while a writer has the file
 #: open (cleared by a clean close), and once a fatal error (I/O, a damaged record) was met.
@@ -975,6 +977,36 @@ class TableDB:
     def transaction(self) -> _Transaction:
         """Context manager: begin; commit on success, abort on an exception."""
         return _Transaction(self)
+
+    def in_transaction(self) -> bool:
+        """Whether this thread has a transaction open on the handle."""
+        handle = self._handle
+        return handle is not None and handle.tx_owner == threading.get_ident()
+
+    def atomically(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``func(*args, **kwargs)`` in a transaction of its own: committed when it returns, aborted
+        when it raises. Inside a transaction this thread has open, it simply joins it.
+
+        Tokyo Cabinet writes a record in several steps (the record, the bucket chain, the
+        header's count, each index); a process killed between them leaves the file torn.
+        In a transaction every region is first copied to the write-ahead log
+        (``<path>.wal``, one per index file too), which the next open plays back: a kill
+        leaves the state before or after ``func``, never one in between.
+        """
+        handle = self._handle
+        if handle is not None and handle.tx_owner == threading.get_ident():
+            return func(*args, **kwargs)
+        self.tranbegin()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            try:
+                self.tranabort()
+            except TCError as abort_error:
+                raise abort_error from exc
+            raise
+        self.trancommit()
+        return result
 
     # -- queries -------------------------------------------------------------------------
 
