@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -97,6 +98,41 @@ def test_search_commands(client: Client) -> None:
     assert client.sync()
     assert client.stat()["type"] == "table"
     assert client.vanish() and client.rnum() == 0
+
+
+def test_replies_are_parsed_whatever_the_reads_bring() -> None:
+    """The reader's own buffer: a reply trickling in byte by byte, then many in one read."""
+    from pymodels.ext.tokyo_tyrant._protocol import _Connection, _read_misc
+
+    big = b"\x00\xff" * 40_000  # larger than one recv
+    elements = [b"", b"a\x00b", big, b"z"]
+    reply = b"\x00" + struct.pack(">I", len(elements))
+    reply += b"".join(struct.pack(">I", len(e)) + e for e in elements)
+    left, right = socket.socketpair()
+    try:
+        conn = _Connection(left, "test")
+
+        def trickle() -> None:
+            for i in range(0, 200):
+                right.sendall(reply[i : i + 1])
+            right.sendall(reply[200:] + reply * 3)
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        for _ in range(4):
+            assert _read_misc(conn) == (True, elements)
+        thread.join()
+        assert not conn.stale()
+        right.sendall(b"\x01")  # bytes nobody asked for: the connection is not reused
+        time.sleep(0.05)
+        assert conn.stale()
+        right.close()
+        assert conn.status() == 1
+        with pytest.raises(EOFError):
+            conn.status()
+    finally:
+        left.close()
+        right.close()
 
 
 def test_unreachable_server_names_host_and_port_within_the_timeout() -> None:

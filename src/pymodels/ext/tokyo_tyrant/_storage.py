@@ -235,17 +235,18 @@ class Storage(TokyoStorage):
                 failure = (index, e)
                 break
         pks = self._new_pks(len(records))
-        args = [
+        # Encoded lazily: the first requests are on their way while the rest are made.
+        args = (
             [pk.encode("utf-8"), *columns_of(record)]
             for pk, record in zip(pks, records, strict=True)
-        ]
-        replies = self.client.misc_many(b"putkeep", args, write=True)
-        for (ok, _), pk, arg in zip(replies, pks, args, strict=True):
+        )
+        replies = self.client.misc_many(b"putkeep", args, write=True, count=len(records))
+        for (ok, _), pk, record in zip(replies, pks, records, strict=True):
             while not ok:
                 # A generated pk that clashes (however unlikely) is replaced, never
                 # written over the record that has it.
                 pk = self._new_pk()
-                ok = self.client.table_put(pk.encode("utf-8"), arg[1:], keep=True)
+                ok = self.client.table_put(pk.encode("utf-8"), columns_of(record), keep=True)
             written.append(pk)
         if failure is not None:
             index, error = failure
