@@ -34,6 +34,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from workload import make_records, rate
@@ -162,11 +163,11 @@ def one_run(s: Any, c: Client, docs: list[dict[str, Any]], seed: int, out: Sampl
     items = {"get": picks, "email_eq": emails, "top10": prefixes}
     a, b = pymodels_side(s), raw_side(c)
     for metric, work in items.items():
-        for name, wrap in ((metric, lambda f: f), (f"{metric}_4t", threaded)):
+        for name, threads in ((metric, False), (f"{metric}_4t", True)):
             got = {}
             for side in ("raw", "pymodels") if flip else ("pymodels", "raw"):
-                fn = wrap((a if side == "pymodels" else b)[metric])
-                got[side] = timed(len(work), lambda fn=fn, work=work: fn(work))
+                fn = (a if side == "pymodels" else b)[metric]
+                got[side] = timed(len(work), partial(threaded(fn) if threads else fn, work))
             out.setdefault(name, []).append((*got["pymodels"], *got["raw"]))
 
 
