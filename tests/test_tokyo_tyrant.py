@@ -25,7 +25,13 @@ import pytest
 
 import pymodels
 from pymodels import Document
-from pymodels.errors import BackendUnavailable, ConfigurationError, ConnectionFailed, NotSupported
+from pymodels.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailed,
+    NotSupported,
+)
 from pymodels.ext.tokyo_tyrant import Storage, features
 from pymodels.ext.tokyo_tyrant._protocol import Client
 from pymodels.testing.suite import run_in_threads
@@ -323,6 +329,44 @@ def test_features_say_no_transactions(tyrant: TemporaryTyrant) -> None:
         storage.transaction(),
     ):
         pass
+
+
+class Counter(Document):
+    n: int = 0
+
+    class Meta:
+        version_field = "v"
+
+
+def test_compare_and_swap_is_not_claimed_across_processes(tyrant: TemporaryTyrant) -> None:
+    """ttserver has no conditional replace: the flag says so (the conformance suite then
+    skips its cross-process test) and what holds is exact."""
+    assert features.compare_and_swap_across_processes is False
+    with (
+        pymodels.get_storage(tyrant.url) as one,
+        pymodels.get_storage(tyrant.url) as other,
+    ):
+        # Creating is atomic on the server (putkeep), even between two storages.
+        assert one._compare_and_store("c", {"n": 0, "v": 1}, "v", None)
+        assert not other._compare_and_store("c", {"n": 9, "v": 1}, "v", None)
+        assert one.get(None, "c")["n"] == 0
+
+        # Replacing is exact between the threads sharing one storage.
+        def work(t: int) -> None:
+            done = 0
+            while done < 50:
+                counter = Counter.object(one, "c")
+                counter.n += 1
+                try:
+                    counter.save(one)
+                except ConflictError:
+                    continue
+                done += 1
+
+        run_in_threads(work, 4)
+        assert one.get(None, "c")["n"] == 200
+        # A stale version is refused.
+        assert not other._compare_and_store("c", {"n": -1, "v": 1}, "v", 1)
 
 
 def test_a_void_database_is_refused(tmp_path: Path) -> None:
