@@ -48,11 +48,3 @@ class TestTokyoTyrant(StorageTests):
         yield factory
         for storage in opened:
             storage.close()
-
-    @pytest.mark.xfail(
-        reason="Tokyo Tyrant has no conditional write: a version-field compare-and-swap is "
-        "exact between threads of one process, not between processes (docs/tokyo_tyrant.md)",
-        strict=False,
-    )
-    def test_compare_and_swap_across_processes(self, storage: BaseStorage) -> None:
-        super().test_compare_and_swap_across_processes(storage)

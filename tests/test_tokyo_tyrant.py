@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +25,13 @@ import pytest
 
 import pymodels
 from pymodels import Document
-from pymodels.errors import BackendUnavailable, ConfigurationError, ConnectionFailed, NotSupported
+from pymodels.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailed,
+    NotSupported,
+)
 from pymodels.ext.tokyo_tyrant import Storage, features
 from pymodels.ext.tokyo_tyrant._protocol import Client
 from pymodels.testing.suite import run_in_threads
@@ -97,6 +104,41 @@ def test_search_commands(client: Client) -> None:
     assert client.sync()
     assert client.stat()["type"] == "table"
     assert client.vanish() and client.rnum() == 0
+
+
+def test_replies_are_parsed_whatever_the_reads_bring() -> None:
+    """The reader's own buffer: a reply trickling in byte by byte, then many in one read."""
+    from pymodels.ext.tokyo_tyrant._protocol import _Connection, _read_misc
+
+    big = b"\x00\xff" * 40_000  # larger than one recv
+    elements = [b"", b"a\x00b", big, b"z"]
+    reply = b"\x00" + struct.pack(">I", len(elements))
+    reply += b"".join(struct.pack(">I", len(e)) + e for e in elements)
+    left, right = socket.socketpair()
+    try:
+        conn = _Connection(left, "test")
+
+        def trickle() -> None:
+            for i in range(0, 200):
+                right.sendall(reply[i : i + 1])
+            right.sendall(reply[200:] + reply * 3)
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        for _ in range(4):
+            assert _read_misc(conn) == (True, elements)
+        thread.join()
+        assert not conn.stale()
+        right.sendall(b"\x01")  # bytes nobody asked for: the connection is not reused
+        time.sleep(0.05)
+        assert conn.stale()
+        right.close()
+        assert conn.status() == 1
+        with pytest.raises(EOFError):
+            conn.status()
+    finally:
+        left.close()
+        right.close()
 
 
 def test_unreachable_server_names_host_and_port_within_the_timeout() -> None:
@@ -287,6 +329,44 @@ def test_features_say_no_transactions(tyrant: TemporaryTyrant) -> None:
         storage.transaction(),
     ):
         pass
+
+
+class Counter(Document):
+    n: int = 0
+
+    class Meta:
+        version_field = "v"
+
+
+def test_compare_and_swap_is_not_claimed_across_processes(tyrant: TemporaryTyrant) -> None:
+    """ttserver has no conditional replace: the flag says so (the conformance suite then
+    skips its cross-process test) and what holds is exact."""
+    assert features.compare_and_swap_across_processes is False
+    with (
+        pymodels.get_storage(tyrant.url) as one,
+        pymodels.get_storage(tyrant.url) as other,
+    ):
+        # Creating is atomic on the server (putkeep), even between two storages.
+        assert one._compare_and_store("c", {"n": 0, "v": 1}, "v", None)
+        assert not other._compare_and_store("c", {"n": 9, "v": 1}, "v", None)
+        assert one.get(None, "c")["n"] == 0
+
+        # Replacing is exact between the threads sharing one storage.
+        def work(t: int) -> None:
+            done = 0
+            while done < 50:
+                counter = Counter.object(one, "c")
+                counter.n += 1
+                try:
+                    counter.save(one)
+                except ConflictError:
+                    continue
+                done += 1
+
+        run_in_threads(work, 4)
+        assert one.get(None, "c")["n"] == 200
+        # A stale version is refused.
+        assert not other._compare_and_store("c", {"n": -1, "v": 1}, "v", 1)
 
 
 def test_a_void_database_is_refused(tmp_path: Path) -> None:

@@ -74,6 +74,11 @@ class Features:
     fork_safe: bool = False
     # May several processes use the same database at the same time?
     concurrent_processes: bool = False
+    # Does a Meta.version_field save stay an exact compare-and-swap when other processes
+    # write the same record? None when declared: the same as concurrent_processes (an
+    # engine shared between processes normally has a conditional write); set False where
+    # the engine has none (Tokyo Tyrant), so the check holds only between threads.
+    compare_and_swap_across_processes: bool | None = None
     # Does every acknowledged write survive SIGKILL of the writing process?
     crash_safe: bool = False
     # On a full disk, does a write either raise a typed error and leave the store as it was,
@@ -85,10 +90,21 @@ class Features:
     # (and a file-size limit set on this process does not reach them)?
     networked: bool = False
 
+    def __post_init__(self) -> None:
+        if self.compare_and_swap_across_processes is None:
+            object.__setattr__(self, "compare_and_swap_across_processes", self.concurrent_processes)
+
     def op(self, name: str) -> OpSupport:
         """How the op ``name`` runs on this backend."""
         return self.ops.get(name, "python")
 
     def replace(self, **changes: object) -> Features:
         """A copy with some flags changed (for backends that derive from another)."""
+        if (
+            "concurrent_processes" in changes
+            and "compare_and_swap_across_processes" not in changes
+            and self.compare_and_swap_across_processes == self.concurrent_processes
+        ):
+            # It followed concurrent_processes: it follows the new value too.
+            changes["compare_and_swap_across_processes"] = None
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -977,7 +977,7 @@ class StorageTests:
         for w in range(4):
             assert storage.query().where(worker=w).count() == 2000
 
-    @requires("concurrent_processes")
+    @requires("concurrent_processes", "compare_and_swap_across_processes")
     def test_compare_and_swap_across_processes(self, storage: BaseStorage) -> None:
         storage.save({"n": 0, "v": 1}, primary_key="counter")
         settings = reopening_settings(storage)

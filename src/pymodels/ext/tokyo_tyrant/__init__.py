@@ -12,8 +12,10 @@ Queries: as the Cabinet backend's, each a ``misc search`` round trip (unions are
 metasearch; ``count`` and ``delete`` send no records back).
 Limits: **no transactions** (``ttserver`` has none: ``transaction()`` raises
 NotSupported, a failed ``save_many`` keeps the records before the failing one); no
-compound or unique indexes; after ``ConnectionFailed`` during a write, its outcome is
-unknown (never retried by itself). A server on a file without the ``.tct`` suffix
+compound or unique indexes; a ``Meta.version_field`` compare-and-swap is exact between
+threads, not across processes (``features.compare_and_swap_across_processes`` is
+False: ttserver has no conditional replace); after ``ConnectionFailed`` during a write,
+its outcome is unknown (never retried by itself). A server on a file without the ``.tct`` suffix
 serves no table and is refused at open. See ``docs/tokyo_tyrant.md``.
 """
 

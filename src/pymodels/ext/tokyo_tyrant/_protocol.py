@@ -78,6 +78,8 @@ _U64: Final = struct.Struct(">Q")
 _HEAD2: Final = struct.Struct(">BB")
 _MISC_HEAD: Final = struct.Struct(">BBIII")
 _BUFSIZE: Final = 64 * 1024
+#: Pipelined writes go out in groups of this many requests (see :meth:`Client.call_many`).
+PIPELINE_GROUP: Final = 64
 
 T = TypeVar("T")
 
@@ -112,32 +114,63 @@ def misc_request(name: bytes, args: Sequence[bytes], opts: int = 0) -> bytes:
 
 
 class _Connection:
-    """One socket with a buffered reader."""
+    """One socket with its own read buffer.
 
-    __slots__ = ("_reader", "_sock", "where")
+    Replies are parsed straight out of the buffer (``struct.unpack_from`` and slices)
+    rather than through a file object's ``read`` per field: a pipelined batch of
+    ``misc get`` replies is a few hundred small fields, which one ``recv`` usually brings
+    in whole.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock", "where")
 
     def __init__(self, sock: socket.socket, where: str) -> None:
         self._sock = sock
-        self._reader = sock.makefile("rb", buffering=_BUFSIZE)
+        self._buf = b""
+        self._pos = 0
         self.where = where
 
     def send(self, data: bytes) -> None:
         self._sock.sendall(data)
 
+    def _fill(self, need: int) -> None:
+        """Make at least ``need`` unread bytes available (the unread rest moves to the front)."""
+        chunks = [self._buf[self._pos :]]
+        have = len(chunks[0])
+        recv = self._sock.recv
+        while have < need:
+            data = recv(max(_BUFSIZE, need - have))
+            if not data:
+                raise EOFError("the server closed the connection")
+            chunks.append(data)
+            have += len(data)
+        self._buf = b"".join(chunks)
+        self._pos = 0
+
     def read(self, size: int) -> bytes:
-        data: bytes = self._reader.read(size)
-        if len(data) != size:
-            raise EOFError("the server closed the connection")
-        return data
+        pos = self._pos
+        end = pos + size
+        if end > len(self._buf):
+            self._fill(size)
+            pos, end = 0, size
+        self._pos = end
+        return self._buf[pos:end]
 
     def status(self) -> int:
-        byte = self._reader.read(1)
-        if not byte:
-            raise EOFError("the server closed the connection")
-        return int(byte[0])
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._fill(1)
+            pos = 0
+        self._pos = pos + 1
+        return self._buf[pos]
 
     def u32(self) -> int:
-        value: int = _U32.unpack(self.read(4))[0]
+        pos = self._pos
+        if pos + 4 > len(self._buf):
+            self._fill(4)
+            pos = 0
+        self._pos = pos + 4
+        value: int = _U32.unpack_from(self._buf, pos)[0]
         return value
 
     def u64(self) -> int:
@@ -145,13 +178,34 @@ class _Connection:
         return value
 
     def elements(self, count: int) -> list[bytes]:
-        read = self.read
-        unpack = _U32.unpack
-        return [read(unpack(read(4))[0]) for _ in range(count)]
+        """``count`` length-prefixed elements (u32 size, then the bytes)."""
+        out: list[bytes] = []
+        append = out.append
+        unpack_from = _U32.unpack_from
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        for _ in range(count):
+            if pos + 4 > end:
+                self._pos = pos
+                self._fill(4)
+                buf, pos, end = self._buf, 0, len(self._buf)
+            size = unpack_from(buf, pos)[0]
+            pos += 4
+            if pos + size > end:
+                self._pos = pos
+                self._fill(size)
+                buf, pos, end = self._buf, 0, len(self._buf)
+            append(buf[pos : pos + size])
+            pos += size
+        self._pos = pos
+        return out
 
     def stale(self) -> bool:
-        """Whether the server closed this idle socket (it is readable while no request is
-        outstanding: an end of file, or bytes nobody asked for)."""
+        """Whether this idle connection cannot be used: bytes nobody asked for are
+        buffered, or the socket is readable (the server closed it, or sent something)."""
+        if self._pos < len(self._buf):
+            return True
         try:
             readable, _, _ = select.select([self._sock], [], [], 0)
         except (OSError, ValueError):
@@ -159,10 +213,9 @@ class _Connection:
         return bool(readable)
 
     def close(self) -> None:
-        try:
-            self._reader.close()
-        finally:
-            self._sock.close()
+        self._buf = b""
+        self._pos = 0
+        self._sock.close()
 
 
 # ---------------------------------------------------------------------------- client
@@ -287,32 +340,55 @@ class Client:
         raise AssertionError("unreachable")
 
     def call_many(
-        self, requests: Sequence[bytes], reader: Callable[[_Connection], T], *, write: bool
+        self,
+        requests: Iterable[bytes],
+        reader: Callable[[_Connection], T],
+        *,
+        write: bool,
+        count: int | None = None,
     ) -> list[T]:
         """Send several requests in one go (pipelined) and read each reply with ``reader``.
+
+        ``requests`` may be produced lazily (``count`` then says how many): writes go out
+        in groups of :data:`PIPELINE_GROUP` as they are made, so the server works through
+        the first while the rest are still being encoded. Reads are sent whole, so that a
+        broken connection can send them once more.
 
         On a lost connection during writes, :class:`ConnectionFailed` says how many
         replies had arrived: those writes are done, the rest have unknown outcomes.
         """
-        if not requests:
+        if count is None:
+            requests = list(requests)
+            count = len(requests)
+        if count == 0:
             return []
-        if len(requests) == 1:
-            return [self.call(requests[0], reader, write=write)]
         if not write:
-            return self.call(
-                b"".join(requests), lambda c: [reader(c) for _ in requests], write=False
-            )
+            data = b"".join(requests)
+            if count == 1:
+                return [self.call(data, reader, write=False)]
+            return self.call(data, lambda c: [reader(c) for _ in range(count)], write=False)
+        if count == 1:
+            return [self.call(next(iter(requests)), reader, write=True)]
         conn = self._acquire()
         results: list[T] = []
         try:
-            conn.send(b"".join(requests))
-            for _ in requests:
+            group: list[bytes] = []
+            for data in requests:
+                group.append(data)
+                if len(group) == PIPELINE_GROUP:
+                    # The replies (a few bytes each for put/out) wait in the socket's
+                    # buffer meanwhile: far below what would make the server block.
+                    conn.send(b"".join(group))
+                    group = []
+            if group:
+                conn.send(b"".join(group))
+            for _ in range(count):
                 results.append(reader(conn))
         except (OSError, EOFError, ProtocolError, struct.error) as e:
             conn.close()
             raise ConnectionFailed(
                 f"the connection to Tokyo Tyrant at {self.address} was lost during a batch of "
-                f"{len(requests)} writes: the first {len(results)} were acknowledged, the "
+                f"{count} writes: the first {len(results)} were acknowledged, the "
                 f"outcome of the others is unknown ({_describe(e)})"
             ) from e
         except BaseException:
@@ -330,11 +406,26 @@ class Client:
         return self.call(misc_request(name, args, opts), _read_misc, write=write)
 
     def misc_many(
-        self, name: bytes, arg_lists: Sequence[Sequence[bytes]], *, write: bool, opts: int = 0
+        self,
+        name: bytes,
+        arg_lists: Iterable[Sequence[bytes]],
+        *,
+        write: bool,
+        opts: int = 0,
+        count: int | None = None,
     ) -> list[tuple[bool, list[bytes]]]:
-        """Several ``misc`` calls of one name, pipelined over one connection."""
+        """Several ``misc`` calls of one name, pipelined over one connection.
+
+        ``arg_lists`` may be lazy when ``count`` says how many there are (writes are
+        then encoded while the first ones are already on their way)."""
+        if count is None:
+            arg_lists = list(arg_lists)
+            count = len(arg_lists)
         return self.call_many(
-            [misc_request(name, args, opts) for args in arg_lists], _read_misc, write=write
+            (misc_request(name, args, opts) for args in arg_lists),
+            _read_misc,
+            write=write,
+            count=count,
         )
 
     # table records (misc: binary-safe)

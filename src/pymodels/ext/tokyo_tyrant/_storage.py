@@ -78,6 +78,10 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
+    # A version-field save is exact between the threads of one storage (it holds the
+    # storage lock), not against other processes: ttserver has no conditional replace
+    # (see _compare_and_store below).
+    compare_and_swap_across_processes=False,
     persistent=True,
     networked=True,
     # Killing a client loses nothing the server acknowledged (the server has it).
@@ -235,17 +239,18 @@ class Storage(TokyoStorage):
                 failure = (index, e)
                 break
         pks = self._new_pks(len(records))
-        args = [
+        # Encoded lazily: the first requests are on their way while the rest are made.
+        args = (
             [pk.encode("utf-8"), *columns_of(record)]
             for pk, record in zip(pks, records, strict=True)
-        ]
-        replies = self.client.misc_many(b"putkeep", args, write=True)
-        for (ok, _), pk, arg in zip(replies, pks, args, strict=True):
+        )
+        replies = self.client.misc_many(b"putkeep", args, write=True, count=len(records))
+        for (ok, _), pk, record in zip(replies, pks, records, strict=True):
             while not ok:
                 # A generated pk that clashes (however unlikely) is replaced, never
                 # written over the record that has it.
                 pk = self._new_pk()
-                ok = self.client.table_put(pk.encode("utf-8"), arg[1:], keep=True)
+                ok = self.client.table_put(pk.encode("utf-8"), columns_of(record), keep=True)
             written.append(pk)
         if failure is not None:
             index, error = failure
@@ -287,12 +292,17 @@ class Storage(TokyoStorage):
         if not self.client.vanish():
             raise PyModelsError(f"Tokyo Tyrant at {self.client.address}: vanish failed")
 
-    # _compare_and_store stays the base class's: exact between the threads of one
-    # process (it holds the storage lock), not between processes. Tokyo Tyrant has no
-    # conditional write that could make it atomic on the server (no transactions, no
-    # compare-and-set; only Lua extensions, which a stock ttserver does not load), and
-    # deleting the old version first would show readers a missing record meanwhile.
-    # docs/tokyo_tyrant.md says so.
+    # _compare_and_store stays the base class's, and features say
+    # compare_and_swap_across_processes=False. Creating (expected None) is atomic on the
+    # server: it is a putkeep. Replacing is exact between the threads of one storage
+    # (the base class holds the storage lock), not against other processes: a stock
+    # ttserver has no conditional replace (no transactions; misc offers put, putkeep,
+    # putcat, out and search ... out, none of which replaces a record only if a column
+    # still holds a value; only a Lua extension, in a ttserver built with Lua and started
+    # with -ext, could run the check and the put under one record lock). Deleting the
+    # matching version with search ... out and then putting the new one would be atomic
+    # among such writers, but readers would meanwhile see no record, and a client dying
+    # between the two would lose an acknowledged record. docs/tokyo_tyrant.md says so.
 
     # ----------------------------------------------------------------- indexes
 
