@@ -42,6 +42,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "email_eq_count": ("query.where(email=...).count()", "email_eq_keys"),
     "name_prefix": ("list(query.where(name__startswith=...)), 100 documents", "name_prefix"),
     "name_prefix_count": ("query.where(name__startswith=...).count()", "name_prefix_keys"),
+    "ordered_limit": (
+        "list(query.where(city=...).order_by('-age')[:10]) (city, decimal age indexes)",
+        "ordered_limit",
+    ),
+    "count_age": ("query.where(age__gt=50).count()", "count_age"),
 }
 
 
@@ -113,6 +118,18 @@ def run_once(n: int, docs: list[dict[str, Any]], seed: int) -> dict[str, float]:
             )
             out["name_prefix_count"] = rate(
                 len(prefixes), lambda: each(lambda p: q.where(name__startswith=p).count(), prefixes)
+            )
+            # As the raw side: city and a decimal age index made after the load.
+            s.create_index("city")
+            s.create_index("age", kind="decimal")
+            cities = [docs[rng.randrange(n)]["city"] for _ in range(raw.ORDERED_QUERIES)]
+            by_age = q.order_by("-age")
+            out["ordered_limit"] = rate(
+                len(cities), lambda: each(lambda c: list(by_age.where(city=c)[:10]), cities)
+            )
+            out["count_age"] = rate(
+                raw.COUNT_QUERIES,
+                lambda: each(lambda _: q.where(age__gt=50).count(), range(raw.COUNT_QUERIES)),
             )
     return out
 

@@ -56,6 +56,7 @@ from ._columns import (
 from ._format import Cond, Order
 
 __all__ = [
+    "INDEX_SERVES",
     "Plan",
     "TCCond",
     "compile_condition",
@@ -333,7 +334,7 @@ def _deferred(
     if not gates or len(rest) != 1 or any(g.op != Cond.STROR or g.noidx for g in gates):
         return None
     lead = rest[0]
-    served = _INDEX_SERVES.get(indexes.get(lead.col, ""), frozenset())
+    served = INDEX_SERVES.get(indexes.get(lead.col, ""), frozenset())
     if lead.negate or lead.noidx or lead.op not in served:
         return None
     # _Template.fill builds this plan the same way: keep them in step.
@@ -524,7 +525,7 @@ class _Context:
         out: list[TCCond] = []
         driver_seen = False
         for cond in ordered:
-            served = not cond.negate and cond.op in _INDEX_SERVES.get(
+            served = not cond.negate and cond.op in INDEX_SERVES.get(
                 self.indexes.get(cond.col, ""), frozenset()
             )
             if served and driver_seen and cond.op in _NUM_OPS:
@@ -539,7 +540,7 @@ class _Context:
             rank += 100
         if cond.negate:
             rank += 200
-        elif cond.op in _INDEX_SERVES.get(self.indexes.get(cond.col, ""), frozenset()):
+        elif cond.op in INDEX_SERVES.get(self.indexes.get(cond.col, ""), frozenset()):
             rank -= 100
         return rank
 
@@ -860,7 +861,7 @@ _NUM_OPS: Final = frozenset(
     {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}
 )
 # Which operators each index kind serves (tctdbqrysearchimpl's choice of "mcond").
-_INDEX_SERVES: Final[dict[str, frozenset[int]]] = {
+INDEX_SERVES: Final[dict[str, frozenset[int]]] = {
     "lexical": frozenset({Cond.STREQ, Cond.STRBW, Cond.STROREQ}),
     "decimal": frozenset(
         {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}

@@ -27,6 +27,7 @@ from ...backend import (
 )
 from ._columns import decode_record
 from ._compiler import (
+    INDEX_SERVES,
     Fact,
     OrderPlan,
     Plan,
@@ -169,23 +170,26 @@ class TokyoStorage(BaseStorage):
         """A slice of the order: Tokyo's top records, and the ties of the last one in pk
         order.
 
-        One record more than the slice is fetched: records of equal value are adjacent
-        in Tokyo's order, so when that one differs from the last of the slice, no tie
-        crosses the cut and the slice is complete (sorted exactly here, as Tokyo's sort
-        has no pk tiebreak). Otherwise the records before the boundary value are kept,
-        and the rest of the slice are the boundary's ties in pk order, which Tokyo finds
-        and sorts by key alone (no record read) with a limit. Each record is decoded once.
+        Tokyo reads every match to sort it whatever the limit, so it is asked for some
+        keys beyond the slice (a partial sort all the same). Records of equal value are
+        adjacent in its order: when the record after the slice differs from the last of
+        the slice, no tie crosses the cut and the slice is complete (sorted exactly here,
+        as Tokyo's sort has no pk tiebreak). Otherwise the records before the boundary
+        value are kept and the rest of the slice are the boundary's ties in pk order:
+        from the keys at hand when the run of ties ends among them, else from a search
+        for the ties, sorted by key alone. Each record is decoded once.
         """
         want = offset + limit
         if want == 0:
             return
-        if want >= _MAX_LIMIT:
+        if want >= _MAX_LIMIT // 2:
             # Beyond what Tokyo's limit (a C int) holds, and beyond any table: no limit.
             yield from itertools.islice(self._ordered_stream(plan, oplan, offset), limit)
             return
         col = oplan.column
-        keys = self._tc_search(plan, (col, oplan.tc_order), want + 1)
-        raw = self._load_raw(keys)
+        fetch = want + 1 + max(want, _TIES_AHEAD)
+        keys = self._tc_search(plan, (col, oplan.tc_order), fetch)
+        raw = self._load_raw(keys[: want + 1])
         if any(c is None for c in raw):
             # Deleted meanwhile: the top is short of what the order holds.
             yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
@@ -199,24 +203,53 @@ class TokyoStorage(BaseStorage):
             yield from sort_items(items, oplan.keys)[offset:want]
             return
         boundary = found[want - 1].get(col)
-        if boundary is None:
-            tie = TCCond(col, Cond.STRRX, b"", negate=True)  # the records lacking it
-        elif b"\x00" in boundary:
-            # No way to name the boundary in a condition: take the whole order.
+        if boundary is not None and b"\x00" in boundary:
+            # Distinct values may share such a text (the empty str and "\x00"), and no
+            # condition can name it: take the whole order, sorted exactly.
             yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
             return
-        else:
-            tie = TCCond(col, Cond.NUMEQ if oplan.numeric else Cond.STREQ, boundary)
+        first = next(i for i, c in enumerate(found) if c.get(col) == boundary)
         head = [
             (decode_pk(k), decode_record(c))
-            for k, c in zip(keys[:want], found[:want], strict=True)
-            if c.get(col) != boundary
+            for k, c in zip(keys[:first], found[:first], strict=True)
         ]
         items = sort_items(head, oplan.keys)
-        pk_order = Order.STRDESC if oplan.keys[-1].descending else Order.STRASC
-        ties = self._tc_search(plan, (b"", pk_order), want - len(head), extra=tie)
+        descending = oplan.keys[-1].descending
+        end = want + 1
+        for columns in self._load_raw(keys[end:]):
+            if columns is None:
+                yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
+                return
+            if columns.get(col) != boundary:
+                break
+            end += 1
+        if end < len(keys) or len(keys) < fetch:
+            ties = sorted(keys[first:end], reverse=descending)[: want - first]
+        else:
+            ties = self._tc_search(
+                plan,
+                (b"", Order.STRDESC if descending else Order.STRASC),
+                want - first,
+                extra=self._tie_condition(plan, col, boundary, oplan.numeric),
+            )
         items.extend(self._records(ties))
         yield from items[offset:want]
+
+    def _tie_condition(self, plan: Plan, col: bytes, value: bytes | None, numeric: bool) -> TCCond:
+        """The condition selecting the records whose ``col`` is ``value`` (None: lacking it).
+
+        Where the plan's first block already has a condition an index serves, Tokyo reads
+        just those records anyway: testing this one on them beats walking this column's
+        index for every record of that value (Tokyo would build a set of all of them).
+        """
+        if value is None:
+            return TCCond(col, Cond.STRRX, b"", negate=True)
+        indexes = self._index_map()
+        served = plan.blocks is not None and any(
+            c.op in INDEX_SERVES.get(indexes.get(c.col, ""), ()) and not c.negate and not c.noidx
+            for c in plan.blocks[0].conds
+        )
+        return TCCond(col, Cond.NUMEQ if numeric else Cond.STREQ, value, noidx=served)
 
     def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
         # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
@@ -251,6 +284,9 @@ class TokyoStorage(BaseStorage):
 
 #: Tokyo's query limit is a C int.
 _MAX_LIMIT: Final = 2**31 - 2
+#: Keys an ordered slice asks for beyond the slice, so that ties of its last record are
+#: mostly found among them (see TokyoStorage._top).
+_TIES_AHEAD: Final = 64
 
 
 def decode_pk(key: bytes) -> str:
