@@ -64,6 +64,18 @@ RAW_METRICS: dict[str, dict[str, str]] = {
 }
 
 
+#: Where a backend indexes as its raw baseline does rather than as above: the indexes
+#: made before the bulk save and after it. Raw Tokyo Cabinet keeps lexical indexes on
+#: email and name while it loads, then indexes city; a single-column engine serves
+#: ``city == X order by -age`` with city and a decimal index on age.
+INDEXES: dict[str, tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]] = {
+    "tokyo_cabinet": (
+        [("email", None), ("name", None)],
+        [("city", None), ("age", "decimal")],
+    ),
+}
+
+
 def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
     """Median ops/s of the workload through pymodels on ``backend``."""
     records = make_records(n)
@@ -72,11 +84,16 @@ def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix=f"bench-{backend}-") as tmp:
             storage = pymodels.get_storage(OPENERS[backend](Path(tmp)))
             try:
-                storage.create_index("email")
-                if storage.features.compound_indexes:
-                    storage.create_index(("city", "-age"))
+                before, after = INDEXES.get(backend, (None, None))
+                if before is None:
+                    storage.create_index("email")
+                    if storage.features.compound_indexes:
+                        storage.create_index(("city", "-age"))
+                    else:
+                        storage.create_index("city")
                 else:
-                    storage.create_index("city")
+                    for field, kind in before:
+                        storage.create_index(field, kind=kind)
                 out = {
                     "bulk_save": rate(
                         n,
@@ -86,6 +103,8 @@ def run_pymodels(backend: str, n: int, runs: int) -> dict[str, float]:
                         ),
                     )
                 }
+                for field, kind in after or ():
+                    storage.create_index(field, kind=kind)
                 stored = [d.pk for d in storage.query().only("email")]
                 picks = random_indices(n, GETS, seed)
                 out["get"] = rate(GETS, lambda: each(lambda i: storage.get(None, stored[i]), picks))

@@ -31,8 +31,9 @@ import datetime
 import decimal
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
+from urllib.parse import unquote
 
 from ...backend import And, Condition, Lookup, Not, Or, OrderKey, kind_of
 from ._columns import (
@@ -52,15 +53,18 @@ from ._columns import (
     token,
     word_safe,
 )
-from ._format import Cond
+from ._format import Cond, Order
 
 __all__ = [
+    "INDEX_SERVES",
     "Plan",
     "TCCond",
     "compile_condition",
+    "gate_field",
     "gates_hold",
     "guaranteed_kind",
     "pk_order_in_python",
+    "refine",
 ]
 
 #: At most this many blocks (queries of one metasearch) per plan; beyond, Python filters.
@@ -330,7 +334,7 @@ def _deferred(
     if not gates or len(rest) != 1 or any(g.op != Cond.STROR or g.noidx for g in gates):
         return None
     lead = rest[0]
-    served = _INDEX_SERVES.get(indexes.get(lead.col, ""), frozenset())
+    served = INDEX_SERVES.get(indexes.get(lead.col, ""), frozenset())
     if lead.negate or lead.noidx or lead.op not in served:
         return None
     # _Template.fill builds this plan the same way: keep them in step.
@@ -521,7 +525,7 @@ class _Context:
         out: list[TCCond] = []
         driver_seen = False
         for cond in ordered:
-            served = not cond.negate and cond.op in _INDEX_SERVES.get(
+            served = not cond.negate and cond.op in INDEX_SERVES.get(
                 self.indexes.get(cond.col, ""), frozenset()
             )
             if served and driver_seen and cond.op in _NUM_OPS:
@@ -536,7 +540,7 @@ class _Context:
             rank += 100
         if cond.negate:
             rank += 200
-        elif cond.op in _INDEX_SERVES.get(self.indexes.get(cond.col, ""), frozenset()):
+        elif cond.op in INDEX_SERVES.get(self.indexes.get(cond.col, ""), frozenset()):
             rank -= 100
         return rank
 
@@ -857,7 +861,7 @@ _NUM_OPS: Final = frozenset(
     {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}
 )
 # Which operators each index kind serves (tctdbqrysearchimpl's choice of "mcond").
-_INDEX_SERVES: Final[dict[str, frozenset[int]]] = {
+INDEX_SERVES: Final[dict[str, frozenset[int]]] = {
     "lexical": frozenset({Cond.STREQ, Cond.STRBW, Cond.STROREQ}),
     "decimal": frozenset(
         {Cond.NUMEQ, Cond.NUMGT, Cond.NUMGE, Cond.NUMLT, Cond.NUMLE, Cond.NUMBT, Cond.NUMOREQ}
@@ -1010,3 +1014,132 @@ class OrderPlan:
     @property
     def by_pk(self) -> bool:
         return self.column == b""
+
+    @property
+    def numeric(self) -> bool:
+        """Whether Tokyo orders the column as numbers (``NUMASC``/``NUMDESC``)."""
+        return self.tc_order in (Order.NUMASC, Order.NUMDESC)
+
+
+# ------------------------------------------------------------ facts about the columns
+
+#: A fact about the column of one field that holds in every record of the table:
+#:
+#: * ``("none", name, codes)``: no record has the field with one of these type codes;
+#: * ``("only", name, codes)``: every record that has the field has one of these codes
+#:   (a non-empty str has no code, so it breaks this fact);
+#: * ``("int", name)``: every record that has the field holds an int of magnitude below
+#:   :data:`NUM_LIMIT` there, which Tokyo's number parser reads exactly;
+#: * ``("all", name)``: every record has the field.
+#:
+#: A backend that can prove such facts (see ``TokyoStorage._proved``) lets
+#: :func:`refine` drop kind gates and tie checks they make redundant, and lets the query
+#: order numbers in the engine.
+Fact = tuple[Any, ...]
+Prover = Callable[[Fact], bool]
+
+#: Bounds of Tokyo number conditions whose ties :func:`refine` can settle exactly.
+_INT_TEXT: Final = re.compile(rb"-?[0-9]+")
+
+
+@functools.lru_cache(maxsize=4096)
+def gate_field(expr: bytes) -> tuple[str, frozenset[str]] | None:
+    """The field and type codes of a kind gate's operand (None if it names several)."""
+    names: set[str] = set()
+    codes: set[str] = set()
+    for tok in _TC_SPLIT.split(expr):
+        if not tok:
+            continue
+        name, sep, code = tok.decode("utf-8", "replace").rpartition(":")
+        if not sep:
+            return None
+        names.add(unquote(name))
+        codes.add(code)
+    if len(names) != 1:
+        return None
+    return names.pop(), frozenset(codes)
+
+
+def refine(plan: Plan, proved: Prover) -> Plan:
+    """``plan`` without what proved facts about the table make redundant: kind gates that
+    every record passes, and checked tie blocks of integer bounds on columns holding only
+    small ints (Tokyo compares those exactly, so the block's records are exactly the ints
+    equal to the bound, which match or not as a whole).
+
+    The result selects exactly what ``plan`` selects, in every table where the facts
+    hold; fewer conditions let Tokyo answer from an index without reading records.
+    """
+    if not plan.blocks:
+        return plan
+    blocks: list[PlanBlock] = []
+    changed = False
+    for block in plan.blocks:
+        new = _refine_block(block, proved)
+        if new is not block:
+            changed = True
+        if new is not None:
+            blocks.append(new)
+    if not changed:
+        return plan
+    if not blocks:
+        return Plan(())
+    deferred = plan.deferred
+    if deferred is not None:
+        kept = tuple(g for g in deferred[1] if any(g in b.conds for b in blocks))
+        deferred = (deferred[0], kept) if kept else None
+    return Plan(tuple(blocks), plan.disjoint, deferred)
+
+
+def _refine_block(block: PlanBlock, proved: Prover) -> PlanBlock | None:
+    conds = block.conds
+    kept = tuple(c for c in conds if not _redundant_gate(c, conds, proved))
+    check = block.check
+    if check is not None and type(check) is Lookup and len(check.path) == 1:
+        settled = _settled_tie(kept, check, proved)
+        if settled is False:
+            return None
+        if settled is True:
+            check = None
+    if len(kept) == len(conds) and check is block.check:
+        return block
+    return PlanBlock(kept, check)
+
+
+def _redundant_gate(c: TCCond, conds: Block, proved: Prover) -> bool:
+    if c.col != TYPES_COLUMN or c.op != Cond.STROR or c.noidx:
+        return False
+    found = gate_field(c.expr)
+    if found is None:
+        return False
+    name, codes = found
+    if c.negate:
+        return proved(("none", name, codes))
+    col = name_bytes(name)
+    # Records lacking the field fail a positive gate: dropping it is sound only when a
+    # positive condition on the column itself already excludes them.
+    if not any(o.col == col and not o.negate for o in conds):
+        return False
+    if "i" in codes and "f" in codes and proved(("int", name)):
+        return True
+    return proved(("only", name, codes))
+
+
+def _settled_tie(conds: Block, check: Lookup, proved: Prover) -> bool | None:
+    """For a tie block (see ``_Context._ties``): True if all its records match the check,
+    False if none does, None if not settled here."""
+    if check.op not in ("gt", "gte", "lt", "lte", "between"):
+        return None
+    name = check.path[0]
+    col = name_bytes(name)
+    ops = {c.op for c in conds if c.col == col and not c.negate}
+    bounds = [
+        c.expr for c in conds if c.col == col and not c.negate and c.op in (Cond.NUMLE, Cond.NUMGE)
+    ]
+    if Cond.NUMBT not in ops or len(bounds) != 1 or not _INT_TEXT.fullmatch(bounds[0]):
+        return None
+    bound = int(bounds[0])
+    # Below 10**15 the window (see tie_window) is narrower than 1 around the bound, so
+    # the only int in it is the bound: the block's records hold exactly that value.
+    if abs(bound) >= 10**15 or not proved(("int", name)):
+        return None
+    return check.matches({name: bound})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import itertools
 import typing
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -25,7 +26,16 @@ from ...backend import (
     sort_items,
 )
 from ._columns import decode_record
-from ._compiler import OrderPlan, Plan, TCCond, compile_condition, pk_order_in_python
+from ._compiler import (
+    INDEX_SERVES,
+    Fact,
+    OrderPlan,
+    Plan,
+    TCCond,
+    compile_condition,
+    pk_order_in_python,
+    refine,
+)
 from ._format import Cond, Order
 
 if TYPE_CHECKING:
@@ -72,6 +82,20 @@ class TokyoStorage(BaseStorage):
         """Tokyo's own account of the plan's queries, for ``explain()``."""
         raise NotImplementedError
 
+    def _proved(self, fact: Fact) -> bool:
+        """Whether ``fact`` (see :data:`~._compiler.Fact`) holds in every record now.
+
+        Only a backend that sees every write can keep such facts (Tokyo Cabinet, whose
+        file no other process writes while this one has it open); the default proves
+        nothing, which is always sound.
+        """
+        return False
+
+    def _refined(self, plan: Plan) -> Plan:
+        """``plan`` without what the proved facts make redundant (see
+        :func:`~._compiler.refine`); done per run, as facts change with writes."""
+        return refine(plan, self._proved)
+
     # ------------------------------------------------------ shared query hooks
 
     def _compile_condition(self, condition: Condition) -> Compiled:
@@ -83,7 +107,7 @@ class TokyoStorage(BaseStorage):
         self, native: Any, order: Any, offset: int, limit: int | None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         # ``order``: the OrderPlan the query made of the order keys, or None.
-        plan: Plan = native
+        plan: Plan = self._refined(native)
         oplan: OrderPlan | None = order
         if plan.nothing:
             return
@@ -143,41 +167,93 @@ class TokyoStorage(BaseStorage):
     def _top(
         self, plan: Plan, oplan: OrderPlan, offset: int, limit: int
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """A slice of the order: Tokyo's top records plus every tie of the last one.
+        """A slice of the order: Tokyo's top records, and the ties of the last one in pk
+        order.
 
-        One record more than the slice is fetched: records of equal value are adjacent
-        in Tokyo's order, so when that one differs from the last of the slice nothing
-        beyond ties with it, and the search for ties is skipped (on Tokyo Tyrant: one
-        round trip less). It sorts after the slice and is cut off with the rest.
+        Tokyo reads every match to sort it whatever the limit, so it is asked for some
+        keys beyond the slice (a partial sort all the same). Records of equal value are
+        adjacent in its order: when the record after the slice differs from the last of
+        the slice, no tie crosses the cut and the slice is complete (sorted exactly here,
+        as Tokyo's sort has no pk tiebreak). Otherwise the records before the boundary
+        value are kept and the rest of the slice are the boundary's ties in pk order:
+        from the keys at hand when the run of ties ends among them, else from a search
+        for the ties, sorted by key alone. Each record is decoded once.
         """
         want = offset + limit
         if want == 0:
             return
-        order = (oplan.column, oplan.tc_order)
-        keys = self._tc_search(plan, order, want + 1)
-        raw = self._load_raw(keys)
-        found = {k: c for k, c in zip(keys, raw, strict=True) if c is not None}
-        if len(keys) > want:
-            last = raw[want - 1]
-            boundary = None if last is None else last.get(oplan.column)
-            if boundary is None or b"\x00" in boundary:
-                # No way to name the boundary in a condition: take the whole order.
-                items = list(self._ordered_stream(plan, oplan, 0))
-                yield from items[offset:want]
+        if want >= _MAX_LIMIT // 2:
+            # Beyond what Tokyo's limit (a C int) holds, and beyond any table: no limit.
+            yield from itertools.islice(self._ordered_stream(plan, oplan, offset), limit)
+            return
+        col = oplan.column
+        fetch = want + 1 + max(want, _TIES_AHEAD)
+        keys = self._tc_search(plan, (col, oplan.tc_order), fetch)
+        raw = self._load_raw(keys[: want + 1])
+        if any(c is None for c in raw):
+            # Deleted meanwhile: the top is short of what the order holds.
+            yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
+            return
+        found = typing.cast("list[dict[bytes, bytes]]", raw)
+        if len(keys) <= want or found[want].get(col) != found[want - 1].get(col):
+            items = [
+                (decode_pk(k), decode_record(c))
+                for k, c in zip(keys[:want], found[:want], strict=True)
+            ]
+            yield from sort_items(items, oplan.keys)[offset:want]
+            return
+        boundary = found[want - 1].get(col)
+        if boundary is not None and b"\x00" in boundary:
+            # Distinct values may share such a text (the empty str and "\x00"), and no
+            # condition can name it: take the whole order, sorted exactly.
+            yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
+            return
+        first = next(i for i, c in enumerate(found) if c.get(col) == boundary)
+        head = [
+            (decode_pk(k), decode_record(c))
+            for k, c in zip(keys[:first], found[:first], strict=True)
+        ]
+        items = sort_items(head, oplan.keys)
+        descending = oplan.keys[-1].descending
+        end = want + 1
+        for columns in self._load_raw(keys[end:]):
+            if columns is None:
+                yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
                 return
-            after = raw[want]
-            if after is None or after.get(oplan.column) == boundary:
-                tie = TCCond(oplan.column, Cond.STREQ, boundary)
-                more = [k for k in self._tc_search(plan, extra=tie) if k not in found]
-                for key, columns in zip(more, self._load_raw(more), strict=True):
-                    if columns is not None:
-                        found[key] = columns
-        items = [(decode_pk(k), decode_record(c)) for k, c in found.items()]
-        yield from sort_items(items, oplan.keys)[offset:want]
+            if columns.get(col) != boundary:
+                break
+            end += 1
+        if end < len(keys) or len(keys) < fetch:
+            ties = sorted(keys[first:end], reverse=descending)[: want - first]
+        else:
+            ties = self._tc_search(
+                plan,
+                (b"", Order.STRDESC if descending else Order.STRASC),
+                want - first,
+                extra=self._tie_condition(plan, col, boundary, oplan.numeric),
+            )
+        items.extend(self._records(ties))
+        yield from items[offset:want]
+
+    def _tie_condition(self, plan: Plan, col: bytes, value: bytes | None, numeric: bool) -> TCCond:
+        """The condition selecting the records whose ``col`` is ``value`` (None: lacking it).
+
+        Where the plan's first block already has a condition an index serves, Tokyo reads
+        just those records anyway: testing this one on them beats walking this column's
+        index for every record of that value (Tokyo would build a set of all of them).
+        """
+        if value is None:
+            return TCCond(col, Cond.STRRX, b"", negate=True)
+        indexes = self._index_map()
+        served = plan.blocks is not None and any(
+            c.op in INDEX_SERVES.get(indexes.get(c.col, ""), ()) and not c.negate and not c.noidx
+            for c in plan.blocks[0].conds
+        )
+        return TCCond(col, Cond.NUMEQ if numeric else Cond.STREQ, value, noidx=served)
 
     def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
         # ``order``: as for _select; ``offset``/``limit``: the slice Tokyo runs, if any.
-        plan: Plan = native
+        plan: Plan = self._refined(native)
         oplan: OrderPlan | None = order
         tc_order = None if oplan is None else (oplan.column, oplan.tc_order)
         lines = [plan.describe()]
@@ -193,7 +269,7 @@ class TokyoStorage(BaseStorage):
             lines.append("order by pk: sorted in Python")
         elif tc_order is not None:
             column = tc_order[0].decode("utf-8", "replace") or '"" (the pk)'
-            direction = "STRDESC" if tc_order[1] == Order.STRDESC else "STRASC"
+            direction = Order(tc_order[1]).name
             lines.append(f"tctdbqrysetorder: {column} {direction}")
         unsliced = limit is None and not offset
         if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
@@ -204,6 +280,13 @@ class TokyoStorage(BaseStorage):
             label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
             lines.append(f"{label}: " + hint.replace("\n", "; "))
         return "\n  ".join(lines)
+
+
+#: Tokyo's query limit is a C int.
+_MAX_LIMIT: Final = 2**31 - 2
+#: Keys an ordered slice asks for beyond the slice, so that ties of its last record are
+#: mostly found among them (see TokyoStorage._top).
+_TIES_AHEAD: Final = 64
 
 
 def decode_pk(key: bytes) -> str:

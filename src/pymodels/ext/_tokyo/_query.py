@@ -12,8 +12,13 @@ Ordering goes to Tokyo only where its order provably equals the contract's:
   a limited query also fetches every record equal to the last one it got (ties cut by
   the limit), then sorts that small set exactly.
 
-Numbers never order in Tokyo: its number parser keeps 16 digits, so distinct values can
-compare equal there. Everything else sorts in Python over the matching records.
+* by one top-level field the storage proves holds one kind in every record (see
+  ``TokyoStorage._proved``): ints of magnitude below 2**62, which Tokyo's number parser
+  reads exactly (``NUMASC``/``NUMDESC``), or str (bytewise). Ascending also needs every
+  record to have the field, since the contract puts records lacking it first.
+
+Other numbers never order in Tokyo: its number parser keeps 16 digits, so distinct
+values can compare equal there. Everything else sorts in Python over the matching records.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...backend import BaseQuery, Compiled, OrderKey
-from ._columns import name_bytes
+from ._columns import ALL_CODES, name_bytes
 from ._compiler import OrderPlan, Plan, guaranteed_kind
 from ._format import Order
 
@@ -34,6 +39,9 @@ __all__ = ["Query"]
 #: Kinds whose column text sorts bytewise in the contract's order within the kind.
 _TEXT_ORDERED = frozenset({"str", "bytes", "date", "datetime", "datetime_tz"})
 
+
+#: Every type code but the empty str's: a field with none of these holds only str.
+_NOT_STR = frozenset(c for c in ALL_CODES if c != "e")
 
 _PK_ORDERS: dict[tuple[OrderKey, ...], OrderPlan] = {}
 
@@ -61,12 +69,23 @@ class Query(BaseQuery[Any]):
             return oplan
         if len(order) != 2 or not order[1].is_pk or len(first.path) != 1:
             return None
+        plan = self.storage._refined(plan)
         if plan.checked:
             return None  # such plans are sorted in Python (see Storage._tc_search)
-        if guaranteed_kind(self.condition, first.path[0]) not in _TEXT_ORDERED:
-            return None
-        tc_order = Order.STRDESC if first.descending else Order.STRASC
-        return OrderPlan(name_bytes(first.path[0]), tc_order, order)
+        name = first.path[0]
+        if guaranteed_kind(self.condition, name) in _TEXT_ORDERED:
+            tc_order = Order.STRDESC if first.descending else Order.STRASC
+            return OrderPlan(name_bytes(name), tc_order, order)
+        # Tokyo puts records lacking the column last in both directions: the contract
+        # puts them first ascending, so ascending needs every record to have it.
+        proved = self.storage._proved
+        if (first.descending or proved(("all", name))) and proved(("int", name)):
+            tc_order = Order.NUMDESC if first.descending else Order.NUMASC
+            return OrderPlan(name_bytes(name), tc_order, order)
+        if (first.descending or proved(("all", name))) and proved(("none", name, _NOT_STR)):
+            tc_order = Order.STRDESC if first.descending else Order.STRASC
+            return OrderPlan(name_bytes(name), tc_order, order)
+        return None
 
     def _engine_fetch(
         self,

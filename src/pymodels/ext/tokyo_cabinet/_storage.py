@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
+import decimal
 import functools
 import logging
 import os
@@ -34,8 +36,24 @@ from ...backend import (
     open_failure,
     url_path,
 )
-from .._tokyo._columns import decode_dump, decode_record, dump_types, encode_dump, name_bytes
-from .._tokyo._compiler import Block, Plan, TCCond, gates_hold, pk_order_in_python
+from .._tokyo._columns import (
+    TYPES_COLUMN,
+    decode_dump,
+    decode_record,
+    dump_types,
+    encode_dump,
+    name_bytes,
+    token,
+)
+from .._tokyo._compiler import (
+    NUM_LIMIT,
+    Block,
+    Fact,
+    Plan,
+    TCCond,
+    gates_hold,
+    pk_order_in_python,
+)
 from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
 from .._tokyo._query import Query
 from . import _binding
@@ -218,6 +236,60 @@ class _File:
         #: while any is listed, and create_index rebuilds them.
         self.stale: set[bytes] = set()
         self.space: _Space | None = None
+        #: Facts about the columns proved by a scan since this open (see Storage._proved),
+        #: each kept up to date by every write after it: a fact a write breaks stays false.
+        #: Sound because no other process writes the file while this one has it open.
+        self.facts: dict[Fact, bool] = {}
+
+    def observe(self, record: Mapping[str, Any]) -> None:
+        """Before a write of ``record``: drop the facts it breaks."""
+        facts = self.facts
+        for fact, holds in facts.items():
+            if holds and _breaks(fact, record):
+                facts[fact] = False
+
+
+def _codes_of(value: Any) -> frozenset[str]:
+    """The type codes a value's column may carry (a non-empty str carries none)."""
+    t = type(value)
+    if t is str:
+        return _NO_CODES if value else _EMPTY_STR
+    if t is list:
+        return _LIST_CODES
+    if t is datetime.datetime:
+        return _AWARE if value.tzinfo is not None else _NAIVE
+    return _TYPE_CODES.get(t, _NO_CODES)
+
+
+_NO_CODES: Final = frozenset[str]()
+_EMPTY_STR: Final = frozenset({"e"})
+_LIST_CODES: Final = frozenset({"w", "l"})
+_AWARE: Final = frozenset({"z"})
+_NAIVE: Final = frozenset({"t"})
+_TYPE_CODES: Final[dict[type, frozenset[str]]] = {
+    int: frozenset({"i"}),
+    float: frozenset({"f"}),
+    bool: frozenset({"b"}),
+    decimal.Decimal: frozenset({"d"}),
+    datetime.date: frozenset({"D"}),
+    dict: frozenset({"m"}),
+}
+
+
+def _breaks(fact: Fact, record: Mapping[str, Any]) -> bool:
+    """Whether storing ``record`` would make ``fact`` false."""
+    what, name = fact[0], fact[1]
+    if name not in record:
+        return bool(what == "all")
+    if what == "all":
+        return False
+    value = record[name]
+    if what == "int":
+        return type(value) is not int or not -NUM_LIMIT < value < NUM_LIMIT
+    codes = _codes_of(value)
+    if what == "none":
+        return not codes.isdisjoint(fact[2])
+    return not codes or not codes <= fact[2]  # "only"
 
 
 class _Space:
@@ -684,6 +756,8 @@ class Storage(TokyoStorage):
         key = pk.encode("utf-8")
         with self._lock:
             self._writable(len(dump) + len(key))
+            if self._file.facts:
+                self._file.observe(record)
             try:
                 if self._own_transactions:
                     done = self._db.atomically(self._db.putdump, key, dump, keep=not overwrite)
@@ -698,6 +772,7 @@ class Storage(TokyoStorage):
         putdump = self._db.putdump
         writable = self._writable
         with self._lock:
+            observe = self._file.observe if self._file.facts else None
             try:
                 # Each record is encoded right before its put: the encoded form is bytes,
                 # and holding a whole batch of it would only feed the garbage collector.
@@ -705,6 +780,8 @@ class Storage(TokyoStorage):
                     key = pk.encode("utf-8")
                     dump = encode_dump(record)
                     writable(len(dump) + len(key))
+                    if observe is not None:
+                        observe(record)
                     # Generated pks are written insert-if-absent: a clash (however
                     # unlikely) makes the base class redo the batch one by one with
                     # fresh pks.
@@ -1026,8 +1103,33 @@ class Storage(TokyoStorage):
         except TCError as e:
             raise _error("search", e) from e
 
+    def _proved(self, fact: Fact) -> bool:
+        # Proved by counting the records that break the fact (one query, which reads
+        # every record unless an index answers it) on first use after the file opened;
+        # writes keep it up to date from then on (see _File.observe).
+        facts = self._file.facts
+        holds = facts.get(fact)
+        if holds is None:
+            with self._lock:
+                holds = facts.get(fact)
+                if holds is None:
+                    try:
+                        holds = not any(self._count_blocks(b) for b in _breaking(fact))
+                    except TCError as e:
+                        raise _error("search", e) from e
+                    facts[fact] = holds
+        return holds
+
+    def _count_blocks(self, conds: Block) -> int:
+        (q,) = self._tc_queries([conds])
+        try:
+            return q.searchcount()
+        finally:
+            q.close()
+            self._check_reads()
+
     def _count_where(self, native: Any) -> int:
-        plan: Plan = native
+        plan: Plan = self._refined(native)
         if plan.nothing:
             return 0
         if plan.blocks is None:
@@ -1113,6 +1215,27 @@ class Storage(TokyoStorage):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _breaking(fact: Fact) -> list[Block]:
+    """Queries that together find the records breaking ``fact`` (see Storage._proved)."""
+    what, name = fact[0], fact[1]
+    col = name_bytes(name)
+    exists = TCCond(col, Cond.STRRX, b"")
+    if what == "all":
+        return [(exists.negated(),)]
+    codes = fact[2] if len(fact) > 2 else frozenset({"i"})
+    tokens = TCCond(
+        TYPES_COLUMN, Cond.STROR, " ".join(token(name, c) for c in sorted(codes)).encode()
+    )
+    if what == "none":
+        return [(tokens,)]
+    blocks: list[Block] = [(exists, tokens.negated())]
+    if what == "int":
+        # Beyond the bound Tokyo's parser may round: such ints break the fact too.
+        bound = b"%d" % NUM_LIMIT
+        blocks += [(TCCond(col, Cond.NUMGE, bound),), (TCCond(col, Cond.NUMLE, b"-" + bound),)]
+    return blocks
 
 
 def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
