@@ -5,6 +5,7 @@ Cabinet (see :mod:`pymodels.testing.tyrant`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from pymodels.storage import BaseStorage
 from pymodels.testing.suite import StorageTests
 
 try:
-    from pymodels.testing.tyrant import TemporaryTyrant
+    from pymodels.testing.tyrant import ENV_TTSERVER, TemporaryTyrant
     from pymodels.testing.tyrant import find_ttserver as _find
 
     if _find() is None:
@@ -27,6 +28,9 @@ except BackendUnavailable as e:  # pragma: no cover - the C library is missing h
 @pytest.fixture(scope="module")
 def tyrant() -> Iterator[TemporaryTyrant]:
     with TemporaryTyrant() as tt:
+        # With PYMODELS_TEST_TTSERVER set, the whole suite (4 processes x 2,000 saves
+        # included) runs on that ttserver.
+        assert tt.real or not os.environ.get(ENV_TTSERVER)
         yield tt
 
 

@@ -38,7 +38,7 @@ from pymodels.testing.suite import run_in_threads
 
 try:
     import pymodels.testing._tyrant_server  # the fallback server needs the Cabinet library
-    from pymodels.testing.tyrant import TemporaryTyrant
+    from pymodels.testing.tyrant import ENV_TTSERVER, TemporaryTyrant
 except BackendUnavailable as e:  # pragma: no cover - the C library is missing here
     pytest.skip(f"no Tokyo Tyrant test server: {e}", allow_module_level=True)
 
@@ -57,6 +57,8 @@ class Person(Document):
 @pytest.fixture
 def tyrant(tmp_path: Path) -> Iterator[TemporaryTyrant]:
     with TemporaryTyrant(str(tmp_path / "storage.tct")) as tt:
+        # With PYMODELS_TEST_TTSERVER set, the faults and load here run on that ttserver.
+        assert tt.real or not os.environ.get(ENV_TTSERVER)
         yield tt
 
 
