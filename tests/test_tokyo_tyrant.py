@@ -38,7 +38,7 @@ from pymodels.testing.suite import run_in_threads
 
 try:
     import pymodels.testing._tyrant_server  # the fallback server needs the Cabinet library
-    from pymodels.testing.tyrant import ENV_TTSERVER, TemporaryTyrant
+    from pymodels.testing.tyrant import ENV_TTSERVER, TemporaryTyrant, find_ttserver
 except BackendUnavailable as e:  # pragma: no cover - the C library is missing here
     pytest.skip(f"no Tokyo Tyrant test server: {e}", allow_module_level=True)
 
@@ -290,16 +290,22 @@ def test_kill_the_server_mid_run_nothing_acknowledged_is_lost(
 
 def test_unix_socket(tmp_path: Path) -> None:
     path = str(tmp_path / "tt.sock")
+    # The real ttserver when one is given, else the project's server (same options).
+    ttserver = find_ttserver()
+    server = [ttserver] if ttserver else [sys.executable, "-m", "pymodels.testing._tyrant_server"]
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "pymodels.testing._tyrant_server"),
+            *server,
             *("-host", path, "-port", "0", "-pid", str(tmp_path / "pid")),
             str(tmp_path / "s.tct"),
         ]
     )
     try:
         deadline = time.monotonic() + 20
-        while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        while (
+            not ((tmp_path / "pid").exists() and os.path.exists(path))
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         with pymodels.get_storage({"backend": "tokyo_tyrant", "socket": path}) as storage:
             storage.save({"a": 1}, primary_key="x")
