@@ -76,6 +76,7 @@ _U32: Final = struct.Struct(">I")
 _I32: Final = struct.Struct(">i")
 _U64: Final = struct.Struct(">Q")
 _HEAD2: Final = struct.Struct(">BB")
+_STATUS_U32: Final = struct.Struct(">BI")
 _MISC_HEAD: Final = struct.Struct(">BBIII")
 _BUFSIZE: Final = 64 * 1024
 #: Pipelined writes go out in groups of this many requests (see :meth:`Client.call_many`).
@@ -177,6 +178,16 @@ class _Connection:
         value: int = _U64.unpack(self.read(8))[0]
         return value
 
+    def status_u32(self) -> tuple[int, int]:
+        """A status byte and the u32 after it (the head of every ``misc`` reply)."""
+        pos = self._pos
+        if pos + 5 > len(self._buf):
+            self._fill(5)
+            pos = 0
+        self._pos = pos + 5
+        status, value = _STATUS_U32.unpack_from(self._buf, pos)
+        return status, value
+
     def elements(self, count: int) -> list[bytes]:
         """``count`` length-prefixed elements (u32 size, then the bytes)."""
         out: list[bytes] = []
@@ -186,18 +197,16 @@ class _Connection:
         pos = self._pos
         end = len(buf)
         for _ in range(count):
-            if pos + 4 > end:
-                self._pos = pos
-                self._fill(4)
-                buf, pos, end = self._buf, 0, len(self._buf)
-            size = unpack_from(buf, pos)[0]
-            pos += 4
-            if pos + size > end:
-                self._pos = pos
-                self._fill(size)
-                buf, pos, end = self._buf, 0, len(self._buf)
-            append(buf[pos : pos + size])
-            pos += size
+            if pos + 4 <= end:
+                start = pos + 4
+                stop = start + unpack_from(buf, pos)[0]
+                if stop <= end:  # the common case: the whole element is buffered
+                    append(buf[start:stop])
+                    pos = stop
+                    continue
+            self._pos = pos
+            append(self.read(self.u32()))
+            buf, pos, end = self._buf, self._pos, len(self._buf)
         self._pos = pos
         return out
 
@@ -592,9 +601,11 @@ def _read_list(conn: _Connection) -> list[bytes]:
 
 
 def _read_misc(conn: _Connection) -> tuple[bool, list[bytes]]:
-    status = conn.status()
-    _check_status(status)
-    return status == 0, conn.elements(conn.u32())
+    # misc sends its element count after either status.
+    status, count = conn.status_u32()
+    if status > 1:
+        raise ProtocolError(f"unexpected status byte {status} from Tokyo Tyrant")
+    return status == 0, conn.elements(count)
 
 
 def _read_u64(conn: _Connection) -> int:
