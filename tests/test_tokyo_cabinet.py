@@ -1310,7 +1310,6 @@ _AGES = st.one_of(
 
 
 @settings(
-    max_examples=int(os.environ.get("TOKYO_FACTS_EXAMPLES", "60")),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     deadline=None,
 )
