@@ -348,6 +348,13 @@ QUERY_MODULES = [
     "ext/_tokyo/_query.py",
     "ext/mongodb/_query.py",
 ]
+#: Private names of its own engine a query module may call besides the hooks, each with
+#: why. Tokyo's query and engine are one private package (``ext/_tokyo``): which orders
+#: Tokyo can run depends on facts about the columns that only the engine keeps, proved
+#: and retracted as records are written, so the order planning asks the engine for them.
+ENGINE_PRIVATE: dict[str, frozenset[str]] = {
+    "ext/_tokyo/_query.py": frozenset({"_proved", "_refined"}),
+}
 #: What storage.py and query.py call documents (their variables' names).
 DOCUMENT_NAMES = {"doc", "doc_or_pk", "cls", "doc_class", "d", "ref", "write"}
 
@@ -371,7 +378,7 @@ def storage_receiver(receiver: str) -> bool:
 
 @pytest.mark.parametrize("module", QUERY_MODULES)
 def test_queries_call_only_storage_hooks(module: str) -> None:
-    hooks = set(REQUIRED_HOOKS) | set(STORAGE_HOOKS)
+    hooks = set(REQUIRED_HOOKS) | set(STORAGE_HOOKS) | ENGINE_PRIVATE.get(module, frozenset())
     source = (SRC / module).read_text(encoding="utf-8")
     calls = [(line, r, n) for line, r, n in private_uses(source) if storage_receiver(r)]
     bad = [f"{module}:{line}: {r}.{n}" for line, r, n in calls if n not in hooks]
