@@ -53,9 +53,16 @@ from ...backend import (
     StorageNotFound,
     sort_items,
 )
-from ._compiler import NOT_ARRAY, NUMBER_TYPES, compile_condition, dotted, valid_path
+from ._compiler import (
+    NOT_ARRAY,
+    NUMBER_TYPES,
+    compile_condition,
+    dotted,
+    exact_equals,
+    valid_path,
+)
 from ._encoding import TAG, decode_record, encode_record, encode_value
-from ._query import FIRST_BATCH, SORT_TYPES, Query, classes_of, sort_spec, stages
+from ._query import DANGER, FIRST_BATCH, SORT_TYPES, Query, classes_of, sort_spec, stages
 
 __all__ = ["META_COLLECTION", "Settings", "Storage", "features"]
 
@@ -562,13 +569,13 @@ class Storage(BaseStorage):
     ) -> bool:
         if expected is None:
             return self._store(pk, record, overwrite=False)
+        condition: dict[str, Any] | None
         if expected is MISSING:
-            lookup = Lookup((field,), "exists", False)
+            condition = compile_condition(Lookup((field,), "exists", False)).native
         else:
-            lookup = Lookup((field,), "equals", expected)
-        compiled = compile_condition(lookup)
-        if compiled.residual is not None:
-            return super()._compare_and_store(pk, record, field, expected)
+            condition = exact_equals((field,), expected)
+            if condition is None:
+                return super()._compare_and_store(pk, record, field, expected)
         with self._guard():
             found = self.collection.find_one(
                 {"_id": self._id_filter(pk)}, {"_id": 1}, session=self.session
@@ -578,7 +585,7 @@ class Storage(BaseStorage):
             _id = found["_id"]
             try:
                 result = self.collection.replace_one(
-                    {"$and": [{"_id": _id}, compiled.native or {}]},
+                    {"$and": [{"_id": _id}, condition or {}]},
                     encode_record(_id, record),
                     session=self.session,
                 )
@@ -635,7 +642,12 @@ class Storage(BaseStorage):
         yield from stream
 
     def _mixed(self, flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]) -> bool:
-        """Whether a matching record holds another kind at a key (or a list on its path)."""
+        """Whether a matching record may sort otherwise in BSON than in the contract (_query)."""
+        probe = _danger_probe(flt, keys, classes)
+        if probe is not None:
+            with self._guard():
+                found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
+            return found is not None
         branches: list[dict[str, Any]] = []
         for key, kind in zip(keys, classes, strict=True):
             name = dotted(key.path)
@@ -726,6 +738,28 @@ class Storage(BaseStorage):
                 yield self._decode(doc)
         finally:
             cursor.close()
+
+
+def _danger_probe(
+    flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]
+) -> dict[str, Any] | None:
+    """The one flat filter finding a match with a danger type at the one sort key, or None.
+
+    None when the order has several keys or a dotted one, or the query's own
+    condition on the key cannot take a ``$type`` beside it.
+    """
+    if len(keys) != 1 or len(keys[0].path) != 1 or classes[0] is None:
+        return None
+    name = keys[0].path[0]
+    danger = {"$type": DANGER[classes[0]]}
+    if name not in flt:
+        return {**flt, name: danger}
+    cond = flt[name]
+    if type(cond) is not dict:
+        return {**flt, name: {"$eq": cond, **danger}}
+    if all(k.startswith("$") for k in cond) and "$type" not in cond:
+        return {**flt, name: {**cond, **danger}}
+    return None
 
 
 def _duplicate_message(details: Mapping[str, Any] | None) -> str:
