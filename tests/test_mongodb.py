@@ -15,7 +15,13 @@ import pytest
 from hypothesis import given, settings
 
 import pymodels
-from pymodels import ConfigurationError, ConnectionFailed, IntegrityError, NotSupported
+from pymodels import (
+    BulkWriteError,
+    ConfigurationError,
+    ConnectionFailed,
+    IntegrityError,
+    NotSupported,
+)
 from pymodels.ext.memory import Storage as MemoryStorage
 from pymodels.storage import BaseStorage
 from pymodels.testing import strategies as pst
@@ -275,24 +281,53 @@ def test_replica_set_url_and_transactions(server: TemporaryMongo, collection_nam
         assert s.get(None, "k")["a"] == 2
 
 
+@pytest.fixture(scope="module")
+def standalone() -> Iterator[TemporaryMongo]:
+    if _reason is not None:
+        pytest.skip(_reason)
+    with TemporaryMongo(standalone=True) as s:
+        yield s
+
+
 @needs_server
-def test_no_transactions_without_a_replica_set(
-    server: TemporaryMongo, collection_name: str, monkeypatch: pytest.MonkeyPatch
+def test_no_transactions_on_a_standalone_server(
+    standalone: TemporaryMongo, collection_name: str
 ) -> None:
-    original = pymongo.database.Database.command
-
-    def standalone(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        reply = original(self, command, *args, **kwargs)
-        if command == "hello":
-            reply = {k: v for k, v in reply.items() if k not in ("setName", "msg")}
-        return reply
-
-    monkeypatch.setattr(pymongo.database.Database, "command", standalone)
-    with pymodels.get_storage(server.url, collection=collection_name) as s:
+    with pymodels.get_storage(standalone.url, collection=collection_name) as s:
         assert not s.features.transactions
         with pytest.raises(NotSupported), s.transaction():
             pass  # pragma: no cover - never entered
         assert len(s.save_many([{"n": i} for i in range(5)], batch_size=2)) == 5
+        assert len(s) == 5
+
+
+@needs_server
+def test_save_many_on_a_standalone_server_is_one_insert_per_batch(
+    standalone: TemporaryMongo, collection_name: str
+) -> None:
+    listener = _Inserts()
+    client: Any = pymongo.MongoClient(standalone.url, event_listeners=[listener])
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        assert not s.features.transactions
+        listener.commands.clear()
+        pks = s.save_many(({"n": i} for i in range(2500)), batch_size=1000)
+        assert len(pks) == 2500 and listener.commands == ["insert"] * 3
+        assert sorted(pks) == sorted(s)
+        # A unique clash mid-batch: the records before it stay, as without transactions.
+        s.create_index("email", unique=True)
+        s.save({"email": "taken"})
+        items = [{"email": "a"}, {"email": "b"}, {"email": "taken"}, {"email": "c"}]
+        with pytest.raises(BulkWriteError, match="u_email") as info:
+            s.save_many(items, batch_size=10)
+        assert info.value.index == 2 and len(info.value.written_pks) == 2
+        assert sorted(s.query().values("email")) == ["a", "b", "taken"]
+        # A mapping that does not validate: the ones before it are written.
+        with pytest.raises(BulkWriteError) as info:
+            s.save_many([{"email": "d"}, {"bad.name": 1}], batch_size=10)
+        assert info.value.index == 1 and len(info.value.written_pks) == 1
+    client.close()
 
 
 # ------------------------------------------------------------------ writes and indexes

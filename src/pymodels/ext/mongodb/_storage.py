@@ -37,10 +37,12 @@ from ...backend import (
     BaseQuery,
     BaseSettings,
     BaseStorage,
+    BulkWriteError,
     Change,
     Compiled,
     ConfigurationError,
     ConnectionFailed,
+    Document,
     Features,
     IndexSpec,
     IntegrityError,
@@ -51,7 +53,9 @@ from ...backend import (
     OrderKey,
     PyModelsError,
     StorageNotFound,
+    ValidationError,
     sort_items,
+    stored_record,
 )
 from ._compiler import (
     NOT_ARRAY,
@@ -414,6 +418,56 @@ class Storage(BaseStorage):
                 # Fresh pks: a clash is an IntegrityError, and the caller redoes
                 # the batch one by one (never overwriting).
                 self.collection.insert_many(docs, ordered=True, session=self.session)
+
+    def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
+        # With transactions the base class inserts the batch in one (_store_many).
+        # Without (a standalone server), mappings still go as one ordered
+        # insert_many: the records before a failing one stay written, as the
+        # contract says for engines without transactions. Documents take the
+        # base class's path (their indexes and saved state).
+        if self.features.transactions or any(
+            type(item) is not dict and isinstance(item, Document) for item in batch
+        ):
+            super()._save_batch(start, batch, written)
+            return
+        records: list[dict[str, Any]] = []
+        failure: tuple[int, PyModelsError] | None = None
+        for index, item in enumerate(batch, start):
+            try:
+                if not isinstance(item, Mapping):
+                    raise ValidationError(
+                        f"save_many takes Documents or mappings, not {type(item).__name__}"
+                    )
+                records.append(stored_record(item))
+            except ValidationError as e:
+                failure = (index, e)
+                break
+        pks = self._new_pks(len(records))
+        done = 0
+        while done < len(records):
+            docs = [encode_record(pk, r) for pk, r in zip(pks[done:], records[done:], strict=True)]
+            try:
+                with self._guard():
+                    self.collection.insert_many(docs, ordered=True)
+                done = len(records)
+            except IntegrityError as e:
+                cause = e.__cause__
+                details = cause.details if isinstance(cause, pymongo.errors.BulkWriteError) else {}
+                first = (details.get("writeErrors") or [{}])[0]
+                done += int(details.get("nInserted", 0))
+                if first.get("keyPattern", {"_id": 1}) == {"_id": 1} and "index" in first:
+                    # A generated pk that clashes (however unlikely) is replaced,
+                    # never written over the record that has it.
+                    pks[done] = self._new_pk()
+                    continue
+                failure = (start + done, e)  # before any invalid item: it fails first
+                break
+        written.extend(pks[:done])
+        if failure is not None:
+            index, error = failure
+            raise BulkWriteError(
+                f"save_many failed at item {index}: {error}", index=index, written_pks=written
+            ) from error
 
     def _keys(self) -> Iterator[str]:
         for pk, _ in self._find({}, None, 0, None, projection={"_id": 1}):
