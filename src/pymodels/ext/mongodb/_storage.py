@@ -22,6 +22,7 @@ try:
     from bson.codec_options import CodecOptions
     from pymongo.client_session import ClientSession
     from pymongo.collection import Collection
+    from pymongo.write_concern import WriteConcern
 except ImportError as e:  # pragma: no cover - depends on the environment
     from ...backend import BackendUnavailable
 
@@ -85,11 +86,11 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
-    # No: every write the server acknowledged survives the client's crash, but
-    # a multi-document write in flight (clear, a query's delete or update)
-    # goes on in the server after the client died, so the store is not yet
-    # what it will be when the storage is reopened (docs/mongodb.md).
-    crash_safe=False,
+    # The client's SIGKILL (the suite's kill test, run against SecantusDB): every
+    # write the server acknowledged is there, a transaction whole or not at all.
+    # The server's own crash is the server's journal's business: the default
+    # write concern is majority and journaled (docs/mongodb.md).
+    crash_safe=True,
     persistent=True,
     networked=True,
 )
@@ -218,7 +219,9 @@ class Storage(BaseStorage):
         if name is None and s.url is not None:
             with contextlib.suppress(pymongo.errors.ConfigurationError):
                 name = self._client.get_default_database().name
-        self._db = self._client.get_database(name or "pymodels", codec_options=_CODEC)
+        self._db = self._client.get_database(
+            name or "pymodels", codec_options=_CODEC, write_concern=self._write_concern()
+        )
         self._coll: Collection[Any] = self._db.get_collection(s.collection)
         self._meta = self._db.get_collection(META_COLLECTION)
         with self._guard():
@@ -252,6 +255,17 @@ class Storage(BaseStorage):
                 f"this pymodels reads format {FORMAT_VERSION}"
             )
 
+    def _write_concern(self) -> WriteConcern:
+        """The client's write concern where one was given, else majority and journaled.
+
+        An acknowledged write is then on a majority of the replica set's members and
+        in their journals (on disk where the server syncs its journal at commit:
+        ``mongod``; SecantusDB with ``--sync-on-commit``), so it survives the
+        primary's crash and a failover, not only the client's (docs/mongodb.md).
+        """
+        given = self._client.write_concern
+        return given if not given.is_server_default else WriteConcern(w="majority", j=True)
+
     @property
     def collection(self) -> Collection[Any]:
         """The pymongo collection holding the records (a fresh client after fork())."""
@@ -265,7 +279,9 @@ class Storage(BaseStorage):
         if not self._owned:
             raise PyModelsError("mongodb: a storage on a given client cannot be used after fork()")
         self._client = self._connect()
-        self._db = self._client.get_database(self._db.name, codec_options=_CODEC)
+        self._db = self._client.get_database(
+            self._db.name, codec_options=_CODEC, write_concern=self._write_concern()
+        )
         self._coll = self._db.get_collection(self._coll.name)
         self._meta = self._db.get_collection(META_COLLECTION)
         self._tx = threading.local()
@@ -490,7 +506,7 @@ class Storage(BaseStorage):
         _ = self.collection  # after fork(): this process's own client first
         with self._guard():
             session = self._client.start_session()
-            session.start_transaction()
+            session.start_transaction(write_concern=self._db.write_concern)
         self._tx.session = session
         self._tx.used = False
 
@@ -561,7 +577,7 @@ class Storage(BaseStorage):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
             with self._guard():
-                session.start_transaction()
+                session.start_transaction(write_concern=self._db.write_concern)
 
     def _can_index_now(self) -> bool:
         # MongoDB creates indexes outside transactions only.
