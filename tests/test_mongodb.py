@@ -412,8 +412,9 @@ def test_ordered_pages_see_a_kind_past_the_first_page(storage: BaseStorage, odd:
         s.create_index(("city", "-age"))
         for pk, record in records.items():
             s.save(record, primary_key=pk)
-    for order in ("age", "-age"):
+    # One key (the one-probe path) and two keys (a probe per key).
+    for order in (("age",), ("-age",), ("-age", "city"), ("city", "age")):
         for start, stop in ((0, 5), (0, 10), (3, 8), (35, 41)):
-            got = [d.pk for d in storage.query().where(city="c").order_by(order)[start:stop]]
-            want = [d.pk for d in reference.query().where(city="c").order_by(order)[start:stop]]
+            got = [d.pk for d in storage.query().where(city="c").order_by(*order)[start:stop]]
+            want = [d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]]
             assert got == want, (order, start, stop)

@@ -28,7 +28,8 @@ both, and C sorts alike: so a page holding only C and absent values is the
 contract's page at any offset. That probe is one flat filter (the query's
 keys plus a ``$type`` on the sort key), which a planner serves from the
 query's index. Other orders ask for any other kind at any key or a list on
-any key's path (a filter with ``$or``, which SecantusDB does not plan).
+any key's path: one flat probe per key (a ``$type`` listing every other
+type, arrays included) and per prefix of a dotted key.
 """
 
 from __future__ import annotations
@@ -41,7 +42,16 @@ from ...backend import MISSING, BaseQuery, Compiled, Item, OrderKey, get_path
 from ._compiler import NUMBER_TYPES, dotted, valid_path
 from ._encoding import decimal128
 
-__all__ = ["DANGER", "FIRST_BATCH", "SORT_TYPES", "Query", "classes_of", "sort_spec", "stages"]
+__all__ = [
+    "DANGER",
+    "FIRST_BATCH",
+    "SORT_TYPES",
+    "Query",
+    "classes_of",
+    "other_types",
+    "sort_spec",
+    "stages",
+]
 
 #: Records fetched before deciding whether the engine's order can be kept.
 FIRST_BATCH = 1000
@@ -75,6 +85,28 @@ DANGER: dict[str, list[str]] = {
     # Off-millisecond aware datetimes and dicts are objects.
     "aware": ["object", "array", *_FOREIGN],
 }
+
+
+#: Every BSON type a stored value may have (null aside, which reads as absent).
+_ALL_TYPES = [
+    *_NUMBERS,
+    "decimal",
+    "string",
+    "object",
+    "array",
+    "binData",
+    "objectId",
+    "bool",
+    "date",
+    *_FOREIGN,
+]
+
+
+def other_types(kind: str) -> list[str]:
+    """The BSON types of every value not of ``kind`` (arrays included)."""
+    own = SORT_TYPES[kind]
+    own = own if isinstance(own, list) else [own]
+    return [t for t in _ALL_TYPES if t not in own]
 
 
 def _sort_class(value: Any) -> str | None:

@@ -67,7 +67,15 @@ from ._compiler import (
     valid_path,
 )
 from ._encoding import TAG, decode_record, encode_record, encode_value
-from ._query import DANGER, FIRST_BATCH, SORT_TYPES, Query, classes_of, sort_spec, stages
+from ._query import (
+    DANGER,
+    FIRST_BATCH,
+    Query,
+    classes_of,
+    other_types,
+    sort_spec,
+    stages,
+)
 
 __all__ = ["META_COLLECTION", "Settings", "Storage", "features"]
 
@@ -718,19 +726,22 @@ class Storage(BaseStorage):
             with self._guard():
                 found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
             return found is not None
+        # One flat probe per condition (a planner serves each from the query's
+        # index; SecantusDB would scan an $or of them): another type at a key,
+        # arrays included, or an array on the way to a dotted key.
         branches: list[dict[str, Any]] = []
         for key, kind in zip(keys, classes, strict=True):
-            name = dotted(key.path)
-            branches.append(
-                {name: {"$exists": True, "$ne": None, "$not": {"$type": SORT_TYPES[str(kind)]}}}
-            )
+            branches.append({dotted(key.path): {"$type": other_types(str(kind))}})
             branches.extend(
-                {dotted(key.path[:i]): {"$type": "array"}} for i in range(1, len(key.path) + 1)
+                {dotted(key.path[:i]): {"$type": "array"}} for i in range(1, len(key.path))
             )
-        probe = {"$and": [flt, {"$or": branches}]} if flt else {"$or": branches}
-        with self._guard():
-            found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
-        return found is not None
+        for branch in branches:
+            probe = {**flt, **branch} if not branch.keys() & flt.keys() else {"$and": [flt, branch]}
+            with self._guard():
+                found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
+            if found is not None:
+                return True
+        return False
 
     def _python_order(
         self, flt: dict[str, Any], order: tuple[OrderKey, ...], offset: int, limit: int | None
