@@ -103,6 +103,9 @@ features = Features(
     networked=True,
 )
 
+#: Matches a small ordered page reads, to know their kinds without a probe (_checked_order).
+SMALL_PAGE = 256
+
 #: The collection holding the library's own data (one document per collection of records).
 META_COLLECTION = "pymodels_meta"
 FORMAT_VERSION = 1
@@ -702,6 +705,26 @@ class Storage(BaseStorage):
         limit: int | None,
     ) -> Iterator[Item]:
         """The engine's order where the records' kinds allow it, else Python's (see _query)."""
+        if limit is not None and offset + limit <= SMALL_PAGE:
+            # A small page reads up to SMALL_PAGE matches: when that is all of
+            # them their kinds are known without a probe (which would read
+            # every match on the server anyway).
+            rows = list(self._find(flt, sort_spec(order), 0, SMALL_PAGE))
+            classes = classes_of(rows, keys)
+            if len(rows) < SMALL_PAGE:
+                if classes is None:
+                    sort_items(rows, order)
+                yield from rows[offset : offset + limit]
+                return
+            if (
+                classes is None
+                or any(c is None for c in classes)
+                or self._mixed(flt, keys, classes)
+            ):
+                yield from self._python_order(flt, order, offset, limit)
+                return
+            yield from rows[offset : offset + limit]
+            return
         batch_size = FIRST_BATCH if limit is None else min(limit, FIRST_BATCH)
         stream = self._find(flt, sort_spec(order), offset, limit)
         rows = list(itertools.islice(stream, batch_size))
