@@ -1,4 +1,5 @@
-"""The conformance suite on a real MongoDB wire-protocol server, one for the session.
+"""The conformance suite on a real MongoDB wire-protocol server, one for the session
+(and once more on a standalone server, which has no transactions).
 
 The server is ``PYMODELS_TEST_MONGODB_URL`` when set, else a throwaway
 ``mongod`` or SecantusDB (:mod:`pymodels.testing.mongodb`); each test gets a
@@ -40,3 +41,20 @@ class TestMongoDB(StorageTests):
     def storage_factory(self, mongodb_url):  # type: ignore[no-untyped-def]
         collection = f"conformance_{os.getpid()}_{next(_collections)}"
         return lambda: pymodels.get_storage(mongodb_url, collection=collection)
+
+
+@pytest.fixture(scope="session")
+def standalone_url() -> Iterator[str]:
+    from pymodels.testing.mongodb import TemporaryMongo
+
+    with TemporaryMongo(standalone=True) as server:
+        yield server.url
+
+
+class TestMongoDBStandalone(StorageTests):
+    """A server without a replica set: no transactions, save_many batches without one."""
+
+    @pytest.fixture
+    def storage_factory(self, standalone_url):  # type: ignore[no-untyped-def]
+        collection = f"standalone_{os.getpid()}_{next(_collections)}"
+        return lambda: pymodels.get_storage(standalone_url, collection=collection)

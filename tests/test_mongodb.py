@@ -15,7 +15,13 @@ import pytest
 from hypothesis import given, settings
 
 import pymodels
-from pymodels import ConfigurationError, ConnectionFailed, IntegrityError, NotSupported
+from pymodels import (
+    BulkWriteError,
+    ConfigurationError,
+    ConnectionFailed,
+    IntegrityError,
+    NotSupported,
+)
 from pymodels.ext.memory import Storage as MemoryStorage
 from pymodels.storage import BaseStorage
 from pymodels.testing import strategies as pst
@@ -114,9 +120,11 @@ def test_the_compiler_emits_only_allowed_operators(
 def test_values_are_never_syntax() -> None:
     native = compile_condition(pymodels.Q(a__contains="$where(.*)", b="$gt")).native
     assert native is not None
-    contains, equals = native["$and"]
-    assert contains["$or"][0]["a"]["$regex"] == r"\$where\(\.\*\)"  # escaped for the regex
-    assert equals == {"b": {"$eq": "$gt", "$not": {"$type": "array"}}}  # a value, not an operator
+    contains = native["$or"]
+    assert contains[0]["a"]["$regex"] == r"\$where\(\.\*\)"  # escaped for the regex
+    # A value, not an operator (a str is never read as one), on a flat indexable key.
+    assert native["b"] == "$gt"
+    assert native["b.0"] == {"$exists": False}
     # A path part that cannot be a field name never reaches the filter.
     assert compile_condition(pymodels.Q(**{"a__$where": 1})).native == {"_id": {"$in": []}}
 
@@ -273,24 +281,53 @@ def test_replica_set_url_and_transactions(server: TemporaryMongo, collection_nam
         assert s.get(None, "k")["a"] == 2
 
 
+@pytest.fixture(scope="module")
+def standalone() -> Iterator[TemporaryMongo]:
+    if _reason is not None:
+        pytest.skip(_reason)
+    with TemporaryMongo(standalone=True) as s:
+        yield s
+
+
 @needs_server
-def test_no_transactions_without_a_replica_set(
-    server: TemporaryMongo, collection_name: str, monkeypatch: pytest.MonkeyPatch
+def test_no_transactions_on_a_standalone_server(
+    standalone: TemporaryMongo, collection_name: str
 ) -> None:
-    original = pymongo.database.Database.command
-
-    def standalone(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        reply = original(self, command, *args, **kwargs)
-        if command == "hello":
-            reply = {k: v for k, v in reply.items() if k not in ("setName", "msg")}
-        return reply
-
-    monkeypatch.setattr(pymongo.database.Database, "command", standalone)
-    with pymodels.get_storage(server.url, collection=collection_name) as s:
+    with pymodels.get_storage(standalone.url, collection=collection_name) as s:
         assert not s.features.transactions
         with pytest.raises(NotSupported), s.transaction():
             pass  # pragma: no cover - never entered
         assert len(s.save_many([{"n": i} for i in range(5)], batch_size=2)) == 5
+        assert len(s) == 5
+
+
+@needs_server
+def test_save_many_on_a_standalone_server_is_one_insert_per_batch(
+    standalone: TemporaryMongo, collection_name: str
+) -> None:
+    listener = _Inserts()
+    client: Any = pymongo.MongoClient(standalone.url, event_listeners=[listener])
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        assert not s.features.transactions
+        listener.commands.clear()
+        pks = s.save_many(({"n": i} for i in range(2500)), batch_size=1000)
+        assert len(pks) == 2500 and listener.commands == ["insert"] * 3
+        assert sorted(pks) == sorted(s)
+        # A unique clash mid-batch: the records before it stay, as without transactions.
+        s.create_index("email", unique=True)
+        s.save({"email": "taken"})
+        items = [{"email": "a"}, {"email": "b"}, {"email": "taken"}, {"email": "c"}]
+        with pytest.raises(BulkWriteError, match="u_email") as info:
+            s.save_many(items, batch_size=10)
+        assert info.value.index == 2 and len(info.value.written_pks) == 2
+        assert sorted(s.query().values("email")) == ["a", "b", "taken"]
+        # A mapping that does not validate: the ones before it are written.
+        with pytest.raises(BulkWriteError) as info:
+            s.save_many([{"email": "d"}, {"bad.name": 1}], batch_size=10)
+        assert info.value.index == 1 and len(info.value.written_pks) == 1
+    client.close()
 
 
 # ------------------------------------------------------------------ writes and indexes
@@ -355,3 +392,30 @@ def test_storage_used_after_fork_gets_its_own_client(storage: BaseStorage) -> No
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert storage.get(None, "c")["a"] == 2
+
+
+# ------------------------------------------------------------------ ordered pages
+
+
+@needs_server
+@pytest.mark.parametrize(
+    "odd",
+    [True, Decimal("30"), Decimal("-1"), [5], [], "x", {"a": 1}, dt.date(2020, 1, 1), None],
+    ids=repr,
+)
+def test_ordered_pages_see_a_kind_past_the_first_page(storage: BaseStorage, odd: Any) -> None:
+    """Numbers at the sort key and one other kind that BSON would place elsewhere."""
+    # More matches than a small page reads (SMALL_PAGE), so the probes run.
+    records = {f"p{i:03}": {"age": (i * 7) % 23, "city": "c"} for i in range(300)}
+    records["odd"] = {"city": "c"} if odd is None else {"age": odd, "city": "c"}
+    reference = MemoryStorage()
+    for s in (storage, reference):
+        s.create_index(("city", "-age"))
+        for pk, record in records.items():
+            s.save(record, primary_key=pk)
+    # One key (the one-probe path) and two keys (a probe per key).
+    for order in (("age",), ("-age",), ("-age", "city"), ("city", "age")):
+        for start, stop in ((0, 5), (3, 8), (250, 260), (0, 270), (290, 301)):
+            got = [d.pk for d in storage.query().where(city="c").order_by(*order)[start:stop]]
+            want = [d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]]
+            assert got == want, (order, start, stop)

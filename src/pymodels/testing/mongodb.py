@@ -10,6 +10,10 @@
    server which scripts/test installs), which is a one-member replica set by
    itself.
 
+``TemporaryMongo(standalone=True)`` starts a server that advertises no replica
+set (``mongod`` without ``--replSet``, ``secantusd-py --standalone``): the
+paths a standalone deployment takes (no transactions) against a real server.
+
 A server started here listens on 127.0.0.1 on a free port, keeps its data in
 a fresh temporary folder (with an empty configuration file, so that it reads
 no other), and is stopped by its own process id when the ``with`` block
@@ -103,8 +107,13 @@ class TemporaryMongo(ThrowawayServer):
     error = MongoError
     dir_prefix = "pymodels-mongo-"
 
-    def __init__(self, *, start_timeout: float = 60.0, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, start_timeout: float = 60.0, stop_timeout: float = 10.0, standalone: bool = False
+    ) -> None:
         super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        #: A server that advertises no replica set (so no transactions): a
+        #: ``mongod`` without ``--replSet``, SecantusDB with ``--standalone``.
+        self.standalone = standalone
         self.kind, self.program = find_server()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -128,6 +137,8 @@ class TemporaryMongo(ThrowawayServer):
     @property
     def replica_set_url(self) -> str:
         """The URL naming the replica set, as applications of a replica set write it."""
+        if self.standalone:
+            raise MongoError("a standalone server has no replica set")
         name = "secantus" if self.kind == "secantus" else "pymodels"
         return f"mongodb://{self.host}:{self.port}/?replicaSet={name}"
 
@@ -148,7 +159,7 @@ class TemporaryMongo(ThrowawayServer):
                 self._kill()
                 if attempt == 4:
                     raise MongoError(f"{self.program} did not start:\n{self._log()}")
-            if self.kind == "mongod":
+            if self.kind == "mongod" and not self.standalone:
                 self._initiate()
         except BaseException:
             self.stop()
@@ -180,12 +191,14 @@ class TemporaryMongo(ThrowawayServer):
                 str(self.program),
                 *("--config", str(config), "--host", self.host, "--port", str(self.port)),
                 *("--storage-path", str(data), "--log-level", "WARNING", "--cache-size", "256M"),
+                *(["--standalone"] if self.standalone else []),
             ]
         else:
             argv = [
                 str(self.program),
                 *("--bind_ip", self.host, "--port", str(self.port), "--dbpath", str(data)),
-                *("--replSet", "pymodels", "--quiet", "--nounixsocket"),
+                *(() if self.standalone else ("--replSet", "pymodels")),
+                *("--quiet", "--nounixsocket"),
             ]
         with log:
             self._proc = subprocess.Popen(

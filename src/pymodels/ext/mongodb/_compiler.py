@@ -6,12 +6,28 @@ re-checks, or to nothing at all. Where MongoDB's semantics differ from the
 contract's, the filter carries guards:
 
 * MongoDB matches array elements for a scalar condition (``{"f": 5}`` matches
-  ``[5]``): scalar conditions say ``"$not": {"$type": "array"}``, and dotted
-  paths guard every prefix the same way, since the contract's paths never pass
+  ``[5]``): a scalar condition comes with ``"f.0": {"$exists": false}`` on a
+  key of its own. That is exact: a non-empty array has an element 0, an empty
+  one matches no scalar condition, and the one other value holding ``f.0``, a
+  dict with a key ``"0"``, never satisfies a scalar condition either. Dotted
+  paths guard every prefix with ``"$not": {"$type": "array"}`` (a prefix is
+  a dict, which may have a key ``"0"``), since the contract's paths never pass
   through lists.
-* MongoDB compares int, double and Decimal128 as one kind: number conditions
-  say ``"$type": ["int", "long", "double"]``, Decimal ones ``"decimal"``
-  (which also undoes SecantusDB's ``Decimal128("9.99") == 9.99``).
+* The condition on the field itself stays plain (a value, ``$gt``...): a
+  query planner may then serve it from an index. SecantusDB's planner uses an
+  index only for a top-level key whose condition carries no ``$type`` or
+  ``$not`` and only when no top-level ``$and``/``$or``/``$nor`` is present, so
+  the guards are other keys of one flat document, never operators beside the
+  condition.
+* MongoDB compares across BSON types only within a bracket: ``$gt: "a"``
+  matches strings only, ``$gte: <date>`` dates only. So str and date
+  conditions are exact without a ``$type``.
+* MongoDB compares int, double and Decimal128 as one kind: a number condition
+  also matches a Decimal128 of the same value (and SecantusDB matches
+  ``Decimal128("9.99")`` with ``9.99``), a Decimal condition numbers. Saying
+  ``$type`` next to the condition would make it exact but unindexable, so
+  number and Decimal conditions are an indexed superset and Python re-checks
+  the few records they bring along.
 * Embedded documents compare by key order in MongoDB and by content in the
   contract: a dict or list equality is a prefilter, re-checked exactly.
 * Python's regular expressions are not PCRE: ``matches``/``imatches``, the
@@ -48,7 +64,15 @@ from ...backend import (
 )
 from ._encoding import AWARE, DATE, DECIMAL, NAIVE, TAG, decimal128, encode_value, split_datetime
 
-__all__ = ["FALSE", "OPERATORS", "Leaf", "compile_condition", "dotted", "valid_path"]
+__all__ = [
+    "FALSE",
+    "OPERATORS",
+    "Leaf",
+    "compile_condition",
+    "dotted",
+    "exact_equals",
+    "valid_path",
+]
 
 #: Every query operator the compiler may emit.
 OPERATORS: Final = frozenset(
@@ -100,23 +124,43 @@ def dotted(path: Sequence[str]) -> str:
     return ".".join(path)
 
 
-def _on(path: tuple[str, ...], cond: dict[str, Any], *, scalar: bool = True) -> dict[str, Any]:
-    """``cond`` on the field at ``path``, with the guards the contract's paths need."""
+def _on(
+    path: tuple[str, ...], cond: dict[str, Any], *, scalar: bool = True, dicts: bool = False
+) -> dict[str, Any]:
+    """``cond`` on the field at ``path``, with the guards the contract's paths need.
+
+    ``scalar``: the field must not be a list. ``dicts``: ``cond`` may match a
+    dict, which may hold a key ``"0"``, so the list guard goes beside the
+    condition instead of on ``<path>.0``.
+    """
     name = dotted(path)
-    if scalar:
-        cond = {**cond, "$not": NOT_ARRAY}
     out: dict[str, Any] = {}
     for i in range(1, len(path)):
         out[dotted(path[:i])] = {"$not": NOT_ARRAY}
-    out[name] = cond
+    if scalar and dicts:
+        out[name] = {**cond, "$not": NOT_ARRAY}
+        return out
+    # A plain {"$eq": v} is written as v (what a planner matches best); a dict
+    # v stays under "$eq" so that it can never be read as operators.
+    out[name] = cond["$eq"] if cond.keys() == {"$eq"} and type(cond["$eq"]) is not dict else cond
+    if scalar:
+        out[f"{name}.0"] = {"$exists": False}
     return out
 
 
 def _and(filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The conjunction, as one flat document where the keys allow (top-level keys AND)."""
     filters = [f for f in filters if f]
     if not filters:
         return {}
-    return filters[0] if len(filters) == 1 else {"$and": filters}
+    merged: dict[str, Any] = {}
+    rest: list[dict[str, Any]] = []
+    for f in filters:
+        if all(k not in merged or merged[k] == v for k, v in f.items()):
+            merged.update(f)
+        else:
+            rest.append(f)  # a key already holding another condition
+    return merged if not rest else {"$and": [merged, *rest]}
 
 
 def _or(filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,7 +207,8 @@ def _plain_date_op(op: str, us: int) -> str:
 def _equals(path: tuple[str, ...], value: Any) -> Leaf:
     k = kind_of(value)
     if k == "number":
-        return Leaf(_on(path, {"$eq": value, "$type": NUMBER_TYPES}))
+        # Decimal128s of the same value come along: Python drops them.
+        return Leaf(_on(path, {"$eq": value}), False)
     if k in ("str", "bool", "bytes", "date", "datetime", "datetime_tz"):
         return Leaf(_on(path, {"$eq": encode_value(value)}))
     if k == "decimal":
@@ -174,13 +219,30 @@ def _equals(path: tuple[str, ...], value: Any) -> Leaf:
         return Leaf(_on(path, {"$size": len(value)}, scalar=False), False)
     # A dict: MongoDB compares key order too. Its type and each scalar key
     # narrow the records down; Python decides.
-    parts = [_on(path, {"$type": "object"})]
+    parts = [_on(path, {"$type": "object"}, dicts=True)]
     for key, sub in value.items():
         if kind_of(sub) not in ("list", "dict"):
             leaf = _equals((*path, key), sub)
             if leaf.exact:
                 parts.append(leaf.filter)
     return Leaf(_and(parts), False)
+
+
+def exact_equals(path: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    """An exact filter for ``path == value`` (None: there is none), indexed or not.
+
+    For a write that names its record by ``_id`` (compare-and-swap): the
+    ``_id`` picks the record, so a ``$type`` beside the condition costs nothing.
+    """
+    leaf = _equals(path, value)
+    if leaf.exact:
+        return leaf.filter
+    k = kind_of(value)
+    if k == "number":
+        return _on(path, {"$eq": value, "$type": NUMBER_TYPES})
+    if k == "decimal" and decimal128(value) is not None and not _may_equal_tagged(value):
+        return _on(path, {"$eq": decimal128(value), "$type": "decimal"})
+    return None
 
 
 def _bson_equality_is_superset(value: Any) -> bool:
@@ -209,9 +271,9 @@ def _decimal(path: tuple[str, ...], op: str, value: Any) -> Leaf:
     tagged = _tagged(path, DECIMAL, {})
     if d is None:
         return Leaf(tagged, False)
-    native = _on(path, {op: d, "$type": "decimal"})
+    native = _on(path, {op: d})
     if op == "$eq" and not _may_equal_tagged(value):
-        return Leaf(native)
+        return Leaf(native, False)  # numbers of the same value come along
     # Tagged Decimals cannot be compared in the engine: they come along and
     # Python decides.
     return Leaf(_or([native, tagged]), False)
@@ -220,9 +282,9 @@ def _decimal(path: tuple[str, ...], op: str, value: Any) -> Leaf:
 def _compare(path: tuple[str, ...], op: str, value: Any) -> Leaf:
     k = kind_of(value)
     if k == "number":
-        return Leaf(_on(path, {op: value, "$type": NUMBER_TYPES}))
+        return Leaf(_on(path, {op: value}), False)  # Decimal128s in range come along
     if k == "str":
-        return Leaf(_on(path, {op: value, "$type": "string"}))
+        return Leaf(_on(path, {op: value}))  # strings only: BSON's type bracket
     if k == "decimal":
         return _decimal(path, op, value)
     if k == "bytes":
@@ -234,7 +296,7 @@ def _compare(path: tuple[str, ...], op: str, value: Any) -> Leaf:
     floor, us = split_datetime(value)
     if k == "datetime":
         return Leaf(_split_compare(path, NAIVE, op, floor.replace(tzinfo=UTC), us))
-    plain = _on(path, {_plain_date_op(op, us): floor, "$type": "date"})
+    plain = _on(path, {_plain_date_op(op, us): floor})  # dates only: the bracket
     return Leaf(_or([plain, _split_compare(path, AWARE, op, floor, us)]))
 
 
@@ -251,7 +313,7 @@ def _year(path: tuple[str, ...], year: int) -> Leaf:
                 _tagged(path, DATE, {"_t": span}),
                 _tagged(path, NAIVE, {"_t": span}),
                 _tagged(path, AWARE, {"_t": span}),
-                _on(path, {**span, "$type": "date"}),
+                _on(path, span),
             ]
         )
     )
@@ -334,7 +396,7 @@ def lookup_filter(lk: Lookup) -> Leaf:
             return Leaf(_on(path, {"$type": ["string", "array"]}, scalar=False))
         return _and_leaves([_contains_any(path, [v]) for v in value])
     if op == "startswith":
-        cond: dict[str, Any] = {"$gte": value, "$type": "string"}
+        cond: dict[str, Any] = {"$gte": value}  # strings only: BSON's type bracket
         successor = _str_successor(value)
         if successor is not None:
             cond["$lt"] = successor

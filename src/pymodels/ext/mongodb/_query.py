@@ -13,10 +13,23 @@ while every ``_id`` is a str.
 
 Which kinds the records hold is learned from the first batch the engine
 returns: when that batch is the whole result the decision is made on it
-alone; otherwise one ``find_one`` probe asks the server for a matching record
-with another kind at a sort key (or an array on the way to it). When there is
-one, the query sorts in Python: the sort keys of every match, then the
-records of the slice.
+alone; otherwise one ``find_one`` probe asks the server whether the engine's
+order can differ from the contract's. When it can, the query sorts in Python:
+the sort keys of every match, then the records of the slice.
+
+With one top-level sort key (then the pk) and a batch whose values there are
+all of one kind C (or absent), the probe asks only for a matching record
+holding a value of a *danger* type for C (:data:`DANGER`): a BSON type that
+BSON and the contract place on different sides of C, or that BSON interleaves
+with C (arrays sort by an element, Decimal128 among numbers, a tagged value
+among embedded documents). Without one, every other type sits on the same side
+of C in both orders, absent values first ascending and last descending in
+both, and C sorts alike: so a page holding only C and absent values is the
+contract's page at any offset. That probe is one flat filter (the query's
+keys plus a ``$type`` on the sort key), which a planner serves from the
+query's index. Other orders ask for any other kind at any key or a list on
+any key's path: one flat probe per key (a ``$type`` listing every other
+type, arrays included) and per prefix of a dotted key.
 """
 
 from __future__ import annotations
@@ -29,7 +42,16 @@ from ...backend import MISSING, BaseQuery, Compiled, Item, OrderKey, get_path
 from ._compiler import NUMBER_TYPES, dotted, valid_path
 from ._encoding import decimal128
 
-__all__ = ["FIRST_BATCH", "SORT_TYPES", "Query", "classes_of", "sort_spec", "stages"]
+__all__ = [
+    "DANGER",
+    "FIRST_BATCH",
+    "SORT_TYPES",
+    "Query",
+    "classes_of",
+    "other_types",
+    "sort_spec",
+    "stages",
+]
 
 #: Records fetched before deciding whether the engine's order can be kept.
 FIRST_BATCH = 1000
@@ -42,6 +64,49 @@ SORT_TYPES: dict[str, Any] = {
     "str": "string",
     "aware": "date",
 }
+
+
+#: BSON types outside the value domain: never taken for safe.
+_FOREIGN = ["timestamp", "regex", "minKey", "maxKey", "javascript"]
+_NUMBERS = ["int", "long", "double"]
+
+#: Per engine-sortable kind C, the BSON types a record may hold at the sort key
+#: only when Python sorts: ordered against C differently by BSON and by the
+#: contract (absent < bool < number < Decimal < str < bytes < date < naive <
+#: aware < list < dict; BSON: null < numbers and Decimal128 < string < object
+#: < array < binData < objectId < bool < date), or interleaved with C by BSON
+#: (arrays by an element, Decimal128 with numbers, tagged values with dicts).
+DANGER: dict[str, list[str]] = {
+    "number": ["bool", "decimal", "array", *_FOREIGN],
+    "decimal": ["bool", *_NUMBERS, "array", "object", *_FOREIGN],
+    # ObjectIds read as str; tagged Decimals are objects.
+    "str": ["bool", "array", "object", "objectId", *_FOREIGN],
+    "bool": [*_NUMBERS, "decimal", "string", "object", "array", "binData", "objectId", *_FOREIGN],
+    # Off-millisecond aware datetimes and dicts are objects.
+    "aware": ["object", "array", *_FOREIGN],
+}
+
+
+#: Every BSON type a stored value may have (null aside, which reads as absent).
+_ALL_TYPES = [
+    *_NUMBERS,
+    "decimal",
+    "string",
+    "object",
+    "array",
+    "binData",
+    "objectId",
+    "bool",
+    "date",
+    *_FOREIGN,
+]
+
+
+def other_types(kind: str) -> list[str]:
+    """The BSON types of every value not of ``kind`` (arrays included)."""
+    own = SORT_TYPES[kind]
+    own = own if isinstance(own, list) else [own]
+    return [t for t in _ALL_TYPES if t not in own]
 
 
 def _sort_class(value: Any) -> str | None:

@@ -22,6 +22,7 @@ try:
     from bson.codec_options import CodecOptions
     from pymongo.client_session import ClientSession
     from pymongo.collection import Collection
+    from pymongo.write_concern import WriteConcern
 except ImportError as e:  # pragma: no cover - depends on the environment
     from ...backend import BackendUnavailable
 
@@ -37,10 +38,12 @@ from ...backend import (
     BaseQuery,
     BaseSettings,
     BaseStorage,
+    BulkWriteError,
     Change,
     Compiled,
     ConfigurationError,
     ConnectionFailed,
+    Document,
     Features,
     IndexSpec,
     IntegrityError,
@@ -51,11 +54,28 @@ from ...backend import (
     OrderKey,
     PyModelsError,
     StorageNotFound,
+    ValidationError,
     sort_items,
+    stored_record,
 )
-from ._compiler import NOT_ARRAY, NUMBER_TYPES, compile_condition, dotted, valid_path
+from ._compiler import (
+    NOT_ARRAY,
+    NUMBER_TYPES,
+    compile_condition,
+    dotted,
+    exact_equals,
+    valid_path,
+)
 from ._encoding import TAG, decode_record, encode_record, encode_value
-from ._query import FIRST_BATCH, SORT_TYPES, Query, classes_of, sort_spec, stages
+from ._query import (
+    DANGER,
+    FIRST_BATCH,
+    Query,
+    classes_of,
+    other_types,
+    sort_spec,
+    stages,
+)
 
 __all__ = ["META_COLLECTION", "Settings", "Storage", "features"]
 
@@ -74,14 +94,17 @@ features = Features(
     thread_safe=True,
     fork_safe=True,
     concurrent_processes=True,
-    # No: every write the server acknowledged survives the client's crash, but
-    # a multi-document write in flight (clear, a query's delete or update)
-    # goes on in the server after the client died, so the store is not yet
-    # what it will be when the storage is reopened (docs/mongodb.md).
-    crash_safe=False,
+    # The client's SIGKILL (the suite's kill test, run against SecantusDB): every
+    # write the server acknowledged is there, a transaction whole or not at all.
+    # The server's own crash is the server's journal's business: the default
+    # write concern is majority and journaled (docs/mongodb.md).
+    crash_safe=True,
     persistent=True,
     networked=True,
 )
+
+#: Matches a small ordered page reads, to know their kinds without a probe (_checked_order).
+SMALL_PAGE = 256
 
 #: The collection holding the library's own data (one document per collection of records).
 META_COLLECTION = "pymodels_meta"
@@ -207,7 +230,9 @@ class Storage(BaseStorage):
         if name is None and s.url is not None:
             with contextlib.suppress(pymongo.errors.ConfigurationError):
                 name = self._client.get_default_database().name
-        self._db = self._client.get_database(name or "pymodels", codec_options=_CODEC)
+        self._db = self._client.get_database(
+            name or "pymodels", codec_options=_CODEC, write_concern=self._write_concern()
+        )
         self._coll: Collection[Any] = self._db.get_collection(s.collection)
         self._meta = self._db.get_collection(META_COLLECTION)
         with self._guard():
@@ -241,6 +266,17 @@ class Storage(BaseStorage):
                 f"this pymodels reads format {FORMAT_VERSION}"
             )
 
+    def _write_concern(self) -> WriteConcern:
+        """The client's write concern where one was given, else majority and journaled.
+
+        An acknowledged write is then on a majority of the replica set's members and
+        in their journals (on disk where the server syncs its journal at commit:
+        ``mongod``; SecantusDB with ``--sync-on-commit``), so it survives the
+        primary's crash and a failover, not only the client's (docs/mongodb.md).
+        """
+        given = self._client.write_concern
+        return given if not given.is_server_default else WriteConcern(w="majority", j=True)
+
     @property
     def collection(self) -> Collection[Any]:
         """The pymongo collection holding the records (a fresh client after fork())."""
@@ -254,7 +290,9 @@ class Storage(BaseStorage):
         if not self._owned:
             raise PyModelsError("mongodb: a storage on a given client cannot be used after fork()")
         self._client = self._connect()
-        self._db = self._client.get_database(self._db.name, codec_options=_CODEC)
+        self._db = self._client.get_database(
+            self._db.name, codec_options=_CODEC, write_concern=self._write_concern()
+        )
         self._coll = self._db.get_collection(self._coll.name)
         self._meta = self._db.get_collection(META_COLLECTION)
         self._tx = threading.local()
@@ -408,6 +446,56 @@ class Storage(BaseStorage):
                 # the batch one by one (never overwriting).
                 self.collection.insert_many(docs, ordered=True, session=self.session)
 
+    def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
+        # With transactions the base class inserts the batch in one (_store_many).
+        # Without (a standalone server), mappings still go as one ordered
+        # insert_many: the records before a failing one stay written, as the
+        # contract says for engines without transactions. Documents take the
+        # base class's path (their indexes and saved state).
+        if self.features.transactions or any(
+            type(item) is not dict and isinstance(item, Document) for item in batch
+        ):
+            super()._save_batch(start, batch, written)
+            return
+        records: list[dict[str, Any]] = []
+        failure: tuple[int, PyModelsError] | None = None
+        for index, item in enumerate(batch, start):
+            try:
+                if not isinstance(item, Mapping):
+                    raise ValidationError(
+                        f"save_many takes Documents or mappings, not {type(item).__name__}"
+                    )
+                records.append(stored_record(item))
+            except ValidationError as e:
+                failure = (index, e)
+                break
+        pks = self._new_pks(len(records))
+        done = 0
+        while done < len(records):
+            docs = [encode_record(pk, r) for pk, r in zip(pks[done:], records[done:], strict=True)]
+            try:
+                with self._guard():
+                    self.collection.insert_many(docs, ordered=True)
+                done = len(records)
+            except IntegrityError as e:
+                cause = e.__cause__
+                details = cause.details if isinstance(cause, pymongo.errors.BulkWriteError) else {}
+                first = (details.get("writeErrors") or [{}])[0]
+                done += int(details.get("nInserted", 0))
+                if first.get("keyPattern", {"_id": 1}) == {"_id": 1} and "index" in first:
+                    # A generated pk that clashes (however unlikely) is replaced,
+                    # never written over the record that has it.
+                    pks[done] = self._new_pk()
+                    continue
+                failure = (start + done, e)  # before any invalid item: it fails first
+                break
+        written.extend(pks[:done])
+        if failure is not None:
+            index, error = failure
+            raise BulkWriteError(
+                f"save_many failed at item {index}: {error}", index=index, written_pks=written
+            ) from error
+
     def _keys(self) -> Iterator[str]:
         for pk, _ in self._find({}, None, 0, None, projection={"_id": 1}):
             yield pk
@@ -429,7 +517,7 @@ class Storage(BaseStorage):
         _ = self.collection  # after fork(): this process's own client first
         with self._guard():
             session = self._client.start_session()
-            session.start_transaction()
+            session.start_transaction(write_concern=self._db.write_concern)
         self._tx.session = session
         self._tx.used = False
 
@@ -500,7 +588,7 @@ class Storage(BaseStorage):
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
             with self._guard():
-                session.start_transaction()
+                session.start_transaction(write_concern=self._db.write_concern)
 
     def _can_index_now(self) -> bool:
         # MongoDB creates indexes outside transactions only.
@@ -562,13 +650,13 @@ class Storage(BaseStorage):
     ) -> bool:
         if expected is None:
             return self._store(pk, record, overwrite=False)
+        condition: dict[str, Any] | None
         if expected is MISSING:
-            lookup = Lookup((field,), "exists", False)
+            condition = compile_condition(Lookup((field,), "exists", False)).native
         else:
-            lookup = Lookup((field,), "equals", expected)
-        compiled = compile_condition(lookup)
-        if compiled.residual is not None:
-            return super()._compare_and_store(pk, record, field, expected)
+            condition = exact_equals((field,), expected)
+            if condition is None:
+                return super()._compare_and_store(pk, record, field, expected)
         with self._guard():
             found = self.collection.find_one(
                 {"_id": self._id_filter(pk)}, {"_id": 1}, session=self.session
@@ -578,7 +666,7 @@ class Storage(BaseStorage):
             _id = found["_id"]
             try:
                 result = self.collection.replace_one(
-                    {"$and": [{"_id": _id}, compiled.native or {}]},
+                    {"$and": [{"_id": _id}, condition or {}]},
                     encode_record(_id, record),
                     session=self.session,
                 )
@@ -617,6 +705,26 @@ class Storage(BaseStorage):
         limit: int | None,
     ) -> Iterator[Item]:
         """The engine's order where the records' kinds allow it, else Python's (see _query)."""
+        if limit is not None and offset + limit <= SMALL_PAGE:
+            # A small page reads up to SMALL_PAGE matches: when that is all of
+            # them their kinds are known without a probe (which would read
+            # every match on the server anyway).
+            rows = list(self._find(flt, sort_spec(order), 0, SMALL_PAGE))
+            classes = classes_of(rows, keys)
+            if len(rows) < SMALL_PAGE:
+                if classes is None:
+                    sort_items(rows, order)
+                yield from rows[offset : offset + limit]
+                return
+            if (
+                classes is None
+                or any(c is None for c in classes)
+                or self._mixed(flt, keys, classes)
+            ):
+                yield from self._python_order(flt, order, offset, limit)
+                return
+            yield from rows[offset : offset + limit]
+            return
         batch_size = FIRST_BATCH if limit is None else min(limit, FIRST_BATCH)
         stream = self._find(flt, sort_spec(order), offset, limit)
         rows = list(itertools.islice(stream, batch_size))
@@ -635,20 +743,28 @@ class Storage(BaseStorage):
         yield from stream
 
     def _mixed(self, flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]) -> bool:
-        """Whether a matching record holds another kind at a key (or a list on its path)."""
+        """Whether a matching record may sort otherwise in BSON than in the contract (_query)."""
+        probe = _danger_probe(flt, keys, classes)
+        if probe is not None:
+            with self._guard():
+                found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
+            return found is not None
+        # One flat probe per condition (a planner serves each from the query's
+        # index; SecantusDB would scan an $or of them): another type at a key,
+        # arrays included, or an array on the way to a dotted key.
         branches: list[dict[str, Any]] = []
         for key, kind in zip(keys, classes, strict=True):
-            name = dotted(key.path)
-            branches.append(
-                {name: {"$exists": True, "$ne": None, "$not": {"$type": SORT_TYPES[str(kind)]}}}
-            )
+            branches.append({dotted(key.path): {"$type": other_types(str(kind))}})
             branches.extend(
-                {dotted(key.path[:i]): {"$type": "array"}} for i in range(1, len(key.path) + 1)
+                {dotted(key.path[:i]): {"$type": "array"}} for i in range(1, len(key.path))
             )
-        probe = {"$and": [flt, {"$or": branches}]} if flt else {"$or": branches}
-        with self._guard():
-            found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
-        return found is not None
+        for branch in branches:
+            probe = {**flt, **branch} if not branch.keys() & flt.keys() else {"$and": [flt, branch]}
+            with self._guard():
+                found = self.collection.find_one(probe, {"_id": 1}, session=self.session)
+            if found is not None:
+                return True
+        return False
 
     def _python_order(
         self, flt: dict[str, Any], order: tuple[OrderKey, ...], offset: int, limit: int | None
@@ -726,6 +842,28 @@ class Storage(BaseStorage):
                 yield self._decode(doc)
         finally:
             cursor.close()
+
+
+def _danger_probe(
+    flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]
+) -> dict[str, Any] | None:
+    """The one flat filter finding a match with a danger type at the one sort key, or None.
+
+    None when the order has several keys or a dotted one, or the query's own
+    condition on the key cannot take a ``$type`` beside it.
+    """
+    if len(keys) != 1 or len(keys[0].path) != 1 or classes[0] is None:
+        return None
+    name = keys[0].path[0]
+    danger = {"$type": DANGER[classes[0]]}
+    if name not in flt:
+        return {**flt, name: danger}
+    cond = flt[name]
+    if type(cond) is not dict:
+        return {**flt, name: {"$eq": cond, **danger}}
+    if all(k.startswith("$") for k in cond) and "$type" not in cond:
+        return {**flt, name: {**cond, **danger}}
+    return None
 
 
 def _duplicate_message(details: Mapping[str, Any] | None) -> str:
