@@ -15,7 +15,7 @@ import decimal
 import itertools
 import typing
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ...backend import (
     BATCH_SIZE,
@@ -46,6 +46,13 @@ __all__ = ["TokyoStorage", "decode_pk", "default_index_kind"]
 
 class TokyoStorage(BaseStorage):
     """A storage over a Tokyo table: the Cabinet file directly, or a Tyrant server."""
+
+    #: Keys an ordered slice asks for beyond the slice and the one key after it, so that
+    #: ties of its last record are mostly found among them without a second search (see
+    #: ``_top``; 0: none, else at least the slice's length). Worth it
+    #: where reading a key costs little (the Cabinet file); a server reads and sends
+    #: each one, so Tyrant asks for none and pays a second search only on a tie.
+    _ties_ahead: ClassVar[int] = 64
 
     # ------------------------------------------------------- the backend's side
 
@@ -187,7 +194,9 @@ class TokyoStorage(BaseStorage):
             yield from itertools.islice(self._ordered_stream(plan, oplan, offset), limit)
             return
         col = oplan.column
-        fetch = want + 1 + max(want, _TIES_AHEAD)
+        # One key past the slice tells whether a tie crosses the cut; the look-ahead, if
+        # any, is at least the slice's length.
+        fetch = want + 1 + (max(want, self._ties_ahead) if self._ties_ahead else 0)
         keys = self._tc_search(plan, (col, oplan.tc_order), fetch)
         raw = self._load_raw(keys[: want + 1])
         if any(c is None for c in raw):
@@ -284,9 +293,6 @@ class TokyoStorage(BaseStorage):
 
 #: Tokyo's query limit is a C int.
 _MAX_LIMIT: Final = 2**31 - 2
-#: Keys an ordered slice asks for beyond the slice, so that ties of its last record are
-#: mostly found among them (see TokyoStorage._top).
-_TIES_AHEAD: Final = 64
 
 
 def decode_pk(key: bytes) -> str:
