@@ -8,20 +8,26 @@ import gc
 import importlib
 import os
 import pickle
+import random
 import shelve
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pymodels
 from pymodels import ConfigurationError, Document
 from pymodels.ext.shelve import META_KEY
+from pymodels.query import BaseQuery
+from pymodels.storage import BaseStorage
 
 
 def _has(name: str) -> bool:
@@ -676,3 +682,111 @@ def test_a_kill_inside_a_checkpoint_loses_nothing(
     assert not Path(f"{path}.snapshot.tmp").exists()
     with open_shelf(path) as s:  # and again, after a clean close
         assert len(s) == 31
+
+
+# ---------------------------------------------------------------- streaming in pk order
+
+
+@pytest.fixture
+def small_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs of 7 pks in blocks of 3 (so a few dozen records spill), in a directory to watch."""
+    from pymodels.ext.shelve import _storage
+
+    monkeypatch.setattr(_storage, "RUN_SIZE", 7)
+    monkeypatch.setattr(_storage, "RUN_BLOCK", 3)
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    return spill
+
+
+def _random_records(seed: int, n: int) -> dict[str, dict[str, object]]:
+    rng = random.Random(seed)
+    alphabet = "abAB09_-é€\U0001f600 z"
+    records: dict[str, dict[str, object]] = {}
+    while len(records) < n:
+        pk = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+        records[pk] = {"age": rng.randint(0, 9), "name": rng.choice(["x", "y", "z"])}
+    return records
+
+
+@pytest.mark.parametrize("module", DBMS)
+@pytest.mark.parametrize("seed", range(4))
+def test_pk_order_spilled_to_runs_answers_as_the_memory_backend(
+    tmp_path: Path, small_runs: Path, module: str, seed: int
+) -> None:
+    records = _random_records(seed, 5 + seed * 23)  # 5 (no spill) up to 74 (ten runs)
+    reference = pymodels.get_storage({"backend": "memory"})
+    with open_shelf(tmp_path / "shelf", dbm=module) as s, reference:
+        for pk, record in records.items():
+            s.save(record, primary_key=pk)
+            reference.save(record, primary_key=pk)
+        pks = sorted(records)
+        mid = pks[len(pks) // 2]
+        queries: list[Callable[[BaseStorage], BaseQuery[Any]]] = [
+            lambda st: st.query(),
+            lambda st: st.query()[2:6],  # a short slice: the bounded heap, not runs
+            lambda st: st.query().order_by("-pk")[:5],
+            lambda st: st.query().where(age__gt=4),
+            lambda st: st.query().order_by("-pk"),
+            lambda st: st.query().where(name="y").order_by("-pk")[2:9],
+            lambda st: st.query()[3:20],
+            lambda st: st.query()[6:],
+            lambda st: st.query()[:100],
+            lambda st: st.query().order_by("pk").after(mid),
+            lambda st: st.query().order_by("age", "-pk"),  # not streamed: the generic sort
+        ]
+        for make in queries:
+            got = [(d.pk, d["age"]) for d in make(s)]
+            assert got == [(d.pk, d["age"]) for d in make(reference)]
+        assert [d.pk for d in s.query()] == pks
+        assert s.query().first().pk == pks[0]  # type: ignore[union-attr]
+        assert s.query().where(age__gt=4).count() == sum(r["age"] > 4 for r in records.values())  # type: ignore[operator]
+    assert list(small_runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_spilled_runs_are_removed_when_iteration_ends_stops_or_fails(
+    tmp_path: Path, small_runs: Path, module: str
+) -> None:
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm=module) as s:
+        s.save_many({"n": i} for i in range(40))
+        it = iter(s.query())
+        first = next(it)
+        assert list(small_runs.iterdir()) != []  # spilled while the iterator lives
+        assert len(list(it)) == 39 and first.pk == min(s.query().values("pk"))
+        assert list(small_runs.iterdir()) == []
+        abandoned = iter(s.query().where(n__gte=0))
+        next(abandoned)
+        assert list(small_runs.iterdir()) != []
+        del abandoned  # a dropped iterator is closed: its generator's finally runs
+        gc.collect()
+        assert list(small_runs.iterdir()) == []
+    db = importlib.import_module(module).open(str(path), "w")
+    db[b"trunc"] = pickle.dumps({"n": 3})[:-3]  # a record cut short
+    db.close()
+    with (
+        open_shelf(path, dbm=module, recover=True) as s,
+        pytest.raises(pymodels.CorruptData, match="trunc"),
+    ):
+        list(s.query())
+    assert list(small_runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", DBMS)
+def test_records_removed_or_added_while_streaming(
+    tmp_path: Path, small_runs: Path, module: str
+) -> None:
+    with open_shelf(tmp_path / "shelf", dbm=module) as s:
+        for i in range(30):
+            s.save({"n": i}, primary_key=f"k{i:02}")
+        seen = []
+        for doc in s.query():
+            seen.append(doc.pk)
+            if doc.pk == "k05":
+                s.delete("k20")  # not reached yet: skipped
+                s.delete("k03")  # already yielded
+                s.save({"n": -1}, primary_key="k99")  # after the keys were read: not seen
+        assert seen == [f"k{i:02}" for i in range(30) if i != 20]
+        assert [d.pk for d in s.query()][-1] == "k99"

@@ -7,8 +7,10 @@ import dataclasses
 import dbm
 import errno
 import fcntl
+import heapq
 import importlib
 import io
+import itertools
 import logging
 import os
 import pickle
@@ -16,7 +18,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -33,7 +35,9 @@ from ...backend import (
     CorruptData,
     Document,
     Features,
+    Item,
     LockTimeout,
+    OrderKey,
     PyModelsError,
     StorageNotFound,
     ValidationError,
@@ -75,6 +79,11 @@ _SUFFIXES = ("", ".db", ".dat", ".dir", ".pag", ".bak", ".snapshot", ".journal")
 #: once the journal holds this many bytes, or the data file's size if larger:
 #: copying costs at most one byte per byte journaled.
 CHECKPOINT_BYTES = 4 << 20
+#: A query in pk order holds at most this many pks in memory: more are sorted in
+#: runs of this size, spilled to temporary files and merged (external merge sort).
+RUN_SIZE = 50_000
+#: Pks per block of a spilled run: what each run holds in memory while merging.
+RUN_BLOCK = 1_000
 
 T = TypeVar("T")
 
@@ -109,7 +118,15 @@ class Settings(BaseSettings):
 
 
 class Query(BaseQuery[Any]):
-    """Every query scans the shelf; conditions, order and slices run in Python."""
+    """Every query scans the shelf; conditions, order and slices run in Python.
+
+    pk order (the default) is streamed by the storage: its pks sorted in runs
+    spilled to temporary files and merged, records loaded as the merge goes, so
+    iterating holds no list of every pk (see ``Storage._select``).
+    """
+
+    def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
+        return native is None and len(order) == 1 and order[0].is_pk
 
 
 class Storage(BaseStorage):
@@ -470,6 +487,74 @@ class Storage(BaseStorage):
             if record is not None:
                 yield pk, record
 
+    def _select(
+        self, native: Any, order: Any, offset: int, limit: int | None
+    ) -> Iterator[Item] | list[Item]:
+        if native is not None or order is None:
+            return super()._select(native, order, offset, limit)
+        # Only pk order comes here (Query._engine_order accepts nothing else).
+        stop = None if limit is None else offset + limit
+        return self._in_pk_order(bool(order[0].descending), offset, stop)
+
+    def _in_pk_order(self, descending: bool, offset: int, stop: int | None) -> Iterator[Item]:
+        """Every record in pk order (``[offset:stop]`` of it), holding no list of every pk.
+
+        UTF-8 keeps code point order, so stored keys sort as their pks do. At
+        most RUN_SIZE keys are held: beyond that, sorted runs go to temporary
+        files (removed when this generator ends, is closed or is collected)
+        and are merged; a short slice keeps only its ``stop`` first keys.
+        Records are loaded as the merge reaches them; one removed since the
+        keys were read is skipped.
+        """
+        path = self.settings.path
+        spill: str | None = None
+        runs: list[IO[bytes]] = []
+        try:
+            ordered: Iterable[bytes]
+            with self._lock:
+                # The whole walk under the lock (as one keys() call was): a write
+                # between two nextkey calls could make gdbm skip or repeat keys.
+                try:
+                    keys = _record_keys(self._db, path)
+                    if stop is not None and stop <= RUN_SIZE:
+                        ordered = (heapq.nlargest if descending else heapq.nsmallest)(stop, keys)
+                    else:
+                        chunk: list[bytes] = []
+                        for key in keys:
+                            chunk.append(key)
+                            if len(chunk) >= RUN_SIZE:
+                                try:
+                                    if spill is None:
+                                        spill = tempfile.mkdtemp(prefix="pymodels-shelve-query-")
+                                    runs.append(_spill_run(spill, len(runs), chunk, descending))
+                                except OSError as e:
+                                    raise PyModelsError(
+                                        f"cannot sort the pks of a query on {path} in a "
+                                        f"temporary directory ({spill or tempfile.gettempdir()}): "
+                                        f"{e.strerror or e} (TMPDIR chooses another)"
+                                    ) from e
+                                chunk = []
+                        chunk.sort(reverse=descending)
+                        if runs:
+                            readers = [_read_run(run) for run in runs]
+                            ordered = heapq.merge(*readers, chunk, reverse=descending)
+                        else:
+                            ordered = chunk
+                except PyModelsError:
+                    raise
+                except Exception as e:
+                    raise _error(path, "read", None, e) from e
+            for key in itertools.islice(ordered, offset, stop):
+                pk = key.decode()
+                record = self._load(pk)
+                if record is not None:
+                    yield pk, record
+        finally:
+            for run in runs:
+                run.close()
+            if spill is not None:
+                shutil.rmtree(spill, ignore_errors=True)
+
     def _count(self) -> int:
         with self._lock:
             total = self._call(lambda: len(self._db), "read")
@@ -729,6 +814,59 @@ def _loads(data: bytes, path: str, pk: str) -> dict[str, Any]:
             pk=pk,
         )
     return value
+
+
+# ---------------------------------------------------------------- pk order
+
+
+def _record_keys(db: Any, path: str) -> Iterator[bytes]:
+    """Every record's key as stored (no metadata), each checked to be a pk's UTF-8.
+
+    dbm.gnu walks its keys one at a time; the other modules can only list them.
+    """
+    meta = META_KEY.encode()
+    walk: Iterable[bytes] = _gnu_walk(db) if hasattr(db, "firstkey") else db.keys()
+    for key in walk:
+        if key == meta:
+            continue
+        try:
+            key.decode()
+        except UnicodeDecodeError as e:
+            raise CorruptData(
+                f"{path}: key {key!r} is not UTF-8 (not a pymodels pk)", path=path
+            ) from e
+        yield key
+
+
+def _gnu_walk(db: Any) -> Iterator[bytes]:
+    key = db.firstkey()
+    while key is not None:
+        yield key
+        key = db.nextkey(key)
+
+
+def _spill_run(directory: str, number: int, keys: list[bytes], descending: bool) -> IO[bytes]:
+    """Sort ``keys`` into a run file in ``directory``; return it open for reading, at its start."""
+    keys.sort(reverse=descending)
+    handle = open(os.path.join(directory, f"run{number}"), "w+b")  # noqa: SIM115
+    try:
+        for start in range(0, len(keys), RUN_BLOCK):
+            pickle.dump(keys[start : start + RUN_BLOCK], handle, pickle.HIGHEST_PROTOCOL)
+        handle.seek(0)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _read_run(handle: IO[bytes]) -> Iterator[bytes]:
+    # Our own file in a private directory; the safe loader all the same.
+    while True:
+        try:
+            block = _SafeUnpickler(handle).load()
+        except EOFError:
+            return
+        yield from block
 
 
 # ---------------------------------------------------------------- errors
