@@ -23,7 +23,9 @@ def make_records(n: int) -> list[dict[str, Any]]:
         {
             "name": f"name{i:07}",
             "email": f"user{i}@example.com",
-            "age": 18 + i * 7 % 70,
+            # 18-90 and independent of the city (i % 50): about 27 records per age in a
+            # city, so an ordered page of a city is not one run of ties.
+            "age": 18 + i // 50 * 7 % 73,
             "score": (i * 7919 % 10_000) / 100,
             "city": CITIES[i % 50],
             "tags": [f"t{i % 7}", f"u{i % 11}"],
