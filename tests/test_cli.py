@@ -35,7 +35,7 @@ EXE = Path(sys.executable).with_name("pymodels")
 REQUIRED = bool(os.environ.get("PYMODELS_REQUIRE_ENGINES"))
 _tables = itertools.count()
 
-#: One record holding every kind of the value domain (API.md section 3).
+#: One record holding every kind of the value domain (docs/guide.md, "Values").
 EVERY_KIND = {
     "text": 'Ünïcode ✓ "quoted" $ % _',
     "big": 2**63 - 1,

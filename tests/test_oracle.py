@@ -1,4 +1,4 @@
-"""Pins the conformance oracle to API.md §4 with hand-written cases, and checks that the
+"""Pins the conformance oracle to docs/queries.md with hand-written cases, and checks that the
 strategies stay inside the value domain and produce well-formed specs."""
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def test_wrong_value_kinds_are_rejected(key: str, value: Any) -> None:
 
 # --- order -----------------------------------------------------------------------------------
 
-# One value of every kind, in the total order of API.md §4 (strictly increasing).
+# One value of every kind, in the total order of docs/queries.md (strictly increasing).
 RANKED: list[Any] = [
     False,
     True,

@@ -1,4 +1,4 @@
-"""The value domain (API.md section 3) and the total order of values.
+"""The value domain (docs/guide.md, "Values") and the total order of values.
 
 Everything here is pure: validation and normalisation of values before they
 are stored, the kind of a value, deep strict equality, and the sort key that
@@ -342,7 +342,7 @@ _SCALARS: Final = frozenset(
 
 
 def strict_equal(a: Any, b: Any) -> bool:
-    """Deep strict equality of two domain values (API.md section 4)."""
+    """Deep strict equality of two domain values (docs/queries.md)."""
     t = type(a)
     if t is type(b) and t in _SCALARS:
         # Same scalar type: Python's == is the contract's (naive == aware is False).

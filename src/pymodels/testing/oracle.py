@@ -1,4 +1,4 @@
-"""The conformance suite's oracle: a naive evaluator of the query semantics of API.md §4.
+"""The conformance suite's oracle: a naive evaluator of the query semantics of docs/queries.md.
 
 This module is the suite's second opinion. It shares no code with the library (it imports
 nothing from ``pymodels``; stdlib only) and favours being obviously right over being fast:
@@ -59,7 +59,7 @@ class _Absent:
 
 ABSENT: Final = _Absent()
 
-# The type rank of API.md §4 "Order", lowest first. The names double as the kinds of the
+# The type rank of docs/queries.md, "Ordering", lowest first. The names double as the kinds of the
 # strictness rules: two values are comparable at all only if their kinds are equal.
 _RANK: Final = (
     "absent",
@@ -104,11 +104,11 @@ def kind(value: Any) -> str:
         return "list"
     if isinstance(value, dict):
         return "dict"
-    raise TypeError(f"not a value of the domain (API.md §3): {value!r}")
+    raise TypeError(f"not a value of the domain (docs/guide.md, Values): {value!r}")
 
 
 def valid_field_name(name: object) -> bool:
-    """Whether ``name`` may be a field name at any depth (API.md §3 "Field names")."""
+    """Whether ``name`` may be a field name at any depth (docs/guide.md, "Values")."""
     return (
         isinstance(name, str)
         and name != ""
@@ -118,7 +118,7 @@ def valid_field_name(name: object) -> bool:
 
 
 def in_domain(value: Any) -> bool:
-    """Whether ``value`` is a storable value of API.md §3, checked recursively."""
+    """Whether ``value`` is a storable value (docs/guide.md, "Values"), checked recursively."""
     try:
         k = kind(value)
     except TypeError:
@@ -172,7 +172,7 @@ def _sign(a: Any, b: Any) -> int:
 
 
 def compare(a: Any, b: Any) -> int:
-    """Three-way comparison (-1, 0, 1) in the total order of API.md §4 "Order".
+    """Three-way comparison (-1, 0, 1) in the total order of docs/queries.md, "Ordering".
 
     Different kinds compare by type rank (``ABSENT`` lowest); within a kind, Python's order,
     with lists element by element and dicts as their sorted ``[key, value]`` pairs.
@@ -209,11 +209,11 @@ def resolve(record: Mapping[str, Any], path: Sequence[str]) -> Any:
         if not isinstance(value, Mapping) or part not in value:
             return ABSENT
         value = value[part]
-    # A stored null reads as absent (API.md §3).
+    # A stored null reads as absent (docs/guide.md, "Values").
     return ABSENT if value is None else value
 
 
-# --- the op table of API.md §4 -------------------------------------------------------------
+# --- the op table of docs/queries.md -------------------------------------------------------------
 
 
 def _contains(field: Any, item: Any) -> bool:
@@ -281,7 +281,7 @@ _EVAL: Final[dict[str, Callable[[Any, Any], bool]]] = {
 }
 
 OPS: Final = frozenset({"exists", *_EVAL})
-"""Every lookup op name of API.md §4."""
+"""Every lookup op name of docs/queries.md."""
 
 _STR_OPS: Final = frozenset(
     {"startswith", "endswith", "iequals", "icontains", "istartswith", "iendswith", "like"}

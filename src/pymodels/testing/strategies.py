@@ -2,13 +2,14 @@
 
 Conditions and queries come out as the plain-data specs of ``pymodels.testing.oracle``
 (``CondSpec`` tuples and ``QuerySpec`` dicts), so the oracle evaluates them directly and
-``to_query`` turns them into library queries through the public API of API.md §4 only.
+``to_query`` turns them into library queries through the public API of docs/queries.md only.
 
 Query values are derived from the records they will run against (``query_for``,
 ``query_cases``), so that conditions often hit: a random str almost never ``startswith``
 another random str.
 
-Numbers: API.md §4 leaves int/float comparisons beyond 2**53 in magnitude unspecified.
+Numbers: the contract (docs/queries.md) leaves int/float comparisons beyond 2**53 in
+magnitude unspecified.
 Strategies meant for queries therefore default to ``big_floats=False`` (floats stay below
 2**53 in magnitude while ints still reach ±2**63, which keeps every int/float comparison
 exact on any engine); round-trip tests can use ``big_floats=True``.
@@ -76,7 +77,7 @@ OPS: tuple[str, ...] = (
     "day",
     "like",
 )
-"""The op table of API.md §4, kept here separately from the oracle's on purpose."""
+"""The op table of docs/queries.md, kept here separately from the oracle's on purpose."""
 
 # A small pool so that generated queries hit generated records. It covers a plain name,
 # non-ASCII names, a space, a comma, quote/percent/star/caret (SQL, LIKE and glob syntax),
@@ -193,7 +194,7 @@ def scalars_of_kind(kind: str, *, big_floats: bool = True) -> st.SearchStrategy[
 
 @cache
 def scalars(*, big_floats: bool = True) -> st.SearchStrategy[Any]:
-    """Any scalar of the value domain (API.md §3)."""
+    """Any scalar of the value domain (docs/guide.md, "Values")."""
     kinds = ("bool", "number", "decimal", "str", "bytes", "date", "naive", "aware")
     return st.one_of([scalars_of_kind(k, big_floats=big_floats) for k in kinds])
 
@@ -500,7 +501,7 @@ def query_cases(
     return data, draw(query_for(list(data.values()), big_floats=big_floats))
 
 
-# --- specs to library queries (public API of API.md §4 only) ---------------------------------
+# --- specs to library queries (public API of docs/queries.md only) -------------------------
 
 
 def to_q(cond: CondSpec) -> Condition:

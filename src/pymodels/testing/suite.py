@@ -1,4 +1,4 @@
-"""The conformance suite every backend runs (API.md sections 2 to 6).
+"""The conformance suite every backend runs (the contract: docs/guide.md, docs/queries.md).
 
 A backend runs the whole suite by subclassing :class:`StorageTests` and
 providing one fixture, ``storage_factory``: a callable that opens a new storage
@@ -583,7 +583,7 @@ class StorageTests:
         assert info.value.index == 1 and isinstance(info.value.__cause__, IntegrityError)
         if storage.features.transactions:
             assert storage.query().where(email="b").count() == 0  # the batch rolled back
-        else:  # without transactions the records before the failing one stay (API.md)
+        else:  # without transactions the records before the failing one stay (docs/guide.md)
             assert [d.pk for d in storage.query().where(email="b")] == info.value.written_pks
             assert len(info.value.written_pks) == 1
 

@@ -628,7 +628,7 @@ class Compiler:
         return leaf if leaf is not None and leaf.exact else None
 
     def lookup(self, lk: Lookup) -> Leaf | None:
-        """The SQL of one lookup (the op table of API.md section 4)."""
+        """The SQL of one lookup (the op table of docs/queries.md)."""
         d = self.dialect
         path, op, value = lk.path, lk.op, lk.value
         if not valid_path(path):

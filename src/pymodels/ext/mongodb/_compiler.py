@@ -371,7 +371,7 @@ def _string_superset(path: tuple[str, ...]) -> Leaf:
 
 
 def lookup_filter(lk: Lookup) -> Leaf:
-    """The filter of one lookup (the op table of API.md section 4)."""
+    """The filter of one lookup (the op table of docs/queries.md)."""
     path, op, value = lk.path, lk.op, lk.value
     if not valid_path(path):
         # No record has this field: only exists=False holds.

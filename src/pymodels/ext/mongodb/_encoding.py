@@ -1,4 +1,4 @@
-"""Values to BSON and back, exactly (API.md section 3).
+"""Values to BSON and back, exactly (docs/guide.md, "Values").
 
 Native BSON wherever BSON keeps the value and compares it as the contract
 does: str, int (int32/int64), float, bool, bytes (binary subtype 0), a
