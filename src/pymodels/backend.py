@@ -34,7 +34,15 @@ from .files import file_problem, open_failure
 from .ordering import PK_ORDER, OrderKey, sort_items
 from .query import BATCH_SIZE, BaseQuery, Compiled, Item
 from .registry import url_path
-from .storage import BaseSettings, BaseStorage, Change, IndexSpec, apply_changes
+from .storage import (
+    BaseSettings,
+    BaseStorage,
+    Change,
+    IndexSpec,
+    apply_changes,
+    batch_has_documents,
+    batch_records,
+)
 from .values import (
     INT_MAX,
     INT_MIN,
@@ -86,6 +94,8 @@ __all__ = [
     "StorageNotFound",
     "ValidationError",
     "apply_changes",
+    "batch_has_documents",
+    "batch_records",
     "check_field_name",
     "copy_value",
     "declared_types",

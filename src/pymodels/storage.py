@@ -888,7 +888,7 @@ class BaseStorage(abc.ABC):
         return plan.pk
 
     def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
-        docs = any(type(item) is not dict and isinstance(item, Document) for item in batch)
+        docs = batch_has_documents(batch)
         if docs:
             # Before the batch's transaction: some engines (Tokyo Cabinet) cannot
             # build an index inside one, and the first save would then skip it.
@@ -916,18 +916,12 @@ class BaseStorage(abc.ABC):
         written.extend(done)
 
     def _save_batch_bulk(self, start: int, batch: list[Any], written: list[str]) -> None:
-        records: list[dict[str, Any]] = []
-        for index, item in enumerate(batch, start):
-            try:
-                if type(item) is not dict and not isinstance(item, Mapping):
-                    raise ValidationError(
-                        f"save_many takes Documents or mappings, not {type(item).__name__}"
-                    )
-                records.append(stored_record(item))
-            except ValidationError as e:
-                raise BulkWriteError(
-                    f"save_many failed at item {index}: {e}", index=index, written_pks=written
-                ) from e
+        records, failure = batch_records(start, batch)
+        if failure is not None:
+            index, e = failure
+            raise BulkWriteError(
+                f"save_many failed at item {index}: {e}", index=index, written_pks=written
+            ) from e
         pks = self._new_pks(len(records))
         try:
             with self.transaction():
@@ -952,6 +946,34 @@ class BaseStorage(abc.ABC):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def batch_has_documents(batch: Sequence[Any]) -> bool:
+    """Whether a ``save_many`` batch holds a Document (whose save plans its own writes:
+    indexes, references, saved state), rather than plain mappings only."""
+    return any(type(item) is not dict and isinstance(item, Document) for item in batch)
+
+
+def batch_records(
+    start: int, batch: Sequence[Any]
+) -> tuple[list[dict[str, Any]], tuple[int, ValidationError] | None]:
+    """The stored records of a batch of mappings, up to its first invalid item, and that
+    item's index (counted from ``start``) with its error; ``None`` when all are valid.
+
+    For backends that write a batch of mappings their own way (``_save_batch``): they
+    write the records, then raise ``BulkWriteError`` for the failure, if any.
+    """
+    records: list[dict[str, Any]] = []
+    for index, item in enumerate(batch, start):
+        try:
+            if type(item) is not dict and not isinstance(item, Mapping):
+                raise ValidationError(
+                    f"save_many takes Documents or mappings, not {type(item).__name__}"
+                )
+            records.append(stored_record(item))
+        except ValidationError as e:
+            return records, (index, e)
+    return records, None
 
 
 def _pk_of(pk: Any, method: str) -> Any:

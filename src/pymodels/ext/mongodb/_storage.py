@@ -43,7 +43,6 @@ from ...backend import (
     Compiled,
     ConfigurationError,
     ConnectionFailed,
-    Document,
     Features,
     IndexSpec,
     IntegrityError,
@@ -54,9 +53,9 @@ from ...backend import (
     OrderKey,
     PyModelsError,
     StorageNotFound,
-    ValidationError,
+    batch_has_documents,
+    batch_records,
     sort_items,
-    stored_record,
 )
 from ._compiler import (
     NOT_ARRAY,
@@ -452,23 +451,11 @@ class Storage(BaseStorage):
         # insert_many: the records before a failing one stay written, as the
         # contract says for engines without transactions. Documents take the
         # base class's path (their indexes and saved state).
-        if self.features.transactions or any(
-            type(item) is not dict and isinstance(item, Document) for item in batch
-        ):
+        if self.features.transactions or batch_has_documents(batch):
             super()._save_batch(start, batch, written)
             return
-        records: list[dict[str, Any]] = []
-        failure: tuple[int, PyModelsError] | None = None
-        for index, item in enumerate(batch, start):
-            try:
-                if not isinstance(item, Mapping):
-                    raise ValidationError(
-                        f"save_many takes Documents or mappings, not {type(item).__name__}"
-                    )
-                records.append(stored_record(item))
-            except ValidationError as e:
-                failure = (index, e)
-                break
+        records, invalid = batch_records(start, batch)
+        failure: tuple[int, PyModelsError] | None = invalid
         pks = self._new_pks(len(records))
         done = 0
         while done < len(records):

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
 from typing import IO, Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -33,17 +33,16 @@ from ...backend import (
     BulkWriteError,
     ConfigurationError,
     CorruptData,
-    Document,
     Features,
     Item,
     LockTimeout,
     OrderKey,
     PyModelsError,
     StorageNotFound,
-    ValidationError,
+    batch_has_documents,
+    batch_records,
     file_problem,
     open_failure,
-    stored_record,
     url_path,
 )
 from . import _journal
@@ -604,23 +603,10 @@ class Storage(BaseStorage):
     def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
         # Journaled: a batch of mappings is one journal frame, written whole or not at
         # all (a full disk leaves none of it); documents take the base class's path.
-        if self._journal is None or any(
-            type(item) is not dict and isinstance(item, Document) for item in batch
-        ):
+        if self._journal is None or batch_has_documents(batch):
             super()._save_batch(start, batch, written)
             return
-        records: list[dict[str, Any]] = []
-        failure: tuple[int, ValidationError] | None = None
-        for index, item in enumerate(batch, start):
-            try:
-                if not isinstance(item, Mapping):
-                    raise ValidationError(
-                        f"save_many takes Documents or mappings, not {type(item).__name__}"
-                    )
-                records.append(stored_record(item))
-            except ValidationError as e:
-                failure = (index, e)
-                break
+        records, failure = batch_records(start, batch)
         protocol = self.settings.protocol
         pks = self._new_pks(len(records))
         with self._lock:

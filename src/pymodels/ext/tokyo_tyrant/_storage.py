@@ -21,8 +21,8 @@ from ...backend import (
     IndexSpec,
     OrderKey,
     PyModelsError,
-    ValidationError,
-    stored_record,
+    batch_has_documents,
+    batch_records,
 )
 from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump, name_bytes
 from .._tokyo._compiler import (
@@ -227,21 +227,10 @@ class Storage(TokyoStorage):
     def _save_batch(self, start: int, batch: list[Any], written: list[str]) -> None:
         # Plain mappings go in one pipelined round trip per batch; without transactions
         # the records before a failing one stay written (as the contract says).
-        if any(type(item) is not dict and isinstance(item, Document) for item in batch):
+        if batch_has_documents(batch):
             super()._save_batch(start, batch, written)
             return
-        records: list[dict[str, Any]] = []
-        failure: tuple[int, ValidationError] | None = None
-        for index, item in enumerate(batch, start):
-            try:
-                if not isinstance(item, Mapping):
-                    raise ValidationError(
-                        f"save_many takes Documents or mappings, not {type(item).__name__}"
-                    )
-                records.append(stored_record(item))
-            except ValidationError as e:
-                failure = (index, e)
-                break
+        records, failure = batch_records(start, batch)
         pks = self._new_pks(len(records))
         # Encoded lazily: the first requests are on their way while the rest are made.
         args = (
