@@ -690,10 +690,10 @@ def test_a_kill_inside_a_checkpoint_loses_nothing(
 @pytest.fixture
 def small_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Runs of 7 pks in blocks of 3 (so a few dozen records spill), in a directory to watch."""
-    from pymodels.ext.shelve import _storage
+    from pymodels.ext import _spill
 
-    monkeypatch.setattr(_storage, "RUN_SIZE", 7)
-    monkeypatch.setattr(_storage, "RUN_BLOCK", 3)
+    monkeypatch.setattr(_spill, "RUN_SIZE", 7)
+    monkeypatch.setattr(_spill, "RUN_BLOCK", 3)
     spill = tmp_path / "tmp"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))

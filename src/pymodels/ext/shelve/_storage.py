@@ -7,7 +7,6 @@ import dataclasses
 import dbm
 import errno
 import fcntl
-import heapq
 import importlib
 import io
 import itertools
@@ -45,6 +44,7 @@ from ...backend import (
     open_failure,
     url_path,
 )
+from .._spill import KeySorter
 from . import _journal
 from ._journal import Journal, Op
 
@@ -78,11 +78,6 @@ _SUFFIXES = ("", ".db", ".dat", ".dir", ".pag", ".bak", ".snapshot", ".journal")
 #: once the journal holds this many bytes, or the data file's size if larger:
 #: copying costs at most one byte per byte journaled.
 CHECKPOINT_BYTES = 4 << 20
-#: A query in pk order holds at most this many pks in memory: more are sorted in
-#: runs of this size, spilled to temporary files and merged (external merge sort).
-RUN_SIZE = 50_000
-#: Pks per block of a spilled run: what each run holds in memory while merging.
-RUN_BLOCK = 1_000
 
 T = TypeVar("T")
 
@@ -499,46 +494,22 @@ class Storage(BaseStorage):
         """Every record in pk order (``[offset:stop]`` of it), holding no list of every pk.
 
         UTF-8 keeps code point order, so stored keys sort as their pks do. At
-        most RUN_SIZE keys are held: beyond that, sorted runs go to temporary
+        most ``_spill.RUN_SIZE`` keys are held: beyond that, sorted runs go to temporary
         files (removed when this generator ends, is closed or is collected)
         and are merged; a short slice keeps only its ``stop`` first keys.
         Records are loaded as the merge reaches them; one removed since the
         keys were read is skipped.
         """
         path = self.settings.path
-        spill: str | None = None
-        runs: list[IO[bytes]] = []
-        try:
+        with KeySorter[bytes](f"the pks of a query on {path}") as sorter:
             ordered: Iterable[bytes]
             with self._lock:
                 # The whole walk under the lock (as one keys() call was): a write
                 # between two nextkey calls could make gdbm skip or repeat keys.
                 try:
-                    keys = _record_keys(self._db, path)
-                    if stop is not None and stop <= RUN_SIZE:
-                        ordered = (heapq.nlargest if descending else heapq.nsmallest)(stop, keys)
-                    else:
-                        chunk: list[bytes] = []
-                        for key in keys:
-                            chunk.append(key)
-                            if len(chunk) >= RUN_SIZE:
-                                try:
-                                    if spill is None:
-                                        spill = tempfile.mkdtemp(prefix="pymodels-shelve-query-")
-                                    runs.append(_spill_run(spill, len(runs), chunk, descending))
-                                except OSError as e:
-                                    raise PyModelsError(
-                                        f"cannot sort the pks of a query on {path} in a "
-                                        f"temporary directory ({spill or tempfile.gettempdir()}): "
-                                        f"{e.strerror or e} (TMPDIR chooses another)"
-                                    ) from e
-                                chunk = []
-                        chunk.sort(reverse=descending)
-                        if runs:
-                            readers = [_read_run(run) for run in runs]
-                            ordered = heapq.merge(*readers, chunk, reverse=descending)
-                        else:
-                            ordered = chunk
+                    ordered = sorter.sort(
+                        _record_keys(self._db, path), descending=descending, stop=stop
+                    )
                 except PyModelsError:
                     raise
                 except Exception as e:
@@ -548,11 +519,6 @@ class Storage(BaseStorage):
                 record = self._load(pk)
                 if record is not None:
                     yield pk, record
-        finally:
-            for run in runs:
-                run.close()
-            if spill is not None:
-                shutil.rmtree(spill, ignore_errors=True)
 
     def _count(self) -> int:
         with self._lock:
@@ -829,30 +795,6 @@ def _gnu_walk(db: Any) -> Iterator[bytes]:
     while key is not None:
         yield key
         key = db.nextkey(key)
-
-
-def _spill_run(directory: str, number: int, keys: list[bytes], descending: bool) -> IO[bytes]:
-    """Sort ``keys`` into a run file in ``directory``; return it open for reading, at its start."""
-    keys.sort(reverse=descending)
-    handle = open(os.path.join(directory, f"run{number}"), "w+b")  # noqa: SIM115
-    try:
-        for start in range(0, len(keys), RUN_BLOCK):
-            pickle.dump(keys[start : start + RUN_BLOCK], handle, pickle.HIGHEST_PROTOCOL)
-        handle.seek(0)
-    except BaseException:
-        handle.close()
-        raise
-    return handle
-
-
-def _read_run(handle: IO[bytes]) -> Iterator[bytes]:
-    # Our own file in a private directory; the safe loader all the same.
-    while True:
-        try:
-            block = _SafeUnpickler(handle).load()
-        except EOFError:
-            return
-        yield from block
 
 
 # ---------------------------------------------------------------- errors
