@@ -631,6 +631,56 @@ def test_facts_about_columns_let_tokyo_order_and_count(storage: Storage) -> None
     assert "_types" in q.where(age__gt=3).explain()
 
 
+def test_first_of_a_lookup_follows_the_facts_it_was_refined_with(storage: Storage) -> None:
+    # first() of a one-field lookup reuses the shape's refined plan (no kind gate while
+    # every email is a str); a write breaking that fact must bring the gate back.
+    storage.create_index("email")
+    for i in range(5):
+        storage.save({"email": f"{i}"}, primary_key=f"k{i}")
+    q = storage.query()
+    for _ in range(3):
+        found = q.where(email="3").first()
+        assert found is not None and found.pk == "k3"
+    assert "_types" not in q.where(email="3").explain()
+    storage.save({"email": 7}, primary_key="a7")  # the column text "7", an int
+    assert q.where(email="7").first() is None
+    assert q.where(email="3").first().pk == "k3"  # type: ignore[union-attr]
+    storage.save({"email": "7"}, primary_key="b7")
+    assert [d.pk for d in q.where(email="7")[:5]] == ["b7"]
+    assert q.where(email="7").order_by("-pk").first().pk == "b7"  # type: ignore[union-attr]
+    assert q.where(email__startswith="").order_by("-pk")[1:3].first().pk == "k3"  # type: ignore[union-attr]
+
+
+def test_binding_search_blocks_is_queries_and_metasearch(path: Path) -> None:
+    from pymodels.ext.tokyo_cabinet._binding import (
+        Cond,
+        OpenMode,
+        Order,
+        TableDB,
+        live_pointers,
+        metasearch,
+        search_blocks,
+    )
+
+    with TableDB() as db:
+        db.open(str(path), OpenMode.WRITER | OpenMode.CREAT)
+        for i in range(20):
+            db.put(f"k{i:02}".encode(), {b"n": str(i % 4).encode(), b"m": str(i % 3).encode()})
+        one = [(b"n", int(Cond.STREQ), b"1", False, False)]
+        two = [(b"m", int(Cond.STREQ), b"0", True, True)]
+        with db.query() as q:
+            q.addcond(b"n", Cond.STREQ, b"1").setorder(b"", Order.STRDESC).setlimit(3, 1)
+            assert search_blocks(db, [one], (b"", Order.STRDESC), 3, 1) == q.search()
+        with db.query() as a, db.query() as b:
+            a.addcond(b"n", Cond.STREQ, b"1").setorder(b"", Order.STRASC)
+            b.addcond(b"m", Cond.STREQ | Cond.NEGATE | Cond.NOIDX, b"0")
+            assert search_blocks(db, [one, two], (b"", Order.STRASC)) == metasearch([a, b])
+        assert search_blocks(db, []) == []
+        with pytest.raises(ValueError, match="NUL"):
+            search_blocks(db, [[(b"n", int(Cond.STREQ), b"a\0b", False, False)]])
+        assert live_pointers() == 1  # only the handle: every query freed
+
+
 def test_each_index_kind_serves_the_planner(storage: Storage) -> None:
     storage.create_index("age", kind="decimal")
     storage.create_index("tags", kind="token")

@@ -65,6 +65,8 @@ __all__ = [
     "guaranteed_kind",
     "pk_order_in_python",
     "refine",
+    "refine_template",
+    "shaped_lookup",
 ]
 
 #: At most this many blocks (queries of one metasearch) per plan; beyond, Python filters.
@@ -261,6 +263,56 @@ class _Template(NamedTuple):
             # The lean block is the operand's condition alone (see _deferred).
             deferred = Plan((PlanBlock((new,)),), True), deferred[1]
         return Plan((PlanBlock((*conds[:at], new, *conds[at + 1 :])),), plan.disjoint, deferred)
+
+
+def shaped_lookup(
+    condition: Condition, indexes: Mapping[bytes, str]
+) -> tuple[tuple[str, str, str, str], _Template, bytes] | None:
+    """For a shaped lookup whose template is made (see :data:`_SHAPES`): its shape key,
+    the template and the operand; None otherwise. The template's plan, filled with the
+    operand, is what :func:`compile_condition` returns for it, with no residual."""
+    shaped = _shape(condition, indexes)
+    if shaped is None:
+        return None
+    template = _SHAPES.get(shaped[0])
+    if template is None:
+        return None
+    return shaped[0], template, _b(shaped[1])
+
+
+def refine_template(
+    template: _Template, proved: Prover
+) -> tuple[_Template | None, tuple[tuple[Fact, bool], ...]]:
+    """The template of the refined plans (see :func:`refine`) of ``template``'s, and the
+    facts the refinement asked about with their answers: while each still has its
+    answer, filling the result gives what refining a filled plan gives. None where the
+    refined plan is not a template's shape (then refine each plan).
+
+    Sound because refining looks at the kind gates and the columns of the conditions,
+    never at the operand (a template's block has no Python check).
+    """
+    asked: list[tuple[Fact, bool]] = []
+
+    def recording(fact: Fact) -> bool:
+        holds = proved(fact)
+        asked.append((fact, holds))
+        return holds
+
+    plan = template.plan
+    refined = refine(plan, recording)
+    facts = tuple(asked)
+    if refined is plan:
+        return template, facts
+    if not refined.blocks or len(refined.blocks) != 1 or refined.blocks[0].check is not None:
+        return None, facts
+    assert plan.blocks is not None
+    operand = plan.blocks[0].conds[template.at]
+    at = [i for i, c in enumerate(refined.blocks[0].conds) if c is operand]
+    if len(at) != 1:
+        return None, facts
+    if refined.deferred is not None and refined.deferred[0].blocks != (PlanBlock((operand,)),):
+        return None, facts
+    return _Template(refined, at[0]), facts
 
 
 def _template(plan: Plan, residual: Condition | None, col: bytes, expr: bytes) -> _Template | None:

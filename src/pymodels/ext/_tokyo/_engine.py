@@ -22,6 +22,8 @@ from ...backend import (
     BaseStorage,
     Compiled,
     Condition,
+    Item,
+    OrderKey,
     declared_types,
     sort_items,
 )
@@ -35,6 +37,8 @@ from ._compiler import (
     compile_condition,
     pk_order_in_python,
     refine,
+    refine_template,
+    shaped_lookup,
 )
 from ._format import Cond, Order
 
@@ -53,6 +57,10 @@ class TokyoStorage(BaseStorage):
     #: where reading a key costs little (the Cabinet file); a server reads and sends
     #: each one, so Tyrant asks for none and pays a second search only on a tie.
     _ties_ahead: ClassVar[int] = 64
+
+    #: Refined templates of shaped lookups (see :meth:`_select_page`), by shape: the
+    #: template (None: refine each plan) and the facts it rests on, with their answers.
+    _page_templates: dict[tuple[str, str, str, str], tuple[Any, tuple[tuple[Fact, bool], ...]]]
 
     # ------------------------------------------------------- the backend's side
 
@@ -109,6 +117,37 @@ class TokyoStorage(BaseStorage):
         plan, residual = compile_condition(condition, self._index_map())
         # No description here: explain() asks _explain_select, which describes the plan.
         return Compiled(plan, residual)
+
+    def _select_page(
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+    ) -> list[Item] | None:
+        # The hot path of first() and short pk-ordered slices of one-field lookups (the
+        # usual email=X): the refined plan straight from the shape's template, without
+        # compiling the condition or refining the plan per query. Other queries take
+        # the general path (None), which compiles once.
+        if len(order) != 1 or not order[0].is_pk or limit > _PAGE_MAX:
+            return None
+        found = shaped_lookup(condition, self._index_map())
+        if found is None:
+            return None
+        shape, template, operand = found
+        cache = self.__dict__.get("_page_templates")
+        if cache is None:
+            cache = self._page_templates = {}
+        entry = cache.get(shape)
+        proved = self._proved
+        # A shape's template never changes; the facts its refinement rests on may.
+        if entry is None or any(proved(fact) is not holds for fact, holds in entry[1]):
+            entry = refine_template(template, proved)
+            if len(cache) < 256:
+                cache[shape] = entry
+        refined = entry[0]
+        plan = self._refined(template.fill(operand)) if refined is None else refined.fill(operand)
+        if plan.nothing:
+            return []
+        # As _select runs a pk-ordered slice (a slice never defers its kind gates).
+        tc_order = Order.STRDESC if order[0].descending else Order.STRASC
+        return list(self._records(self._tc_search(plan, (b"", tc_order), limit, offset)))
 
     def _select(
         self, native: Any, order: Any, offset: int, limit: int | None
@@ -290,6 +329,9 @@ class TokyoStorage(BaseStorage):
             lines.append(f"{label}: " + hint.replace("\n", "; "))
         return "\n  ".join(lines)
 
+
+#: The longest slice :meth:`TokyoStorage._select_page` serves (longer ones stream).
+_PAGE_MAX: Final = 1000
 
 #: Tokyo's query limit is a C int.
 _MAX_LIMIT: Final = 2**31 - 2

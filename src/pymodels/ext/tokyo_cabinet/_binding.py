@@ -58,7 +58,7 @@ import enum
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -96,6 +96,7 @@ __all__ = [
     "open_handles",
     "parse_map",
     "read_vnum",
+    "search_blocks",
     "vnum",
 ]
 
@@ -1166,3 +1167,67 @@ def metasearch(queries: Iterable[Query], settype: int = SetOp.UNION) -> list[byt
         raise ValueError("metasearch needs queries on the same database")
     array = (_P * len(qs))(*[q._q() for q in qs])
     return _take_list(_tctdbmetasearch(array, len(qs), int(settype)))
+
+
+#: A condition as :func:`search_blocks` takes it: column, :class:`Cond`, operand, negate,
+#: noidx (the shape of the table backends' ``TCCond``).
+CondTuple = tuple[bytes, int, bytes, bool, bool]
+
+_NEGATE: Final = int(Cond.NEGATE)
+_NOIDX: Final = int(Cond.NOIDX)
+_UNION: Final = int(SetOp.UNION)
+
+
+def search_blocks(
+    db: TableDB,
+    blocks: Sequence[Sequence[CondTuple]],
+    order: tuple[bytes, int] | None = None,
+    limit: int = -1,
+    skip: int = 0,
+    *,
+    noidx: bool = False,
+) -> list[bytes]:
+    """Keys of the union of ``blocks`` (each block one query of its conditions, all of
+    which must hold), the first query carrying ``order`` (column, :class:`Order`), the
+    limit and the skip: what building :class:`Query` objects and :func:`metasearch`
+    returns, in one call.
+
+    A query's Python object, its finaliser and per-argument conversions cost more than
+    the search itself on a small result; here the queries live only inside this call
+    (freed before it returns, whatever happens). ``noidx``: no condition uses an index.
+    Columns and operands are bytes without NUL.
+    """
+    if not blocks:
+        return []
+    h = db._h()
+    ptrs: list[int] = []
+    try:
+        for block in blocks:
+            ptr = _tctdbqrynew(h)
+            if not ptr:
+                raise MemoryError("tctdbqrynew returned NULL")
+            _LIVE[ptr] = "TDBQRY"
+            ptrs.append(ptr)
+            for col, op, expr, negate, cond_noidx in block:
+                if b"\0" in col or b"\0" in expr:
+                    raise ValueError(f"conditions must not contain NUL bytes: {col!r} {expr!r}")
+                if negate:
+                    op |= _NEGATE
+                if cond_noidx or noidx:
+                    op |= _NOIDX
+                _tctdbqryaddcond(ptr, col, op, expr)
+        first = ptrs[0]
+        if order is not None:
+            if b"\0" in order[0]:
+                raise ValueError(f"column names must not contain NUL bytes: {order[0]!r}")
+            _tctdbqrysetorder(first, order[0], order[1])
+        if limit >= 0 or skip:
+            _tctdbqrysetlimit(first, limit, skip)
+        if len(ptrs) == 1:
+            return _take_list(_tctdbqrysearch(first))
+        array = (_P * len(ptrs))(*ptrs)
+        return _take_list(_tctdbmetasearch(array, len(ptrs), _UNION))
+    finally:
+        for ptr in ptrs:
+            del _LIVE[ptr]
+            _tctdbqrydel(ptr)

@@ -71,6 +71,7 @@ from ._binding import (
     TCError,
     TuneOpt,
     metasearch,
+    search_blocks,
 )
 
 if TYPE_CHECKING:
@@ -1040,12 +1041,10 @@ class Storage(TokyoStorage):
             # An ordered query with a limit may walk the order column's index: not while
             # an index may be behind its records.
             return _sliced(self._run(blocks, order, extra=extra), limit, skip)
-        queries = self._tc_queries(blocks, order, limit, skip, extra)
-        try:
-            keys = queries[0].search() if len(queries) == 1 else metasearch(queries, SetOp.UNION)
-        finally:
-            for q in queries:
-                q.close()
+        if extra is not None:
+            blocks = [(*b, extra) for b in blocks]
+        # The same queries _tc_queries builds, without a Python object per query.
+        keys = search_blocks(self._db, blocks, order, limit, skip, noidx=bool(self._file.stale))
         self._check_reads()
         return keys
 
