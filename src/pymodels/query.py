@@ -16,6 +16,7 @@ gives the reference answer.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
@@ -359,12 +360,26 @@ class BaseQuery(Generic[D]):
     ) -> Iterator[Item]:
         # The engine cannot order: keep only sort keys and pks in memory, sort
         # them, then load the records of the slice in batches.
-        keyed: list[tuple[tuple[Any, ...], str]] = []
-        for pk, record in self._engine_fetch(compiled.native, None, 0, None):
-            if check is None or check(pk, record):
-                keyed.append((_total_key(pk, record, order), pk))
-        _sort_keyed(keyed, order)
-        chosen = [pk for _, pk in keyed[offset : None if limit is None else offset + limit]]
+        fetched = self._engine_fetch(compiled.native, None, 0, None)
+        chosen: list[str]
+        if limit is not None:
+            # A slice holds only its offset + limit first keys (a bounded heap),
+            # not one per match. The total order ends with the unique pk, so no
+            # two keys tie and the heap picks exactly what the full sort would.
+            heap_key = _heap_key(order)
+            matches = (
+                (heap_key(pk, record), pk)
+                for pk, record in fetched
+                if check is None or check(pk, record)
+            )
+            chosen = [pk for _, pk in heapq.nsmallest(offset + limit, matches)][offset:]
+        else:
+            keyed: list[tuple[tuple[Any, ...], str]] = []
+            for pk, record in fetched:
+                if check is None or check(pk, record):
+                    keyed.append((_total_key(pk, record, order), pk))
+            _sort_keyed(keyed, order)
+            chosen = [pk for _, pk in keyed[offset:]]
         for start in range(0, len(chosen), BATCH_SIZE):
             batch = chosen[start : start + BATCH_SIZE]
             for pk, loaded in zip(batch, self.storage._load_many(batch), strict=True):
@@ -571,6 +586,45 @@ class BaseQuery(Generic[D]):
 
 def _total_key(pk: str, record: Mapping[str, Any], order: tuple[OrderKey, ...]) -> tuple[Any, ...]:
     return tuple(record_sort_key(pk, record, k) for k in order)
+
+
+class _Descending:
+    """A sort key that compares in reverse, for one descending key of a heap key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __lt__(self, other: _Descending) -> bool:
+        return other.key < self.key
+
+
+def _heap_key(order: tuple[OrderKey, ...]) -> Any:
+    """``(pk, record) -> key`` whose ascending order is the total ``order``, directions included.
+
+    What :func:`_sort_keyed` does in one stable pass per key, as one
+    comparable key, so ``heapq.nsmallest`` can keep only a slice's records.
+    """
+    if not any(k.descending for k in order):
+        return lambda pk, record: _total_key(pk, record, order)
+    keys = tuple(order)
+
+    def key(pk: str, record: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            _Descending(record_sort_key(pk, record, k))
+            if k.descending
+            else record_sort_key(pk, record, k)
+            for k in keys
+        )
+
+    return key
 
 
 def _sort_keyed(keyed: list[tuple[tuple[Any, ...], str]], order: tuple[OrderKey, ...]) -> None:
