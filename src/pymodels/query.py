@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeV
 from . import documents
 from .changes import parse_changes
 from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
-from .documents import Document, from_record
+from .documents import Document, from_record, record_loader
 from .errors import DoesNotExist, InvalidQuery, check_usable
 from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key
 from .values import INT_MAX, MISSING, check_pk, freeze, get_path
@@ -394,7 +394,7 @@ class BaseQuery(Generic[D]):
         only = self._only
         storage = self.storage
         if only is None:
-            return functools.partial(from_record, cls, storage)
+            return record_loader(cls, storage)
         paths = [parse_path(n) for n in only]
 
         def project(pk: str, record: dict[str, Any]) -> Document:

@@ -51,7 +51,7 @@ from ..backend import (
 )
 from ._sql.compiler import Compiler, Frag
 from ._sql.connections import Guard, ThreadConnections
-from ._sql.encoding import dumps, loads
+from ._sql.encoding import dumps, loads, loads_rows
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import SQLiteDialect, register_functions
 from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
@@ -312,7 +312,7 @@ class Storage(SQLStorage):
         return conn
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
-        return [(pk, loads(body)) for pk, body in self._fetchall(sql, params)]
+        return loads_rows(self._fetchall(sql, params))
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one statement (the hot path: no guard object for files)."""

@@ -54,6 +54,7 @@ __all__ = [
     "dumps_pg_match",
     "loads",
     "loads_pg",
+    "loads_rows",
     "sort_key",
 ]
 
@@ -320,6 +321,26 @@ def loads(text: str) -> Any:
         except (ValueError, StopIteration):
             pass  # _parse says what is wrong
     return _parse(_scan_plain, text)
+
+
+def loads_rows(rows: list[Any]) -> list[tuple[str, Any]]:
+    """``(pk, loads(body))`` of each ``(pk, body)`` row: a query's page, decoded.
+
+    :func:`loads`' test and common case written out in the loop: a page of ten
+    records otherwise spends a tenth of its decoding in calls.
+    """
+    out: list[tuple[str, Any]] = []
+    append = out.append
+    scan = _scan_plain
+    for pk, text in rows:
+        if text[:1] == "{" and '"$"' not in text and "null" not in text:
+            try:
+                append((pk, scan(text, 0)[0]))
+                continue
+            except (ValueError, StopIteration):
+                pass  # loads says what is wrong
+        append((pk, loads(text)))
+    return out
 
 
 def loads_pg(data: bytes | bytearray | memoryview | str) -> Any:
