@@ -15,7 +15,6 @@ gives the reference answer.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 from collections.abc import Iterator, Mapping
