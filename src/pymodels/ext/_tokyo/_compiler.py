@@ -65,7 +65,7 @@ __all__ = [
     "guaranteed_kind",
     "pk_order_in_python",
     "refine",
-    "refine_template",
+    "refine_shape",
     "shaped_lookup",
 ]
 
@@ -135,6 +135,11 @@ class Plan:
     #: gates, and the gates, to check on each loaded record with :func:`gates_hold`.
     #: Set where that spares Tokyo a record read per match (see :func:`_deferred`).
     deferred: tuple[Plan, tuple[TCCond, ...]] | None = None
+    #: A plan filled in from a shaped lookup's template: the template and the operand
+    #: (see :func:`refine_shape`, which refines the shape once rather than each plan).
+    origin: tuple[_Template, bytes] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def everything(self) -> bool:
@@ -213,7 +218,7 @@ def compile_condition(
         if template is None:
             return plan, residual
         if len(_SHAPES) < 4096:
-            _SHAPES[shape] = template
+            _SHAPES[shape] = template._replace(shape=shape)
         return plan, None
     return template.fill(_b(value)), None
 
@@ -249,9 +254,11 @@ class _Template(NamedTuple):
 
     plan: Plan
     at: int
+    #: The shape's key where this is (or refines) the shape's template in ``_SHAPES``.
+    shape: tuple[str, str, str, str] | None = None
 
     def fill(self, expr: bytes) -> Plan:
-        """The plan with ``expr`` as the operand."""
+        """The plan with ``expr`` as the operand (its origin this template)."""
         plan = self.plan
         assert plan.blocks is not None
         conds = plan.blocks[0].conds
@@ -262,35 +269,38 @@ class _Template(NamedTuple):
         if deferred is not None:
             # The lean block is the operand's condition alone (see _deferred).
             deferred = Plan((PlanBlock((new,)),), True), deferred[1]
-        return Plan((PlanBlock((*conds[:at], new, *conds[at + 1 :])),), plan.disjoint, deferred)
+        return Plan(
+            (PlanBlock((*conds[:at], new, *conds[at + 1 :])),),
+            plan.disjoint,
+            deferred,
+            None if self.shape is None else (self, expr),
+        )
 
 
-def shaped_lookup(
-    condition: Condition, indexes: Mapping[bytes, str]
-) -> tuple[tuple[str, str, str, str], _Template, bytes] | None:
-    """For a shaped lookup whose template is made (see :data:`_SHAPES`): its shape key,
-    the template and the operand; None otherwise. The template's plan, filled with the
-    operand, is what :func:`compile_condition` returns for it, with no residual."""
+def shaped_lookup(condition: Condition, indexes: Mapping[bytes, str]) -> Plan | None:
+    """The plan :func:`compile_condition` makes of a shaped lookup whose template is made
+    (it has no residual), None for other conditions."""
     shaped = _shape(condition, indexes)
     if shaped is None:
         return None
     template = _SHAPES.get(shaped[0])
-    if template is None:
-        return None
-    return shaped[0], template, _b(shaped[1])
+    return None if template is None else template.fill(_b(shaped[1]))
 
 
-def refine_template(
-    template: _Template, proved: Prover
+def refine_shape(
+    shape: tuple[str, str, str, str], proved: Prover
 ) -> tuple[_Template | None, tuple[tuple[Fact, bool], ...]]:
-    """The template of the refined plans (see :func:`refine`) of ``template``'s, and the
-    facts the refinement asked about with their answers: while each still has its
-    answer, filling the result gives what refining a filled plan gives. None where the
-    refined plan is not a template's shape (then refine each plan).
+    """The template of the refined plans (see :func:`refine`) of a shape's, and the facts
+    the refinement asked about with their answers: while each still has its answer,
+    filling the result gives what refining a plan filled from the shape's template
+    gives. None where there is no such template (then refine each plan).
 
     Sound because refining looks at the kind gates and the columns of the conditions,
     never at the operand (a template's block has no Python check).
     """
+    template = _SHAPES.get(shape)
+    if template is None:
+        return None, ()
     asked: list[tuple[Fact, bool]] = []
 
     def recording(fact: Fact) -> bool:
@@ -312,7 +322,7 @@ def refine_template(
         return None, facts
     if refined.deferred is not None and refined.deferred[0].blocks != (PlanBlock((operand,)),):
         return None, facts
-    return _Template(refined, at[0]), facts
+    return _Template(refined, at[0], shape), facts
 
 
 def _template(plan: Plan, residual: Condition | None, col: bytes, expr: bytes) -> _Template | None:

@@ -37,7 +37,7 @@ from ._compiler import (
     compile_condition,
     pk_order_in_python,
     refine,
-    refine_template,
+    refine_shape,
     shaped_lookup,
 )
 from ._format import Cond, Order
@@ -58,9 +58,9 @@ class TokyoStorage(BaseStorage):
     #: each one, so Tyrant asks for none and pays a second search only on a tie.
     _ties_ahead: ClassVar[int] = 64
 
-    #: Refined templates of shaped lookups (see :meth:`_select_page`), by shape: the
+    #: Refined templates of shaped lookups (see :meth:`_refined`), by shape: the
     #: template (None: refine each plan) and the facts it rests on, with their answers.
-    _page_templates: dict[tuple[str, str, str, str], tuple[Any, tuple[tuple[Fact, bool], ...]]]
+    _shape_refinements: dict[tuple[str, str, str, str], tuple[Any, tuple[tuple[Fact, bool], ...]]]
 
     # ------------------------------------------------------- the backend's side
 
@@ -108,8 +108,37 @@ class TokyoStorage(BaseStorage):
 
     def _refined(self, plan: Plan) -> Plan:
         """``plan`` without what the proved facts make redundant (see
-        :func:`~._compiler.refine`); done per run, as facts change with writes."""
-        return refine(plan, self._proved)
+        :func:`~._compiler.refine`); done per run, as facts change with writes.
+
+        A plan filled from a shaped lookup's template is filled from the shape's refined
+        template instead, made once and made again when a fact it rests on changes.
+        """
+        origin = plan.origin
+        if origin is None:
+            return refine(plan, self._proved)
+        template, operand = origin
+        shape = template.shape
+        assert shape is not None
+        cache = self.__dict__.get("_shape_refinements")
+        if cache is None:
+            cache = self._shape_refinements = {}
+        entry = cache.get(shape)
+        proved = self._proved
+        if entry is not None:
+            for fact, holds in entry[1]:
+                if proved(fact) is not holds:
+                    entry = None
+                    break
+        if entry is None:
+            entry = refine_shape(shape, proved)
+            if len(cache) < 256:
+                cache[shape] = entry
+        refined = entry[0]
+        if refined is None:
+            return refine(plan, proved)
+        if refined is template:
+            return plan
+        return refined.fill(operand)
 
     # ------------------------------------------------------ shared query hooks
 
@@ -122,27 +151,15 @@ class TokyoStorage(BaseStorage):
         self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
     ) -> list[Item] | None:
         # The hot path of first() and short pk-ordered slices of one-field lookups (the
-        # usual email=X): the refined plan straight from the shape's template, without
-        # compiling the condition or refining the plan per query. Other queries take
-        # the general path (None), which compiles once.
+        # usual email=X): the plan straight from the shape's template, refined once per
+        # shape (see _refined). Other queries take the general path (None), which
+        # compiles once.
         if len(order) != 1 or not order[0].is_pk or limit > _PAGE_MAX:
             return None
-        found = shaped_lookup(condition, self._index_map())
-        if found is None:
+        plan = shaped_lookup(condition, self._index_map())
+        if plan is None:
             return None
-        shape, template, operand = found
-        cache = self.__dict__.get("_page_templates")
-        if cache is None:
-            cache = self._page_templates = {}
-        entry = cache.get(shape)
-        proved = self._proved
-        # A shape's template never changes; the facts its refinement rests on may.
-        if entry is None or any(proved(fact) is not holds for fact, holds in entry[1]):
-            entry = refine_template(template, proved)
-            if len(cache) < 256:
-                cache[shape] = entry
-        refined = entry[0]
-        plan = self._refined(template.fill(operand)) if refined is None else refined.fill(operand)
+        plan = self._refined(plan)
         if plan.nothing:
             return []
         # As _select runs a pk-ordered slice (a slice never defers its kind gates).

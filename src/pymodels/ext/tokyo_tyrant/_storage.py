@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -528,11 +529,15 @@ def _pairs(elements: list[bytes]) -> dict[bytes, bytes]:
 
 
 def _cond_args(conds: Iterable[TCCond]) -> list[bytes]:
-    args = []
-    for c in conds:
-        op = ("~" if c.negate else "") + ("+" if c.noidx else "") + _OP_NAMES[c.op]
-        args.append(b"addcond\x00" + c.col + b"\x00" + op.encode("ascii") + b"\x00" + c.expr)
-    return args
+    # Every query sends the same few columns and operators: their part is made once.
+    return [_cond_head(c.col, c.op, c.negate, c.noidx) + c.expr for c in conds]
+
+
+@functools.lru_cache(maxsize=1024)
+def _cond_head(col: bytes, op: int, negate: bool, noidx: bool) -> bytes:
+    """``addcond``, the column and the operator of a condition, up to its operand."""
+    name = ("~" if negate else "") + ("+" if noidx else "") + _OP_NAMES[op]
+    return b"addcond\x00" + col + b"\x00" + name.encode("ascii") + b"\x00"
 
 
 def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
