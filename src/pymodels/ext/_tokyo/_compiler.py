@@ -277,14 +277,17 @@ class _Template(NamedTuple):
         )
 
 
-def shaped_lookup(condition: Condition, indexes: Mapping[bytes, str]) -> Plan | None:
-    """The plan :func:`compile_condition` makes of a shaped lookup whose template is made
-    (it has no residual), None for other conditions."""
+def shaped_lookup(
+    condition: Condition, indexes: Mapping[bytes, str]
+) -> tuple[_Template, bytes] | None:
+    """The shape's template and the operand of a shaped lookup whose template is made:
+    filled, the plan :func:`compile_condition` makes of it (it has no residual). None
+    for other conditions."""
     shaped = _shape(condition, indexes)
     if shaped is None:
         return None
     template = _SHAPES.get(shaped[0])
-    return None if template is None else template.fill(_b(shaped[1]))
+    return None if template is None else (template, _b(shaped[1]))
 
 
 def refine_shape(

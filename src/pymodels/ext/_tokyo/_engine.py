@@ -44,6 +44,7 @@ from ._format import Cond, Order
 
 if TYPE_CHECKING:
     from ...backend import Document
+    from ._compiler import _Template
 
 __all__ = ["TokyoStorage", "decode_pk", "default_index_kind"]
 
@@ -60,7 +61,9 @@ class TokyoStorage(BaseStorage):
 
     #: Refined templates of shaped lookups (see :meth:`_refined`), by shape: the
     #: template (None: refine each plan) and the facts it rests on, with their answers.
-    _shape_refinements: dict[tuple[str, str, str, str], tuple[Any, tuple[tuple[Fact, bool], ...]]]
+    _shape_refinements: dict[
+        tuple[str, str, str, str], tuple[_Template | None, tuple[tuple[Fact, bool], ...]]
+    ]
 
     # ------------------------------------------------------- the backend's side
 
@@ -117,6 +120,16 @@ class TokyoStorage(BaseStorage):
         if origin is None:
             return refine(plan, self._proved)
         template, operand = origin
+        refined = self._shape_refinement(template)
+        if refined is None:
+            return refine(plan, self._proved)
+        if refined is template:
+            return plan
+        return refined.fill(operand)
+
+    def _shape_refinement(self, template: _Template) -> _Template | None:
+        """The refined template of ``template``'s shape (see
+        :func:`~._compiler.refine_shape`), None where each plan is refined itself."""
         shape = template.shape
         assert shape is not None
         cache = self.__dict__.get("_shape_refinements")
@@ -133,12 +146,7 @@ class TokyoStorage(BaseStorage):
             entry = refine_shape(shape, proved)
             if len(cache) < 256:
                 cache[shape] = entry
-        refined = entry[0]
-        if refined is None:
-            return refine(plan, proved)
-        if refined is template:
-            return plan
-        return refined.fill(operand)
+        return entry[0]
 
     # ------------------------------------------------------ shared query hooks
 
@@ -156,10 +164,12 @@ class TokyoStorage(BaseStorage):
         # compiles once.
         if len(order) != 1 or not order[0].is_pk or limit > _PAGE_MAX:
             return None
-        plan = shaped_lookup(condition, self._index_map())
-        if plan is None:
+        found = shaped_lookup(condition, self._index_map())
+        if found is None:
             return None
-        plan = self._refined(plan)
+        template, operand = found
+        refined = self._shape_refinement(template)
+        plan = self._refined(template.fill(operand)) if refined is None else refined.fill(operand)
         if plan.nothing:
             return []
         # As _select runs a pk-ordered slice (a slice never defers its kind gates).
