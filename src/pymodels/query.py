@@ -609,7 +609,7 @@ def _heap_key(order: tuple[OrderKey, ...]) -> Any:
     """``(pk, record) -> key`` whose ascending order is the total ``order``, directions included.
 
     What :func:`_sort_keyed` does in one stable pass per key, as one
-    comparable key, so ``heapq.nsmallest`` can keep only a slice's records.
+    comparable key, so ``heapq.nsmallest`` can keep only a slice's keys.
     """
     if not any(k.descending for k in order):
         return lambda pk, record: _total_key(pk, record, order)
