@@ -419,3 +419,85 @@ def test_ordered_pages_see_a_kind_past_the_first_page(storage: BaseStorage, odd:
             got = [d.pk for d in storage.query().where(city="c").order_by(*order)[start:stop]]
             want = [d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]]
             assert got == want, (order, start, stop)
+
+
+@needs_server
+@pytest.mark.parametrize(
+    "odd",
+    [[{"age": 5}], [5], {"age": Decimal("30")}, {"age": "x"}, 7, None],
+    ids=repr,
+)
+def test_ordered_pages_on_a_dotted_key_see_a_kind_past_the_first_page(
+    storage: BaseStorage, odd: Any
+) -> None:
+    """An embedded key: another kind under it, or a list on its way, past the first page."""
+    records = {f"p{i:03}": {"p": {"age": (i * 7) % 23}, "city": "c"} for i in range(300)}
+    records["odd"] = {"city": "c"} if odd is None else {"p": odd, "city": "c"}
+    reference = MemoryStorage()
+    for s in (storage, reference):
+        for pk, record in records.items():
+            s.save(record, primary_key=pk)
+    for order in (("p__age",), ("-p__age",), ("-p__age", "city")):
+        for start, stop in ((0, 5), (250, 260), (290, 301)):
+            got = [d.pk for d in storage.query().where(city="c").order_by(*order)[start:stop]]
+            want = [d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]]
+            assert got == want, (order, start, stop)
+
+
+class _Reads(CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name in ("find", "aggregate", "getMore", "count"):
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+@needs_server
+def test_a_small_ordered_page_reads_the_matches_once(
+    server: TemporaryMongo, collection_name: str
+) -> None:
+    """Past SMALL_PAGE matches, the page and the kinds check are one aggregation."""
+    listener = _Reads()
+    client: Any = pymongo.MongoClient(server.url, event_listeners=[listener])
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        s.create_index(("city", "-age"))
+        s.save_many({"city": "c", "age": i % 50} for i in range(600))
+        listener.commands.clear()
+        page = [d["age"] for d in s.query().where(city="c").order_by("-age")[:10]]
+        assert page == [49] * 10 and listener.commands == ["aggregate"]
+        # A kind BSON interleaves with numbers: the same one read, then Python's order.
+        s.save({"city": "c", "age": Decimal("1")}, primary_key="dec")
+        listener.commands.clear()
+        assert s.query().where(city="c").order_by("-age")[:1][0].pk == "dec"
+        assert listener.commands[0] == "aggregate" and "find" in listener.commands
+    client.close()
+
+
+def test_the_page_pipeline_uses_only_allowed_stages() -> None:
+    from pymodels.ext.mongodb._query import page_pipeline, sort_spec
+
+    with MemoryStorage() as memory:
+        query = (
+            memory.query()
+            .where(pymodels.Q(a__gt=1) | pymodels.Q(b="$where"))
+            .order_by("-a", "b__c")
+        )
+        condition, order = query.condition, query._full_order
+    keys = [k for k in order if not k.is_pk]
+    native = compile_condition(condition).native or {}
+    pipeline = page_pipeline(native, sort_spec(order), 10, keys)
+    stages = {"$match", "$facet", "$sort", "$limit", "$group"}
+    assert set(_operators(pipeline)) <= OPERATORS | stages | {"$type"}
+    assert not set(_operators(pipeline)) & {"$where", "$function", "$accumulator", "$expr"}
+    # The $type expressions name validated field paths only.
+    kinds = pipeline[1]["$facet"]["kinds"][0]["$group"]["_id"]
+    assert kinds == {"k0": {"$type": "$a"}, "k1": {"$type": "$b.c"}, "k1p1": {"$type": "$b"}}

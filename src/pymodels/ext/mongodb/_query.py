@@ -30,6 +30,12 @@ keys plus a ``$type`` on the sort key), which a planner serves from the
 query's index. Other orders ask for any other kind at any key or a list on
 any key's path: one flat probe per key (a ``$type`` listing every other
 type, arrays included) and per prefix of a dotted key.
+
+A small page (``offset + limit`` up to the storage's SMALL_PAGE) needs no
+probe: one aggregation (:func:`page_pipeline`) matches once and returns both
+the page in BSON's order and the set of BSON types each sort key holds
+across *every* match, so the decision above is made on that set
+(:func:`mixed_types`) in the same read of the matches.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ __all__ = [
     "SORT_TYPES",
     "Query",
     "classes_of",
+    "mixed_types",
     "other_types",
+    "page_pipeline",
     "sort_spec",
     "stages",
 ]
@@ -107,6 +115,66 @@ def other_types(kind: str) -> list[str]:
     own = SORT_TYPES[kind]
     own = own if isinstance(own, list) else [own]
     return [t for t in _ALL_TYPES if t not in own]
+
+
+def page_pipeline(
+    flt: dict[str, Any], spec: list[tuple[str, int]], count: int, keys: list[OrderKey]
+) -> list[dict[str, Any]]:
+    """One aggregation: the first ``count`` matches in BSON's order and the types at the keys.
+
+    ``$facet`` runs both branches over the one ``$match`` output, so the
+    matches are read once (a ``find`` then a probe read them twice). The
+    ``kinds`` branch groups every match by the BSON type names (the ``$type``
+    expression: "missing" when absent, "array" for any array) at each key's
+    dotted path; paths come from validated field names, never from values.
+    """
+    kinds: dict[str, Any] = {}
+    for i, key in enumerate(keys):
+        kinds[f"k{i}"] = {"$type": "$" + dotted(key.path)}
+        # Each prefix of a dotted key too: a list on the way is found there
+        # (SecantusDB answers "missing", not "array", for `$a.b` over a list).
+        for j in range(1, len(key.path)):
+            kinds[f"k{i}p{j}"] = {"$type": "$" + dotted(key.path[:j])}
+    return [
+        {"$match": flt},
+        {
+            "$facet": {
+                "page": [{"$sort": dict(spec)}, {"$limit": count}],
+                "kinds": [{"$group": {"_id": kinds}}],
+            }
+        },
+    ]
+
+
+def mixed_types(
+    keys: list[OrderKey], classes: list[str], seen: list[set[str]], on_way: list[set[str]]
+) -> bool:
+    """Whether BSON may order the matches otherwise than the contract (as the probes decide).
+
+    ``seen[i]`` is the set of ``$type`` names at key i over every match,
+    ``on_way[i]`` the same at the proper prefixes of its path; ``classes[i]``
+    the one kind the page held there. It answers as the probes of the module
+    docstring would over the same matches:
+
+    - One top-level key: a probe ``{key: {$type: DANGER[C]}}`` finds a match
+      iff the key holds a danger type or an array holding one; "array" is in
+      every DANGER list, and an array's ``$type`` name is "array", so that is
+      iff ``seen`` meets DANGER[C]. Absent ("missing") and null are in no list
+      in either form.
+    - Otherwise the probes ask, per key, for another type at the dotted path
+      (arrays included) or an array at a prefix. The prefix probes find a
+      match iff some ``on_way`` holds "array". Without a list at any prefix
+      the path runs through embedded documents only, where the ``$type`` of
+      ``$a.b`` is the value's own type ("array" for a list), or "missing"
+      where a prefix is absent or a scalar, which no probe matches either.
+      So the probes find a match iff ``on_way`` holds "array" or ``seen``
+      meets the other types (which include "array").
+    """
+    if len(keys) == 1 and len(keys[0].path) == 1:
+        return bool(seen[0] & set(DANGER[classes[0]]))
+    if any("array" in names for names in on_way):
+        return True
+    return any(s & set(other_types(c)) for s, c in zip(seen, classes, strict=True))
 
 
 def _sort_class(value: Any) -> str | None:

@@ -71,7 +71,9 @@ from ._query import (
     FIRST_BATCH,
     Query,
     classes_of,
+    mixed_types,
     other_types,
+    page_pipeline,
     sort_spec,
     stages,
 )
@@ -104,6 +106,10 @@ features = Features(
 
 #: Matches a small ordered page reads, to know their kinds without a probe (_checked_order).
 SMALL_PAGE = 256
+
+#: Server error codes for a reply document over the size limit (BSONObjectTooLarge,
+#: the aggregation result and $facet output limits).
+_TOO_LARGE = frozenset({10334, 16389, 4031700})
 
 #: The collection holding the library's own data (one document per collection of records).
 META_COLLECTION = "pymodels_meta"
@@ -693,9 +699,16 @@ class Storage(BaseStorage):
     ) -> Iterator[Item]:
         """The engine's order where the records' kinds allow it, else Python's (see _query)."""
         if limit is not None and offset + limit <= SMALL_PAGE:
-            # A small page reads up to SMALL_PAGE matches: when that is all of
-            # them their kinds are known without a probe (which would read
-            # every match on the server anyway).
+            if self.session is None:
+                page = self._facet_page(flt, order, keys, offset + limit)
+                if page is not None:
+                    yield from page[offset:]
+                    return
+            # In a transaction (where a failed command aborts it) or when the
+            # page is too large for one reply document: a small page reads up
+            # to SMALL_PAGE matches: when that is all of them their kinds are
+            # known without a probe (which would read every match on the
+            # server anyway).
             rows = list(self._find(flt, sort_spec(order), 0, SMALL_PAGE))
             classes = classes_of(rows, keys)
             if len(rows) < SMALL_PAGE:
@@ -728,6 +741,45 @@ class Storage(BaseStorage):
             return
         yield from rows
         yield from stream
+
+    def _facet_page(
+        self, flt: dict[str, Any], order: tuple[OrderKey, ...], keys: list[OrderKey], count: int
+    ) -> list[Item] | None:
+        """The first ``count`` matches in the contract's order, matches read once (_query).
+
+        None when the server refuses the reply as too large (the page's
+        records exceed the 16 MB a document may hold): the caller reads
+        them as a cursor instead.
+        """
+        pipeline = page_pipeline(flt, sort_spec(order), count, keys)
+        try:
+            with self._guard():
+                result = next(iter(self.collection.aggregate(pipeline)), None)
+        except PyModelsError as e:
+            cause = e.__cause__
+            if isinstance(cause, pymongo.errors.OperationFailure) and cause.code in _TOO_LARGE:
+                return None
+            raise
+        if result is None:  # not expected: $facet always returns one document
+            return None
+        rows = [self._decode(doc) for doc in result["page"]]
+        classes = classes_of(rows, keys)
+        if len(rows) < count:  # every match is in hand
+            if classes is None:
+                sort_items(rows, order)
+            return rows
+        if classes is None or any(c is None for c in classes):
+            return list(self._python_order(flt, order, 0, count))
+        seen: list[set[str]] = [set() for _ in keys]
+        on_way: list[set[str]] = [set() for _ in keys]
+        for group in result["kinds"]:
+            for i, key in enumerate(keys):
+                seen[i].add(str(group["_id"].get(f"k{i}", "missing")))
+                for j in range(1, len(key.path)):
+                    on_way[i].add(str(group["_id"].get(f"k{i}p{j}", "missing")))
+        if mixed_types(keys, [str(c) for c in classes], seen, on_way):
+            return list(self._python_order(flt, order, 0, count))
+        return rows
 
     def _mixed(self, flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]) -> bool:
         """Whether a matching record may sort otherwise in BSON than in the contract (_query)."""
