@@ -699,7 +699,7 @@ class Storage(BaseStorage):
     ) -> Iterator[Item]:
         """The engine's order where the records' kinds allow it, else Python's (see _query)."""
         if limit is not None and offset + limit <= SMALL_PAGE:
-            if self.session is None:
+            if self.session is None and offset + limit > 0:  # $limit must be positive
                 page = self._facet_page(flt, order, keys, offset + limit)
                 if page is not None:
                     yield from page[offset:]
