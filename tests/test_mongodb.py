@@ -501,3 +501,26 @@ def test_the_page_pipeline_uses_only_allowed_stages() -> None:
     # The $type expressions name validated field paths only.
     kinds = pipeline[1]["$facet"]["kinds"][0]["$group"]["_id"]
     assert kinds == {"k0": {"$type": "$a"}, "k1": {"$type": "$b.c"}, "k1p1": {"$type": "$b"}}
+
+
+@needs_server
+@pytest.mark.parametrize(
+    ("base", "odd"),
+    [(True, 7), (Decimal("2.5"), 7), (Decimal("2.5"), [7]), ("s", 7), ("s", [7])],
+    ids=repr,
+)
+def test_ordered_pages_see_a_number_past_the_first_page(
+    storage: BaseStorage, base: Any, odd: Any
+) -> None:
+    """A number (or a list holding one) among other kinds past the first page (one key)."""
+    records = {f"p{i:03}": {"v": base, "city": "c"} for i in range(300)}
+    records["odd"] = {"v": odd, "city": "c"}
+    reference = MemoryStorage()
+    for s in (storage, reference):
+        for pk, record in records.items():
+            s.save(record, primary_key=pk)
+    for order in (("v",), ("-v",)):
+        for start, stop in ((0, 5), (290, 301)):
+            got = [d.pk for d in storage.query().where(city="c").order_by(*order)[start:stop]]
+            want = [d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]]
+            assert got == want, (order, start, stop)
