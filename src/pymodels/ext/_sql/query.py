@@ -38,8 +38,13 @@ def any_container(rows: list[Item], paths: Sequence[tuple[str, ...]]) -> bool:
     """Whether some row holds a list or dict at one of ``paths`` (SQL may misorder it)."""
     if len(paths) == 1 and len(paths[0]) == 1:
         # Ordered by one top-level field, the common case: one test per row.
+        # A loop, not any() over a generator: this runs on every page a query reads.
         name = paths[0][0]
-        return any(type(record.get(name)) in (list, dict) for _, record in rows)
+        for _, record in rows:
+            t = type(record.get(name))
+            if t is list or t is dict:
+                return True
+        return False
     return any(_holds_container(record, paths) for _, record in rows)
 
 
