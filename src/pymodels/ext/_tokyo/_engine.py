@@ -10,11 +10,12 @@ network.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import itertools
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ...backend import (
@@ -27,6 +28,8 @@ from ...backend import (
     declared_types,
     sort_items,
 )
+from .. import _spill
+from .._spill import KeySorter
 from ._columns import decode_record
 from ._compiler import (
     INDEX_SERVES,
@@ -93,6 +96,15 @@ class TokyoStorage(BaseStorage):
     def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
         """Column maps of keys, aligned with them (None: missing)."""
         raise NotImplementedError
+
+    def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None] | None:
+        """Every key the plan selects, in no order, listed in bounded memory; or None
+        where the backend has no bounded way (then pk order lists and sorts them all).
+
+        The caller consumes the iterator at once (or closes it), so it may hold a lock
+        for its whole walk.
+        """
+        return None
 
     def _tc_hints(
         self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
@@ -185,6 +197,17 @@ class TokyoStorage(BaseStorage):
         if plan.nothing:
             return
         by_pk = oplan is None or oplan.by_pk
+        if (
+            oplan is not None
+            and oplan.by_pk
+            and (limit is None or offset + limit > _spill.RUN_SIZE)
+            and not plan.checked
+        ):
+            walk = self._unordered_keys(plan)
+            if walk is not None:
+                stop = None if limit is None else offset + limit
+                yield from self._in_pk_order(walk, oplan.tc_order == Order.STRDESC, offset, stop)
+                return
         if plan.deferred is not None and limit is None and not offset and by_pk:
             # Every match is loaded: its kind gates are checked on the loaded record rather
             # than by Tokyo reading it once more.
@@ -207,6 +230,22 @@ class TokyoStorage(BaseStorage):
             yield from self._top(plan, oplan, offset, limit)
             return
         yield from self._ordered_stream(plan, oplan, offset)
+
+    def _in_pk_order(
+        self, walk: Generator[bytes, None, None], descending: bool, offset: int, stop: int | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The walked keys' records in pk order (``[offset:stop]``), holding no list of
+        every key: an external merge sort (:mod:`.._spill`), records loaded in batches
+        as the merge reaches them (one deleted meanwhile is skipped). Tokyo compares
+        pks bytewise, as Python compares bytes, so the order is Tokyo's own.
+        """
+        with KeySorter[bytes]("the pks of a query") as sorter:
+            ordered: Iterable[bytes]
+            with contextlib.closing(walk):
+                ordered = sorter.sort(walk, descending=descending, stop=stop)
+            ordered = itertools.islice(ordered, offset, stop)
+            while batch := list(itertools.islice(ordered, BATCH_SIZE)):
+                yield from self._records(batch)
 
     def _ordered_stream(
         self, plan: Plan, oplan: OrderPlan, offset: int

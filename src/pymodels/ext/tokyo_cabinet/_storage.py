@@ -13,7 +13,7 @@ import resource
 import threading
 import time
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
@@ -36,6 +36,7 @@ from ...backend import (
     open_failure,
     url_path,
 )
+from .. import _spill
 from .._tokyo._columns import (
     TYPES_COLUMN,
     decode_dump,
@@ -1101,6 +1102,32 @@ class Storage(TokyoStorage):
                 return _sliced(keys, limit, skip)
         except TCError as e:
             raise _error("search", e) from e
+
+    def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None]:
+        """The plan's keys a page of ``_spill.RUN_SIZE`` at a time, for pk order.
+
+        Tokyo sorts a whole result before it slices it, and lists every key it returns,
+        so the pages are unordered searches with a limit and a skip (Tokyo stops
+        scanning once a page is full; later pages rescan the skipped part, the price of
+        the bounded list). Every page is taken under the file's lock, so no write of
+        this process moves records between them; no other process writes the file.
+        A plan with checked blocks is not paged (the caller keeps its path).
+        """
+        page = _spill.RUN_SIZE
+        blocks: list[Block] = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
+        with self._lock:
+            skip = 0
+            while True:
+                try:
+                    keys = self._run(blocks, None, page, skip)
+                except TCError as e:
+                    raise _error("search", e) from e
+                yield from keys
+                skip += len(keys)
+                if len(keys) < page:
+                    break
+            if plan.blocks is None and skip != self._db.rnum():
+                self._damaged(f"its header counts {self._db.rnum()} records but {skip} were found")
 
     def _proved(self, fact: Fact) -> bool:
         # Proved by counting the records that break the fact (one query, which reads
