@@ -203,10 +203,18 @@ class TokyoStorage(BaseStorage):
             and (limit is None or offset + limit > _spill.RUN_SIZE)
             and not plan.checked
         ):
-            walk = self._unordered_keys(plan)
+            # Unsliced, every match is loaded: its kind gates are checked on the loaded
+            # record (as below), not by Tokyo reading it once more.
+            lean, gates = (
+                plan.deferred
+                if plan.deferred is not None and limit is None and not offset
+                else (plan, ())
+            )
+            walk = self._unordered_keys(lean)
             if walk is not None:
                 stop = None if limit is None else offset + limit
-                yield from self._in_pk_order(walk, oplan.tc_order == Order.STRDESC, offset, stop)
+                descending = oplan.tc_order == Order.STRDESC
+                yield from self._in_pk_order(walk, descending, offset, stop, gates)
                 return
         if plan.deferred is not None and limit is None and not offset and by_pk:
             # Every match is loaded: its kind gates are checked on the loaded record rather
@@ -232,11 +240,17 @@ class TokyoStorage(BaseStorage):
         yield from self._ordered_stream(plan, oplan, offset)
 
     def _in_pk_order(
-        self, walk: Generator[bytes, None, None], descending: bool, offset: int, stop: int | None
+        self,
+        walk: Generator[bytes, None, None],
+        descending: bool,
+        offset: int,
+        stop: int | None,
+        gates: tuple[TCCond, ...] = (),
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """The walked keys' records in pk order (``[offset:stop]``), holding no list of
         every key: an external merge sort (:mod:`.._spill`), records loaded in batches
-        as the merge reaches them (one deleted meanwhile is skipped). Tokyo compares
+        as the merge reaches them (one deleted meanwhile, or failing ``gates``, is
+        skipped: only unsliced walks have gates). Tokyo compares
         pks bytewise, as Python compares bytes, so the order is Tokyo's own.
         """
         with KeySorter[bytes]("the pks of a query") as sorter:
@@ -245,7 +259,7 @@ class TokyoStorage(BaseStorage):
                 ordered = sorter.sort(walk, descending=descending, stop=stop)
             ordered = itertools.islice(ordered, offset, stop)
             while batch := list(itertools.islice(ordered, BATCH_SIZE)):
-                yield from self._records(batch)
+                yield from self._records(batch, gates)
 
     def _ordered_stream(
         self, plan: Plan, oplan: OrderPlan, offset: int
