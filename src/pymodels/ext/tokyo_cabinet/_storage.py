@@ -1104,7 +1104,8 @@ class Storage(TokyoStorage):
             raise _error("search", e) from e
 
     def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None]:
-        """The plan's keys a page of ``_spill.RUN_SIZE`` at a time, for pk order.
+        """The plan's keys a page of ``_spill.RUN_SIZE`` at a time, for pk order (every
+        key: the handle's iterator).
 
         Tokyo sorts a whole result before it slices it, and lists every key it returns,
         so the pages are unordered searches with a limit and a skip (Tokyo stops
@@ -1113,8 +1114,11 @@ class Storage(TokyoStorage):
         this process moves records between them; no other process writes the file.
         A plan with checked blocks is not paged (the caller keeps its path).
         """
+        if plan.blocks is None:
+            yield from self._walk_every_key()
+            return
         page = _spill.RUN_SIZE
-        blocks: list[Block] = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
+        blocks: list[Block] = [b.conds for b in plan.blocks]
         with self._lock:
             skip = 0
             while True:
@@ -1126,8 +1130,25 @@ class Storage(TokyoStorage):
                 skip += len(keys)
                 if len(keys) < page:
                     break
-            if plan.blocks is None and skip != self._db.rnum():
-                self._damaged(f"its header counts {self._db.rnum()} records but {skip} were found")
+
+    def _walk_every_key(self) -> Generator[bytes, None, None]:
+        """Every key, one at a time from the handle's iterator: a search with a skip
+        collects the skipped keys in C, so paging every record would hold them all.
+
+        The iterator is one per handle, and every storage on the file in this process
+        shares the handle and the lock held for the whole walk; nothing else uses it.
+        """
+        with self._lock:
+            count = 0
+            try:
+                for key in self._db.iterkeys():
+                    count += 1
+                    yield key
+                total = self._db.rnum()
+            except TCError as e:
+                raise _error("iternext", e) from e
+            if count != total:
+                self._damaged(f"its header counts {total} records but {count} could be listed")
 
     def _proved(self, fact: Fact) -> bool:
         # Proved by counting the records that break the fact (one query, which reads
