@@ -150,6 +150,36 @@ def test_a_without_rowid_table_of_earlier_versions_works_alike(path: Path) -> No
         assert "old" not in s and len(s) == 40
 
 
+def test_new_files_get_16_kib_pages_and_older_files_keep_theirs(path: Path) -> None:
+    # The page size is fixed when a file is first written: new files get the
+    # backend's, a file made with SQLite's default 4 KiB pages (by an earlier
+    # build or another program) keeps them and works alike.
+    with pymodels.get_storage(f"sqlite:///{path}") as s:
+        s.create_index(("city", "-age"))
+        s.save_many({"city": f"c{i % 3}", "age": i} for i in range(300))
+        assert isinstance(s, backend.Storage)
+        with s._db() as conn:
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == -backend.CACHE_KIB
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA page_size").fetchone()[0] == backend.PAGE_SIZE == 16384
+    raw.close()
+    old = path.with_name("old.db")
+    raw = sqlite3.connect(old, isolation_level=None)
+    raw.execute("PRAGMA journal_mode = DELETE")  # also switched to WAL on open
+    raw.execute("CREATE TABLE t (x)")
+    raw.close()
+    with pymodels.get_storage(f"sqlite:///{old}") as s:
+        s.create_index(("city", "-age"))
+        s.save_many({"city": f"c{i % 3}", "age": i} for i in range(300))
+        query = s.query().where(city="c1").order_by("-age")[:3]
+        assert [d["age"] for d in query] == [298, 295, 292]
+        assert s.query().where(age__gt=150).count() == 149
+    raw = sqlite3.connect(old)
+    assert raw.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.close()
+
+
 def test_tables_are_separate_namespaces(path: Path) -> None:
     with (
         pymodels.get_storage(f"sqlite:///{path}?table=a") as a,
