@@ -35,7 +35,12 @@ A small page (``offset + limit`` up to the storage's SMALL_PAGE) needs no
 probe: one aggregation (:func:`page_pipeline`) matches once and returns both
 the page in BSON's order and the set of BSON types each sort key holds
 across *every* match, so the decision above is made on that set
-(:func:`mixed_types`) in the same read of the matches.
+(:func:`mixed_types`) in the same read of the matches. The server sorts that
+page by the order's keys without the final pk and returns a few records more;
+those tied with the page's last record on the keys (:func:`tie_key`) are
+sorted by pk in Python. Reads from the first match send the filter without
+its list guards (:func:`loosen`) and check them on the records read
+(:func:`holds_guards`).
 """
 
 from __future__ import annotations
