@@ -112,8 +112,6 @@ features = Features(
 SMALL_PAGE = 256
 #: Records a small page reads past its end, for the ties with its last record (_facet_page).
 TIE_ROOM = 64
-#: Pages of one order read sorted by the pk too after one had more ties than TIE_ROOM.
-_TIE_RETRY = 16
 
 #: Server error codes for a reply document over the size limit (BSONObjectTooLarge,
 #: the aggregation result and $facet output limits).
@@ -205,8 +203,8 @@ class Storage(BaseStorage):
     def _open(self) -> None:
         s = self.settings
         self._tx = threading.local()
-        #: Sort specs whose last page had more ties than TIE_ROOM -> pages left to sort by pk.
-        self._tie_hints: dict[tuple[tuple[str, int], ...], int] = {}
+        #: Sort specs whose last small page had more ties than TIE_ROOM (_facet_page).
+        self._tie_hints: set[tuple[tuple[str, int], ...]] = set()
         self._owned = s.client is None
         if s.client is not None:
             if s.url is not None or s.host is not None or s.port is not None:
@@ -769,8 +767,9 @@ class Storage(BaseStorage):
         query), and returns TIE_ROOM records more: the records tied with the
         page's last one on those keys are then all in hand and sorted by pk
         here. Where they are not (more ties than that), the page is read again
-        sorted by the pk too, and so are the next _TIE_RETRY pages of that
-        order. ``loose``: the filter goes without its list guards (_query.loosen),
+        sorted by the pk too, and so are the next pages of that order until one
+        finds its ties fit (it reads TIE_ROOM records more too, to know).
+        ``loose``: the filter goes without its list guards (_query.loosen),
         checked here on the records kept; a record failing one reads the page
         again with the exact filter.
 
@@ -781,12 +780,10 @@ class Storage(BaseStorage):
         spec = sort_spec(order)
         sent, guards = loosen(flt) if loose else (flt, [])
         hint = tuple(spec)
-        split = not by_pk and len(spec) > 1 and spec[-1][0] == "_id"
-        left = self._tie_hints.get(hint) if split else None
-        if left:
-            self._tie_hints[hint] = left - 1  # advisory: a lost update costs time, not an answer
-            split = False
-        limit = count + TIE_ROOM if split else count
+        tied = len(spec) > 1 and spec[-1][0] == "_id"  # the pk breaks ties of the keys
+        # The hints are advisory: a lost update costs time, never an answer.
+        split = tied and not by_pk and hint not in self._tie_hints
+        limit = count + TIE_ROOM if tied else count
         pipeline = page_pipeline(sent, spec[:-1] if split else spec, limit, keys)
         try:
             with self._guard():
@@ -801,22 +798,30 @@ class Storage(BaseStorage):
         docs: list[dict[str, Any]] = result["page"]
         if len(docs) < limit:
             # Every match is in hand: the contract's order on them, whatever their kinds.
+            self._tie_hints.discard(hint)
             rows = [self._decode(doc) for doc in docs if holds_guards(doc, guards)]
             return sort_items(rows, order)[:count]
         rows = [self._decode(doc) for doc in docs[:count]]
-        if split:
+        if tied:
             last = tie_key(rows[-1][1], keys)
+            ties: list[Item] = []
+            fit = False  # whether a record past the page's ties was read
             for doc in itertools.islice(docs, count, None):
                 row = self._decode(doc)
                 if tie_key(row[1], keys) != last:
+                    fit = True
                     break
-                rows.append(row)
-            else:
+                ties.append(row)
+            if split and not fit:
                 # Every record read ties with the page's last: more may follow.
                 if len(self._tie_hints) >= 64:
                     self._tie_hints.clear()
-                self._tie_hints[hint] = _TIE_RETRY
+                self._tie_hints.add(hint)
                 return self._facet_page(flt, order, keys, count, loose=loose, by_pk=True)
+            if split:
+                rows += ties
+            elif fit:
+                self._tie_hints.discard(hint)  # the ties fit: the next page sorts by the keys
         if guards and not all(holds_guards(doc, guards) for doc in docs[: len(rows)]):
             # A record the exact filter leaves out (a list at a queried field).
             return self._facet_page(flt, order, keys, count, loose=False, by_pk=by_pk)
