@@ -7,7 +7,7 @@ import datetime as dt
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -480,6 +480,76 @@ def test_a_small_ordered_page_reads_the_matches_once(
         assert s.query().where(city="c").order_by("-age")[:1][0].pk == "dec"
         assert listener.commands[0] == "aggregate" and "find" in listener.commands
     client.close()
+
+
+@needs_server
+def test_an_ordered_page_with_more_ties_than_it_reads_past_its_end(
+    server: TemporaryMongo, collection_name: str
+) -> None:
+    """The server sorts by the keys alone; ties past TIE_ROOM are sorted by the pk there."""
+    from pymodels.ext.mongodb._storage import TIE_ROOM
+
+    listener = _Reads()
+    client: Any = pymongo.MongoClient(server.url, event_listeners=[listener])
+    records = {f"p{(i * 37) % 400:03}": {"city": "c", "age": 7} for i in range(400)}
+    records.update({f"q{i:03}": {"city": "c", "age": i % 3} for i in range(100)})
+    records.update({f"r{i:03}": {"city": "d", "age": i} for i in range(100)})
+    reference = MemoryStorage()
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        for target in (s, reference):
+            target.create_index(("city", "-age"))
+            for pk, record in records.items():
+                target.save(record, primary_key=pk)
+        assert TIE_ROOM < 400
+        for order in (("-age",), ("age",), ("-age", "-pk")):
+            for start, stop in ((0, 10), (5, 15), (0, 1), (395, 405), (0, 256)):
+                listener.commands.clear()
+                got = [d.pk for d in s.query().where(city="c").order_by(*order)[start:stop]]
+                want = [
+                    d.pk for d in reference.query().where(city="c").order_by(*order)[start:stop]
+                ]
+                assert got == want, (order, start, stop)
+        # After a page whose ties overflowed, the next ones of that order sort by pk at once,
+        # until one finds its ties fit; then they sort by the keys again.
+        for city, reads in (("c", 1), ("d", 1), ("d", 1), ("c", 2), ("c", 1)):
+            listener.commands.clear()
+            got = [d.pk for d in s.query().where(city=city).order_by("-age")[:10]]
+            want = [d.pk for d in reference.query().where(city=city).order_by("-age")[:10]]
+            assert got == want and listener.commands == ["aggregate"] * reads, city
+    client.close()
+
+
+@needs_server
+def test_pages_and_first_check_the_list_guards_on_what_they_read(storage: BaseStorage) -> None:
+    """The filter goes without its list guards; a list at a queried field never comes back."""
+    records: dict[str, dict[str, Any]] = {
+        f"p{i:03}": {"city": "c", "age": i % 40, "email": f"e{i}"} for i in range(300)
+    }
+    # Lists holding the value, first in pk order and first by age: MongoDB matches them.
+    records["a0"] = {"city": ["c", "d"], "age": 99, "email": ["e5", "x"]}
+    records["a1"] = {"city": ["c"], "age": 98, "email": ["e6"]}
+    records["a2"] = {"city": [], "age": 97}
+    reference = MemoryStorage()
+    for s in (storage, reference):
+        s.create_index(("city", "-age"))
+        s.create_index("email")
+        for pk, record in records.items():
+            s.save(record, primary_key=pk)
+    queries: list[Callable[[BaseStorage], Any]] = [
+        lambda s: s.query().where(city="c").order_by("-age")[:10],
+        lambda s: s.query().where(city="c").order_by("-age")[3:12],
+        lambda s: s.query().where(city="c").order_by("age")[:5],
+        lambda s: s.query().where(city="c")[:7],
+        lambda s: s.query().where(city="c"),
+        lambda s: s.query().where(email="e5")[:1],
+        lambda s: s.query().where(email="e6"),
+        lambda s: s.query().where(city="c", age__gte=30).order_by("-age", "email")[:4],
+    ]
+    for make in queries:
+        assert [d.pk for d in make(storage)] == [d.pk for d in make(reference)]
+    assert storage.query().where(email="e5").first().pk == "p005"  # type: ignore[union-attr]
 
 
 def test_the_page_pipeline_uses_only_allowed_stages() -> None:

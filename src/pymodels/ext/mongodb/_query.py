@@ -35,14 +35,19 @@ A small page (``offset + limit`` up to the storage's SMALL_PAGE) needs no
 probe: one aggregation (:func:`page_pipeline`) matches once and returns both
 the page in BSON's order and the set of BSON types each sort key holds
 across *every* match, so the decision above is made on that set
-(:func:`mixed_types`) in the same read of the matches.
+(:func:`mixed_types`) in the same read of the matches. The server sorts that
+page by the order's keys without the final pk and returns a few records more;
+those tied with the page's last record on the keys (:func:`tie_key`) are
+sorted by pk in Python. Reads from the first match send the filter without
+its list guards (:func:`loosen`) and check them on the records read
+(:func:`holds_guards`).
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
-from typing import Any
+from typing import Any, Final
 
 from ...backend import MISSING, BaseQuery, Compiled, Item, OrderKey, get_path
 from ._compiler import NUMBER_TYPES, dotted, valid_path
@@ -54,11 +59,15 @@ __all__ = [
     "SORT_TYPES",
     "Query",
     "classes_of",
+    "holds_guards",
+    "kinds_seen",
+    "loosen",
     "mixed_types",
     "other_types",
     "page_pipeline",
     "sort_spec",
     "stages",
+    "tie_key",
 ]
 
 #: Records fetched before deciding whether the engine's order can be kept.
@@ -126,15 +135,21 @@ def page_pipeline(
     matches are read once (a ``find`` then a probe read them twice). The
     ``kinds`` branch groups every match by the BSON type names (the ``$type``
     expression: "missing" when absent, "array" for any array) at each key's
-    dotted path; paths come from validated field names, never from values.
+    dotted path (:func:`kinds_seen` reads them); paths come from validated
+    field names, never from values. One top-level key groups by the bare
+    ``$type`` (no document per match to build and hash).
     """
-    kinds: dict[str, Any] = {}
-    for i, key in enumerate(keys):
-        kinds[f"k{i}"] = {"$type": "$" + dotted(key.path)}
-        # Each prefix of a dotted key too: a list on the way is found there
-        # (SecantusDB answers "missing", not "array", for `$a.b` over a list).
-        for j in range(1, len(key.path)):
-            kinds[f"k{i}p{j}"] = {"$type": "$" + dotted(key.path[:j])}
+    kinds: Any
+    if len(keys) == 1 and len(keys[0].path) == 1:
+        kinds = {"$type": "$" + keys[0].path[0]}
+    else:
+        kinds = {}
+        for i, key in enumerate(keys):
+            kinds[f"k{i}"] = {"$type": "$" + dotted(key.path)}
+            # Each prefix of a dotted key too: a list on the way is found there
+            # (SecantusDB answers "missing", not "array", for `$a.b` over a list).
+            for j in range(1, len(key.path)):
+                kinds[f"k{i}p{j}"] = {"$type": "$" + dotted(key.path[:j])}
     return [
         {"$match": flt},
         {
@@ -144,6 +159,66 @@ def page_pipeline(
             }
         },
     ]
+
+
+def kinds_seen(
+    keys: list[OrderKey], groups: list[dict[str, Any]]
+) -> tuple[list[set[str]], list[set[str]]]:
+    """``(seen, on_way)`` for :func:`mixed_types` from the ``kinds`` branch of the page."""
+    seen: list[set[str]] = [set() for _ in keys]
+    on_way: list[set[str]] = [set() for _ in keys]
+    if len(keys) == 1 and len(keys[0].path) == 1:
+        seen[0].update(str(group["_id"]) for group in groups)
+        return seen, on_way
+    for group in groups:
+        for i, key in enumerate(keys):
+            seen[i].add(str(group["_id"].get(f"k{i}", "missing")))
+            for j in range(1, len(key.path)):
+                on_way[i].add(str(group["_id"].get(f"k{i}p{j}", "missing")))
+    return seen, on_way
+
+
+_GUARD: Final = {"$exists": False}
+
+
+def loosen(flt: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, ...]]]:
+    """``flt`` without its top-level list guards (``"f.0": {"$exists": false}``), and their paths.
+
+    Each top-level key of a filter is a conjunct, so the loose filter selects a
+    superset; :func:`holds_guards` decides the dropped conjuncts on a fetched
+    document. A guard checked by the server costs about what the condition
+    beside it does for each match (SecantusDB resolves the path in Python),
+    one checked here a dict lookup on the few records a page keeps.
+    """
+    guards = [k for k, v in flt.items() if k.endswith(".0") and v == _GUARD]
+    if not guards:
+        return flt, []
+    loose = {k: v for k, v in flt.items() if k not in guards}
+    return loose, [tuple(k[:-2].split(".")) for k in guards]
+
+
+def holds_guards(doc: dict[str, Any], guards: list[tuple[str, ...]]) -> bool:
+    """Whether the BSON document ``doc`` (as pymongo decodes it) has no ``<path>.0`` per guard.
+
+    ``f.0`` exists where ``f`` is a non-empty array or an embedded document
+    with a key ``"0"``. A list before the last part (which the filter's own
+    prefix guards exclude anyway) answers False: the server then decides.
+    """
+    for path in guards:
+        value: Any = doc
+        for part in path:
+            t = type(value)
+            if t is dict:
+                value = value.get(part, MISSING)
+            elif t is list:
+                return False
+            else:
+                value = MISSING
+                break
+        t = type(value)
+        if (t is list and value) or (t is dict and "0" in value):
+            return False
+    return True
 
 
 def mixed_types(
@@ -175,6 +250,27 @@ def mixed_types(
     if any("array" in names for names in on_way):
         return True
     return any(s & set(other_types(c)) for s, c in zip(seen, classes, strict=True))
+
+
+_NAN = object()
+
+
+def tie_key(record: dict[str, Any], keys: list[OrderKey]) -> tuple[Any, ...]:
+    """The values at the sort keys, equal where BSON's sort ties two records of one kind.
+
+    Python's ``==`` on values of one engine-sortable kind is BSON's tie
+    (``1 == 1.0``, ``Decimal("1.0") == Decimal("1")``), except NaN (never
+    in the contract's domain, maybe in another program's records), which
+    BSON ties with NaN.
+    """
+    out: list[Any] = []
+    for key in keys:
+        value = get_path(record, key.path)
+        t = type(value)
+        if (t is float and value != value) or (t is decimal.Decimal and value.is_nan()):
+            value = _NAN
+        out.append(value)
+    return tuple(out)
 
 
 def _sort_class(value: Any) -> str | None:

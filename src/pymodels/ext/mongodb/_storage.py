@@ -71,11 +71,15 @@ from ._query import (
     FIRST_BATCH,
     Query,
     classes_of,
+    holds_guards,
+    kinds_seen,
+    loosen,
     mixed_types,
     other_types,
     page_pipeline,
     sort_spec,
     stages,
+    tie_key,
 )
 
 __all__ = ["META_COLLECTION", "Settings", "Storage", "features"]
@@ -106,6 +110,8 @@ features = Features(
 
 #: Matches a small ordered page reads, to know their kinds without a probe (_checked_order).
 SMALL_PAGE = 256
+#: Records a small page reads past its end, for the ties with its last record (_facet_page).
+TIE_ROOM = 64
 
 #: Server error codes for a reply document over the size limit (BSONObjectTooLarge,
 #: the aggregation result and $facet output limits).
@@ -197,6 +203,8 @@ class Storage(BaseStorage):
     def _open(self) -> None:
         s = self.settings
         self._tx = threading.local()
+        #: Sort specs whose last small page had more ties than TIE_ROOM (_facet_page).
+        self._tie_hints: set[tuple[tuple[str, int], ...]] = set()
         self._owned = s.client is None
         if s.client is not None:
             if s.url is not None or s.host is not None or s.port is not None:
@@ -743,15 +751,40 @@ class Storage(BaseStorage):
         yield from stream
 
     def _facet_page(
-        self, flt: dict[str, Any], order: tuple[OrderKey, ...], keys: list[OrderKey], count: int
+        self,
+        flt: dict[str, Any],
+        order: tuple[OrderKey, ...],
+        keys: list[OrderKey],
+        count: int,
+        *,
+        loose: bool = True,
+        by_pk: bool = False,
     ) -> list[Item] | None:
         """The first ``count`` matches in the contract's order, matches read once (_query).
+
+        The server sorts by the order's own keys, without the pk that ends
+        every order (a second sort key costs SecantusDB about a fifth of the
+        query), and returns TIE_ROOM records more: the records tied with the
+        page's last one on those keys are then all in hand and sorted by pk
+        here. Where they are not (more ties than that), the page is read again
+        sorted by the pk too, and so are the next pages of that order until one
+        finds its ties fit (it reads TIE_ROOM records more too, to know).
+        ``loose``: the filter goes without its list guards (_query.loosen),
+        checked here on the records kept; a record failing one reads the page
+        again with the exact filter.
 
         None when the server refuses the reply as too large (the page's
         records exceed the 16 MB a document may hold): the caller reads
         them as a cursor instead.
         """
-        pipeline = page_pipeline(flt, sort_spec(order), count, keys)
+        spec = sort_spec(order)
+        sent, guards = loosen(flt) if loose else (flt, [])
+        hint = tuple(spec)
+        tied = len(spec) > 1 and spec[-1][0] == "_id"  # the pk breaks ties of the keys
+        # The hints are advisory: a lost update costs time, never an answer.
+        split = tied and not by_pk and hint not in self._tie_hints
+        limit = count + TIE_ROOM if tied else count
+        pipeline = page_pipeline(sent, spec[:-1] if split else spec, limit, keys)
         try:
             with self._guard():
                 result = next(iter(self.collection.aggregate(pipeline)), None)
@@ -762,24 +795,45 @@ class Storage(BaseStorage):
             raise
         if result is None:  # not expected: $facet always returns one document
             return None
-        rows = [self._decode(doc) for doc in result["page"]]
+        docs: list[dict[str, Any]] = result["page"]
+        if len(docs) < limit:
+            # Every match is in hand: the contract's order on them, whatever their kinds.
+            self._tie_hints.discard(hint)
+            rows = [self._decode(doc) for doc in docs if holds_guards(doc, guards)]
+            return sort_items(rows, order)[:count]
+        rows = [self._decode(doc) for doc in docs[:count]]
+        if tied:
+            last = tie_key(rows[-1][1], keys)
+            ties: list[Item] = []
+            fit = False  # whether a record past the page's ties was read
+            for doc in itertools.islice(docs, count, None):
+                row = self._decode(doc)
+                if tie_key(row[1], keys) != last:
+                    fit = True
+                    break
+                ties.append(row)
+            if split and not fit:
+                # Every record read ties with the page's last: more may follow.
+                if len(self._tie_hints) >= 64:
+                    self._tie_hints.clear()
+                self._tie_hints.add(hint)
+                return self._facet_page(flt, order, keys, count, loose=loose, by_pk=True)
+            if split:
+                rows += ties
+            elif fit:
+                self._tie_hints.discard(hint)  # the ties fit: the next page sorts by the keys
+        if guards and not all(holds_guards(doc, guards) for doc in docs[: len(rows)]):
+            # A record the exact filter leaves out (a list at a queried field).
+            return self._facet_page(flt, order, keys, count, loose=False, by_pk=by_pk)
         classes = classes_of(rows, keys)
-        if len(rows) < count:  # every match is in hand
-            if classes is None:
-                sort_items(rows, order)
-            return rows
         if classes is None or any(c is None for c in classes):
             return list(self._python_order(flt, order, 0, count))
-        seen: list[set[str]] = [set() for _ in keys]
-        on_way: list[set[str]] = [set() for _ in keys]
-        for group in result["kinds"]:
-            for i, key in enumerate(keys):
-                seen[i].add(str(group["_id"].get(f"k{i}", "missing")))
-                for j in range(1, len(key.path)):
-                    on_way[i].add(str(group["_id"].get(f"k{i}p{j}", "missing")))
+        seen, on_way = kinds_seen(keys, result["kinds"])
         if mixed_types(keys, [str(c) for c in classes], seen, on_way):
             return list(self._python_order(flt, order, 0, count))
-        return rows
+        # BSON orders every match as the contract does at the keys: the rows are a
+        # prefix of the matches in that order holding every tie of the page's last.
+        return sort_items(rows, order)[:count] if split else rows
 
     def _mixed(self, flt: dict[str, Any], keys: list[OrderKey], classes: list[str | None]) -> bool:
         """Whether a matching record may sort otherwise in BSON than in the contract (_query)."""
@@ -833,8 +887,13 @@ class Storage(BaseStorage):
     def _explain_select(self, native: Any, order: Any, offset: int, limit: int | None) -> str:
         flt = native or {}
         spec = sort_spec(order) if order else []
+        small = limit is not None and 0 < offset + limit <= SMALL_PAGE and len(spec) > 1
+        total = bool(spec) and spec[-1][0] == "_id"
+        loose, guards = loosen(flt)
+        if not (small or (offset == 0 and (limit is None or total))):
+            loose, guards = flt, []
         with self._guard():
-            cursor = self.collection.find(flt, session=self.session)
+            cursor = self.collection.find(loose, session=self.session)
             if spec:
                 cursor = cursor.sort(spec)
             if offset:
@@ -843,10 +902,13 @@ class Storage(BaseStorage):
                 cursor = cursor.limit(limit)
             plan = cursor.explain()
         winning = plan.get("queryPlanner", {}).get("winningPlan", {})
-        text = f"find {flt!r} sort {spec!r}"
+        text = f"find {loose!r} sort {spec!r}"
         if offset or limit is not None:
             text += f" skip {offset} limit {limit}"
         text += f"\n  plan (explain): {stages(winning)}"
+        if guards:
+            names = ", ".join(dotted(g) for g in guards)
+            text += f"\n  (not a list at {names}: checked on the records read)"
         if spec:
             text += "\n  (kinds at the sort keys checked per run; Python sorts where they mix)"
         return text
@@ -860,7 +922,17 @@ class Storage(BaseStorage):
         offset: int,
         limit: int | None,
         projection: dict[str, Any] | None = None,
+        *,
+        loose: bool = True,
     ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        total = bool(sort) and sort is not None and sort[-1][0] == "_id"
+        if loose and offset == 0 and projection is None and (limit is None or total):
+            # The list guards are checked here (_query.loosen): a record failing one
+            # is dropped, and a limited read in a total order takes the rest from
+            # the exact filter.
+            sent, guards = loosen(flt)
+            if guards:
+                return self._loose_stream(flt, sent, guards, sort, limit)
         with self._guard():
             cursor = self.collection.find(flt, projection, session=self.session)
             if sort:
@@ -870,6 +942,38 @@ class Storage(BaseStorage):
             if limit is not None:
                 cursor = cursor.limit(limit)
         return self._stream(cursor)
+
+    def _loose_stream(
+        self,
+        flt: dict[str, Any],
+        loose: dict[str, Any],
+        guards: list[tuple[str, ...]],
+        sort: list[tuple[str, int]] | None,
+        limit: int | None,
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        with self._guard():
+            cursor = self.collection.find(loose, session=self.session)
+            if sort:
+                cursor = cursor.sort(sort)
+            if limit is not None:
+                cursor = cursor.limit(limit)
+        done = 0
+        try:
+            while True:
+                with self._guard():
+                    doc = next(cursor, None)
+                if doc is None:
+                    return
+                if holds_guards(doc, guards):
+                    done += 1
+                    yield self._decode(doc)
+                elif limit is not None:
+                    # The records before this one are the exact filter's first ones.
+                    cursor.close()
+                    yield from self._find(flt, sort, done, limit - done, loose=False)
+                    return
+        finally:
+            cursor.close()
 
     def _stream(self, cursor: Any) -> Generator[tuple[str, dict[str, Any]], None, None]:
         try:
