@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", default="10000,100000", help="record counts, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    print(f"{'backend':<14}{'n':>8}  {'metric':<14}{'pymodels/s':>12}{'raw/s':>12}{'ratio':>8}")
+    print(f"{'backend':<14}{'n':>8}  {'metric':<14}{'pymodels/s':>12}{'raw/s':>12}{'ratio':>9}")
     with contextlib.ExitStack() as stack:
         if "postgresql" in args.backends.split(","):
             from pymodels.testing.postgresql import postgres_url_for_tests
@@ -170,7 +170,7 @@ def _report(args: argparse.Namespace) -> None:
                 if metric in FIRST_METRICS and metric not in names:
                     continue
                 a, b = ours.get(metric), theirs.get(names.get(metric, ""))
-                ratio = f"{b / a:>7.2f}x" if a and b else "     -"
+                ratio = f"{b / a:>8.2f}x" if a and b else "       -"
                 print(f"{backend:<14}{n:>8}  {metric:<14}{a or 0:>12,.0f}{b or 0:>12,.0f}{ratio}")
             sys.stdout.flush()
 

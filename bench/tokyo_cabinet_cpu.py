@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = workload.make_records(n) if args.workload else tokyo_cabinet.records(n)
     rng = random.Random(0)
     cities = [str(docs[rng.randrange(n)]["city"]) for _ in range(200)]
-    emails = [str(docs[rng.randrange(n)]["email"]) for _ in range(2000)]
+    emails = [str(docs[rng.randrange(n)]["email"]) for _ in range(10_000)]
     with (
         tempfile.TemporaryDirectory(prefix="tc-cpu-") as tmp,
         pymodels.get_storage({"backend": "tokyo_cabinet", "path": f"{tmp}/x.tct"}) as s,

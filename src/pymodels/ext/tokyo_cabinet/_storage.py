@@ -827,6 +827,21 @@ class Storage(TokyoStorage):
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(pk, record)`` for keys, loaded in batches; keys deleted meanwhile are skipped,
         and so are records failing ``gates`` (see :attr:`Plan.deferred`)."""
+        if not gates and len(keys) <= BATCH_SIZE:
+            # One batch (a page, first()): loaded here, without a generator's frame.
+            return iter(
+                [
+                    (decode_pk(key), decode_dump(dump))
+                    for key, dump in zip(keys, self._load_dumps(keys), strict=True)
+                    if dump is not None
+                ]
+            )
+        return self._batched_records(keys, gates)
+
+    def _batched_records(
+        self, keys: list[bytes], gates: tuple[TCCond, ...]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """:meth:`_records` a batch at a time, each loaded as the caller reaches it."""
         verdicts: dict[bytes | None, bool] = {}  # by _types column: records share them
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
