@@ -76,10 +76,17 @@ def test_misc_records_are_binary_safe(client: Client) -> None:
     value = b"a\x00b\xff\xfe\x00"
     assert client.table_put(b"k\x00\xff", [b"col", value, b"other", b"\x00"])
     assert client.table_get(b"k\x00\xff") == [b"col", value, b"other", b"\x00"]
+    assert client.table_record(b"k\x00\xff") == {b"col": value, b"other": b"\x00"}
+    assert client.table_records([b"k\x00\xff", b"missing", b"k\x00\xff"]) == [
+        {b"col": value, b"other": b"\x00"},
+        None,
+        {b"col": value, b"other": b"\x00"},
+    ]
     assert client.table_put(b"k\x00\xff", [b"col", b"x"], keep=True) is False
     assert client.table_out(b"k\x00\xff") is True
     assert client.table_out(b"k\x00\xff") is False
     assert client.table_get(b"k\x00\xff") is None
+    assert client.table_record(b"k\x00\xff") is None
 
 
 def test_search_commands(client: Client) -> None:
@@ -110,7 +117,7 @@ def test_search_commands(client: Client) -> None:
 
 def test_replies_are_parsed_whatever_the_reads_bring() -> None:
     """The reader's own buffer: a reply trickling in byte by byte, then many in one read."""
-    from pymodels.ext.tokyo_tyrant._protocol import _Connection, _read_misc
+    from pymodels.ext.tokyo_tyrant._protocol import _Connection, _read_misc, _read_record
 
     big = b"\x00\xff" * 40_000  # larger than one recv
     elements = [b"", b"a\x00b", big, b"z"]
@@ -130,6 +137,23 @@ def test_replies_are_parsed_whatever_the_reads_bring() -> None:
         for _ in range(4):
             assert _read_misc(conn) == (True, elements)
         thread.join()
+        assert not conn.stale()
+        # A record's columns read as pairs, whatever the reads bring.
+        record = b"\x00" + struct.pack(">I", 4)
+        record += b"".join(struct.pack(">I", len(e)) + e for e in [b"a", big, b"\x00", b""])
+
+        def trickle_record() -> None:
+            for i in range(0, 30, 3):  # head, names and sizes cut anywhere
+                right.sendall(record[i : i + 3])
+            right.sendall(record[30:] + record)
+
+        thread = threading.Thread(target=trickle_record)
+        thread.start()
+        for _ in range(2):
+            assert _read_record(conn) == {b"a": big, b"\x00": b""}
+        thread.join()
+        right.sendall(b"\x01\x00\x00\x00\x00")
+        assert _read_record(conn) is None
         assert not conn.stale()
         right.sendall(b"\x01")  # bytes nobody asked for: the connection is not reused
         time.sleep(0.05)
@@ -509,3 +533,29 @@ def test_index_kinds_are_found_on_a_server_elsewhere(tyrant: TemporaryTyrant) ->
         assert found == {"a": "lexical", "b": "decimal", "c": "token", "d": "qgram", "e": None}
         assert storage.has_index("a") and not storage.has_index("e")
         assert "127.0.0.1:" in repr(storage)
+
+
+def test_an_ordered_slice_checks_kind_gates_on_the_records_it_loads(
+    tyrant: TemporaryTyrant,
+) -> None:
+    # The top of an ordered slice is asked of the server without the kind gates (the
+    # index answers alone) and the gates are checked on the loaded records: values of
+    # other kinds whose text matches (bytes, word lists, numbers) send the query again
+    # with its gates, and never come back.
+    with pymodels.get_storage(tyrant.url) as storage:
+        storage.create_index("name")
+        pks = storage.save_many([{"name": f"a{i}"} for i in (5, 1, 3, 2, 4, 0)])
+        by_name = dict(zip((f"a{i}" for i in (5, 1, 3, 2, 4, 0)), pks, strict=True))
+        q = storage.query().where(name__startswith="a").order_by("name")
+        assert [d.pk for d in q[:3]] == [by_name["a0"], by_name["a1"], by_name["a2"]]
+        assert "top: tctdbqry: name STRBW 'a' (then checked" in q[:3].explain()
+        storage.save_many([{"name": b"a0"}, {"name": ["a00", "b"]}, {"name": b"a1x"}])
+        assert [d["name"] for d in q[:3]] == ["a0", "a1", "a2"]
+        assert [d["name"] for d in q.order_by("-name")[:2]] == ["a5", "a4"]
+        assert [d["name"] for d in q[4:10]] == ["a4", "a5"]
+        # Ties of the last record of the slice still come in pk order.
+        storage.save_many([{"name": "a1"}, {"name": "a1"}])
+        got = list(q[:3])
+        assert [d["name"] for d in got] == ["a0", "a1", "a1"]
+        ones = sorted(str(d.pk) for d in storage.query().where(name="a1"))
+        assert [d.pk for d in got[1:]] == ones[:2]

@@ -662,39 +662,44 @@ def _column_decoders(raw: bytes) -> dict[bytes, _Decoder]:
     return decoders
 
 
-# Column name -> field name ("" for columns that are not field names). A plain dict: the
-# set of column names of a database is small and this lookup runs for every column read.
-_NAMES: dict[bytes, str] = {}
 _NO_DECODERS: Final[dict[bytes, _Decoder]] = {}
-
-
-def _name_of(column: bytes) -> str:
-    name = _field_name(column) or ""
-    if len(_NAMES) < 100_000:
-        _NAMES[column] = name
-    return name
 
 
 def decode_record(columns: dict[bytes, bytes]) -> dict[str, Any]:
     """The record of a table record's columns (``columns`` is consumed)."""
+    global _last_shape
     raw_types = columns.pop(TYPES_COLUMN, None)
-    decoders = _column_decoders(raw_types) if raw_types else _NO_DECODERS
-    names = _NAMES
+    if not raw_types:
+        shape = _UNTYPED
+    else:
+        # Records read one after another mostly share their _types column: one bytes
+        # comparison then replaces the cache lookup (see decode_dump).
+        last, shape = _last_shape
+        if raw_types != last:
+            shape = _shape(raw_types)
+            _last_shape = raw_types, shape
     record: dict[str, Any] = {}
     for column, raw in columns.items():
-        name = names.get(column)
-        if name is None:
-            name = _name_of(column)
+        # decode_dump's loop over a dict: change them together.
+        entry = shape.get(column)
+        name, decode = shape.learn(column) if entry is None else entry
         if not name:
             continue
-        decode = decoders.get(column)
-        if decode is not None:
+        if decode is None:
+            # decode_text inlined for its common case: valid UTF-8 without NUL.
             try:
-                record[name] = decode(raw)
-            except _BAD_COLUMN:
-                record[name] = decode_text(raw)
+                text = raw.decode()
+            except UnicodeDecodeError:
+                text = decode_text(raw)
+            else:
+                if "\x00" in text:
+                    text = decode_text(raw)
+            record[name] = text
             continue
-        record[name] = decode_text(raw)
+        try:
+            record[name] = decode(raw)
+        except _BAD_COLUMN:
+            record[name] = decode_text(raw)
     return record
 
 
@@ -743,6 +748,10 @@ _UNTYPED: Final = _Shape(_NO_DECODERS)
 def _shape(raw_types: bytes) -> _Shape:
     return _Shape(_column_decoders(raw_types))
 
+
+#: The ``_types`` column :func:`decode_record` last met and its shape (one tuple, so
+#: that threads always read a matching pair).
+_last_shape: tuple[bytes, _Shape] = (b"", _UNTYPED)
 
 #: The ``_types`` column last decoded, in dump form, and its shape: records read one
 #: after another mostly share it, and one prefix test then replaces finding it. One

@@ -30,7 +30,7 @@ from ...backend import (
 )
 from .. import _spill
 from .._spill import KeySorter
-from ._columns import decode_record
+from ._columns import TYPES_COLUMN, decode_record
 from ._compiler import (
     INDEX_SERVES,
     Fact,
@@ -38,6 +38,7 @@ from ._compiler import (
     Plan,
     TCCond,
     compile_condition,
+    gates_hold,
     pk_order_in_python,
     refine,
     refine_shape,
@@ -61,6 +62,13 @@ class TokyoStorage(BaseStorage):
     #: where reading a key costs little (the Cabinet file); a server reads and sends
     #: each one, so Tyrant asks for none and pays a second search only on a tie.
     _ties_ahead: ClassVar[int] = 64
+
+    #: Whether an ordered slice without look-ahead (``_ties_ahead`` 0) first asks Tokyo
+    #: without the plan's deferrable kind gates (see :attr:`~._compiler.Plan.deferred`)
+    #: and checks them on the records it loads anyway (see ``_top``). Worth it where
+    #: Tokyo reading each candidate to test its ``_types`` column costs a server's time
+    #: (Tyrant); the Cabinet file keeps its gates in the search.
+    _gates_on_loaded_top: ClassVar[bool] = False
 
     #: Refined templates of shaped lookups (see :meth:`_refined`), by shape: the
     #: template (None: refine each plan) and the facts it rests on, with their answers.
@@ -316,8 +324,7 @@ class TokyoStorage(BaseStorage):
         # One key past the slice tells whether a tie crosses the cut; the look-ahead, if
         # any, is at least the slice's length.
         fetch = want + 1 + (max(want, self._ties_ahead) if self._ties_ahead else 0)
-        keys = self._tc_search(plan, (col, oplan.tc_order), fetch)
-        raw = self._load_raw(keys[: want + 1])
+        keys, raw = self._top_keys(plan, (col, oplan.tc_order), fetch, want + 1)
         if any(c is None for c in raw):
             # Deleted meanwhile: the top is short of what the order holds.
             yield from list(self._ordered_stream(plan, oplan, 0))[offset:want]
@@ -328,7 +335,7 @@ class TokyoStorage(BaseStorage):
                 (decode_pk(k), decode_record(c))
                 for k, c in zip(keys[:want], found[:want], strict=True)
             ]
-            yield from sort_items(items, oplan.keys)[offset:want]
+            yield from _sort_top(items, oplan.keys)[offset:want]
             return
         boundary = found[want - 1].get(col)
         if boundary is not None and b"\x00" in boundary:
@@ -341,7 +348,7 @@ class TokyoStorage(BaseStorage):
             (decode_pk(k), decode_record(c))
             for k, c in zip(keys[:first], found[:first], strict=True)
         ]
-        items = sort_items(head, oplan.keys)
+        items = _sort_top(head, oplan.keys)
         descending = oplan.keys[-1].descending
         end = want + 1
         for columns in self._load_raw(keys[end:]):
@@ -362,6 +369,33 @@ class TokyoStorage(BaseStorage):
             )
         items.extend(self._records(ties))
         yield from items[offset:want]
+
+    def _top_keys(
+        self, plan: Plan, order: tuple[bytes, int], fetch: int, load: int
+    ) -> tuple[list[bytes], list[dict[bytes, bytes] | None]]:
+        """The first ``fetch`` keys of ``plan`` in ``order`` and the columns of the first
+        ``load`` of them (None: deleted meanwhile).
+
+        With :attr:`_gates_on_loaded_top` and no look-ahead, Tokyo is first asked
+        without the plan's deferrable kind gates (an index then answers alone, reading
+        no record) and the gates are checked on the loaded records, exactly as Tokyo
+        tests them (:func:`~._compiler.gates_hold`): when all pass, those keys are the
+        plan's first ones too (the gates only remove records from the lean plan's
+        order). A record of another kind among them sends the query again with its
+        gates. Whatever other clients write meanwhile, every record kept passed the
+        gates as loaded.
+        """
+        deferred = plan.deferred
+        if self._gates_on_loaded_top and deferred is not None and fetch == load:
+            lean, gates = deferred
+            keys = self._tc_search(lean, order, fetch)
+            raw = self._load_raw(keys)
+            # Records mostly share their _types column: each distinct one checked once.
+            types = {c.get(TYPES_COLUMN) for c in raw if c is not None}
+            if all(gates_hold(gates, t) for t in types):
+                return keys, raw
+        keys = self._tc_search(plan, order, fetch)
+        return keys, self._load_raw(keys[:load])
 
     def _tie_condition(self, plan: Plan, col: bytes, value: bytes | None, numeric: bool) -> TCCond:
         """The condition selecting the records whose ``col`` is ``value`` (None: lacking it).
@@ -400,14 +434,62 @@ class TokyoStorage(BaseStorage):
             direction = Order(tc_order[1]).name
             lines.append(f"tctdbqrysetorder: {column} {direction}")
         unsliced = limit is None and not offset
+        hinted = plan
         if plan.deferred is not None and unsliced and (oplan is None or oplan.by_pk):
             lean, gates = plan.deferred
             checked = " AND ".join(map(str, gates))
             lines.append(f"documents: {lean.describe()} (then checked in Python: {checked})")
-        for i, hint in enumerate(self._tc_hints(plan, tc_order, tc_limit, skip)):
+        elif (
+            plan.deferred is not None
+            and oplan is not None
+            and not oplan.by_pk
+            and limit is not None
+            and self._gates_on_loaded_top
+            and not self._ties_ahead
+        ):
+            # As _top_keys runs it: Tokyo's part without the gates, one key past the slice.
+            hinted, gates = plan.deferred
+            checked = " AND ".join(map(str, gates))
+            tc_limit += 1
+            lines.append(
+                f"top: {hinted.describe()} (then checked in Python on the loaded records: "
+                f"{checked}; the query with them runs if one fails)"
+            )
+        for i, hint in enumerate(self._tc_hints(hinted, tc_order, tc_limit, skip)):
             label = "tokyo hint" if i == 0 else f"tokyo hint (query {i + 1})"
             lines.append(f"{label}: " + hint.replace("\n", "; "))
         return "\n  ".join(lines)
+
+
+#: Types whose values order within their kind as Python orders them (sort_key is the
+#: kind's rank, then the value): a slice of one of these needs no sort key to check.
+_PLAIN_ORDERED: Final = frozenset({str, bytes, int, datetime.date})
+
+
+def _sort_top(items: list[Item], keys: tuple[OrderKey, ...]) -> list[Item]:
+    """``sort_items(items, keys)`` for the records of an ordered slice, which Tokyo's
+    order mostly gives sorted already: when ``keys`` are one top-level field then the
+    pk, and every value there has one type of :data:`_PLAIN_ORDERED`, a check that each
+    pair of neighbours is in order (by value, then by pk) replaces the sort."""
+    if len(items) < 2:
+        return items
+    if len(keys) != 2 or len(keys[0].path) != 1 or not keys[1].is_pk:
+        return sort_items(items, keys)
+    name = keys[0].path[0]
+    values: list[Any] = [record.get(name) for _, record in items]
+    kind = type(values[0])
+    if kind not in _PLAIN_ORDERED or any(type(v) is not kind for v in values):
+        return sort_items(items, keys)
+    descending, pk_descending = keys[0].descending, keys[1].descending
+    before, pk = values[0], items[0][0]
+    for (next_pk, _), value in zip(items[1:], values[1:], strict=True):
+        if value == before:
+            if (next_pk > pk) if pk_descending else (next_pk < pk):
+                return sort_items(items, keys)
+        elif (value > before) if descending else (value < before):
+            return sort_items(items, keys)
+        before, pk = value, next_pk
+    return items
 
 
 #: The longest slice :meth:`TokyoStorage._select_page` serves (longer ones stream).

@@ -54,7 +54,11 @@ class Query(BaseQuery[Any]):
     # ------------------------------------------------------------- engine hooks
 
     def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
-        return self._order_plan(order, native) is not None
+        oplan = self._order_plan(order, native)
+        # Kept for _engine_fetch, which the query calls next with these same objects:
+        # the plan is made once per run (and the run uses the plan this answer rests on).
+        self._last_order_plan = (order, native, oplan)
+        return oplan is not None
 
     def _order_plan(self, order: tuple[OrderKey, ...], plan: Plan) -> OrderPlan | None:
         first = order[0]
@@ -95,7 +99,13 @@ class Query(BaseQuery[Any]):
         limit: int | None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         # The storage runs the plan in the order plan made here (or none).
-        oplan = self._order_plan(order, native) if order is not None else None
+        oplan = None
+        if order is not None:
+            last = self.__dict__.get("_last_order_plan")
+            if last is not None and last[0] is order and last[1] is native:
+                oplan = last[2]
+            else:
+                oplan = self._order_plan(order, native)
         return self.storage._select(native, oplan, offset, limit)
 
     def _engine_count(self, native: Any) -> int:

@@ -79,6 +79,8 @@ _HEAD2: Final = struct.Struct(">BB")
 _STATUS_U32: Final = struct.Struct(">BI")
 _MISC_HEAD: Final = struct.Struct(">BBIII")
 _BUFSIZE: Final = 64 * 1024
+#: A ``misc get`` request up to its one argument (the key's length, then the key).
+_GET_HEAD: Final = _MISC_HEAD.pack(MAGIC, MISC, 3, 0, 1) + b"get"
 #: Pipelined writes go out in groups of this many requests (see :meth:`Client.call_many`).
 PIPELINE_GROUP: Final = 64
 
@@ -206,6 +208,35 @@ class _Connection:
                     continue
             self._pos = pos
             append(self.read(self.u32()))
+            buf, pos, end = self._buf, self._pos, len(self._buf)
+        self._pos = pos
+        return out
+
+    def columns(self, count: int) -> dict[bytes, bytes]:
+        """``count`` length-prefixed elements read as name, value pairs: a record's
+        columns, put straight into a dict (no list of elements in between)."""
+        if count % 2:
+            self.elements(count)  # keep the stream in step; the caller drops it anyway
+            raise ProtocolError(f"a record of {count} elements: names and values come in pairs")
+        out: dict[bytes, bytes] = {}
+        unpack_from = _U32.unpack_from
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        for _ in range(count >> 1):
+            if pos + 4 <= end:
+                start = pos + 4
+                stop = start + unpack_from(buf, pos)[0]
+                if stop + 4 <= end:
+                    value = stop + 4
+                    value_stop = value + unpack_from(buf, stop)[0]
+                    if value_stop <= end:  # the common case: the whole pair is buffered
+                        out[buf[start:stop]] = buf[value:value_stop]
+                        pos = value_stop
+                        continue
+            self._pos = pos
+            name = self.read(self.u32())
+            out[name] = self.read(self.u32())
             buf, pos, end = self._buf, self._pos, len(self._buf)
         self._pos = pos
         return out
@@ -450,6 +481,18 @@ class Client:
         ok, elements = self.misc(b"get", [pk], write=False)
         return elements if ok else None
 
+    def table_record(self, pk: bytes) -> dict[bytes, bytes] | None:
+        """A record's columns as a dict (name: value), or None when missing."""
+        return self.call(_GET_HEAD + _U32.pack(len(pk)) + pk, _read_record, write=False)
+
+    def table_records(self, pks: Sequence[bytes]) -> list[dict[bytes, bytes] | None]:
+        """The records of several keys (see :meth:`table_record`), aligned with them:
+        ``misc get`` pipelined over one connection, one round trip."""
+        head, pack = _GET_HEAD, _U32.pack
+        return self.call_many(
+            [head + pack(len(pk)) + pk for pk in pks], _read_record, write=False, count=len(pks)
+        )
+
     def table_out(self, pk: bytes) -> bool:
         """Delete a record; False when it was missing."""
         ok, _ = self.misc(b"out", [pk], write=True)
@@ -606,6 +649,17 @@ def _read_misc(conn: _Connection) -> tuple[bool, list[bytes]]:
     if status > 1:
         raise ProtocolError(f"unexpected status byte {status} from Tokyo Tyrant")
     return status == 0, conn.elements(count)
+
+
+def _read_record(conn: _Connection) -> dict[bytes, bytes] | None:
+    # misc get: the columns as name, value elements; a missing record fails (no elements).
+    status, count = conn.status_u32()
+    if status > 1:
+        raise ProtocolError(f"unexpected status byte {status} from Tokyo Tyrant")
+    if status:
+        conn.elements(count)
+        return None
+    return conn.columns(count)
 
 
 def _read_u64(conn: _Connection) -> int:

@@ -147,6 +147,9 @@ class Storage(TokyoStorage):
     # wire a transfer: a top 10 asking for 75 keys took 4x the server time of one asking
     # for 21 (docs/tokyo_tyrant.md, Performance).
     _ties_ahead: ClassVar[int] = 0
+    # ... and the kind gates of an ordered slice are checked on the records loaded
+    # rather than by the server reading each candidate (see TokyoStorage._top_keys).
+    _gates_on_loaded_top: ClassVar[bool] = True
 
     @classmethod
     def settings_from_url(cls, url: str) -> dict[str, Any]:
@@ -205,8 +208,8 @@ class Storage(TokyoStorage):
     # ---------------------------------------------------------------- records
 
     def _load(self, pk: str) -> dict[str, Any] | None:
-        columns = self.client.table_get(pk.encode("utf-8"))
-        return None if columns is None else decode_record(_pairs(columns))
+        columns = self.client.table_record(pk.encode("utf-8"))
+        return None if columns is None else decode_record(columns)
 
     def _load_many(self, pks: list[str]) -> list[dict[str, Any] | None]:
         raw = self._load_raw([pk.encode("utf-8") for pk in pks])
@@ -215,11 +218,11 @@ class Storage(TokyoStorage):
     def _load_raw(self, keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
         # Pipelined misc get: binary-safe (mget joins columns with NUL, which values
         # may hold) and still one round trip per batch.
+        if len(keys) <= BATCH_SIZE:
+            return self.client.table_records(keys)
         out: list[dict[bytes, bytes] | None] = []
         for start in range(0, len(keys), BATCH_SIZE):
-            batch = keys[start : start + BATCH_SIZE]
-            replies = self.client.misc_many(b"get", [[k] for k in batch], write=False)
-            out.extend(_pairs(cols) if ok else None for ok, cols in replies)
+            out.extend(self.client.table_records(keys[start : start + BATCH_SIZE]))
         return out
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
@@ -521,11 +524,6 @@ def columns_of(record: Mapping[str, Any]) -> list[bytes]:
     :func:`~pymodels.ext._tokyo._columns.encode_dump`).
     """
     return parse_list(encode_dump(record))
-
-
-def _pairs(elements: list[bytes]) -> dict[bytes, bytes]:
-    it = iter(elements)
-    return dict(zip(it, it, strict=True))
 
 
 def _cond_args(conds: Iterable[TCCond]) -> list[bytes]:
