@@ -1,11 +1,20 @@
-"""The query execution both Tokyo backends share, over a few hooks each implements.
+"""The query execution and index handling both Tokyo backends share, over a few hooks
+each implements.
 
 :class:`TokyoStorage` runs the shared query class's plans (:mod:`._query`,
-:mod:`._compiler`): selection with Tokyo's order, exact ordering of ties, slices and
-``explain()``. A backend supplies the engine side: ``_tc_search`` (primary keys of a
-plan), ``_records`` and ``_load_raw`` (records of keys), ``_tc_hints`` and
-``_index_map``; the Cabinet backend through the C library, the Tyrant backend over the
-network.
+:mod:`._compiler`): selection with Tokyo's order, exact ordering of ties, slices,
+counts, deletes and ``explain()``; and it keeps the index bookkeeping both backends do
+alike (one column per index, the kind a field's declared type suggests, no empty
+values under a lexical or decimal index). A backend supplies the engine side: the
+Cabinet backend through the C library, the Tyrant backend over the network.
+
+What a backend must implement (under that heading below): ``_search`` (keys of
+some condition blocks, one search or a metasearch), ``_records`` and ``_load_raw``
+(records of keys), ``_count_block``, ``_delete_block`` and ``_delete_keys``, ``_hints``,
+``_index_map``, ``_index_column``, ``_stored_index_kind`` and ``_count_empty``. What it
+may override: ``_search_all`` (every key), ``_unordered_keys``, ``_proved``,
+``_delete_all``, ``_deleting``, and the attributes ``_search_lock``, ``_indexes_lock``
+and ``_engine_errors``.
 """
 
 from __future__ import annotations
@@ -14,25 +23,31 @@ import contextlib
 import datetime
 import decimal
 import itertools
+import os
 import typing
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
+from urllib.parse import unquote_to_bytes
 
 from ...backend import (
     BATCH_SIZE,
     BaseStorage,
     Compiled,
     Condition,
+    IndexSpec,
     Item,
+    OpSupport,
     OrderKey,
+    PyModelsError,
     declared_types,
     sort_items,
 )
 from .. import _spill
 from .._spill import KeySorter
-from ._columns import TYPES_COLUMN, decode_record
+from ._columns import TYPES_COLUMN, decode_record, name_bytes
 from ._compiler import (
     INDEX_SERVES,
+    Block,
     Fact,
     OrderPlan,
     Plan,
@@ -50,7 +65,16 @@ if TYPE_CHECKING:
     from ...backend import Document
     from ._compiler import _Template
 
-__all__ = ["TokyoStorage", "decode_pk", "default_index_kind"]
+__all__ = [
+    "INDEX_SUFFIXES",
+    "MAX_LIMIT",
+    "OP_SUPPORT",
+    "TokyoStorage",
+    "decode_pk",
+    "default_index_kind",
+    "scan_index_files",
+    "sliced",
+]
 
 
 class TokyoStorage(BaseStorage):
@@ -76,22 +100,40 @@ class TokyoStorage(BaseStorage):
         tuple[str, str, str, str], tuple[_Template | None, tuple[tuple[Fact, bool], ...]]
     ]
 
-    # ------------------------------------------------------- the backend's side
+    #: Held around each read that takes several engine calls (a search and the records
+    #: of its checked blocks, a count of several blocks, the hints of explain()): the
+    #: Cabinet file's lock, so that no write of this process comes between them. Tyrant
+    #: holds nothing: other clients write between any two requests anyway.
+    _search_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+    #: Held while the index bookkeeping (:meth:`_index_map`) is read; a backend sets it
+    #: when it opens (Cabinet: the file's lock; Tyrant: a lock of its own).
+    _indexes_lock: contextlib.AbstractContextManager[Any]
+
+    #: The engine's own errors, which those reads raise as :class:`PyModelsError` (see
+    #: :meth:`_engine_error`): the C library's on Cabinet; none on Tyrant, whose client
+    #: raises pymodels' errors itself.
+    _engine_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    #: What Tokyo Cabinet aborts when it meets an empty value while building a lexical or
+    #: decimal index (see :meth:`_refuse_empty_values`): the process holding the file.
+    _aborted_by_empty_values: ClassVar[str] = "the process"
+
+    # ------------------------------------------------- what a backend must implement
 
     def _index_map(self) -> Mapping[bytes, str]:
         """Indexed columns and their kinds (the compiler prefers indexed conditions)."""
         raise NotImplementedError
 
-    def _tc_search(
-        self,
-        plan: Plan,
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
+    def _search(
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[bytes]:
-        """Primary keys the plan selects (``extra``: one more condition on every block),
-        in ``order`` (column, :class:`~._format.Order`), skipped and limited."""
+        """Keys of the union of ``blocks`` (one search, or a metasearch for several) in
+        ``order`` (column, :class:`~._format.Order`), skipped and limited by Tokyo.
+
+        :meth:`_run` calls it with every pk order Tokyo cannot give already done in
+        Python (see :func:`~._compiler.pk_order_in_python`).
+        """
         raise NotImplementedError
 
     def _records(
@@ -105,6 +147,52 @@ class TokyoStorage(BaseStorage):
         """Column maps of keys, aligned with them (None: missing)."""
         raise NotImplementedError
 
+    def _count_block(self, conds: Block) -> int:
+        """How many records one block of conditions selects (nothing else comes back)."""
+        raise NotImplementedError
+
+    def _delete_block(self, conds: Block) -> int:
+        """Delete the records one block of conditions selects (in one engine call, under
+        the engine's lock) and return how many."""
+        raise NotImplementedError
+
+    def _delete_keys(self, keys: list[bytes]) -> int:
+        """Delete the records of ``keys`` and return how many there were."""
+        raise NotImplementedError
+
+    def _hints(
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
+    ) -> list[str]:
+        """Tokyo's own account of the query of ``blocks`` (runs it), for ``explain()``."""
+        raise NotImplementedError
+
+    def _index_column(self, col: bytes, kind: str | None, name: str) -> None:
+        """Index column ``col`` (field ``name``) with ``kind`` (None: the kind of the
+        index it has, else lexical), idempotently."""
+        raise NotImplementedError
+
+    def _stored_index_kind(self, col: bytes) -> str | None:
+        """The kind of the index the database itself holds on ``col``, or None."""
+        raise NotImplementedError
+
+    def _count_empty(self, col: bytes) -> int:
+        """How many records hold an empty value in column ``col``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------- what a backend may override
+
+    def _engine_error(self, operation: str, error: Exception) -> PyModelsError:
+        """The error to raise for ``error``, one of :attr:`_engine_errors`, met in
+        ``operation`` (needed where :attr:`_engine_errors` names any)."""
+        raise NotImplementedError
+
+    def _search_all(
+        self, order: tuple[bytes, int] | None, limit: int, skip: int, extra: TCCond | None
+    ) -> list[bytes]:
+        """Every key (``extra``: the one condition), in ``order``, skipped and limited;
+        the default is a search without conditions."""
+        return self._run([()], order, limit, skip, extra)
+
     def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None] | None:
         """Every key the plan selects, in no order, listed in bounded memory; or None
         where the backend has no bounded way (then pk order lists and sorts them all).
@@ -114,11 +202,16 @@ class TokyoStorage(BaseStorage):
         """
         return None
 
-    def _tc_hints(
-        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
-    ) -> list[str]:
-        """Tokyo's own account of the plan's queries, for ``explain()``."""
-        raise NotImplementedError
+    def _delete_all(self) -> int:
+        """Delete every record and return how many there were."""
+        total = self._count()
+        self._clear()
+        return total
+
+    def _deleting(self) -> contextlib.AbstractContextManager[Any]:
+        """Held around the deletes of one ``delete()`` of a query (see
+        :meth:`_delete_where`); the default holds nothing."""
+        return contextlib.nullcontext()
 
     def _proved(self, fact: Fact) -> bool:
         """Whether ``fact`` (see :data:`~._compiler.Fact`) holds in every record now.
@@ -167,6 +260,78 @@ class TokyoStorage(BaseStorage):
             if len(cache) < 256:
                 cache[shape] = entry
         return entry[0]
+
+    # ---------------------------------------------------------------- searches
+
+    def _run(
+        self,
+        blocks: Sequence[Block],
+        order: tuple[bytes, int] | None = None,
+        limit: int = -1,
+        skip: int = 0,
+        extra: TCCond | None = None,
+    ) -> list[bytes]:
+        """Keys of the union of ``blocks`` (one search, or a metasearch for several),
+        ordered and sliced; ``extra``: one more condition on every block."""
+        if not blocks:
+            return []
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
+            keys = self._run(blocks, extra=extra)
+            keys.sort(reverse=order[1] == Order.STRDESC)
+            return sliced(keys, limit, skip)
+        if extra is not None:
+            blocks = [(*b, extra) for b in blocks]
+        return self._search(blocks, order, limit, skip)
+
+    def _checked_keys(
+        self, plan: Plan, extra: TCCond | None = None, exclude: set[bytes] | None = None
+    ) -> list[bytes]:
+        """Keys of the checked blocks whose records pass their check (none of ``exclude``,
+        and each once)."""
+        assert plan.blocks is not None
+        found: list[bytes] = []
+        seen = set() if exclude is None else set(exclude)
+        for block in plan.blocks:
+            if block.check is None:
+                continue
+            candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
+            for key, columns in zip(candidates, self._load_raw(candidates), strict=True):
+                if columns is not None and block.check.matches(decode_record(columns)):
+                    found.append(key)
+                    seen.add(key)
+        return found
+
+    def _tc_search(
+        self,
+        plan: Plan,
+        order: tuple[bytes, int] | None = None,
+        limit: int = -1,
+        skip: int = 0,
+        extra: TCCond | None = None,
+    ) -> list[bytes]:
+        """Primary keys the plan selects (``extra``: one more condition on every block),
+        in ``order`` (column, :class:`~._format.Order`), skipped and limited.
+
+        A plan with checked blocks takes no column order (the query never asks for one).
+        """
+        if plan.nothing:
+            return []
+        # try/except around the body rather than a wrapper: this runs once per query.
+        try:
+            with self._search_lock:
+                if plan.blocks is None:
+                    return self._search_all(order, limit, skip, extra)
+                if not plan.checked:
+                    return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
+                assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
+                sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
+                exclude = None if plan.disjoint else set(sure)
+                keys = sure + self._checked_keys(plan, extra, exclude)
+                if order is not None:
+                    keys.sort(reverse=order[1] == Order.STRDESC)
+                return sliced(keys, limit, skip)
+        except self._engine_errors as e:
+            raise self._engine_error("search", e) from e
 
     # ------------------------------------------------------ shared query hooks
 
@@ -316,7 +481,7 @@ class TokyoStorage(BaseStorage):
         want = offset + limit
         if want == 0:
             return
-        if want >= _MAX_LIMIT // 2:
+        if want >= MAX_LIMIT // 2:
             # Beyond what Tokyo's limit (a C int) holds, and beyond any table: no limit.
             yield from itertools.islice(self._ordered_stream(plan, oplan, offset), limit)
             return
@@ -460,6 +625,121 @@ class TokyoStorage(BaseStorage):
             lines.append(f"{label}: " + hint.replace("\n", "; "))
         return "\n  ".join(lines)
 
+    def _count_where(self, native: Any) -> int:
+        plan: Plan = native
+        if plan.nothing:
+            return 0
+        if plan.blocks is None:
+            return self._count()
+        try:
+            with self._search_lock:
+                sure = [b.conds for b in plan.blocks if b.check is None]
+                if plan.checked and not plan.disjoint:
+                    return len(self._tc_search(plan))
+                total = 0
+                if len(sure) == 1 or (sure and plan.disjoint):
+                    # One count per block, nothing but the number comes back. (A
+                    # metasearch's count is not the union's size, so unions that may
+                    # overlap list their keys.)
+                    for conds in sure:
+                        total += self._count_block(conds)
+                elif sure:
+                    total += len(self._run(sure))
+                if plan.checked:
+                    total += len(self._checked_keys(plan))
+                return total
+        except self._engine_errors as e:
+            raise self._engine_error("search", e) from e
+
+    def _delete_where(self, native: Any) -> int | None:
+        plan: Plan = native
+        if plan.nothing:
+            return 0
+        if plan.blocks is None:
+            return self._delete_all()
+        with self._deleting():
+            # Checked records are found before anything is deleted; each exact block goes
+            # with one engine call (a record deleted by an earlier block is not found
+            # again), which reports how many it took.
+            checked = self._checked_keys(plan) if plan.checked else []
+            total = 0
+            for block in plan.blocks:
+                if block.check is None:
+                    total += self._delete_block(block.conds)
+            if checked:
+                total += self._delete_keys(checked)
+        return total
+
+    def _tc_hints(
+        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
+    ) -> list[str]:
+        """Tokyo's own account of the plan's queries, for ``explain()`` (runs them)."""
+        if plan.nothing or (plan.everything and order is None):
+            return []
+        blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
+        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
+            order, limit, skip = None, -1, 0  # as _run does
+        try:
+            with self._search_lock:
+                return self._hints(blocks, order, limit, skip)
+        except self._engine_errors as e:
+            raise self._engine_error("search", e) from e
+
+    # ----------------------------------------------------------------- indexes
+
+    def _create_index(self, spec: IndexSpec) -> None:
+        (key,) = spec.keys
+        if len(key.path) > 1:
+            # Tokyo indexes whole columns; a nested path lives inside a JSON column.
+            return
+        self._index_column(name_bytes(key.path[0]), spec.kind, key.path[0])
+
+    def _has_index(self, spec: IndexSpec) -> bool:
+        key = spec.keys[0]
+        if len(spec.keys) != 1 or len(key.path) != 1:
+            return False
+        kind = self._stored_index_kind(name_bytes(key.path[0]))
+        return kind is not None and (spec.kind is None or spec.kind == kind)
+
+    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str:
+        # The kind that fits the field's declared type: decimal for numbers, dates and
+        # datetimes, token for lists, lexical otherwise. (A compound entry arrives as
+        # its first field: Tokyo has no compound indexes.)
+        first = fields if isinstance(fields, str) else fields[0]
+        return default_index_kind(doc_class, first.lstrip("-"))
+
+    def index_kinds(self) -> dict[str, str]:
+        """The indexed columns and their kinds: on Tokyo Cabinet the file's; on Tokyo
+        Tyrant those this storage knows of (the ones it made, and those beside the
+        served file when the server runs on this machine)."""
+        with self._indexes_lock:
+            return {k.decode("utf-8", "replace"): v for k, v in self._index_map().items()}
+
+    def _indexes(self) -> list[IndexSpec]:
+        return [
+            IndexSpec((OrderKey((name,)),), False, kind)
+            for name, kind in sorted(self.index_kinds().items())
+        ]
+
+    def _refuse_empty_values(self, col: bytes, kind: str) -> None:
+        """Before building a ``kind`` index on ``col``: refuse where records hold an empty
+        value there and the kind is lexical or decimal.
+
+        Tokyo Cabinet 1.4.48 aborts (a failed C assertion) when it meets an empty value
+        while building such an index: the process holding the file, which for Tyrant
+        is the server. pymodels never writes one; other clients may have.
+        """
+        if kind not in ("lexical", "decimal"):
+            return
+        empty = self._count_empty(col)
+        if empty:
+            raise PyModelsError(
+                f"cannot build a lexical or decimal index on {col.decode('utf-8', 'replace')!r}: "
+                f"{empty} records (written by another client) hold an empty value there, which "
+                f"makes Tokyo Cabinet abort {self._aborted_by_empty_values}; rewrite them or use "
+                "a token index"
+            )
+
 
 #: Types whose values order within their kind as Python orders them (sort_key is the
 #: kind's rank, then the value): a slice of one of these needs no sort key to check.
@@ -496,7 +776,13 @@ def _sort_top(items: list[Item], keys: tuple[OrderKey, ...]) -> list[Item]:
 _PAGE_MAX: Final = 1000
 
 #: Tokyo's query limit is a C int.
-_MAX_LIMIT: Final = 2**31 - 2
+MAX_LIMIT: Final = 2**31 - 2
+
+
+def sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
+    """``keys`` skipped and limited as Tokyo does (``limit`` -1: no limit)."""
+    stop = None if limit < 0 else skip + limit
+    return keys[skip:stop] if skip or stop is not None else keys
 
 
 def decode_pk(key: bytes) -> str:
@@ -527,3 +813,56 @@ def default_index_kind(doc_class: type[Document], field: str) -> str:
     if options and all(typing.get_origin(o) is list or o is list for o in options):
         return "token"
     return "lexical"
+
+
+#: How the shared compiler decides each lookup (``Features.ops`` of both backends: the
+#: same compiler runs every query on the same file). An op is "native" only where Tokyo
+#: decides it exactly for every value; "prefilter" where it does for most values but
+#: re-checks some in Python (docs/tokyo_cabinet.md lists which); "python" where Tokyo
+#: only narrows to records whose field has the right kind.
+OP_SUPPORT: Final[Mapping[str, OpSupport]] = {
+    "equals": "prefilter",  # exact except dicts, lists of numbers, bytes holding NUL
+    "exists": "native",
+    "gt": "prefilter",  # dates exact; numbers, datetimes: bound ties checked; str: python
+    "gte": "prefilter",
+    "lt": "prefilter",
+    "lte": "prefilter",
+    "between": "prefilter",
+    "in": "prefilter",  # as equals
+    "contains": "prefilter",
+    "contains_all": "prefilter",
+    "contains_any": "prefilter",
+    "startswith": "native",
+    "endswith": "native",
+    "iequals": "prefilter",  # exact except values holding a Greek sigma
+    "icontains": "prefilter",
+    "istartswith": "prefilter",
+    "iendswith": "prefilter",
+    "matches": "python",
+    "imatches": "python",
+    "year": "native",
+    "month": "native",
+    "day": "native",
+    "like": "prefilter",
+}
+
+#: Index kinds by the suffix of their index files (``f.tct.idx.<column>.lex``).
+INDEX_SUFFIXES: Final = {"lex": "lexical", "dec": "decimal", "tok": "token", "qgr": "qgram"}
+
+
+def scan_index_files(directory: str, base: str) -> dict[bytes, str]:
+    """Indexed columns of the table file ``base`` in ``directory`` and their kinds, from
+    the index files Tokyo keeps beside it (none where the folder cannot be listed)."""
+    prefix = base + ".idx."
+    found: dict[bytes, str] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return found
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        column, _, suffix = name[len(prefix) :].rpartition(".")
+        if suffix in INDEX_SUFFIXES and column:
+            found[unquote_to_bytes(column)] = INDEX_SUFFIXES[suffix]
+    return found

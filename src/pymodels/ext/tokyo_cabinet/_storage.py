@@ -14,7 +14,7 @@ import threading
 import time
 import typing
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 import pydantic
@@ -26,12 +26,10 @@ from ...backend import (
     ConfigurationError,
     CorruptData,
     Features,
-    IndexSpec,
     IntegrityError,
     Item,
     LockTimeout,
     NotSupported,
-    OrderKey,
     PyModelsError,
     StorageNotFound,
     open_failure,
@@ -42,7 +40,6 @@ from .. import _spill
 from .._tokyo._columns import (
     TYPES_COLUMN,
     decode_dump,
-    decode_record,
     dump_types,
     encode_dump,
     name_bytes,
@@ -56,9 +53,16 @@ from .._tokyo._compiler import (
     Plan,
     TCCond,
     gates_hold,
-    pk_order_in_python,
 )
-from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
+from .._tokyo._engine import (
+    INDEX_SUFFIXES,
+    MAX_LIMIT,
+    OP_SUPPORT,
+    TokyoStorage,
+    decode_pk,
+    scan_index_files,
+    sliced,
+)
 from .._tokyo._query import Query
 from . import _binding
 from ._binding import (
@@ -78,40 +82,11 @@ from ._binding import (
     search_blocks,
 )
 
-if TYPE_CHECKING:
-    from ...backend import Document
-
 __all__ = ["Settings", "Storage", "features"]
 
-# An op is "native" only where Tokyo decides it exactly for every value; "prefilter" where
-# it does for most values but re-checks some in Python (docs/tokyo_cabinet.md lists which);
-# "python" where Tokyo only narrows to records whose field has the right kind.
+# The shared compiler decides the ops as on every Tokyo backend (see OP_SUPPORT).
 features = Features(
-    ops={
-        "equals": "prefilter",  # exact except dicts, lists of numbers, bytes holding NUL
-        "exists": "native",
-        "gt": "prefilter",  # dates exact; numbers, datetimes: bound ties checked; str: python
-        "gte": "prefilter",
-        "lt": "prefilter",
-        "lte": "prefilter",
-        "between": "prefilter",
-        "in": "prefilter",  # as equals
-        "contains": "prefilter",
-        "contains_all": "prefilter",
-        "contains_any": "prefilter",
-        "startswith": "native",
-        "endswith": "native",
-        "iequals": "prefilter",  # exact except values holding a Greek sigma
-        "icontains": "prefilter",
-        "istartswith": "prefilter",
-        "iendswith": "prefilter",
-        "matches": "python",
-        "imatches": "python",
-        "year": "native",
-        "month": "native",
-        "day": "native",
-        "like": "prefilter",
-    },
+    ops=dict(OP_SUPPORT),
     transactions=True,
     indexes=True,
     unique_indexes=False,
@@ -166,7 +141,6 @@ _INDEX_TYPES: Final = {
     "token": IndexType.TOKEN,
     "qgram": IndexType.QGRAM,
 }
-_INDEX_SUFFIXES: Final = {"lex": "lexical", "dec": "decimal", "tok": "token", "qgr": "qgram"}
 _COMPRESSION: Final = {"deflate": TuneOpt.DEFLATE, "bzip": TuneOpt.BZIP, "tcbs": TuneOpt.TCBS}
 #: Below this many records clear() deletes record by record (atomic, keeps the file);
 #: above it the file is truncated with tctdbvanish.
@@ -434,6 +408,9 @@ class Storage(TokyoStorage):
     settings_class: ClassVar[type[BaseSettings]] = Settings
     url_schemes: ClassVar[tuple[str, ...]] = ("tokyo-cabinet", "tokyo_cabinet")
     settings: Settings
+    # The shared engine's searches raise the library's errors as PyModelsError (see
+    # _engine_error).
+    _engine_errors: ClassVar[tuple[type[Exception], ...]] = (TCError,)
     #: Each write outside a transaction (save, delete, clear) runs in a Tokyo transaction
     #: of its own, so that a kill cannot leave it half done (see ``TableDB.atomically``).
     #: Only ``bench/tokyo_cabinet_crash_cost.py`` turns it off, to measure what it costs.
@@ -480,8 +457,9 @@ class Storage(TokyoStorage):
         before = _parse_header(self._db.header_before)
         self._file = _file_state(path)
         # Every storage on this file shares one lock (see _File): the base class's
-        # transaction() and read-modify-write paths hold it.
-        self._lock = self._file.lock
+        # transaction() and read-modify-write paths hold it, and so do the shared
+        # engine's reads of several steps and its index bookkeeping.
+        self._lock = self._search_lock = self._indexes_lock = self._file.lock
         try:
             with self._lock:
                 if self._db.opened_file:
@@ -578,8 +556,7 @@ class Storage(TokyoStorage):
             # being built is skipped when the database opens): nothing holds it.
             for name in _index_files(self.path, col):
                 os.unlink(name)
-        if kind in ("lexical", "decimal"):
-            self._refuse_empty_values(col)
+        self._refuse_empty_values(col, kind)
         self._db.setindex(col, _INDEX_TYPES[kind])
         self._file.stale.discard(col)
 
@@ -921,15 +898,10 @@ class Storage(TokyoStorage):
 
     # ----------------------------------------------------------------- indexes
 
-    def _create_index(self, spec: IndexSpec) -> None:
-        (key,) = spec.keys
-        if len(key.path) > 1:
-            # Tokyo indexes whole columns; a nested path lives inside a JSON column.
-            return
-        col = name_bytes(key.path[0])
+    def _index_column(self, col: bytes, kind: str | None, name: str) -> None:
         with self._lock:
             current = self._file.indexes.get(col)
-            wanted = spec.kind or current or "lexical"
+            wanted = kind or current or "lexical"
             if current == wanted and col not in self._file.stale:
                 return
             if self._tx_open():
@@ -944,60 +916,28 @@ class Storage(TokyoStorage):
             try:
                 if col in self._file.stale:
                     # An index that may be behind its records is rebuilt, not kept.
-                    _log.warning("%s: rebuilding the index on %r", self.path, key.path[0])
+                    _log.warning("%s: rebuilding the index on %r", self.path, name)
                     self._rebuild_index(col, wanted)
                 else:
-                    if wanted in ("lexical", "decimal"):
-                        self._refuse_empty_values(col)
+                    self._refuse_empty_values(col, wanted)
                     self._db.setindex(col, _INDEX_TYPES[wanted])
             except TCError as e:
                 raise self._write_error("setindex", e) from e
             self._file.indexes[col] = wanted
             self._check_written("setindex")
 
-    def _refuse_empty_values(self, col: bytes) -> None:
-        # Tokyo Cabinet 1.4.48 aborts the process (a failed C assertion) when it meets an
-        # empty value while building a lexical or decimal index. pymodels never writes
-        # one; other clients may have.
+    def _count_empty(self, col: bytes) -> int:
         with self._db.query() as q:
             q.addcond(col, Cond.STREQ, b"")
-            empty = q.searchcount()
-        if empty:
-            raise PyModelsError(
-                f"cannot build a lexical or decimal index on {col.decode('utf-8', 'replace')!r}: "
-                f"{empty} records (written by another client) hold an empty value there, which "
-                "makes Tokyo Cabinet abort the process; rewrite them or use a token index"
-            )
+            return q.searchcount()
 
-    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str:
-        # The kind that fits the field's declared type: decimal for numbers, dates and
-        # datetimes, token for lists, lexical otherwise. (A compound entry arrives as
-        # its first field: Tokyo has no compound indexes.)
-        first = fields if isinstance(fields, str) else fields[0]
-        return default_index_kind(doc_class, first.lstrip("-"))
-
-    def _has_index(self, spec: IndexSpec) -> bool:
+    def _stored_index_kind(self, col: bytes) -> str | None:
         # Tokyo's own record of its indexes: the index files beside the table file.
-        key = spec.keys[0]
-        if len(spec.keys) != 1 or len(key.path) != 1:
-            return False
-        kind = _scan_indexes(self.settings.path).get(name_bytes(key.path[0]))
-        return kind is not None and (spec.kind is None or spec.kind == kind)
+        return _scan_indexes(self.settings.path).get(col)
 
     def _can_index_now(self) -> bool:
         # Tokyo cannot build an index inside a transaction: a later save does it.
         return not self._tx_open()
-
-    def index_kinds(self) -> dict[str, str]:
-        """The indexed columns of the file and their kinds."""
-        with self._lock:
-            return {k.decode("utf-8", "replace"): v for k, v in self._file.indexes.items()}
-
-    def _indexes(self) -> list[IndexSpec]:
-        return [
-            IndexSpec((OrderKey((name,)),), False, kind)
-            for name, kind in sorted(self.index_kinds().items())
-        ]
 
     def _index_map(self) -> Mapping[bytes, str]:
         return self._file.indexes
@@ -1005,12 +945,7 @@ class Storage(TokyoStorage):
     # ------------------------------------------------------------ query support
 
     def _tc_queries(
-        self,
-        blocks: Sequence[Block],
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[_binding.Query]:
         """One Tokyo query per block; the first carries the order and the limit.
 
@@ -1025,14 +960,6 @@ class Storage(TokyoStorage):
                 queries.append(q)
                 for c in block:
                     q.addcond(c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx or scan)
-                if extra is not None:
-                    q.addcond(
-                        extra.col,
-                        extra.op,
-                        extra.expr,
-                        negate=extra.negate,
-                        noidx=extra.noidx or scan,
-                    )
             if order is not None:
                 queries[0].setorder(order[0], order[1])
             if limit >= 0 or skip:
@@ -1043,85 +970,32 @@ class Storage(TokyoStorage):
             raise
         return queries
 
-    def _run(
-        self,
-        blocks: Sequence[Block],
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
+    def _search(
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[bytes]:
-        """Keys of the union of ``blocks`` (a search, or a metasearch), ordered and sliced."""
-        if not blocks:
-            return []
-        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
-            keys = self._run(blocks, extra=extra)
-            keys.sort(reverse=order[1] == Order.STRDESC)
-            return _sliced(keys, limit, skip)
         if order is not None and (limit >= 0 or skip) and self._file.stale:
             # An ordered query with a limit may walk the order column's index: not while
             # an index may be behind its records.
-            return _sliced(self._run(blocks, order, extra=extra), limit, skip)
-        if extra is not None:
-            blocks = [(*b, extra) for b in blocks]
+            return sliced(self._run(blocks, order), limit, skip)
         # The same queries _tc_queries builds, without a Python object per query.
         keys = search_blocks(self._db, blocks, order, limit, skip, noidx=bool(self._file.stale))
         self._check_reads()
         return keys
 
-    def _checked_keys(
-        self, plan: Plan, extra: TCCond | None = None, exclude: set[bytes] | None = None
+    def _search_all(
+        self, order: tuple[bytes, int] | None, limit: int, skip: int, extra: TCCond | None
     ) -> list[bytes]:
-        """Keys of the checked blocks whose records pass their check."""
-        assert plan.blocks is not None
-        found: list[bytes] = []
-        seen = set() if exclude is None else set(exclude)
-        for block in plan.blocks:
-            if block.check is None:
-                continue
-            candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
-            for key, columns in zip(candidates, self._load_raw(candidates), strict=True):
-                if columns is not None and block.check.matches(decode_record(columns)):
-                    found.append(key)
-                    seen.add(key)
-        return found
+        if extra is None and (order is None or order[0] == b""):
+            # Every record: the key list is cheaper than a table scan.
+            keys = self._checked_keys_list()
+            if order is not None:
+                keys.sort(reverse=order[1] == Order.STRDESC)
+            return sliced(keys, limit, skip)
+        return super()._search_all(order, limit, skip, extra)
 
-    def _tc_search(
-        self,
-        plan: Plan,
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
-    ) -> list[bytes]:
-        """Primary keys the plan selects, in ``order`` (column, :class:`Order`), sliced.
-
-        A plan with checked blocks takes no column order (the query never asks for one).
-        """
-        if plan.nothing:
-            return []
-        # try/except rather than _translate: this runs once per query.
-        try:
-            with self._lock:
-                if plan.blocks is None:
-                    if extra is None and (order is None or order[0] == b""):
-                        # Every record: the key list is cheaper than a table scan.
-                        keys = self._checked_keys_list()
-                        if order is not None:
-                            keys.sort(reverse=order[1] == Order.STRDESC)
-                        return _sliced(keys, limit, skip)
-                    return self._run([()], order, limit, skip, extra)
-                if not plan.checked:
-                    return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
-                assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
-                sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
-                exclude = None if plan.disjoint else set(sure)
-                keys = sure + self._checked_keys(plan, extra, exclude)
-                if order is not None:
-                    keys.sort(reverse=order[1] == Order.STRDESC)
-                return _sliced(keys, limit, skip)
-        except TCError as e:
-            raise _error("search", e) from e
+    def _engine_error(self, operation: str, error: Exception) -> PyModelsError:
+        assert isinstance(error, TCError)
+        return _error(operation, error)
 
     def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None]:
         """The plan's keys a page of ``_spill.RUN_SIZE`` at a time, for pk order (every
@@ -1188,7 +1062,7 @@ class Storage(TokyoStorage):
         search bounded to the tied value, ordered by pk.
         """
         want = offset + limit
-        if want == 0 or want >= _MAX_LIMIT // 4:
+        if want == 0 or want >= MAX_LIMIT // 4:
             yield from super()._top(plan, oplan, offset, limit)
             return
         try:
@@ -1302,110 +1176,71 @@ class Storage(TokyoStorage):
                 holds = facts.get(fact)
                 if holds is None:
                     try:
-                        holds = not any(self._count_blocks(b) for b in _breaking(fact))
+                        holds = not any(self._count_block(b) for b in _breaking(fact))
                     except TCError as e:
                         raise _error("search", e) from e
                     facts[fact] = holds
         return holds
 
-    def _count_blocks(self, conds: Block) -> int:
-        (q,) = self._tc_queries([conds])
+    def _count_block(self, conds: Block) -> int:
+        # searchcount leaves the key list in the library: nothing is copied.
+        queries = self._tc_queries([conds], None, -1, 0)
         try:
-            return q.searchcount()
+            count = queries[0].searchcount()
         finally:
-            q.close()
-            self._check_reads()
+            queries[0].close()
+        self._check_reads()
+        return count
 
     def _count_where(self, native: Any) -> int:
-        plan: Plan = self._refined(native)
-        if plan.nothing:
-            return 0
-        if plan.blocks is None:
-            return self._count()
-        # try/except rather than _translate: this runs once per query.
-        try:
-            with self._lock:
-                sure = [b.conds for b in plan.blocks if b.check is None]
-                if plan.checked and not plan.disjoint:
-                    return len(self._tc_search(plan))
-                total = 0
-                if len(sure) == 1 or (sure and plan.disjoint):
-                    # searchcount leaves the key list in the library: nothing is copied.
-                    for conds in sure:
-                        queries = self._tc_queries([conds])
-                        try:
-                            total += queries[0].searchcount()
-                        finally:
-                            queries[0].close()
-                        self._check_reads()
-                elif sure:
-                    total += len(self._run(sure))
-                if plan.checked:
-                    total += len(self._checked_keys(plan))
-                return total
-        except TCError as e:
-            raise _error("search", e) from e
+        # The facts proved on this file may spare conditions (see _proved).
+        return super()._count_where(self._refined(native))
 
-    def _delete_where(self, native: Any) -> int | None:
-        plan: Plan = native
-        if plan.nothing:
-            return 0
-        if plan.blocks is None:
-            with self._lock:
-                total = self._count()
-                self._clear()
-                return total
+    def _delete_all(self) -> int:
+        # The count and the clear see the same records.
+        with self._lock:
+            return super()._delete_all()
+
+    @contextlib.contextmanager
+    def _deleting(self) -> Iterator[None]:
+        # In one transaction (the deletes of a query are all or nothing), under the
+        # file's lock; library errors make the file untrusted as any failed write does.
         with self._atomic(), self._lock:
             self._writable(0)
             try:
-                # Checked records are found before anything is deleted; the rest goes
-                # with searchout (a record deleted by an earlier block is not found again).
-                checked = self._checked_keys(plan) if plan.checked else []
-                total = 0
-                scan = bool(self._file.stale)
-                for block in plan.blocks:
-                    if block.check is None:
-                        with self._db.query() as q:
-                            for c in block.conds:
-                                q.addcond(
-                                    c.col, c.op, c.expr, negate=c.negate, noidx=c.noidx or scan
-                                )
-                            q.searchout()
-                            total += q.count()
-                out = self._db.out
-                total += sum(1 for k in checked if out(k))
+                yield
             except TCError as e:
                 raise self._write_error("searchout", e) from e
             self._check_written("searchout")
-            return total
 
-    def _tc_hints(
-        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
+    def _delete_block(self, conds: Block) -> int:
+        (q,) = self._tc_queries([conds], None, -1, 0)
+        with q:
+            q.searchout()
+            return q.count()
+
+    def _delete_keys(self, keys: list[bytes]) -> int:
+        out = self._db.out
+        return sum(1 for k in keys if out(k))
+
+    def _hints(
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[str]:
-        """Tokyo's own account of each query of the plan (runs the searches)."""
-        if plan.nothing or (plan.everything and order is None):
-            return []
-        blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
-        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
-            order, limit, skip = None, -1, 0  # as _run does
-        with self._lock, _translate("search"):
-            queries = self._tc_queries(blocks, order, limit, skip)
-            try:
-                if len(queries) == 1:
-                    queries[0].searchcount()
-                else:
-                    metasearch(queries, SetOp.UNION)
-                # A metasearch gathers every query's hint into the first one's.
-                return [queries[0].hint().strip()]
-            finally:
-                for q in queries:
-                    q.close()
+        queries = self._tc_queries(blocks, order, limit, skip)
+        try:
+            if len(queries) == 1:
+                queries[0].searchcount()
+            else:
+                metasearch(queries, SetOp.UNION)
+            # A metasearch gathers every query's hint into the first one's.
+            return [queries[0].hint().strip()]
+        finally:
+            for q in queries:
+                q.close()
 
 
 # --------------------------------------------------------------------------- helpers
 
-#: Tokyo's query limit is a C int.
-_MAX_LIMIT: Final = 2**31 - 2
 #: The longest look-ahead of an ordered slice (see Storage._learn_ahead).
 _AHEAD_MAX: Final = 4096
 
@@ -1429,11 +1264,6 @@ def _breaking(fact: Fact) -> list[Block]:
         bound = b"%d" % NUM_LIMIT
         blocks += [(TCCond(col, Cond.NUMGE, bound),), (TCCond(col, Cond.NUMLE, b"-" + bound),)]
     return blocks
-
-
-def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
-    stop = None if limit < 0 else skip + limit
-    return keys[skip:stop] if skip or stop is not None else keys
 
 
 def _error(operation: str, e: TCError) -> PyModelsError:
@@ -1515,28 +1345,11 @@ def _index_files(path: str, col: bytes) -> list[str]:
     found = []
     for name in os.listdir(directory):
         column, _, suffix = name[len(prefix) :].rpartition(".")
-        if (
-            name.startswith(prefix)
-            and suffix in _INDEX_SUFFIXES
-            and unquote_to_bytes(column) == col
-        ):
+        if name.startswith(prefix) and suffix in INDEX_SUFFIXES and unquote_to_bytes(column) == col:
             found.append(os.path.join(directory, name))
     return found
 
 
 def _scan_indexes(path: str) -> dict[bytes, str]:
     """Indexed columns of a file, from the index files Tokyo keeps beside it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = os.path.basename(path) + ".idx."
-    found: dict[bytes, str] = {}
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return found
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        column, _, suffix = name[len(prefix) :].rpartition(".")
-        if suffix in _INDEX_SUFFIXES and column:
-            found[unquote_to_bytes(column)] = _INDEX_SUFFIXES[suffix]
-    return found
+    return scan_index_files(os.path.dirname(os.path.abspath(path)), os.path.basename(path))

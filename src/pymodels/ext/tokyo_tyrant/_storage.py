@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final
-from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
@@ -17,23 +17,14 @@ from ...backend import (
     BaseSettings,
     BulkWriteError,
     ConfigurationError,
-    Document,
     Features,
-    IndexSpec,
-    OrderKey,
     PyModelsError,
     batch_has_documents,
     batch_records,
 )
-from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump, name_bytes
-from .._tokyo._compiler import (
-    Block,
-    Plan,
-    TCCond,
-    gates_hold,
-    pk_order_in_python,
-)
-from .._tokyo._engine import TokyoStorage, decode_pk, default_index_kind
+from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump
+from .._tokyo._compiler import Block, TCCond, gates_hold
+from .._tokyo._engine import OP_SUPPORT, TokyoStorage, decode_pk, scan_index_files
 from .._tokyo._format import Cond, Order, parse_list
 from .._tokyo._query import Query
 from ._protocol import DEFAULT_HOST, DEFAULT_PORT, Client
@@ -45,31 +36,7 @@ __all__ = ["Query", "Settings", "Storage", "features"]
 # processes may share the database, and a storage survives fork() (connections are
 # per process).
 features = Features(
-    ops={
-        "equals": "prefilter",
-        "exists": "native",
-        "gt": "prefilter",
-        "gte": "prefilter",
-        "lt": "prefilter",
-        "lte": "prefilter",
-        "between": "prefilter",
-        "in": "prefilter",
-        "contains": "prefilter",
-        "contains_all": "prefilter",
-        "contains_any": "prefilter",
-        "startswith": "native",
-        "endswith": "native",
-        "iequals": "prefilter",
-        "icontains": "prefilter",
-        "istartswith": "prefilter",
-        "iendswith": "prefilter",
-        "matches": "python",
-        "imatches": "python",
-        "year": "native",
-        "month": "native",
-        "day": "native",
-        "like": "prefilter",
-    },
+    ops=dict(OP_SUPPORT),
     transactions=False,
     indexes=True,
     unique_indexes=False,
@@ -89,7 +56,6 @@ features = Features(
     crash_safe=True,
 )
 
-_INDEX_SUFFIXES: Final = {"lex": "lexical", "dec": "decimal", "tok": "token", "qgr": "qgram"}
 #: ``misc setindex`` type numbers (``TDBIT*``) with the keep flag: an existing index is
 #: left alone rather than rebuilt.
 _KEEP: Final = 1 << 24
@@ -150,6 +116,9 @@ class Storage(TokyoStorage):
     # ... and the kind gates of an ordered slice are checked on the records loaded
     # rather than by the server reading each candidate (see TokyoStorage._top_keys).
     _gates_on_loaded_top: ClassVar[bool] = True
+    # An empty value under a lexical or decimal index makes Tokyo Cabinet abort the
+    # process holding the file: here that is ttserver.
+    _aborted_by_empty_values: ClassVar[str] = "the server"
 
     @classmethod
     def settings_from_url(cls, url: str) -> dict[str, Any]:
@@ -303,38 +272,29 @@ class Storage(TokyoStorage):
 
     # ----------------------------------------------------------------- indexes
 
-    def _create_index(self, spec: IndexSpec) -> None:
-        (key,) = spec.keys
-        if len(key.path) > 1:
-            return  # Tokyo indexes whole columns; a nested path lives inside a JSON column
-        col = name_bytes(key.path[0])
+    def _index_column(self, col: bytes, kind: str | None, name: str) -> None:
         with self._indexes_lock:
             current = self._known_indexes.get(col)
-            wanted = spec.kind or current or "lexical"
+            wanted = kind or current or "lexical"
             if current == wanted:
                 return
-            if wanted in ("lexical", "decimal"):
-                self._refuse_empty_values(col)
-            kind = _INDEX_NUMBERS[wanted]
+            self._refuse_empty_values(col, wanted)
+            number = _INDEX_NUMBERS[wanted]
             if current is not None:
                 # Another kind is asked for than the file has: drop it, then build.
                 self.client.setindex(col, b"void")
-                if not self.client.setindex(col, b"%d" % kind):
+                if not self.client.setindex(col, b"%d" % number):
                     raise PyModelsError(f"Tokyo Tyrant: setindex {col!r} failed")
             else:
                 # With the keep flag an index the server has already (one this storage
                 # could not see: the server runs elsewhere) is left as it is rather than
                 # rebuilt on every open; its kind changes which conditions Tokyo can
                 # answer from it, never the results.
-                self.client.setindex(col, b"%d" % (kind | _KEEP))
+                self.client.setindex(col, b"%d" % (number | _KEEP))
             self._known_indexes[col] = wanted
 
-    def _has_index(self, spec: IndexSpec) -> bool:
-        key = spec.keys[0]
-        if len(spec.keys) != 1 or len(key.path) != 1:
-            return False
-        kind = self.server_index_kind(name_bytes(key.path[0]))
-        return kind is not None and (spec.kind is None or spec.kind == kind)
+    def _stored_index_kind(self, col: bytes) -> str | None:
+        return self.server_index_kind(col)
 
     def server_index_kind(self, column: bytes) -> str | None:
         """The kind of the served file's index on ``column``, or None.
@@ -356,59 +316,30 @@ class Storage(TokyoStorage):
                     return kind
         return None
 
-    def _refuse_empty_values(self, col: bytes) -> None:
-        # Tokyo Cabinet aborts the process (here: the server) when it meets an empty
-        # value while building a lexical or decimal index.
+    def _count_empty(self, col: bytes) -> int:
         (count,) = self.client.search([*_cond_args([TCCond(col, Cond.STREQ, b"")]), b"count"])
-        if int(count):
-            raise PyModelsError(
-                f"cannot build a lexical or decimal index on {col.decode('utf-8', 'replace')!r}: "
-                f"{int(count)} records (written by another client) hold an empty value there, "
-                "which makes Tokyo Cabinet abort the server; rewrite them or use a token index"
-            )
-
-    def _index_kind(self, doc_class: type[Document], fields: str | Sequence[str]) -> str:
-        first = fields if isinstance(fields, str) else fields[0]
-        return default_index_kind(doc_class, first.lstrip("-"))
-
-    def index_kinds(self) -> dict[str, str]:
-        """The indexed columns this storage knows of and their kinds."""
-        with self._indexes_lock:
-            return {k.decode("utf-8", "replace"): v for k, v in self._known_indexes.items()}
-
-    def _indexes(self) -> list[IndexSpec]:
-        return [
-            IndexSpec((OrderKey((name,)),), False, kind)
-            for name, kind in sorted(self.index_kinds().items())
-        ]
+        return int(count)
 
     def _index_map(self) -> Mapping[bytes, str]:
         return self._known_indexes
 
     # ------------------------------------------------------------ query support
 
-    def _run(
+    def _search(
         self,
         blocks: Sequence[Block],
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
+        order: tuple[bytes, int] | None,
+        limit: int,
+        skip: int,
         tail: Sequence[bytes] = (),
     ) -> list[bytes]:
-        """Keys of the union of ``blocks`` (one search; a metasearch for several),
-        ordered and sliced; ``tail`` adds sub-commands (``count``, ``out``, ``hint``)."""
-        if not blocks:
-            return []
-        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
-            keys = self._run(blocks, extra=extra)
-            keys.sort(reverse=order[1] == Order.STRDESC)
-            return _sliced(keys, limit, skip)
+        """One ``misc search`` (a metasearch for several blocks); ``tail`` adds
+        sub-commands (``count``, ``out``, ``hint``), whose elements come back instead."""
         args: list[bytes] = []
         for i, block in enumerate(blocks):
             if i:
                 args.append(b"next")
-            args.extend(_cond_args(block if extra is None else (*block, extra)))
+            args.extend(_cond_args(block))
             if i == 0:
                 if order is not None:
                     args.append(
@@ -419,97 +350,25 @@ class Storage(TokyoStorage):
         args.extend(tail)
         return self.client.search(args, write=b"out" in tail)
 
-    def _checked_keys(
-        self, plan: Plan, extra: TCCond | None = None, exclude: set[bytes] | None = None
-    ) -> list[bytes]:
-        assert plan.blocks is not None
-        found: list[bytes] = []
-        seen = set() if exclude is None else set(exclude)
-        for block in plan.blocks:
-            if block.check is None:
-                continue
-            candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
-            for key, columns in zip(candidates, self._load_raw(candidates), strict=True):
-                if columns is not None and block.check.matches(decode_record(columns)):
-                    found.append(key)
-                    seen.add(key)
-        return found
+    def _count_block(self, conds: Block) -> int:
+        # One round trip: nothing but the number comes back.
+        (count,) = self._search([conds], None, -1, 0, tail=[b"count"])
+        return int(count)
 
-    def _tc_search(
-        self,
-        plan: Plan,
-        order: tuple[bytes, int] | None = None,
-        limit: int = -1,
-        skip: int = 0,
-        extra: TCCond | None = None,
-    ) -> list[bytes]:
-        if plan.nothing:
-            return []
-        if plan.blocks is None:
-            return self._run([()], order, limit, skip, extra)
-        if not plan.checked:
-            return self._run([b.conds for b in plan.blocks], order, limit, skip, extra)
-        assert order is None or order[0] == b"", "checked plans are not ordered by Tokyo"
-        sure = self._run([b.conds for b in plan.blocks if b.check is None], extra=extra)
-        exclude = None if plan.disjoint else set(sure)
-        keys = sure + self._checked_keys(plan, extra, exclude)
-        if order is not None:
-            keys.sort(reverse=order[1] == Order.STRDESC)
-        return _sliced(keys, limit, skip)
+    def _delete_block(self, conds: Block) -> int:
+        # search ... out: the server deletes under its lock (a metasearch would not
+        # delete at all) and reports how many it took.
+        (count,) = self._search([conds], None, -1, 0, tail=[b"out", b"count"])
+        return int(count)
 
-    def _count_where(self, native: Any) -> int:
-        plan: Plan = native
-        if plan.nothing:
-            return 0
-        if plan.blocks is None:
-            return self._count()
-        sure = [b.conds for b in plan.blocks if b.check is None]
-        if plan.checked and not plan.disjoint:
-            return len(self._tc_search(plan))
-        total = 0
-        if len(sure) == 1 or (sure and plan.disjoint):
-            # One round trip each, nothing but the number comes back. (A metasearch's
-            # count is not the union's size, so unions that may overlap send keys.)
-            for conds in sure:
-                (count,) = self._run([conds], tail=[b"count"])
-                total += int(count)
-        elif sure:
-            total += len(self._run(sure))
-        if plan.checked:
-            total += len(self._checked_keys(plan))
-        return total
+    def _delete_keys(self, keys: list[bytes]) -> int:
+        replies = self.client.misc_many(b"out", [[k] for k in keys], write=True)
+        return sum(1 for ok, _ in replies if ok)
 
-    def _delete_where(self, native: Any) -> int | None:
-        plan: Plan = native
-        if plan.nothing:
-            return 0
-        if plan.blocks is None:
-            total = self._count()
-            self._clear()
-            return total
-        # Checked records are found before anything is deleted; each exact block goes
-        # with one search ... out (the server deletes under its lock; a metasearch would
-        # not delete at all) and reports how many it took.
-        checked = self._checked_keys(plan) if plan.checked else []
-        total = 0
-        for block in plan.blocks:
-            if block.check is None:
-                (count,) = self._run([block.conds], tail=[b"out", b"count"])
-                total += int(count)
-        if checked:
-            replies = self.client.misc_many(b"out", [[k] for k in checked], write=True)
-            total += sum(1 for ok, _ in replies if ok)
-        return total
-
-    def _tc_hints(
-        self, plan: Plan, order: tuple[bytes, int] | None, limit: int, skip: int
+    def _hints(
+        self, blocks: Sequence[Block], order: tuple[bytes, int] | None, limit: int, skip: int
     ) -> list[str]:
-        if plan.nothing or (plan.everything and order is None):
-            return []
-        blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
-        if order is not None and pk_order_in_python(len(blocks), order, limit, skip):
-            order, limit, skip = None, -1, 0
-        elements = self._run(blocks, order, limit, skip, tail=[b"hint"])
+        elements = self._search(blocks, order, limit, skip, tail=[b"hint"])
         hints = [e[len(_HINT) :] for e in elements if e.startswith(_HINT)]
         return [h.decode("utf-8", "replace").strip() for h in hints[:1]]
 
@@ -538,26 +397,9 @@ def _cond_head(col: bytes, op: int, negate: bool, noidx: bool) -> bytes:
     return b"addcond\x00" + col + b"\x00" + name.encode("ascii") + b"\x00"
 
 
-def _sliced(keys: list[bytes], limit: int, skip: int) -> list[bytes]:
-    stop = None if limit < 0 else skip + limit
-    return keys[skip:stop] if skip or stop is not None else keys
-
-
 def _scan_indexes(path: str) -> dict[bytes, str]:
     """Indexed columns of the served file, from the index files beside it, when the
     server runs on this machine (else none are known until this storage makes some)."""
     if not path or not os.path.isabs(path):
         return {}
-    directory, base = os.path.split(path)
-    prefix = base + ".idx."
-    found: dict[bytes, str] = {}
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return found
-    for name in names:
-        if name.startswith(prefix):
-            column, _, suffix = name[len(prefix) :].rpartition(".")
-            if suffix in _INDEX_SUFFIXES and column:
-                found[unquote_to_bytes(column)] = _INDEX_SUFFIXES[suffix]
-    return found
+    return scan_index_files(*os.path.split(path))
