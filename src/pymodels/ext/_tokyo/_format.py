@@ -135,7 +135,9 @@ def _dump_map(cols: Mapping[bytes, bytes]) -> bytes:
 def _parse_map(buf: bytes) -> dict[bytes, bytes]:
     # The same walk as _columns.decode_dump, kept inline in both: a shared generator
     # of (column, value) pairs measured 0.2 us slower per record (1.23 -> 1.43 us for
-    # six fields), on the path every record read takes. Change them together.
+    # six fields), on the path every record read takes. Change them together. Nor is it
+    # parse_list paired up (dict(zip(it, it))): 2.4-2.6 us against 1.7-2.1 us for seven
+    # fields, CPU time alternating in one process (load 1.1).
     out: dict[bytes, bytes] = {}
     i = 0
     end = len(buf)
