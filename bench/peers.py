@@ -348,7 +348,13 @@ class RawTokyo(Library):
         return self._decode(cols)
 
     def _search(
-        self, col: bytes, op: int, expr: bytes, order: bool = False, limit: int = -1
+        self,
+        col: bytes,
+        op: int,
+        expr: bytes,
+        order: bool = False,
+        limit: int = -1,
+        by_key: bool = False,
     ) -> list[bytes]:
         from pymodels.ext.tokyo_cabinet._binding import Order
 
@@ -356,6 +362,9 @@ class RawTokyo(Library):
             q.addcond(col, op, expr)
             if order:
                 q.setorder(b"age", Order.NUMDESC)
+            elif by_key:
+                # The primary key's column is the empty name.
+                q.setorder(b"", Order.STRASC)
             if limit >= 0:
                 q.setlimit(limit)
             return q.search()
@@ -383,9 +392,13 @@ class RawTokyo(Library):
             return q.searchcount()
 
     def scan(self, name: str) -> Record | None:
+        """The first match in key order, the work ``first()`` does: without the order
+        Tokyo stops at the first hit it meets, which answers the same only because names
+        are unique here (and took about half this time at 100k records)."""
         from pymodels.ext.tokyo_cabinet._binding import Cond
 
-        found = self._records(self._search(b"name", Cond.STREQ, name.encode(), limit=1))
+        keys = self._search(b"name", Cond.STREQ, name.encode(), limit=1, by_key=True)
+        found = self._records(keys)
         return found[0] if found else None
 
     def close(self) -> None:
