@@ -17,7 +17,11 @@ client may be shared by threads: each call takes a socket from the pool, or open
 and gives it back when the reply has been read.
 
 * A socket the server closed while it sat in the pool (a restarted server) is noticed
-  before it is used and replaced: nothing was sent on it.
+  before a write is sent on it and replaced: nothing was sent on it. A read skips that
+  check (a ``select`` per call): one sent on such a socket fails at once and goes out
+  again on a fresh connection, after the rest of the pool is dropped with it.
+* After ``fork()`` the child drops the pooled sockets it inherited (they are the
+  parent's conversations) and connects afresh.
 * A server that cannot be reached raises :class:`~pymodels.errors.ConnectionFailed`
   naming the host and port, within ``timeout`` seconds.
 * A connection lost after a request was sent: a read is sent once more on a fresh
@@ -28,10 +32,12 @@ and gives it back when the reply has been read.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeVar
 
@@ -85,6 +91,18 @@ _GET_HEAD: Final = _MISC_HEAD.pack(MAGIC, MISC, 3, 0, 1) + b"get"
 PIPELINE_GROUP: Final = 64
 
 T = TypeVar("T")
+
+
+#: Every open client, so that a forked child drops the sockets it inherited.
+_CLIENTS: Final[weakref.WeakSet[Client]] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for client in list(_CLIENTS):
+        client.reset()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class ProtocolError(PyModelsError):
@@ -241,6 +259,10 @@ class _Connection:
         self._pos = pos
         return out
 
+    def unread(self) -> bool:
+        """Whether bytes nobody asked for are buffered (the connection is out of step)."""
+        return self._pos < len(self._buf)
+
     def stale(self) -> bool:
         """Whether this idle connection cannot be used: bytes nobody asked for are
         buffered, or the socket is readable (the server closed it, or sent something)."""
@@ -285,6 +307,7 @@ class Client:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        _CLIENTS.add(self)
 
     @property
     def address(self) -> str:
@@ -313,7 +336,9 @@ class Client:
             ) from e
         return _Connection(sock, self.address)
 
-    def _acquire(self) -> _Connection:
+    def _acquire(self, check: bool = True) -> _Connection:
+        """A pooled connection, or a new one. ``check=False`` skips asking the kernel
+        whether the server closed it (for a read, which may be sent again)."""
         if self._closed:
             raise PyModelsError("the Tokyo Tyrant client is closed")
         while True:
@@ -321,7 +346,7 @@ class Client:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 return self._connect()
-            if not conn.stale():
+            if not (conn.stale() if check else conn.unread()):
                 return conn
             conn.close()
 
@@ -354,12 +379,16 @@ class Client:
         never is (see the module docstring).
         """
         for attempt in (1, 2):
-            conn = self._acquire()
+            # A read's first try takes a pooled socket unchecked (see the module docstring).
+            conn = self._acquire(write or attempt == 2)
             try:
                 conn.send(data)
                 result = reader(conn)
             except (OSError, EOFError, ProtocolError, struct.error) as e:
                 conn.close()
+                if not write:
+                    # The pool's other sockets most likely lost the same server.
+                    self.reset()
                 if write:
                     raise ConnectionFailed(
                         f"the connection to Tokyo Tyrant at {self.address} was lost during a "

@@ -140,7 +140,6 @@ class Storage(TokyoStorage):
         self._client = Client(
             s.host, s.port, timeout=s.timeout, path=s.socket, pool_size=s.pool_size
         )
-        self._pid = os.getpid()
         self._known_indexes: dict[bytes, str] = {}
         self._indexes_lock = threading.Lock()
         stat = self._client.stat()
@@ -167,11 +166,7 @@ class Storage(TokyoStorage):
 
     @property
     def client(self) -> Client:
-        """The protocol client (after ``fork()``, the child's own connections)."""
-        if self._pid != os.getpid():
-            # Sockets inherited from the parent must not be shared: start afresh.
-            self._client.reset()
-            self._pid = os.getpid()
+        """The protocol client (after ``fork()``, it holds none of the parent's sockets)."""
         return self._client
 
     # ---------------------------------------------------------------- records
