@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -546,6 +547,31 @@ def test_fork_safe(tyrant: TemporaryTyrant) -> None:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        assert storage.get(None, "c")["who"] == "child"
+
+
+def test_fork_while_another_thread_holds_the_pool_lock(tyrant: TemporaryTyrant) -> None:
+    # The child has no such thread: waiting for it to let go of the lock would hang.
+    with pymodels.get_storage(tyrant.url) as storage:
+        storage.save({"who": "parent"}, primary_key="p")
+        lock = storage.client._lock
+        with lock:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    storage.save({"who": "child"}, primary_key="c")
+                    code = 0
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the forked child hung")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
         assert storage.get(None, "c")["who"] == "child"
 
 

@@ -99,7 +99,7 @@ _CLIENTS: Final[weakref.WeakSet[Client]] = weakref.WeakSet()
 
 def _reset_after_fork() -> None:
     for client in list(_CLIENTS):
-        client.reset()
+        client._after_fork()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -369,6 +369,14 @@ class Client:
         """Drop the pooled connections (after a ``fork()``: the child must not share them)."""
         with self._lock:
             idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _after_fork(self) -> None:
+        # In the child, alone: a thread of the parent may have held the lock at the fork,
+        # so it is replaced rather than taken.
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
 
