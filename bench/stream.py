@@ -5,8 +5,8 @@
     python bench/stream.py --only postgresql,mongodb,tokyo_tyrant   # 1M records, servers
 
 For each backend, in a fresh process: save ``--n`` records of the workload (made one
-at a time, so the program holds none of them), collect garbage, note the resident
-memory, reset the kernel's peak (``/proc/self/clear_refs``), then iterate two queries to
+at a time, so the program holds none of them), collect garbage, reset the kernel's peak
+(``/proc/self/clear_refs``), note the resident memory, then iterate two queries to
 the end, keeping nothing: ``where(age__gt=50)`` (about half the records, pk order) and
 ``query()`` (every record). The table shows how far the peak rose above the resident
 memory before the query, and the rate. A backend that streams rises by a constant
@@ -112,8 +112,11 @@ def worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[st
                 ("all", storage.query()),
             ):
                 gc.collect()
-                before = _status("VmRSS")
+                # The peak is reset first: it is then the resident memory of that moment,
+                # never below the figure read next (read first, a page freed in between
+                # showed as a negative rise).
                 _reset_peak()
+                before = _status("VmRSS")
                 start = time.perf_counter()
                 seen = sum(1 for _ in query)
                 elapsed = time.perf_counter() - start
