@@ -2,15 +2,27 @@
 
     python bench/stream.py                          # 1M records, every embedded backend
     python bench/stream.py --n 200000 --only memory,sqlite
+    python bench/stream.py --only postgresql,mongodb,tokyo_tyrant   # 1M records, servers
 
 For each backend, in a fresh process: save ``--n`` records of the workload (made one
-at a time, so the program holds none of them), collect garbage, note the resident
-memory, reset the kernel's peak (``/proc/self/clear_refs``), then iterate two queries to
+at a time, so the program holds none of them), collect garbage, reset the kernel's peak
+(``/proc/self/clear_refs``), note the resident memory, then iterate two queries to
 the end, keeping nothing: ``where(age__gt=50)`` (about half the records, pk order) and
 ``query()`` (every record). The table shows how far the peak rose above the resident
 memory before the query, and the rate. A backend that streams rises by a constant
 (a batch of records, a few documents); one that holds a list of every matching pk
-rises with ``--n``. Linux only (it reads ``/proc/self/status``).
+rises with ``--n``. Linux only (it reads ``/proc/self/status``, whose counters are
+approximate: a rise within 0.3 MB either way, e.g. -0.1 MB, is no rise).
+
+The server backends (``--only postgresql,mongodb,tokyo_tyrant``) each get a fresh
+throwaway server from :mod:`pymodels.testing` on 127.0.0.1 (PostgreSQL from Debian's
+binaries, MongoDB from ``mongod`` or SecantusDB, Tokyo Tyrant from the ``ttserver`` named
+by ``PYMODELS_TEST_TTSERVER`` or else the project's protocol server), started by this
+script before the worker and stopped by its pid after it. The figures are the worker's,
+the *client's*: the server runs in its own processes and its memory is not counted.
+A million records fit: the three servers took 6 minutes on a shared 2-core machine
+(2026-12-06; most of it loading SecantusDB and Tyrant); ``--n 200000`` is a quicker
+check (under a minute), enough to see a rise that grows with the records.
 """
 
 from __future__ import annotations
@@ -24,12 +36,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from workload import CITIES
 
 BACKENDS = ("memory", "shelve", "sqlite", "tokyo_cabinet")
+#: Backends measured against a throwaway server (only when named in ``--only``).
+SERVERS = ("postgresql", "mongodb", "tokyo_tyrant")
 
 
 def records(n: int) -> Iterator[dict[str, Any]]:
@@ -58,12 +73,36 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def worker(backend: str, n: int) -> dict[str, Any]:
+@contextmanager
+def server(backend: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """A fresh throwaway server for ``backend``: the storage settings and what serves them."""
+    if backend == "postgresql":
+        from pymodels.testing.postgresql import TemporaryPostgres
+
+        with TemporaryPostgres() as pg:
+            yield {"backend": "postgresql", "url": pg.url, "table": "stream"}, "PostgreSQL"
+    elif backend == "mongodb":
+        from pymodels.testing.mongodb import TemporaryMongo
+
+        with TemporaryMongo() as mongo:
+            kind = "SecantusDB" if mongo.kind == "secantus" else "mongod"
+            yield {"backend": "mongodb", "url": mongo.url, "collection": "stream"}, kind
+    elif backend == "tokyo_tyrant":
+        from pymodels.testing.tyrant import TemporaryTyrant
+
+        with TemporaryTyrant() as tt:
+            kind = "ttserver" if tt.real else "protocol server"
+            yield dict(tt.settings), kind
+    else:
+        raise ValueError(f"no server for {backend!r}")
+
+
+def worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
     import pymodels
 
     with tempfile.TemporaryDirectory(prefix=f"stream-{backend}-") as tmp:
-        settings: dict[str, Any] = {"backend": backend}
-        if backend != "memory":
+        settings: dict[str, Any] = given or {"backend": backend}
+        if given is None and backend != "memory":
             settings["path"] = str(Path(tmp) / f"stream.{backend}")
         with pymodels.get_storage(settings) as storage:
             start = time.perf_counter()
@@ -74,8 +113,11 @@ def worker(backend: str, n: int) -> dict[str, Any]:
                 ("all", storage.query()),
             ):
                 gc.collect()
-                before = _status("VmRSS")
+                # The peak is reset first, then the figure it is compared with read. The
+                # kernel's counters are approximate (cached per CPU, a few hundred KB), so
+                # a rise within 0.3 MB either way is no rise.
                 _reset_peak()
+                before = _status("VmRSS")
                 start = time.perf_counter()
                 seen = sum(1 for _ in query)
                 elapsed = time.perf_counter() - start
@@ -91,26 +133,50 @@ def worker(backend: str, n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=1_000_000, help="records (default 1000000)")
-    parser.add_argument("--only", default="", help="comma-separated backends (default: all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated backends (default: the embedded ones; also {', '.join(SERVERS)})",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n)))
+        given = json.loads(args.settings) if args.settings else None
+        print(json.dumps(worker(args.worker, args.n, given)))
         return 0
     names = [x for x in args.only.split(",") if x] or list(BACKENDS)
-    print(f"N={args.n:,}: peak resident memory while iterating a query to the end, above")
-    print("the resident memory before it (each backend in a fresh process)")
+    unknown = [x for x in names if x not in BACKENDS + SERVERS]
+    if unknown:
+        parser.error(f"unknown backends: {', '.join(unknown)}")
+    load = [os.getloadavg()[0]]
+    print("Peak resident memory of the client process while iterating a query to the end,")
+    print("above its resident memory before it (each backend in a fresh process; a server")
+    print("runs in its own processes, not counted)")
     print("| backend | query | records | records/s | RSS before | peak rise |")
     print("|---|---|---:|---:|---:|---:|")
     failed = False
+    notes: list[str] = []
     for name in names:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", name, "--n", str(args.n)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            check=False,
-        )
+        with ExitStack() as stack:
+            command = [sys.executable, __file__, "--worker", name, "--n", str(args.n)]
+            if name in SERVERS:
+                try:
+                    settings, kind = stack.enter_context(server(name))
+                except Exception as e:  # a server that cannot start here: say so, go on
+                    failed = True
+                    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    print(f"| {name} | no server: {why} |")
+                    continue
+                notes.append(f"{name}: {kind}")
+                command += ["--settings", json.dumps(settings)]
+            proc = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+                check=False,
+            )
         if proc.returncode != 0:
             failed = True
             print(f"| {name} | failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]} |")
@@ -122,7 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | `{label}` | {r['records']:,} | {r['per_s']:,.0f} | "
                 f"{r['rss_mb']:.0f} MB | {r['rise_mb']:.1f} MB |"
             )
+        load.append(os.getloadavg()[0])
         sys.stdout.flush()
+    print(
+        "load average (1 min) before and after each backend: " + ", ".join(f"{x:.1f}" for x in load)
+    )
+    print(f"records saved per backend: {args.n:,}")
+    if notes:
+        print("servers: " + "; ".join(notes))
     return 1 if failed else 0
 
 

@@ -552,6 +552,64 @@ def test_pages_and_first_check_the_list_guards_on_what_they_read(storage: BaseSt
     assert storage.query().where(email="e5").first().pk == "p005"  # type: ignore[union-attr]
 
 
+class _Replies(CommandListener):
+    """The number of documents in each reply of a find or getMore."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[str, int]] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        if event.command_name in ("find", "getMore"):
+            cursor = event.reply.get("cursor", {})
+            batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
+            self.sizes.append((event.command_name, len(batch)))
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+@needs_server
+def test_a_stream_reads_a_bounded_batch_per_reply(
+    server: TemporaryMongo, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query streams STREAM_BATCH documents per reply (not 16 MB of them), every match
+    once, in pk order, the list guards checked across the replies."""
+    from pymodels.ext.mongodb import _storage
+
+    monkeypatch.setattr(_storage, "STREAM_BATCH", 50)
+    listener = _Replies()
+    client: Any = pymongo.MongoClient(server.url, event_listeners=[listener])
+    records: dict[str, dict[str, Any]] = {
+        f"p{(i * 47) % 333:03}": {"age": i % 90, "tags": [f"t{i % 7}"]} for i in range(333)
+    }
+    # Lists at the queried field, between the replies: MongoDB matches them, the contract not.
+    records.update({f"p{i:03}l": {"age": [60, 70]} for i in (49, 50, 51, 200)})
+    reference = MemoryStorage()
+    with pymodels.get_storage(
+        {"backend": "mongodb", "client": client, "collection": collection_name}
+    ) as s:
+        for target in (s, reference):
+            for pk, record in records.items():
+                target.save(record, primary_key=pk)
+        queries: list[Callable[[BaseStorage], Any]] = [
+            lambda t: t.query().where(age__gt=50),
+            lambda t: t.query(),
+            lambda t: t.query().order_by("-pk"),
+            lambda t: t.query().where(age__gt=50)[10:180],
+        ]
+        for query in queries:
+            listener.sizes.clear()
+            got = [d.pk for d in query(s)]
+            assert got == [d.pk for d in query(reference)]
+            assert len(set(got)) == len(got)
+            assert max(size for _, size in listener.sizes) <= 50, listener.sizes
+            assert [name for name, _ in listener.sizes].count("getMore") >= 2, listener.sizes
+    client.close()
+
+
 def test_the_page_pipeline_uses_only_allowed_stages() -> None:
     from pymodels.ext.mongodb._query import page_pipeline, sort_spec
 

@@ -112,6 +112,11 @@ features = Features(
 SMALL_PAGE = 256
 #: Records a small page reads past its end, for the ties with its last record (_facet_page).
 TIE_ROOM = 64
+#: Documents per reply of a cursor (find and each getMore). Without it the server fills
+#: every getMore reply up to 16 MB, which pymongo decodes at once: about 100,000 small
+#: records, some 130 MB of Python objects held while a query streams (bench/stream.py).
+#: The server still caps a reply at 16 MB, so large records come in fewer per reply.
+STREAM_BATCH = 1000
 
 #: Server error codes for a reply document over the size limit (BSONObjectTooLarge,
 #: the aggregation result and $facet output limits).
@@ -935,6 +940,7 @@ class Storage(BaseStorage):
                 return self._loose_stream(flt, sent, guards, sort, limit)
         with self._guard():
             cursor = self.collection.find(flt, projection, session=self.session)
+            cursor = cursor.batch_size(STREAM_BATCH)
             if sort:
                 cursor = cursor.sort(sort)
             if offset:
@@ -952,7 +958,7 @@ class Storage(BaseStorage):
         limit: int | None,
     ) -> Generator[tuple[str, dict[str, Any]], None, None]:
         with self._guard():
-            cursor = self.collection.find(loose, session=self.session)
+            cursor = self.collection.find(loose, session=self.session).batch_size(STREAM_BATCH)
             if sort:
                 cursor = cursor.sort(sort)
             if limit is not None:
