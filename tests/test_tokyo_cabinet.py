@@ -1553,3 +1553,84 @@ def test_spilled_runs_are_removed_when_iteration_ends_or_stops(
     assert list(small_runs.iterdir()) == []
     storage.save({"n": 99}, primary_key="zz")  # the file's lock was released
     assert storage.query().where(n=99).first().pk == "zz"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_where_stream_walks_chunks_and_yields_every_match_once_in_pk_order(
+    open_storage: Callable[..., Storage],
+    small_runs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    indexed: bool,
+) -> None:
+    # A full first page (7 keys) sends the stream to the walk: records copied 5 at a
+    # time into a scratch table where Tokyo tests the conditions. Pks with spaces and
+    # commas (which would split a token list), records per kind and per chunk boundary.
+    from pymodels.ext._tokyo import _engine
+    from pymodels.ext.tokyo_cabinet import _storage
+
+    monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 5)
+    monkeypatch.setattr(_engine, "BATCH_SIZE", 3)  # records loaded 3 at a time
+    walks: list[int] = []
+    walk = Storage._filtered_walk
+
+    def counted(self: Storage, blocks: Any) -> Any:
+        walks.append(len(blocks))
+        return walk(self, blocks)
+
+    monkeypatch.setattr(Storage, "_filtered_walk", counted)
+    storage = open_storage()
+    if indexed:
+        storage.create_index("age", kind="decimal")
+    records: dict[str, dict[str, Any]] = {}
+    for i in range(40):  # 8 chunks exactly: the last copy finds the iterator's end
+        pk = f"k {i:02}" if i % 3 == 0 else f"k,{i:02}" if i % 3 == 1 else f"k{i:02}é"
+        name: Any = ("x" if i % 2 else "y") if i % 7 else 0  # some names are ints: gates
+        records[pk] = {"age": i % 10, "name": name}
+    for pk, r in records.items():
+        storage.save(r, primary_key=pk)
+
+    def expected(test: Callable[[dict[str, Any]], bool]) -> list[str]:
+        return sorted(pk for pk, r in records.items() if test(r))
+
+    cases: list[tuple[Any, Callable[[dict[str, Any]], bool]]] = [
+        (Q(age__gt=2), lambda r: r["age"] > 2),
+        (Q(name="x") | Q(age__lt=2), lambda r: r["name"] == "x" or r["age"] < 2),  # metasearch
+        (Q(age__in=[8, 9]), lambda r: r["age"] in (8, 9)),  # 8 matches
+        (Q(name__startswith="x"), lambda r: r["name"] == "x"),
+    ]
+    for condition, test in cases:
+        walks.clear()
+        got = [d.pk for d in storage.query().where(condition)]
+        assert got == expected(test)
+        assert walks, condition
+        got_desc = [d.pk for d in storage.query().where(condition).order_by("-pk")]
+        assert got_desc == expected(test)[::-1]
+    walks.clear()
+    assert [d.pk for d in storage.query().where(age=9)] == expected(
+        lambda r: r["age"] == 9
+    )  # 3 matches: the first page is the answer, nothing walked
+    assert walks == []
+    assert list(small_runs.iterdir()) == []  # the scratch tables are gone
+
+    # Written meanwhile by this process: the keys are walked (under the file's lock)
+    # before the first record comes; records are read as the merge reaches them, so a
+    # record deleted meanwhile is skipped, a changed one comes as it is now, and one
+    # added meanwhile is not in this stream.
+    matches = expected(lambda r: r["age"] > 2)
+    it = iter(storage.query().where(age__gt=2))
+    first = next(it)
+    assert first.pk == matches[0]
+    storage.delete(matches[-1])
+    storage.save({"age": 100, "name": "changed"}, primary_key=matches[-2])
+    storage.save({"age": 5, "name": "new"}, primary_key="k 99 new")
+    rest = [(d.pk, d["name"]) for d in it]
+    assert [pk for pk, _ in rest] == matches[1:-1]
+    assert rest[-1] == (matches[-2], "changed")
+    assert list(small_runs.iterdir()) == []
+
+    # In a transaction the walk sees its writes, as Tokyo's own search does.
+    with storage.transaction():
+        storage.save({"age": 9, "name": "tx"}, primary_key="k tx")
+        in_tx = [str(d.pk) for d in storage.query().where(age__gt=2)]
+    assert "k tx" in in_tx and in_tx == sorted(in_tx)
+    assert in_tx == [d.pk for d in storage.query().where(age__gt=2)]
