@@ -235,6 +235,8 @@ def _codes_of(value: Any) -> frozenset[str]:
     t = type(value)
     if t is str:
         return _NO_CODES if value else _EMPTY_STR
+    if t is bytes:
+        return _BYTES if value else _EMPTY_BYTES
     if t is list:
         return _LIST_CODES
     if t is datetime.datetime:
@@ -244,6 +246,8 @@ def _codes_of(value: Any) -> frozenset[str]:
 
 _NO_CODES: Final = frozenset[str]()
 _EMPTY_STR: Final = frozenset({"e"})
+_BYTES: Final = frozenset({"y"})
+_EMPTY_BYTES: Final = frozenset({"E"})
 _LIST_CODES: Final = frozenset({"w", "l"})
 _AWARE: Final = frozenset({"z"})
 _NAIVE: Final = frozenset({"t"})
@@ -1036,13 +1040,13 @@ class Storage(TokyoStorage):
         index) before the chunk is dropped (``tctdbvanish``).
 
         Tokyo 1.4.48 has no cheaper way to test conditions on a set of records: a
-        search always starts at the first record of the file, a skip collects the keys
-        it passes in C, and a primary-key condition (``"" STROREQ`` over a chunk's
-        keys) is no lookup but a test during a full scan, re-reading the operand for
-        every record. Copying costs about as much as one extra scan of the file, and
-        the scratch file holds one chunk. The free-space check of
-        :attr:`Settings.min_free_space` guards the scratch's file system (Tokyo writes
-        it through a memory map too). The caller holds the file's lock.
+        search always starts from the beginning (of the file, or of an index's range),
+        a skip collects the keys it passes in C, and a primary-key condition
+        (``"" STROREQ`` over a chunk's keys) is no lookup but a test during a full scan,
+        re-reading the operand for every record. Copying costs about as much as one
+        extra scan of the file, and the scratch file holds one chunk. The free-space
+        check of :attr:`Settings.min_free_space` guards the scratch's file system (Tokyo
+        writes it through a memory map too). The caller holds the file's lock.
         """
         chunk = _SCRATCH_RECORDS
         try:
