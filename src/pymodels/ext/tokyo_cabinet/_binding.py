@@ -299,6 +299,26 @@ _tctdbqrycount = _fn("tctdbqrycount", _I, _P)
 _tctdbqryhint = _fn("tctdbqryhint", ctypes.c_char_p, _P)  # reused buffer: borrowed
 _tctdbmetasearch = _fn("tctdbmetasearch", _P, ctypes.POINTER(_P), _I, _I)
 
+# A table's records live in its internal hash database (``TCTDB.hdb``), each value the
+# ``tcmapdump`` of its columns: :meth:`TableDB.copy_records` moves them as they are.
+_tcxstrnew = _fn("tcxstrnew", _P)
+_tcxstrdel = _fn("tcxstrdel", None, _P)
+_tchdbiternext3 = _fn("tchdbiternext3", _BOOL, _P, _P, _P)
+_tchdbput = _fn("tchdbput", _BOOL, _P, _P, _I, _P, _I)
+
+
+class _TCTDBHead(ctypes.Structure):
+    """The first fields of ``TCTDB`` as tctdb.h (1.4.48) declares it, a public struct."""
+
+    _fields_ = [("mmtx", _P), ("hdb", _P)]
+
+
+class _TCXSTR(ctypes.Structure):
+    """``TCXSTR`` as tcutil.h declares it: a growing buffer and its size."""
+
+    _fields_ = [("ptr", _P), ("size", _I), ("asize", _I)]
+
+
 _string_at = ctypes.string_at
 _c_int = ctypes.c_int
 _INT_MIN: Final = -(2**31)
@@ -317,6 +337,11 @@ def library_version() -> str:
 # Address -> kind of every pointer we own and have not freed yet. Single dict stores and
 # deletes are atomic under the GIL, so threads need no lock. An entry is removed *before* the
 # C free: once freed, the address may be handed to another thread at once and recorded again.
+#: Bytes a hash database record takes beyond its key and value, at most: its header
+#: (magic, hash, two bucket links, sizes as variable-length numbers) and its padding to
+#: the default record alignment (16 bytes).
+_RECORD_OVERHEAD: Final = 64
+
 _LIVE: dict[int, str] = {}
 
 
@@ -326,7 +351,8 @@ def live_pointers() -> int:
 
 
 def live_pointer_kinds() -> dict[str, int]:
-    """Owned pointers by kind (``"TCTDB"``, ``"TDBQRY"``, ``"TCMAP"``, ``"TCLIST"``, ``"buf"``)."""
+    """Owned pointers by kind (``"TCTDB"``, ``"TDBQRY"``, ``"TCMAP"``, ``"TCLIST"``, ``"TCXSTR"``,
+    ``"buf"``)."""
     counts: dict[str, int] = {}
     for kind in list(_LIVE.values()):
         counts[kind] = counts.get(kind, 0) + 1
@@ -860,6 +886,55 @@ class TableDB:
         self.iterinit()
         while (key := self.iternext()) is not None:
             yield key
+
+    def copy_records(
+        self, target: TableDB, count: int, take: Callable[[int], object] | None = None
+    ) -> int:
+        """Copy the next ``count`` records of this handle's iterator (started with
+        :meth:`iterinit`) into ``target`` as they are stored; return how many were
+        copied (fewer than ``count``: the iterator reached the end).
+
+        For a private scratch table without indexes: each record goes from this table's
+        internal hash database straight into ``target``'s (``tchdbiternext3`` and
+        ``tchdbput``, decompressed on the way), two foreign calls a record and no copy
+        through Python, so ``target``'s indexes, if it had any, would miss them, and a
+        record already in ``target`` is replaced. ``take(nbytes)`` is called before each
+        record is written, with its size and some room for Tokyo's record header (a
+        free-space check: it may raise, and then nothing more is written).
+        """
+        source = _TCTDBHead.from_address(self._h()).hdb
+        dest = _TCTDBHead.from_address(target._h()).hdb
+        kx = _tcxstrnew()
+        if not kx:
+            raise MemoryError("tcxstrnew returned NULL")
+        _LIVE[kx] = "TCXSTR"
+        try:
+            vx = _tcxstrnew()
+            if not vx:
+                raise MemoryError("tcxstrnew returned NULL")
+            _LIVE[vx] = "TCXSTR"
+            try:
+                key = _TCXSTR.from_address(kx)
+                value = _TCXSTR.from_address(vx)
+                copied = 0
+                while copied < count:
+                    if not _tchdbiternext3(source, kx, vx):
+                        err = self._error("tchdbiternext3")
+                        if err.ecode == ErrorCode.NOREC:
+                            break
+                        raise err
+                    if take is not None:
+                        take(key.size + value.size + _RECORD_OVERHEAD)
+                    if not _tchdbput(dest, key.ptr, key.size, value.ptr, value.size):
+                        raise target._error("tchdbput")
+                    copied += 1
+                return copied
+            finally:
+                del _LIVE[vx]
+                _tcxstrdel(vx)
+        finally:
+            del _LIVE[kx]
+            _tcxstrdel(kx)
 
     def fwmkeys(self, prefix: bytes, max: int = -1) -> list[bytes]:
         """Primary keys starting with ``prefix`` (at most ``max``; negative: all)."""

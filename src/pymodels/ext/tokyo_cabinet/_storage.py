@@ -10,6 +10,8 @@ import functools
 import logging
 import os
 import resource
+import shutil
+import tempfile
 import threading
 import time
 import typing
@@ -233,6 +235,8 @@ def _codes_of(value: Any) -> frozenset[str]:
     t = type(value)
     if t is str:
         return _NO_CODES if value else _EMPTY_STR
+    if t is bytes:
+        return _BYTES if value else _EMPTY_BYTES
     if t is list:
         return _LIST_CODES
     if t is datetime.datetime:
@@ -242,6 +246,8 @@ def _codes_of(value: Any) -> frozenset[str]:
 
 _NO_CODES: Final = frozenset[str]()
 _EMPTY_STR: Final = frozenset({"e"})
+_BYTES: Final = frozenset({"y"})
+_EMPTY_BYTES: Final = frozenset({"E"})
 _LIST_CODES: Final = frozenset({"w", "l"})
 _AWARE: Final = frozenset({"z"})
 _NAIVE: Final = frozenset({"t"})
@@ -998,15 +1004,17 @@ class Storage(TokyoStorage):
         return _error(operation, error)
 
     def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None]:
-        """The plan's keys a page of ``_spill.RUN_SIZE`` at a time, for pk order (every
-        key: the handle's iterator).
+        """The plan's keys in no order, in bounded memory, for pk order (every key: the
+        handle's iterator).
 
-        Tokyo sorts a whole result before it slices it, and lists every key it returns,
-        so the pages are unordered searches with a limit and a skip (Tokyo stops
-        scanning once a page is full; later pages rescan the skipped part, the price of
-        the bounded list). Every page is taken under the file's lock, so no write of
-        this process moves records between them; no other process writes the file.
-        A plan with checked blocks is not paged (the caller keeps its path).
+        Tokyo sorts a whole result before it slices it, lists every key it returns, and
+        collects the keys a skip passes over, so a condition is first asked for one page
+        of ``_spill.RUN_SIZE`` keys, unordered: a shorter page is the whole answer (a
+        selective query, indexed or not, costs that one search). A full page is dropped
+        and every record is walked once instead (:meth:`_filtered_walk`). All of it runs
+        under the file's lock, so no write of this process comes between the page and
+        the walk or within the walk; no other process writes the file. A plan with
+        checked blocks is not walked (the caller keeps its path).
         """
         if plan.blocks is None:
             yield from self._walk_every_key()
@@ -1014,16 +1022,77 @@ class Storage(TokyoStorage):
         page = _spill.RUN_SIZE
         blocks: list[Block] = [b.conds for b in plan.blocks]
         with self._lock:
-            skip = 0
+            try:
+                keys = self._run(blocks, None, page, 0)
+            except TCError as e:
+                raise _error("search", e) from e
+            if len(keys) < page:
+                yield from keys
+                return
+            del keys
+            yield from self._filtered_walk(blocks)
+
+    def _filtered_walk(self, blocks: list[Block]) -> Generator[bytes, None, None]:
+        """Keys of the union of ``blocks``, every record read once: the handle's
+        iterator copies records, as stored, a chunk of :data:`_SCRATCH_RECORDS` at a
+        time into a private scratch table in a temporary directory, where Tokyo runs
+        the query's own conditions over the chunk (a table scan: the scratch has no
+        index) before the chunk is dropped (``tctdbvanish``).
+
+        Tokyo 1.4.48 has no cheaper way to test conditions on a set of records: a
+        search always starts from the beginning (of the file, or of an index's range),
+        a skip collects the keys it passes in C, and a primary-key condition
+        (``"" STROREQ`` over a chunk's keys) is no lookup but a test during a full scan,
+        re-reading the operand for every record. Copying costs about as much as one
+        extra scan of the file, and the scratch file holds one chunk. The free-space
+        check of :attr:`Settings.min_free_space` guards the scratch's file system (Tokyo
+        writes it through a memory map too). The caller holds the file's lock.
+        """
+        chunk = _SCRATCH_RECORDS
+        try:
+            directory = tempfile.mkdtemp(prefix="pymodels-scan-")
+        except OSError as e:
+            raise _scratch_error(tempfile.gettempdir(), e) from e
+        path = os.path.join(directory, "chunk.tct")
+        scratch = TableDB()
+        try:
+            scratch.tune(2 * chunk + 1)
+            reserve = self.settings.min_free_space
+            take = None if reserve is None else _Space(path, reserve).take
+            try:
+                scratch.open(
+                    path, OpenMode.WRITER | OpenMode.CREAT | OpenMode.TRUNC | OpenMode.NOLCK
+                )
+                self._db.iterinit()
+            except TCError as e:
+                raise self._walk_error(e, path) from e
+            total = 0
             while True:
                 try:
-                    keys = self._run(blocks, None, page, skip)
+                    copied = self._db.copy_records(scratch, chunk, take)
+                    keys = search_blocks(scratch, blocks) if copied else []
+                    if scratch.flags() & FLAG_FATAL:
+                        raise TCError(scratch.ecode(), "a search failed", path, "search")
+                    scratch.vanish()
                 except TCError as e:
-                    raise _error("search", e) from e
+                    raise self._walk_error(e, path) from e
                 yield from keys
-                skip += len(keys)
-                if len(keys) < page:
+                total += copied
+                if copied < chunk:
                     break
+            count = self._db.rnum()
+            if total != count:
+                self._damaged(f"its header counts {count} records but {total} could be listed")
+        finally:
+            with contextlib.suppress(TCError):
+                scratch.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _walk_error(self, e: TCError, scratch: str) -> PyModelsError:
+        """The error of a failed call of :meth:`_filtered_walk`."""
+        if e.path == scratch:
+            return _scratch_error(os.path.dirname(scratch), e)
+        return self._read_error(e.operation, e)
 
     def _walk_every_key(self) -> Generator[bytes, None, None]:
         """Every key, one at a time from the handle's iterator: a search with a skip
@@ -1243,6 +1312,9 @@ class Storage(TokyoStorage):
 
 #: The longest look-ahead of an ordered slice (see Storage._learn_ahead).
 _AHEAD_MAX: Final = 4096
+#: Records copied into the scratch table per search of it (see Storage._filtered_walk):
+#: its file holds about this many records, and each chunk costs a vanish (a few ms).
+_SCRATCH_RECORDS = 20_000
 
 
 def _breaking(fact: Fact) -> list[Block]:
@@ -1268,6 +1340,14 @@ def _breaking(fact: Fact) -> list[Block]:
 
 def _error(operation: str, e: TCError) -> PyModelsError:
     return PyModelsError(f"Tokyo Cabinet {operation} failed: {e}")
+
+
+def _scratch_error(directory: str, e: TCError | OSError) -> PyModelsError:
+    reason = e.message if isinstance(e, TCError) else (e.strerror or str(e))
+    return PyModelsError(
+        f"cannot filter the records of a query in a scratch table in a temporary directory "
+        f"({directory}): {reason} (TMPDIR chooses another)"
+    )
 
 
 @contextlib.contextmanager
