@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from pymodels.errors import (
     NotSupported,
 )
 from pymodels.ext.tokyo_tyrant import Storage, features
+from pymodels.ext.tokyo_tyrant import _storage as tyrant_storage
 from pymodels.ext.tokyo_tyrant._protocol import Client
 from pymodels.testing.suite import run_in_threads
 
@@ -257,7 +258,7 @@ def test_reads_after_a_server_restart_succeed_on_a_pool_of_dead_sockets(
     # on a dead one it must go out again on a fresh connection, not on the next dead one.
     with pymodels.get_storage(tyrant.url, timeout=5) as storage:
         storage.save({"n": 1}, primary_key="a")
-        client = storage.client
+        client = _client(storage)
         held = [client._acquire() for _ in range(3)]
         for conn in held:
             client._release(conn)
@@ -354,6 +355,12 @@ def test_unix_socket(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _client(storage: object) -> Client:
+    """The protocol client of a Tokyo Tyrant storage."""
+    assert isinstance(storage, Storage)
+    return storage.client
 
 
 def _accepts(path: str) -> bool:
@@ -519,6 +526,78 @@ def test_a_query_iterated_while_another_client_writes_yields_each_record_once(
         assert len(ordered) == len(set(ordered)) >= 3000
 
 
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pages of 7 keys starting 2 before the last one handed out: many pages, small data.
+    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 7)
+    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 2)
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_long_stream_pages_by_pk_and_yields_every_match_once(tyrant: TemporaryTyrant) -> None:
+    with pymodels.get_storage(tyrant.url) as storage:
+        pks = [f"k {i:03}," for i in range(100)]  # spaces and commas: no token anywhere
+        for i, pk in enumerate(pks):
+            storage.save({"n": i, "odd": i % 2}, primary_key=pk)
+        searches: list[int] = []
+        client = _client(storage)
+        search = client.search
+
+        def counting(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
+            searches.append(1)
+            keys: list[bytes] = search(args, write=write)
+            return keys
+
+        client.search = counting  # type: ignore[method-assign]
+        odd = sorted(pk for i, pk in enumerate(pks) if i % 2)
+        assert [d.pk for d in storage.query().where(odd=1)] == odd
+        assert len(searches) >= 50 // 5  # paged, not one search for the whole result
+        assert [d.pk for d in storage.query().where(odd=1).order_by("-pk")] == odd[::-1]
+        assert [d.pk for d in storage.query()] == sorted(pks)
+        assert [d.pk for d in storage.query().where(odd=1)[3:]] == odd[3:]
+        assert sorted(storage) == sorted(pks)
+        assert len(list(storage.query().where(odd=1, n__gte=0))) == 50
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_paged_stream_under_other_writers_yields_each_key_once_in_order(
+    tyrant: TemporaryTyrant,
+) -> None:
+    # Before each further page another client deletes more records behind the stream's
+    # position than the overlap covers (the page would jump ahead), and adds one behind
+    # and one ahead: keys still come once each, in order, and every record present from
+    # start to end comes.
+    with pymodels.get_storage(tyrant.url) as reader, pymodels.get_storage(tyrant.url) as writer:
+        pks = [f"p{i:04}" for i in range(0, 400, 2)]
+        for pk in pks:
+            reader.save({"n": 1}, primary_key=pk)
+        listed: list[bytes] = []
+        deleted: set[str] = set()
+        client = _client(reader)
+        search = client.search
+
+        def search_between_writes(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
+            if listed:
+                alive = dict.fromkeys(k.decode() for k in listed if k.decode() not in deleted)
+                behind = sorted(alive)[-6:-1]
+                for pk in behind:
+                    writer.delete(pk)
+                    deleted.add(pk)
+                i = int(listed[-1][1:])
+                writer.save({"n": 1}, primary_key=f"p{i - 1:04}")
+                writer.save({"n": 1}, primary_key=f"p{i + 3:04}")
+            keys: list[bytes] = search(args, write=write)
+            listed.extend(keys)
+            return keys
+
+        client.search = search_between_writes  # type: ignore[method-assign]
+        seen = [str(doc.pk) for doc in reader.query().where(n=1)]
+        client.search = search  # type: ignore[method-assign]
+        assert len(deleted) > 50  # the writes did happen between many pages
+        assert seen == sorted(set(seen))
+        assert set(pks) - deleted <= set(seen)
+
+
 def test_save_many_is_one_round_trip_per_batch_and_keeps_earlier_records(
     tyrant: TemporaryTyrant,
 ) -> None:
@@ -554,7 +633,7 @@ def test_fork_while_another_thread_holds_the_pool_lock(tyrant: TemporaryTyrant) 
     # The child has no such thread: waiting for it to let go of the lock would hang.
     with pymodels.get_storage(tyrant.url) as storage:
         storage.save({"who": "parent"}, primary_key="p")
-        lock = storage.client._lock
+        lock = _client(storage)._lock
         with lock:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child

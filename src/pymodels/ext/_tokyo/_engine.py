@@ -202,6 +202,12 @@ class TokyoStorage(BaseStorage):
         """
         return None
 
+    def _pk_ordered_keys(self, plan: Plan, descending: bool) -> Generator[bytes, None, None] | None:
+        """Every key the plan selects, in pk order, listed in bounded memory by the engine
+        itself; or None where the backend has no such way (then :meth:`_unordered_keys`).
+        """
+        return None
+
     def _delete_all(self) -> int:
         """Delete every record and return how many there were."""
         total = self._count()
@@ -383,10 +389,17 @@ class TokyoStorage(BaseStorage):
                 if plan.deferred is not None and limit is None and not offset
                 else (plan, ())
             )
+            stop = None if limit is None else offset + limit
+            descending = oplan.tc_order == Order.STRDESC
+            pages = self._pk_ordered_keys(lean, descending)
+            if pages is not None:
+                with contextlib.closing(pages):
+                    wanted = itertools.islice(pages, offset, stop)
+                    while batch := list(itertools.islice(wanted, BATCH_SIZE)):
+                        yield from self._records(batch, gates)
+                return
             walk = self._unordered_keys(lean)
             if walk is not None:
-                stop = None if limit is None else offset + limit
-                descending = oplan.tc_order == Order.STRDESC
                 yield from self._in_pk_order(walk, descending, offset, stop, gates)
                 return
         if plan.deferred is not None and limit is None and not offset and by_pk:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlsplit
 
@@ -23,7 +25,7 @@ from ...backend import (
     batch_records,
 )
 from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump
-from .._tokyo._compiler import Block, TCCond, gates_hold
+from .._tokyo._compiler import Block, Plan, TCCond, gates_hold
 from .._tokyo._engine import OP_SUPPORT, TokyoStorage, decode_pk, scan_index_files
 from .._tokyo._format import Cond, Order, parse_list
 from .._tokyo._query import Query
@@ -222,14 +224,14 @@ class Storage(TokyoStorage):
     def _remove(self, pk: str) -> bool:
         return self.client.table_out(pk.encode("utf-8"))
 
-    def _all_keys(self) -> list[bytes]:
-        return self.client.search([])
-
     def _keys(self) -> Iterator[str]:
-        return (decode_pk(k) for k in self._all_keys())
+        # In pk order, a page at a time (see _pk_ordered_keys): no list of every key.
+        return (decode_pk(k) for k in self._pk_pages((), False))
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        yield from self._records(self._all_keys())
+        with contextlib.closing(self._pk_pages((), False)) as pages:
+            while batch := list(itertools.islice(pages, BATCH_SIZE)):
+                yield from self._records(batch)
 
     def _records(
         self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
@@ -345,6 +347,44 @@ class Storage(TokyoStorage):
         args.extend(tail)
         return self.client.search(args, write=b"out" in tail)
 
+    def _pk_ordered_keys(self, plan: Plan, descending: bool) -> Generator[bytes, None, None] | None:
+        """The plan's keys in pk order, a page of :data:`PAGE_KEYS` per search, so that
+        neither side of the connection holds more than a page of keys for the client.
+
+        Tyrant's iterator is one for the whole server (other clients move it) and a
+        metasearch cannot sort by the pk, so a plan of several blocks returns None (one
+        search lists every key). Each page is the slice of the server's pk order at an
+        estimated skip, asked to start :data:`PAGE_OVERLAP` keys before the last key
+        handed out; keys at or before that key are dropped, so a key never comes twice
+        and keys come in order whatever other clients write meanwhile. A page that
+        starts after the last key (other clients deleted records before it) may have
+        jumped over some: the search is asked again a page further back, down to the
+        start. The server searches and sorts the whole result for every page: bounded
+        client memory costs server work on long results (``docs/tokyo_tyrant.md``).
+        """
+        if plan.blocks is not None and len(plan.blocks) != 1:
+            return None
+        conds: Block = () if plan.blocks is None else plan.blocks[0].conds
+        return self._pk_pages(conds, descending)
+
+    def _pk_pages(self, conds: Block, descending: bool) -> Generator[bytes, None, None]:
+        order = (b"", Order.STRDESC if descending else Order.STRASC)
+        page = PAGE_KEYS
+        last: bytes | None = None
+        skip = 0
+        while True:
+            keys = self._search([conds], order, page, skip)
+            if last is not None and skip and (not keys or _beyond(keys[0], last, descending)):
+                skip = max(0, skip - page)  # the slice moved ahead of us: step back
+                continue
+            fresh = keys if last is None else [k for k in keys if _beyond(k, last, descending)]
+            yield from fresh
+            if len(keys) < page:
+                return
+            if fresh:
+                last = fresh[-1]
+            skip += len(keys) - PAGE_OVERLAP
+
     def _count_block(self, conds: Block) -> int:
         # One round trip: nothing but the number comes back.
         (count,) = self._search([conds], None, -1, 0, tail=[b"count"])
@@ -369,6 +409,19 @@ class Storage(TokyoStorage):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+#: Keys asked of the server per search of a long pk-ordered stream.
+PAGE_KEYS = 100_000
+#: How many keys before the last one handed out each further page starts (see
+#: Storage._pk_ordered_keys): room for writes of other clients between two pages.
+PAGE_OVERLAP = 1_000
+
+
+def _beyond(key: bytes, last: bytes, descending: bool) -> bool:
+    """Whether ``key`` comes after ``last`` in the stream's order (Tokyo compares pks
+    bytewise, as Python compares bytes)."""
+    return key < last if descending else key > last
 
 
 def columns_of(record: Mapping[str, Any]) -> list[bytes]:
