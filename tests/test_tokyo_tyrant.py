@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 import pymodels
 from pymodels import Document
@@ -33,9 +35,12 @@ from pymodels.errors import (
     ConnectionFailed,
     NotSupported,
 )
+from pymodels.ext import _spill
 from pymodels.ext.tokyo_tyrant import Storage, features
 from pymodels.ext.tokyo_tyrant import _storage as tyrant_storage
 from pymodels.ext.tokyo_tyrant._protocol import Client
+from pymodels.testing import oracle
+from pymodels.testing import strategies as pst
 from pymodels.testing.suite import run_in_threads
 
 try:
@@ -596,6 +601,30 @@ def test_a_paged_stream_under_other_writers_yields_each_key_once_in_order(
         assert len(deleted) > 50  # the writes did happen between many pages
         assert seen == sorted(set(seen))
         assert set(pks) - deleted <= set(seen)
+
+
+def test_queries_through_pk_pages_match_the_oracle(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The differential test again with pages of 3 keys overlapping by 1, and the page
+    path taken from 3 matches on: every unsliced pk-ordered query of one search walks
+    pk-ordered pages (see Storage._pk_ordered_keys)."""
+    monkeypatch.setattr(_spill, "RUN_SIZE", 2)
+    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
+    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)
+    with pymodels.get_storage(tyrant.url) as s:
+
+        @settings(deadline=None)  # examples: the profile's
+        @given(case=pst.query_cases())
+        def check(case: tuple[dict[str, dict[str, Any]], dict[str, Any]]) -> None:
+            records, spec = case
+            s.clear()
+            for pk, record in records.items():
+                s.save(record, primary_key=pk)
+            q = pst.to_query(s.query(), spec)
+            assert [d.pk for d in q] == oracle.run(records, spec)
+
+        check()
 
 
 def test_save_many_is_one_round_trip_per_batch_and_keeps_earlier_records(
