@@ -40,7 +40,14 @@ from pymodels.errors import (
 from pymodels.storage import BaseStorage
 from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
-from pymodels.testing.suite import EVERY_KIND, Person, identical, run_in_threads, stored_form
+from pymodels.testing.suite import (
+    EVERY_KIND,
+    Person,
+    check_query_case,
+    identical,
+    run_in_threads,
+    stored_form,
+)
 
 try:
     from pymodels.ext._tokyo._columns import decode_dump, dump_types, encode_dump
@@ -802,14 +809,9 @@ def test_engine_ordering_matches_the_oracle(
     offset: int,
     limit: int | None,
 ) -> None:
-    storage.clear()
-    for pk, record in records.items():
-        storage.save(record, primary_key=pk)
     spec: dict[str, Any] = {"where": [where], "order_by": [direction + "v", *second]}
     spec["offset"], spec["limit"] = offset, limit
-    q = pst.to_query(storage.query(), spec)
-    assert pks(q) == oracle.run(records, spec)
-    assert q.count() == len(oracle.run(records, spec))
+    check_query_case(storage, records, spec)
 
 
 @pytest.mark.parametrize("kind", ["lexical", "decimal", "token", "qgram"])
@@ -825,14 +827,7 @@ def test_queries_match_the_oracle_over_indexed_columns(path: Path, kind: str) ->
         @settings(max_examples=150, deadline=None)
         @given(case=pst.query_cases())
         def check(case: tuple[dict[str, dict[str, Any]], dict[str, Any]]) -> None:
-            records, spec = case
-            s.clear()
-            for pk, record in records.items():
-                s.save(record, primary_key=pk)
-            q = pst.to_query(s.query(), spec)
-            expected = oracle.run(records, spec)
-            assert pks(q) == expected
-            assert q.count() == len(expected)
+            q, expected = check_query_case(s, *case)
             assert q.delete() == len(expected)
 
         check()
@@ -875,12 +870,7 @@ def test_queries_through_the_scratch_walk_match_the_oracle(
         @settings(deadline=None)  # examples: the profile's (soak: 20,000)
         @given(case=pst.query_cases())
         def check(case: tuple[dict[str, dict[str, Any]], dict[str, Any]]) -> None:
-            records, spec = case
-            s.clear()
-            for pk, record in records.items():
-                s.save(record, primary_key=pk)
-            q = pst.to_query(s.query(), spec)
-            assert pks(q) == oracle.run(records, spec)
+            check_query_case(s, *case)
 
         check()
     finally:

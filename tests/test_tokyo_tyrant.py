@@ -39,9 +39,8 @@ from pymodels.ext import _spill
 from pymodels.ext.tokyo_tyrant import Storage, features
 from pymodels.ext.tokyo_tyrant import _storage as tyrant_storage
 from pymodels.ext.tokyo_tyrant._protocol import Client
-from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
-from pymodels.testing.suite import run_in_threads
+from pymodels.testing.suite import check_query_case, run_in_threads
 
 try:
     import pymodels.testing._tyrant_server  # the fallback server needs the Cabinet library
@@ -617,12 +616,7 @@ def test_queries_through_pk_pages_match_the_oracle(
         @settings(deadline=None)  # examples: the profile's
         @given(case=pst.query_cases())
         def check(case: tuple[dict[str, dict[str, Any]], dict[str, Any]]) -> None:
-            records, spec = case
-            s.clear()
-            for pk, record in records.items():
-                s.save(record, primary_key=pk)
-            q = pst.to_query(s.query(), spec)
-            assert [d.pk for d in q] == oracle.run(records, spec)
+            check_query_case(s, *case)
 
         check()
 
@@ -642,19 +636,36 @@ def test_save_many_is_one_round_trip_per_batch_and_keeps_earlier_records(
         assert len(storage) == 2502
 
 
+def _fork_saving_in_child(storage: Any) -> int:
+    """Fork; the child saves one record (pk ``c``) through ``storage`` and exits 0 if
+    that worked. The parent gets the child's pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            storage.save({"who": "child"}, primary_key="c")
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _child_succeeded(pid: int, seconds: float = 30) -> None:
+    """Wait for the child to exit 0, failing (and killing it) if it hangs."""
+    deadline = time.monotonic() + seconds
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_fork_safe(tyrant: TemporaryTyrant) -> None:
     with pymodels.get_storage(tyrant.url) as storage:
         storage.save({"who": "parent"}, primary_key="p")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                storage.save({"who": "child"}, primary_key="c")
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        _child_succeeded(_fork_saving_in_child(storage))
         assert storage.get(None, "c")["who"] == "child"
 
 
@@ -664,22 +675,8 @@ def test_fork_while_another_thread_holds_the_pool_lock(tyrant: TemporaryTyrant) 
         storage.save({"who": "parent"}, primary_key="p")
         lock = _client(storage)._lock
         with lock:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                code = 1
-                try:
-                    storage.save({"who": "child"}, primary_key="c")
-                    code = 0
-                finally:
-                    os._exit(code)
-        deadline = time.monotonic() + 30
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise AssertionError("the forked child hung")
-            time.sleep(0.01)
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+            pid = _fork_saving_in_child(storage)
+        _child_succeeded(pid)
         assert storage.get(None, "c")["who"] == "child"
 
 

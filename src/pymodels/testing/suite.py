@@ -62,6 +62,7 @@ from . import strategies as pst
 
 __all__ = [
     "StorageTests",
+    "check_query_case",
     "identical",
     "reopening_settings",
     "requires",
@@ -1427,13 +1428,7 @@ class StorageTests:
         each generated case is worth every terminal operation.
         """
         records, spec = case
-        storage.clear()
-        for pk, record in records.items():
-            storage.save(record, primary_key=pk)
-        q = pst.to_query(storage.query(), spec)
-        expected = oracle.run(records, spec)
-        assert [d.pk for d in q] == expected
-        assert q.count() == len(expected)
+        q, expected = check_query_case(storage, records, spec)
         assert q.exists() == bool(expected)
         path = data.draw(st.sampled_from(_paths_of(records) or ["x"]), label="values path")
         assert _same_values(q.values(path), oracle.values(records, spec, path))
@@ -1448,6 +1443,22 @@ class StorageTests:
         storage.save(record, primary_key=pk)
         loaded = dict(storage.get(None, pk))
         assert identical(loaded, stored_form(record)), (loaded, record)
+
+
+def check_query_case(
+    storage: BaseStorage, records: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]
+) -> tuple[Any, list[str]]:
+    """Store exactly ``records`` (the storage cleared first), run the query ``spec``
+    (:func:`pymodels.testing.strategies.to_query`) and check its pks and count against
+    the oracle; return the query and the oracle's pks for further checks."""
+    storage.clear()
+    for pk, record in records.items():
+        storage.save(record, primary_key=pk)
+    q = pst.to_query(storage.query(), spec)
+    expected = oracle.run(records, spec)
+    assert [d.pk for d in q] == expected
+    assert q.count() == len(expected)
+    return q, expected
 
 
 def run_in_threads(work: Callable[[int], None], count: int) -> None:
