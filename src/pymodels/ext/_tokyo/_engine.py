@@ -394,9 +394,7 @@ class TokyoStorage(BaseStorage):
             pages = self._pk_ordered_keys(lean, descending)
             if pages is not None:
                 with contextlib.closing(pages):
-                    wanted = itertools.islice(pages, offset, stop)
-                    while batch := list(itertools.islice(wanted, BATCH_SIZE)):
-                        yield from self._records(batch, gates)
+                    yield from self._streamed_records(itertools.islice(pages, offset, stop), gates)
                 return
             walk = self._unordered_keys(lean)
             if walk is not None:
@@ -443,9 +441,15 @@ class TokyoStorage(BaseStorage):
             ordered: Iterable[bytes]
             with contextlib.closing(walk):
                 ordered = sorter.sort(walk, descending=descending, stop=stop)
-            ordered = itertools.islice(ordered, offset, stop)
-            while batch := list(itertools.islice(ordered, BATCH_SIZE)):
-                yield from self._records(batch, gates)
+            yield from self._streamed_records(itertools.islice(ordered, offset, stop), gates)
+
+    def _streamed_records(
+        self, keys: Iterator[bytes], gates: tuple[TCCond, ...] = ()
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The records of a stream of keys, loaded :data:`BATCH_SIZE` at a time (see
+        :meth:`_records`), holding no more than a batch of keys."""
+        while batch := list(itertools.islice(keys, BATCH_SIZE)):
+            yield from self._records(batch, gates)
 
     def _ordered_stream(
         self, plan: Plan, oplan: OrderPlan, offset: int

@@ -319,6 +319,11 @@ class _TCXSTR(ctypes.Structure):
     _fields_ = [("ptr", _P), ("size", _I), ("asize", _I)]
 
 
+#: Bytes a hash database record takes beyond its key and value, at most: its header
+#: (magic, hash, two bucket links, sizes as variable-length numbers) and its padding to
+#: the default record alignment (16 bytes).
+_RECORD_OVERHEAD: Final = 64
+
 _string_at = ctypes.string_at
 _c_int = ctypes.c_int
 _INT_MIN: Final = -(2**31)
@@ -337,11 +342,6 @@ def library_version() -> str:
 # Address -> kind of every pointer we own and have not freed yet. Single dict stores and
 # deletes are atomic under the GIL, so threads need no lock. An entry is removed *before* the
 # C free: once freed, the address may be handed to another thread at once and recorded again.
-#: Bytes a hash database record takes beyond its key and value, at most: its header
-#: (magic, hash, two bucket links, sizes as variable-length numbers) and its padding to
-#: the default record alignment (16 bytes).
-_RECORD_OVERHEAD: Final = 64
-
 _LIVE: dict[int, str] = {}
 
 

@@ -376,9 +376,7 @@ class Client:
         # In the child, alone: a thread of the parent may have held the lock at the fork,
         # so it is replaced rather than taken.
         self._lock = threading.Lock()
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self.reset()
 
     def call(self, data: bytes, reader: Callable[[_Connection], T], *, write: bool) -> T:
         """Send one request and read its reply with ``reader``.
@@ -394,15 +392,14 @@ class Client:
                 result = reader(conn)
             except (OSError, EOFError, ProtocolError, struct.error) as e:
                 conn.close()
-                if not write:
-                    # The pool's other sockets most likely lost the same server.
-                    self.reset()
                 if write:
                     raise ConnectionFailed(
                         f"the connection to Tokyo Tyrant at {self.address} was lost during a "
                         f"write: its outcome is unknown (the server may or may not have applied "
                         f"it; nothing is retried by itself) ({_describe(e)})"
                     ) from e
+                # The pool's other sockets most likely lost the same server.
+                self.reset()
                 if attempt == 2 or isinstance(e, TimeoutError):
                     raise ConnectionFailed(
                         f"the connection to Tokyo Tyrant at {self.address} was lost "

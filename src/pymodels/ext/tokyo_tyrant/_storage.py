@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -230,8 +229,7 @@ class Storage(TokyoStorage):
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
         with contextlib.closing(self._pk_pages((), False)) as pages:
-            while batch := list(itertools.islice(pages, BATCH_SIZE)):
-                yield from self._records(batch)
+            yield from self._streamed_records(pages)
 
     def _records(
         self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
