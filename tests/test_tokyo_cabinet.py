@@ -854,13 +854,16 @@ def test_queries_through_the_scratch_walk_match_the_oracle(
 ) -> None:
     """The differential test again with pages of 2 keys and chunks of 3 records: every
     unsliced pk-ordered query with more than a page of matches walks the records
-    through the scratch table (see Storage._filtered_walk), sorted in spilled runs."""
+    through the scratch table (see Storage._filtered_walk), sorted in spilled runs; a
+    one-field lookup too from 3 matches on (below, one short page)."""
     from pymodels.ext import _spill
+    from pymodels.ext._tokyo import _engine
     from pymodels.ext.tokyo_cabinet import _storage
 
     monkeypatch.setattr(_spill, "RUN_SIZE", 2)
     monkeypatch.setattr(_spill, "RUN_BLOCK", 2)
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 3)
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     s = pymodels.get_storage({"backend": "tokyo_cabinet", "path": str(path)})
     try:
         if kind is not None:
@@ -1538,11 +1541,14 @@ def small_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Pages and runs of 7 pks in blocks of 3 (a few dozen records spill), scratch chunks
     of 5 records, in a watched dir."""
     from pymodels.ext import _spill
+    from pymodels.ext._tokyo import _engine
     from pymodels.ext.tokyo_cabinet import _storage
 
     monkeypatch.setattr(_spill, "RUN_SIZE", 7)
     monkeypatch.setattr(_spill, "RUN_BLOCK", 3)
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 5)  # several chunks per walk
+    # A one-field lookup of more than 2 matches streams too (not one short page).
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     spill = tmp_path / "tmp"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
@@ -1625,6 +1631,7 @@ def test_where_stream_walks_chunks_and_yields_every_match_once_in_pk_order(
 
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 5)
     monkeypatch.setattr(_engine, "BATCH_SIZE", 3)  # records loaded 3 at a time
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 2)  # lookups of more than 2 matches stream
     walks: list[int] = []
     walk = Storage._filtered_walk
 

@@ -36,6 +36,7 @@ from pymodels.errors import (
     NotSupported,
 )
 from pymodels.ext import _spill
+from pymodels.ext._tokyo import _engine
 from pymodels.ext.tokyo_tyrant import Storage, features
 from pymodels.ext.tokyo_tyrant import _storage as tyrant_storage
 from pymodels.ext.tokyo_tyrant._protocol import Client
@@ -535,6 +536,7 @@ def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pages of 7 keys starting 2 before the last one handed out: many pages, small data.
     monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 7)
     monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 2)
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 2)  # one-field lookups of 3 or more too
 
 
 @pytest.mark.usefixtures("small_pages")
@@ -602,12 +604,51 @@ def test_a_paged_stream_under_other_writers_yields_each_key_once_in_order(
         assert set(pks) - deleted <= set(seen)
 
 
+def test_a_one_field_lookup_is_one_search_when_short_and_streams_when_long(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # where(email=X) of a page or fewer matches: one search (asked for one key more than
+    # a page), then the records. More than a page: that search is spent and the query
+    # streams in pk pages, every match once, in order, both directions.
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 4)
+    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
+    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)
+    with pymodels.get_storage(tyrant.url) as storage:
+        for i in range(12):
+            storage.save({"city": "a" if i < 4 else "b", "n": i}, primary_key=f"k {i:02},")
+        storage.save({"city": 7}, primary_key="int")  # another kind: the gate keeps it out
+        limits: list[bytes] = []
+        client = _client(storage)
+        search = client.search
+
+        def recording(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
+            limits.extend(a for a in args if a.startswith(b"setlimit"))
+            keys: list[bytes] = search(args, write=write)
+            return keys
+
+        # The shape's first query compiles it (the general path); later ones fill it in.
+        assert storage.query().where(city="none").first() is None
+        client.search = recording  # type: ignore[method-assign]
+        short = [d.pk for d in storage.query().where(city="a")]
+        assert short == [f"k {i:02}," for i in range(4)]
+        assert limits == [b"setlimit\x005\x000"]
+        limits.clear()
+        long = [f"k {i:02}," for i in range(4, 12)]
+        assert [d.pk for d in storage.query().where(city="b")] == long
+        assert limits[0] == b"setlimit\x005\x000" and len(limits) > 3  # then pages of 3
+        assert [d.pk for d in storage.query().where(city="b").order_by("-pk")] == long[::-1]
+        assert [d.pk for d in storage.query().where(city="b")[2:]] == long[2:]
+        assert storage.query().where(city="zzz").first() is None
+
+
 def test_queries_through_pk_pages_match_the_oracle(
     tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The differential test again with pages of 3 keys overlapping by 1, and the page
     path taken from 3 matches on: every unsliced pk-ordered query of one search walks
-    pk-ordered pages (see Storage._pk_ordered_keys)."""
+    pk-ordered pages (see Storage._pk_ordered_keys), a one-field lookup too (below 3
+    matches it is one short page)."""
+    monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     monkeypatch.setattr(_spill, "RUN_SIZE", 2)
     monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
     monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)

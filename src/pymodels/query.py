@@ -327,9 +327,10 @@ class BaseQuery(Generic[D]):
             check_usable(self.storage)
         if limit == "query":
             limit = self._limit
-        if limit and self._after is None:
-            # A short exact result (first(), q[:10]) straight from the engine,
-            # before compiling, where it can (the storage's _select_page).
+        if limit != 0 and self._after is None:
+            # A short exact result (first(), q[:10], a lookup of a few records)
+            # straight from the engine, before compiling, where it can (the
+            # storage's _select_page).
             condition = self._where if self.doc_class is None else self.condition
             page = self.storage._select_page(condition, self._full_order, self._offset, limit)
             if page is not None:
@@ -579,8 +580,8 @@ class BaseQuery(Generic[D]):
             more = f" ...and {self.count() - 10} more"
         return f"<Query {name}: [{shown}]{more}>"
 
-    def __len__(self) -> int:
-        raise TypeError("len() of a query is not defined; use q.count()")
+    # No __len__ (count() asks the engine): list(query) calls __len__ for a size hint,
+    # and one that raised cost every list() an exception.
 
 
 def _total_key(pk: str, record: Mapping[str, Any], order: tuple[OrderKey, ...]) -> tuple[Any, ...]:

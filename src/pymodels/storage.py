@@ -393,9 +393,13 @@ class BaseStorage(abc.ABC):
         return itertools.islice(it, offset, None if limit is None else offset + limit)
 
     def _select_page(
-        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int | None
     ) -> list[Item] | None:
-        """A short exact page of ``condition`` in ``order`` in one step, or None (the default)."""
+        """A short exact page of ``condition`` in ``order`` in one step, or None (the default).
+
+        ``limit`` None asks for every match from ``offset`` on: a backend returns them
+        only when they are few (say, at most a page), else None, and the query streams.
+        """
         return None
 
     def _count_where(self, native: Any) -> int:

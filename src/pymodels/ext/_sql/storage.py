@@ -190,11 +190,11 @@ class SQLStorage(BaseStorage):
         return self._compiler.compile(condition)
 
     def _select_page(
-        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int | None
     ) -> list[Item] | None:
         # The hot path: one cached statement per condition shape, no
-        # compiling, its rows in one fetch.
-        if limit > self._page_size:
+        # compiling, its rows in one fetch (a slice only: a whole result streams).
+        if limit is None or limit > self._page_size:
             return None
         statement = self._compiler.select(condition, self._table, order, offset, limit)
         if statement is None:

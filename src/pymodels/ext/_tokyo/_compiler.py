@@ -257,20 +257,24 @@ class _Template(NamedTuple):
     #: The shape's key where this is (or refines) the shape's template in ``_SHAPES``.
     shape: tuple[str, str, str, str] | None = None
 
+    def conds(self, expr: bytes) -> Block:
+        """The conditions of the one block of :meth:`fill`'s plan (without the plan)."""
+        assert self.plan.blocks is not None
+        conds = self.plan.blocks[0].conds
+        at = self.at
+        old = conds[at]
+        return (*conds[:at], TCCond(old.col, old.op, expr, old.negate, old.noidx), *conds[at + 1 :])
+
     def fill(self, expr: bytes) -> Plan:
         """The plan with ``expr`` as the operand (its origin this template)."""
         plan = self.plan
-        assert plan.blocks is not None
-        conds = plan.blocks[0].conds
-        at = self.at
-        old = conds[at]
-        new = TCCond(old.col, old.op, expr, old.negate, old.noidx)
+        conds = self.conds(expr)
         deferred = plan.deferred
         if deferred is not None:
             # The lean block is the operand's condition alone (see _deferred).
-            deferred = Plan((PlanBlock((new,)),), True), deferred[1]
+            deferred = Plan((PlanBlock((conds[self.at],)),), True), deferred[1]
         return Plan(
-            (PlanBlock((*conds[:at], new, *conds[at + 1 :])),),
+            (PlanBlock(conds),),
             plan.disjoint,
             deferred,
             None if self.shape is None else (self, expr),

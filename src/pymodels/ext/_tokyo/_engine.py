@@ -339,6 +339,17 @@ class TokyoStorage(BaseStorage):
         except self._engine_errors as e:
             raise self._engine_error("search", e) from e
 
+    def _block_keys(
+        self, conds: Block, order: tuple[bytes, int], limit: int, skip: int
+    ) -> list[bytes]:
+        """Keys of one block of conditions, ordered, skipped and limited by Tokyo: what
+        :meth:`_tc_search` does for a one-block plan without checks, without the plan."""
+        try:
+            with self._search_lock:
+                return self._search([conds], order, limit, skip)
+        except self._engine_errors as e:
+            raise self._engine_error("search", e) from e
+
     # ------------------------------------------------------ shared query hooks
 
     def _compile_condition(self, condition: Condition) -> Compiled:
@@ -347,25 +358,34 @@ class TokyoStorage(BaseStorage):
         return Compiled(plan, residual)
 
     def _select_page(
-        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int | None
     ) -> list[Item] | None:
-        # The hot path of first() and short pk-ordered slices of one-field lookups (the
-        # usual email=X): the plan straight from the shape's template, refined once per
-        # shape (see _refined). Other queries take the general path (None), which
-        # compiles once.
-        if len(order) != 1 or not order[0].is_pk or limit > _PAGE_MAX:
+        # The hot path of one-field lookups (the usual email=X) in pk order: first(), short
+        # slices and short whole results, the plan straight from the shape's template,
+        # refined once per shape (see _refined). Other queries, and lookups matching more
+        # than a page, take the general path (None), which compiles once and streams.
+        if len(order) != 1 or not order[0].is_pk or (limit is not None and limit > _PAGE_MAX):
             return None
         found = shaped_lookup(condition, self._index_map())
         if found is None:
             return None
         template, operand = found
+        # As _select runs a pk-ordered slice (a slice never defers its kind gates). A
+        # whole result is asked one key beyond a page: that key says it is longer.
+        tc_order = (b"", Order.STRDESC if order[0].descending else Order.STRASC)
+        tc_limit = _PAGE_MAX + 1 if limit is None else limit
         refined = self._shape_refinement(template)
-        plan = self._refined(template.fill(operand)) if refined is None else refined.fill(operand)
-        if plan.nothing:
-            return []
-        # As _select runs a pk-ordered slice (a slice never defers its kind gates).
-        tc_order = Order.STRDESC if order[0].descending else Order.STRASC
-        return list(self._records(self._tc_search(plan, (b"", tc_order), limit, offset)))
+        if refined is not None:
+            # The refined template's one block, filled: no plan is made.
+            keys = self._block_keys(refined.conds(operand), tc_order, tc_limit, offset)
+        else:
+            plan = self._refined(template.fill(operand))
+            if plan.nothing:
+                return []
+            keys = self._tc_search(plan, tc_order, tc_limit, offset)
+        if limit is None and len(keys) > _PAGE_MAX:
+            return None  # a long result streams (one search of a page spent)
+        return list(self._records(keys))
 
     def _select(
         self, native: Any, order: Any, offset: int, limit: int | None
@@ -789,7 +809,8 @@ def _sort_top(items: list[Item], keys: tuple[OrderKey, ...]) -> list[Item]:
     return items
 
 
-#: The longest slice :meth:`TokyoStorage._select_page` serves (longer ones stream).
+#: The longest slice or whole result :meth:`TokyoStorage._select_page` serves (longer
+#: ones stream).
 _PAGE_MAX: Final = 1000
 
 #: Tokyo's query limit is a C int.

@@ -61,7 +61,7 @@ features = Features(
 #: left alone rather than rebuilt.
 _KEEP: Final = 1 << 24
 _INDEX_NUMBERS: Final = {"lexical": 0, "decimal": 1, "token": 2, "qgram": 3}
-_ORDER_NAMES: Final = {int(o): o.name for o in Order}
+_SETORDER: Final = {int(o): b"\x00" + o.name.encode("ascii") for o in Order}
 _OP_NAMES: Final = {int(c): c.name for c in Cond if c < Cond.NEGATE}
 _HINT: Final = b"\x00\x00[[HINT]]\n"
 #: An operator each index kind serves, to find out from Tokyo's hint which one exists.
@@ -234,6 +234,20 @@ class Storage(TokyoStorage):
     def _records(
         self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        if len(keys) <= BATCH_SIZE and not gates:
+            # One batch (the usual lookup): a list, without a generator's frame.
+            return iter(
+                [
+                    (decode_pk(key), decode_record(columns))
+                    for key, columns in zip(keys, self._load_raw(keys), strict=True)
+                    if columns is not None
+                ]
+            )
+        return self._batched_records(keys, gates)
+
+    def _batched_records(
+        self, keys: list[bytes], gates: tuple[TCCond, ...]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
             for key, columns in zip(batch, self._load_raw(batch), strict=True):
@@ -337,9 +351,7 @@ class Storage(TokyoStorage):
             args.extend(_cond_args(block))
             if i == 0:
                 if order is not None:
-                    args.append(
-                        b"setorder\x00" + order[0] + b"\x00" + _ORDER_NAMES[order[1]].encode()
-                    )
+                    args.append(b"setorder\x00" + order[0] + _SETORDER[order[1]])
                 if limit >= 0 or skip:
                     args.append(b"setlimit\x00%d\x00%d" % (limit, skip))
         args.extend(tail)
