@@ -375,17 +375,26 @@ class TokyoStorage(BaseStorage):
         tc_order = (b"", Order.STRDESC if order[0].descending else Order.STRASC)
         tc_limit = _PAGE_MAX + 1 if limit is None else limit
         refined = self._shape_refinement(template)
+        # Where every match is loaded anyway (no slice), its kind gates are checked on the
+        # loaded records rather than by Tokyo reading each candidate, as _select does.
+        gates: tuple[TCCond, ...] = ()
         if refined is not None:
             # The refined template's one block, filled: no plan is made.
-            keys = self._block_keys(refined.conds(operand), tc_order, tc_limit, offset)
+            conds = refined.conds(operand)
+            deferred = refined.plan.deferred
+            if deferred is not None and limit is None and not offset:
+                conds, gates = (conds[refined.at],), deferred[1]  # see _Template.fill
+            keys = self._block_keys(conds, tc_order, tc_limit, offset)
         else:
             plan = self._refined(template.fill(operand))
+            if plan.deferred is not None and limit is None and not offset:
+                plan, gates = plan.deferred
             if plan.nothing:
                 return []
             keys = self._tc_search(plan, tc_order, tc_limit, offset)
         if limit is None and len(keys) > _PAGE_MAX:
             return None  # a long result streams (one search of a page spent)
-        return list(self._records(keys))
+        return list(self._records(keys, gates))
 
     def _select(
         self, native: Any, order: Any, offset: int, limit: int | None

@@ -234,13 +234,14 @@ class Storage(TokyoStorage):
     def _records(
         self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        if len(keys) <= BATCH_SIZE and not gates:
+        if len(keys) <= BATCH_SIZE:
             # One batch (the usual lookup): a list, without a generator's frame.
             return iter(
                 [
                     (decode_pk(key), decode_record(columns))
                     for key, columns in zip(keys, self._load_raw(keys), strict=True)
                     if columns is not None
+                    and (not gates or gates_hold(gates, columns.get(TYPES_COLUMN)))
                 ]
             )
         return self._batched_records(keys, gates)
