@@ -205,6 +205,7 @@ class TokyoStorage(BaseStorage):
     def _pk_ordered_keys(self, plan: Plan, descending: bool) -> Generator[bytes, None, None] | None:
         """Every key the plan selects, in pk order, listed in bounded memory by the engine
         itself; or None where the backend has no such way (then :meth:`_unordered_keys`).
+        A plan with blocks checked in Python selects the keys whose records pass.
         """
         return None
 
@@ -405,12 +406,8 @@ class TokyoStorage(BaseStorage):
         if plan.nothing:
             return
         by_pk = oplan is None or oplan.by_pk
-        if (
-            oplan is not None
-            and oplan.by_pk
-            and (limit is None or offset + limit > _spill.RUN_SIZE)
-            and not plan.checked
-        ):
+        long = limit is None or offset + limit > _spill.RUN_SIZE
+        if oplan is not None and oplan.by_pk and long:
             # Unsliced, every match is loaded: its kind gates are checked on the loaded
             # record (as below), not by Tokyo reading it once more.
             lean, gates = (
@@ -425,7 +422,7 @@ class TokyoStorage(BaseStorage):
                 with contextlib.closing(pages):
                     yield from self._streamed_records(itertools.islice(pages, offset, stop), gates)
                 return
-            walk = self._unordered_keys(lean)
+            walk = None if plan.checked else self._unordered_keys(lean)
             if walk is not None:
                 yield from self._in_pk_order(walk, descending, offset, stop, gates)
                 return

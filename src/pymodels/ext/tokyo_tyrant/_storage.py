@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import itertools
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -17,6 +19,7 @@ from ...backend import (
     BaseQuery,
     BaseSettings,
     BulkWriteError,
+    Condition,
     ConfigurationError,
     Features,
     PyModelsError,
@@ -24,7 +27,7 @@ from ...backend import (
     batch_records,
 )
 from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump
-from .._tokyo._compiler import Block, Plan, TCCond, gates_hold
+from .._tokyo._compiler import Block, Plan, PlanBlock, TCCond, gates_hold
 from .._tokyo._engine import OP_SUPPORT, TokyoStorage, decode_pk, scan_index_files
 from .._tokyo._format import Cond, Order, parse_list
 from .._tokyo._query import Query
@@ -360,25 +363,84 @@ class Storage(TokyoStorage):
 
     def _pk_ordered_keys(self, plan: Plan, descending: bool) -> Generator[bytes, None, None] | None:
         """The plan's keys in pk order, a page of :data:`PAGE_KEYS` per search, so that
-        neither side of the connection holds more than a page of keys for the client.
+        neither side of the connection holds more than a page of keys per search block.
 
-        Tyrant's iterator is one for the whole server (other clients move it) and a
-        metasearch cannot sort by the pk, so a plan of several blocks returns None (one
-        search lists every key). Each page is the slice of the server's pk order at an
-        estimated skip, asked to start :data:`PAGE_OVERLAP` keys before the last key
-        handed out; keys at or before that key are dropped, so a key never comes twice
-        and keys come in order whatever other clients write meanwhile. A page that
-        starts after the last key (other clients deleted records before it) may have
-        jumped over some: the search is asked again a page further back, down to the
-        start. The server searches and sorts the whole result for every page: bounded
-        client memory costs server work on long results (``docs/tokyo_tyrant.md``).
+        One search block (or none: every key) is paged by :meth:`_pk_pages`. A union, or a
+        plan with blocks checked in Python, is :meth:`_merged_pages`: each block's pages
+        merged in pk order (a metasearch cannot sort by the pk).
         """
-        if plan.blocks is not None and len(plan.blocks) != 1:
-            return None
-        conds: Block = () if plan.blocks is None else plan.blocks[0].conds
-        return self._pk_pages(conds, descending)
+        blocks = plan.blocks
+        if blocks is None:
+            return self._pk_pages((), descending)
+        if len(blocks) == 1 and blocks[0].check is None:
+            return self._pk_pages(blocks[0].conds, descending)
+        return self._merged_pages(blocks, descending)
+
+    def _merged_pages(
+        self, blocks: Sequence[PlanBlock], descending: bool
+    ) -> Generator[bytes, None, None]:
+        """Keys of the union of ``blocks`` in pk order, each once: the blocks without a
+        check as :meth:`_union_pages`, each checked block's pages filtered by its check
+        (:meth:`_passing`), merged; a key found by two streams comes out once (equal
+        keys meet side by side in a merge of ordered streams)."""
+        sure = [b.conds for b in blocks if b.check is None]
+        streams = [self._union_pages(sure, descending)] if sure else []
+        streams.extend(
+            self._passing(self._pk_pages(b.conds, descending), b.check)
+            for b in blocks
+            if b.check is not None
+        )
+        last: bytes | None = None
+        for key in heapq.merge(*streams, reverse=descending):
+            if key != last:
+                yield key
+                last = key
+
+    def _union_pages(self, blocks: list[Block], descending: bool) -> Iterator[bytes]:
+        """Keys of the union of ``blocks`` in pk order (a key of two blocks comes twice,
+        side by side). First one metasearch with every block limited to one key more
+        than a page: a union of at most a page is then the whole answer, sorted here,
+        at the price of today's one round trip; a longer one is each block's own pages,
+        merged."""
+        if len(blocks) == 1:
+            return self._pk_pages(blocks[0], descending)
+        args: list[bytes] = []
+        limit = b"setlimit\x00%d\x000" % (PAGE_KEYS + 1)
+        for i, block in enumerate(blocks):
+            if i:
+                args.append(b"next")
+            args.extend(_cond_args(block))
+            # Each block's own limit: the union of the limited blocks holds more than a
+            # page exactly when the whole union does.
+            args.append(limit)
+        keys = self.client.search(args)
+        if len(keys) <= PAGE_KEYS:
+            keys.sort(reverse=descending)
+            return iter(keys)
+        del keys
+        return heapq.merge(*(self._pk_pages(b, descending) for b in blocks), reverse=descending)
+
+    def _passing(self, keys: Iterator[bytes], check: Condition) -> Generator[bytes, None, None]:
+        """The keys among ``keys`` whose records pass ``check``, in their order, the
+        records loaded a batch at a time (a record deleted meanwhile is left out)."""
+        while batch := list(itertools.islice(keys, BATCH_SIZE)):
+            for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                if columns is not None and check.matches(decode_record(columns)):
+                    yield key
 
     def _pk_pages(self, conds: Block, descending: bool) -> Generator[bytes, None, None]:
+        """Keys of one search block in pk order, a page of :data:`PAGE_KEYS` per search.
+
+        Tyrant's iterator is one for the whole server (other clients move it), so each
+        page is the slice of the server's pk order at an estimated skip, asked to start
+        :data:`PAGE_OVERLAP` keys before the last key handed out; keys at or before that
+        key are dropped, so a key never comes twice and keys come in order whatever
+        other clients write meanwhile. A page that starts after the last key (other
+        clients deleted records before it) may have jumped over some: the search is
+        asked again a page further back, down to the start. The server searches and
+        sorts the whole result for every page: bounded client memory costs server work
+        on long results (``docs/tokyo_tyrant.md``).
+        """
         order = (b"", Order.STRDESC if descending else Order.STRASC)
         page = PAGE_KEYS
         last: bytes | None = None
