@@ -864,6 +864,7 @@ def test_queries_through_the_scratch_walk_match_the_oracle(
     monkeypatch.setattr(_spill, "RUN_BLOCK", 2)
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 3)
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
+    monkeypatch.setattr(_engine, "BATCH_SIZE", 2)  # records checked and loaded 2 at a time
     s = pymodels.get_storage({"backend": "tokyo_cabinet", "path": str(path)})
     try:
         if kind is not None:

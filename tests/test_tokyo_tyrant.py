@@ -690,6 +690,7 @@ def test_queries_through_pk_pages_match_the_oracle(
     pk-ordered pages (see Storage._pk_ordered_keys), a one-field lookup too (below 3
     matches it is one short page)."""
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
+    monkeypatch.setattr(_engine, "BATCH_SIZE", 2)  # records checked and loaded 2 at a time
     monkeypatch.setattr(_spill, "RUN_SIZE", 2)
     monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
     monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)

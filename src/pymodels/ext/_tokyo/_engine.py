@@ -302,10 +302,13 @@ class TokyoStorage(BaseStorage):
             if block.check is None:
                 continue
             candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
-            for key, columns in zip(candidates, self._load_raw(candidates), strict=True):
-                if columns is not None and block.check.matches(decode_record(columns)):
-                    found.append(key)
-                    seen.add(key)
+            # A batch of records at a time: only the keys of every candidate are held.
+            for start in range(0, len(candidates), BATCH_SIZE):
+                batch = candidates[start : start + BATCH_SIZE]
+                for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                    if columns is not None and block.check.matches(decode_record(columns)):
+                        found.append(key)
+                        seen.add(key)
         return found
 
     def _tc_search(
