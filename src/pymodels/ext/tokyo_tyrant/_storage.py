@@ -400,8 +400,8 @@ class Storage(TokyoStorage):
         """Keys of the union of ``blocks`` in pk order (a key of two blocks comes twice,
         side by side). First one metasearch with every block limited to one key more
         than a page: a union of at most a page is then the whole answer, sorted here,
-        at the price of today's one round trip; a longer one is each block's own pages,
-        merged."""
+        in the one round trip a metasearch costs anyway; a longer one is each block's
+        own pages, merged."""
         if len(blocks) == 1:
             return self._pk_pages(blocks[0], descending)
         args: list[bytes] = []
