@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pymodels
 from pymodels import Document, Q
@@ -41,8 +43,10 @@ from pymodels.errors import (
 )
 from pymodels.ext import sqlite as backend
 from pymodels.ext._sql.encoding import dumps
+from pymodels.ext._sql.sqlite_dialect import SQLiteDialect, shadow_names
 from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
+from pymodels.testing.suite import check_query_case
 
 
 @pytest.fixture
@@ -119,8 +123,14 @@ def test_layout_is_plain_json_in_one_table(storage: Any, path: Path) -> None:
     (body,) = raw.execute("SELECT body FROM documents WHERE pk = 'p'").fetchone()
     assert raw.execute("SELECT json_extract(?, '$.n')", (body,)).fetchone()[0] == 1
     assert '"$":"62024-05-01"' in body and '"$r":"2.50"' in body
-    # The library's own data is in another table, never in the namespace.
-    assert raw.execute("SELECT value FROM pymodels_meta").fetchall() == [("1",)]
+    # The library's own data is in another table, never in the namespace: the
+    # table's format and the fields with shadow columns (slot order).
+    assert dict(raw.execute("SELECT name, value FROM pymodels_meta")) == {
+        "documents.format": "2",
+        "documents.columns": '["n", "d", "when"]',
+    }
+    row = raw.execute('SELECT "r1:n", "v1:n", "r2:d", "v2:d", "r3:when" FROM documents')
+    assert row.fetchone() == (2, 1, 3, "3p1000025", 6)
     assert list(storage) == ["p"]
     raw.close()
 
@@ -577,9 +587,25 @@ def _tricky_bodies() -> list[str]:
     return bodies
 
 
+def legacy_file(path: Path, table: str = "documents") -> Path:
+    """An empty table as builds before shadow columns made it (format 1: pk and body only)."""
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute(f"PRAGMA page_size = {backend.PAGE_SIZE}")
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.execute(f"CREATE TABLE {table} (pk TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)")
+    raw.execute(
+        "CREATE TABLE IF NOT EXISTS pymodels_meta "
+        "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
+    )
+    raw.execute("INSERT INTO pymodels_meta VALUES (?, '1')", (f"{table}.format",))
+    raw.close()
+    return path
+
+
 def test_counts_read_only_the_index_and_give_the_tables_answer(tmp_path: Path) -> None:
-    indexed = backend.Storage(path=str(tmp_path / "indexed.db"))
-    plain = backend.Storage(path=str(tmp_path / "plain.db"))
+    # Expression indexes: a table of the legacy format (no shadow columns).
+    indexed = backend.Storage(path=str(legacy_file(tmp_path / "indexed.db")))
+    plain = backend.Storage(path=str(legacy_file(tmp_path / "plain.db")))
     indexed.create_index(("city", "-age"))
     for s in (indexed, plain):
         with s._db() as conn:
@@ -608,7 +634,7 @@ def test_counts_read_only_the_index_and_give_the_tables_answer(tmp_path: Path) -
 
 
 def test_a_count_on_the_second_key_walks_the_first_keys_values(tmp_path: Path) -> None:
-    with backend.Storage(path=str(tmp_path / "walk.db")) as s:
+    with backend.Storage(path=str(legacy_file(tmp_path / "walk.db"))) as s:
         s.create_index(("city", "-age"))
         records: list[dict[str, Any]] = [
             {"city": c, "age": a} for c in "abc" for a in range(40, 60)
@@ -630,7 +656,8 @@ def test_a_count_on_the_second_key_walks_the_first_keys_values(tmp_path: Path) -
         assert both is not None and s._count_by_prefix(both) is None
 
 
-def test_a_count_survives_its_index_being_dropped(storage: Any, path: Path) -> None:
+def test_a_count_survives_its_index_being_dropped(path: Path) -> None:
+    storage = backend.Storage(path=str(legacy_file(path)))
     storage.create_index(("city", "age"))
     storage.save_many([{"city": "a", "age": i} for i in range(10)])
     assert storage.query().where(age__gte=5).count() == 5  # learns the index
@@ -638,6 +665,7 @@ def test_a_count_survives_its_index_being_dropped(storage: Any, path: Path) -> N
         (name,) = other.execute("SELECT name FROM sqlite_master WHERE name LIKE 'pm_%'").fetchone()
         other.execute(f'DROP INDEX "{name}"')
     assert storage.query().where(age__gte=5).count() == 5
+    storage.close()
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -659,3 +687,266 @@ def test_counts_from_an_index_match_the_oracle(
             storage.save(record, primary_key=pk)
         q = pst.to_query(storage.query(), spec)
         assert q.count() == len(oracle.run(records, spec))
+
+
+# ---------------------------------------------------------- shadow columns
+
+_PLAIN = SQLiteDialect()  # the expressions over body that shadow columns stand for
+
+
+def shadow_fields(path: Path | str, table: str = "documents") -> list[str] | None:
+    """The fields with shadow columns, as the meta table lists them (None: legacy format)."""
+    with sqlite3.connect(path) as raw:
+        row = raw.execute(
+            "SELECT value FROM pymodels_meta WHERE name = ?", (f"{table}.columns",)
+        ).fetchone()
+    return None if row is None else list(json.loads(row[0]))
+
+
+def assert_shadow_columns_hold_their_expressions(storage: Any) -> None:
+    """Every shadow column of every row equals (value and type) the expression it replaces."""
+    with storage._db() as conn:
+        (text,) = conn.execute(
+            "SELECT value FROM pymodels_meta WHERE name = ?", (f"{storage._table}.columns",)
+        ).fetchone()
+        for slot, field in enumerate(json.loads(text), 1):
+            r, v = (_PLAIN.ident(n) for n in shadow_names(slot, field))
+            rank, value = _PLAIN.rank((field,)), _PLAIN.value((field,))
+            sql = (
+                f"SELECT count(*) FROM {storage._qtable} WHERE {r} IS NOT ({rank}) "
+                f"OR {v} IS NOT ({value}) OR typeof({r}) IS NOT typeof({rank}) "
+                f"OR typeof({v}) IS NOT typeof({value})"
+            )
+            assert conn.execute(sql).fetchone()[0] == 0, field
+
+
+# "y" and "Y": SQLite column names ignore ASCII case; the last one is in SQL-like text.
+_FIELDS = ("x", "y", "Y", "n", "it's (body, x")
+_SOME_RECORDS = st.one_of(
+    pst.records(),
+    st.fixed_dictionaries({}, optional={f: pst.values() for f in _FIELDS}),
+)
+_KEYS = st.sampled_from(["a", "b", "c", "d"])
+_WRITES = st.lists(
+    st.one_of(
+        st.tuples(st.just("save"), _KEYS, _SOME_RECORDS, st.none()),
+        st.tuples(st.just("many"), _KEYS, st.lists(_SOME_RECORDS, max_size=3), st.none()),
+        st.tuples(st.just("set"), _KEYS, st.sampled_from(_FIELDS), pst.values()),
+        st.tuples(st.just("nested"), _KEYS, st.sampled_from(_FIELDS), pst.scalars()),
+        st.tuples(st.just("unset"), _KEYS, st.sampled_from(_FIELDS), st.none()),
+        st.tuples(
+            st.just("inc"),
+            _KEYS,
+            st.sampled_from(_FIELDS),
+            st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False),
+        ),
+        st.tuples(st.just("where_set"), _KEYS, st.sampled_from(_FIELDS), pst.scalars()),
+        st.tuples(st.just("delete"), _KEYS, st.none(), st.none()),
+    ),
+    max_size=12,
+)
+
+
+def _apply(storage: Any, op: str, key: str, field: Any, value: Any) -> None:
+    try:
+        if op == "save":
+            storage.save(field, primary_key=key)
+        elif op == "many":
+            storage.save_many(field)
+        elif op == "set":
+            storage.update(key, **{field: value})
+        elif op == "nested":
+            storage.update(key, **{f"{field}__k": value})
+        elif op == "unset":
+            storage.update(key, **{f"{field}__unset": True})
+        elif op == "inc":
+            storage.update(key, **{f"{field}__inc": value})
+        elif op == "where_set":
+            storage.query().where(**{f"{field}__exists": True}).update(**{field: value})
+        else:
+            storage.delete(key)
+    except PyModelsError:
+        pass  # a missing record, an increment of a str: the write is refused whole
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_WRITES)
+def test_shadow_columns_equal_their_expressions_after_any_writes(
+    tmp_path: Path, writes: list[tuple[str, str, Any, Any]]
+) -> None:
+    """Saves, bulk saves, partial updates in SQL and in Python, deletes: each column of
+    each row is exactly its expression over body (checked in SQL over the whole table)."""
+    path = tmp_path / f"w-{uuid.uuid4().hex}.db"
+    with backend.Storage(path=str(path)) as storage:
+        storage.create_index(("x", "-y"))
+        for write in writes:
+            _apply(storage, *write)
+        assert_shadow_columns_hold_their_expressions(storage)
+        fields = shadow_fields(path)
+        assert fields is not None and fields[:2] == ["x", "y"]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=pst.query_cases())
+def test_differential_with_and_without_shadow_columns(
+    tmp_path: Path, case: tuple[dict[str, dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Any records, any query: the oracle's answer on a table with shadow columns (and an
+    index over them) and on a legacy table queried through expressions."""
+    records, spec = case
+    shadow_path = tmp_path / "shadow.db"
+    legacy_path = tmp_path / "legacy.db"
+    if not legacy_path.exists():
+        legacy_file(legacy_path)
+    for path in (shadow_path, legacy_path):
+        with backend.Storage(path=str(path)) as storage:
+            check_query_case(storage, records, spec)
+            if path == shadow_path:
+                assert_shadow_columns_hold_their_expressions(storage)
+    fields = shadow_fields(shadow_path)
+    assert fields is not None and shadow_fields(legacy_path) is None
+    wanted = {f for r in records.values() for f in r}
+    assert wanted <= set(fields) or len(fields) == backend.SHADOW_MAX
+
+
+def test_a_legacy_table_keeps_its_format_and_works_alike(path: Path) -> None:
+    legacy_file(path)
+    with backend.Storage(path=str(path)) as s:
+        s.create_index(("city", "-age"))
+        s.save_many({"city": c, "age": a, "name": f"n{a}"} for c in "ab" for a in range(20))
+        k = s.save({"city": "a", "age": 99.5, "when": dt.date(2024, 5, 1)})
+        s.update(k, age__inc=1, extra=[1])
+        assert s.query().where(age__gt=15).count() == 9
+        assert pks(s.query().where(age=100.5, extra__contains=1)) == [k]
+        assert [d["age"] for d in s.query().where(city="a").order_by("-age")[:2]] == [100.5, 19]
+        assert "json_extract(body" in s.query().where(name="n3").explain()
+    with sqlite3.connect(path) as raw:
+        columns = [row[1] for row in raw.execute("PRAGMA table_info(documents)")]
+        meta = dict(
+            raw.execute("SELECT name, value FROM pymodels_meta WHERE name NOT LIKE '%.index.%'")
+        )
+    assert columns == ["pk", "body"] and meta["documents.format"] == "1"
+    assert "documents.columns" not in meta
+
+
+def test_an_unknown_format_is_refused(path: Path) -> None:
+    # As builds reading only format 1 refuse the tables this one makes (format 2).
+    pymodels.get_storage(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE pymodels_meta SET value = '3' WHERE name = 'documents.format'")
+    with pytest.raises(ConfigurationError, match="format 3"):
+        pymodels.get_storage(f"sqlite:///{path}")
+
+
+def test_two_storages_on_one_file_keep_every_column_right(path: Path) -> None:
+    a = backend.Storage(path=str(path))
+    b = backend.Storage(path=str(path))
+    try:
+        a.save({"x": 1, "y": "keep"}, primary_key="k")  # a adds x and y; b knows neither
+        b.save({"y": "new"}, primary_key="k")  # an overwrite must reset x: b learns it first
+        assert a.query().where(x=1).count() == 0 and b.query().where(x=1).count() == 0
+        assert pks(a.query().where(y="new")) == ["k"]
+        b.save({"z": 5}, primary_key="m")  # b adds z; a does not know it
+        a.update("m", z__inc=2)  # in SQL: a learns z under the write lock
+        a.save({"z": 1, "w": 2}, primary_key="k")
+        b.update("k", w=3)
+        assert pks(b.query().where(z=7)) == ["m"] and pks(b.query().where(w=3)) == ["k"]
+        b.create_index("v")
+        a.save_many([{"v": i, "x": i} for i in range(5)])
+        assert a.query().where(v__gte=3).count() == b.query().where(v__gte=3).count() == 2
+        assert shadow_fields(path) == ["x", "y", "z", "w", "v"]
+        assert_shadow_columns_hold_their_expressions(a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_compare_and_swap_retries_when_another_storage_added_columns(path: Path) -> None:
+    class Item(Document):
+        name: str = ""
+
+        class Meta:
+            version_field = "version"
+
+    a = backend.Storage(path=str(path))
+    b = backend.Storage(path=str(path))
+    try:
+        item = Item(name="one")
+        item.save(a)
+        b.save({"late": 1}, primary_key="z")  # b adds "late"; a does not know it
+        item.name = "two"
+        item.save(a)  # the guarded statement writes nothing, a learns "late", writes again
+        assert pks(b.query().where(name="two")) == [item.pk]
+        stale = Item.object(b, item.pk)  # type: ignore[arg-type]
+        item.name = "three"
+        item.save(a)
+        a.save({"later": 1}, primary_key="y")  # b does not know "later"
+        stale.name = "lost"
+        with pytest.raises(ConflictError):
+            stale.save(b)  # learns "later", then finds the version changed
+        assert pks(b.query().where(name="three")) == [item.pk]
+        assert_shadow_columns_hold_their_expressions(a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_columns_added_in_a_rolled_back_transaction_are_forgotten(storage: Any) -> None:
+    with pytest.raises(RuntimeError), storage.transaction():
+        storage.save({"new": 1}, primary_key="k")
+        raise RuntimeError
+    assert shadow_fields(storage.settings.path) == []
+    assert storage.query().where(new=1).count() == 0
+    storage.save({"new": 2}, primary_key="k")
+    assert storage.query().where(new=2).count() == 1
+    assert shadow_fields(storage.settings.path) == ["new"]
+
+
+def test_fields_past_the_cap_are_queried_through_expressions(
+    storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend, "SHADOW_MAX", 2)
+    storage.save_many([{"a": i, "b": i, "c": i, "d": i} for i in range(6)])
+    assert shadow_fields(storage.settings.path) == ["a", "b"]
+    assert '"v1:a"' in storage.query().where(a=1).explain()
+    assert "json_extract(body" in storage.query().where(c=1).explain()
+    assert storage.query().where(a__gt=2, c__lt=5).count() == 2
+    assert_shadow_columns_hold_their_expressions(storage)
+
+
+def test_a_count_on_shadow_columns_reads_a_covering_index(storage: Any) -> None:
+    storage.create_index(("city", "-age"))
+    storage.save_many({"city": c, "age": a, "name": "x" * a} for c in "abc" for a in range(80))
+    assert storage.query().where(age__gt=50).count() == 3 * 29
+    where = storage.query().where(age__gt=50)._compiled.native
+    text, params = storage._dialect.render(storage._dialect.count(storage._table, where))
+    with storage._db() as conn:
+        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + text, params))
+    assert "COVERING INDEX pm_documents_" in plan, plan
+    # A condition on the second key alone walks the first key's values (three cities).
+    assert where is not None and storage._count_by_column_prefix(where) == 3 * 29
+    assert storage.query().where_not(age__gt=50).count() == 3 * 51
+    assert storage.query().where(age__gt=50, city="b").count() == 29
+    # Equality and order on the index's columns: one search, no sort.
+    explained = storage.query().where(city="b").order_by("-age").explain()
+    assert "USING INDEX pm_documents_" in explained and "TEMP B-TREE" not in explained
+
+
+def test_foreign_bodies_get_their_columns_from_a_rebuild(tmp_path: Path) -> None:
+    # Programs writing body with plain SQL leave the columns at their defaults;
+    # _rebuild_columns computes them (the library's own writes never need it).
+    shadow = backend.Storage(path=str(tmp_path / "shadow.db"))
+    legacy = backend.Storage(path=str(legacy_file(tmp_path / "legacy.db")))
+    shadow.create_index(("city", "-age"))
+    for s in (shadow, legacy):
+        with s._db() as conn:
+            for i, body in enumerate(_tricky_bodies()):
+                conn.execute('INSERT INTO "documents" (pk, body) VALUES (?, ?)', (f"k{i:02}", body))
+    assert shadow._rebuild_columns() == len(_tricky_bodies())
+    assert_shadow_columns_hold_their_expressions(shadow)
+    for lookups in _COUNTED:
+        for way in ("where", "where_not"):
+            counts = [getattr(s.query(), way)(**lookups).count() for s in (shadow, legacy)]
+            assert counts[0] == counts[1], (way, lookups)
+    shadow.close()
+    legacy.close()

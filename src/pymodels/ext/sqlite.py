@@ -6,12 +6,15 @@ Suits: applications and tools on one machine, tests, examples; several
 processes may share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``).
 Layout: one table per storage (setting ``table``, default ``documents``) with
 ``pk TEXT PRIMARY KEY`` and ``body TEXT`` holding the record as tagged JSON
-(:mod:`pymodels.ext._sql.encoding`); the library's own data lives in the
-separate table ``pymodels_meta``.
+(:mod:`pymodels.ext._sql.encoding`), and beside it two shadow columns per
+top-level field (up to :data:`SHADOW_MAX` fields) holding the field's kind rank
+and value, written with ``body`` (docs/sqlite.md, "Shadow columns"); the
+library's own data lives in the separate table ``pymodels_meta``.
 Queries: every lookup runs in SQL (some through functions registered on each
 connection, such as ``pm_lower`` for ``str.lower()``); ordering, offset and
 limit too, except among lists and dicts at an order key, sorted in Python.
-Indexes are expression indexes on the same expressions the queries use.
+Indexes are on the shadow columns the queries use (expression indexes for nested
+paths and for tables of the earlier format, which has no shadow columns).
 Limits: one writer at a time (SQLite's rule); ``sqlite://`` (in memory) lives
 as long as the storage and serialises its threads; list and dict values in a
 unique index compare by their JSON text (``[1]`` and ``[1.0]`` differ there).
@@ -37,6 +40,8 @@ from ..backend import (
     BaseQuery,
     BaseSettings,
     Change,
+    Compiled,
+    Condition,
     ConfigurationError,
     Features,
     IndexSpec,
@@ -49,11 +54,17 @@ from ..backend import (
     open_failure,
     url_path,
 )
-from ._sql.compiler import Compiler, Frag
+from ._sql.compiler import PARAM, Compiler, Frag, valid_path
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import dumps, loads, loads_rows
 from ._sql.query import SQLQuery
-from ._sql.sqlite_dialect import SQLiteDialect, register_functions
+from ._sql.sqlite_dialect import (
+    ShadowDialect,
+    SQLiteDialect,
+    over,
+    register_functions,
+    shadow_names,
+)
 from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
@@ -85,7 +96,19 @@ memory_features = features.replace(
 #: Table names: plain identifiers, so they need no quoting anywhere (and fit
 #: PostgreSQL's 63-byte limit with an index-name suffix).
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-FORMAT_VERSION = "1"
+#: The table format this build writes: "2" has shadow columns (docs/sqlite.md, "Shadow
+#: columns"), which builds reading only "1" refuse (they would leave the columns stale).
+FORMAT_VERSION = "2"
+#: The format of tables made by earlier builds (no shadow columns), read and written alike.
+LEGACY_FORMAT = "1"
+#: Most top-level fields with shadow columns per table (two columns each): every
+#: write computes all of them, so wide records pay per column; further fields are
+#: queried through expressions over ``body`` as before.
+SHADOW_MAX = 32
+#: How often (seconds) a storage looks whether another connection added shadow
+#: columns before it runs a query (writes check on every statement; a query that
+#: does not know a column is only slower, never wrong).
+SHADOW_RECHECK = 1.0
 #: The page size of database files this backend creates (SQLite's default is 4096).
 #: Index inserts land at scattered places, and a commit writes every page it dirtied
 #: to the WAL (then a checkpoint copies it into the file): with 16 KiB pages the
@@ -157,6 +180,86 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
 # One dialect for every storage: its caches of per-path SQL are shared.
 _DIALECT = SQLiteDialect()
 _COMPILER = Compiler(_DIALECT)
+#: A dialect and compiler per set of shadow fields (their caches hold SQL naming those
+#: columns), shared by every storage whose table has that set; () is the plain one.
+_SHADOWED: dict[tuple[str, ...], tuple[SQLiteDialect, Compiler]] = {}
+_SHADOWED_MAX = 64
+
+
+def _dialect_for(fields: tuple[str, ...]) -> tuple[SQLiteDialect, Compiler]:
+    """The dialect and compiler of a table whose shadow fields are ``fields``."""
+    if not fields:
+        return _DIALECT, _COMPILER
+    found = _SHADOWED.get(fields)
+    if found is None:
+        if len(_SHADOWED) >= _SHADOWED_MAX:
+            _SHADOWED.clear()
+        dialect = ShadowDialect(fields)
+        found = _SHADOWED[fields] = (dialect, Compiler(dialect))
+    return found
+
+
+def _numbered(sql: str, first: int) -> str:
+    """``sql`` with its parameter markers numbered ``?first``, ``?first+1``, ..."""
+    parts = sql.split(PARAM)
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], first):
+        out.append(f"?{n}{part}")
+    return "".join(out)
+
+
+class _Shadow(NamedTuple):
+    """A table's shadow columns as one storage knows them, with the statements writing them.
+
+    One immutable object, swapped whole when the columns change, so a thread
+    never pairs one column set's statement with another's guard.
+    """
+
+    #: The meta table's text listing the fields (the guard compares it); None: a
+    #: table of the legacy format, which has no shadow columns.
+    text: str | None
+    fields: frozenset[str]
+    #: Quoted column names by field: (rank, value).
+    columns: dict[str, tuple[str, str]]
+    #: INSERT of (?1 pk, ?2 body), the columns computed from ?2 (a clash raises).
+    bulk: str
+    #: The same, ``ON CONFLICT (pk) DO NOTHING``.
+    insert: str
+    #: The same as an upsert, guarded: it writes nothing unless the meta text is ?4
+    #: (name ?3), since an overwrite must reset every column the table has.
+    upsert: str
+    #: ``body = ?1, <column> = <expression over ?1>, ...`` for an UPDATE.
+    set_all: str
+
+
+def _shadow_of(table: str, text: str | None) -> _Shadow:
+    """The statements writing ``table`` with the shadow columns ``text`` lists."""
+    qtable = _DIALECT.ident(table)
+    fields: tuple[str, ...] = () if text is None else tuple(json.loads(text))
+    columns: dict[str, tuple[str, str]] = {}
+    names: list[str] = []
+    exprs: list[tuple[str, str]] = []
+    for slot, field in enumerate(fields, 1):
+        rank, value = (_DIALECT.ident(n) for n in shadow_names(slot, field))
+        columns[field] = (rank, value)
+        names += [rank, value]
+        exprs += [(_DIALECT.rank((field,)), _DIALECT.value((field,)))]
+    cols = "".join(f", {n}" for n in names)
+    over2 = "".join(f", {over(r, '?2')}, {over(v, '?2')}" for r, v in exprs)
+    bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
+    guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
+    # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
+    upsert = (
+        f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} WHERE {guard} "
+        "ON CONFLICT (pk) DO UPDATE SET body = excluded.body"
+        + "".join(f", {n} = excluded.{n}" for n in names)
+    )
+    set_all = "body = ?1" + "".join(
+        f", {rn} = {over(r, '?1')}, {vn} = {over(v, '?1')}"
+        for (rn, vn), (r, v) in zip(columns.values(), exprs, strict=True)
+    )
+    insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
+    return _Shadow(text, frozenset(fields), columns, bulk, insert, upsert, set_all)
 
 
 def _untagged(literal: str) -> str:
@@ -244,6 +347,9 @@ class Storage(SQLStorage):
         self._dialect = _DIALECT
         self._compiler = _COMPILER
         self._prepare_statements()
+        self._columns_key = f"{self._table}.columns"
+        self._shadow = _shadow_of(self._table, None)
+        self._synced_at = 0.0
         # Files: one connection per thread. In memory, one connection (each
         # connection would get a database of its own) used under self._lock.
         self._conns = ThreadConnections(self._connect, _close_quietly)
@@ -377,20 +483,29 @@ class Storage(SQLStorage):
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
                     "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
                 )
+                # A new table has shadow columns (none yet: they come with the fields).
                 conn.execute(
-                    f"INSERT OR IGNORE INTO {META_TABLE} (name, value) VALUES (?, ?)",
-                    (key, FORMAT_VERSION),
+                    f"INSERT OR IGNORE INTO {META_TABLE} (name, value) VALUES (?, ?), (?, ?)",
+                    (key, FORMAT_VERSION, self._columns_key, "[]"),
                 )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             version = self._format_version(conn, key)
-        if version != FORMAT_VERSION:
+        if version not in (FORMAT_VERSION, LEGACY_FORMAT):
             raise ConfigurationError(
                 f"table {self._table!r} has format {version}; this pymodels reads "
-                f"format {FORMAT_VERSION}"
+                f"formats {LEGACY_FORMAT} and {FORMAT_VERSION}"
             )
+        if version == FORMAT_VERSION:
+            text = self._meta_columns(conn)
+            if text is None:
+                raise ConfigurationError(
+                    f"table {self._table!r} has format {version} but no list of its "
+                    f"shadow columns ({self._columns_key} in {META_TABLE})"
+                )
+            self._use_columns(text)
 
     def _format_version(self, conn: sqlite3.Connection, key: str) -> str | None:
         """The table's format version, None when it was never set up."""
@@ -436,17 +551,196 @@ class Storage(SQLStorage):
             found.update((pk, loads(body)) for pk, body in rows)
         return [found.get(pk) for pk in pks]
 
+    def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
+        if self._shadow.text is None:
+            return super()._store(pk, record, overwrite=overwrite)
+        body = dumps(record)
+        while True:
+            shadow = self._shadow
+            if not shadow.fields.issuperset(record):
+                self._add_fields(record)
+                shadow = self._shadow
+            with self._db() as conn:
+                if not overwrite:
+                    # A new row: columns this storage does not know of yet keep their
+                    # defaults, which are right for the fields the record lacks (it has
+                    # none of them, or it would have added or learnt them just now).
+                    written: int = conn.execute(shadow.insert, (pk, body)).rowcount
+                    return written == 1
+                params = (pk, body, self._columns_key, shadow.text)
+                if conn.execute(shadow.upsert, params).rowcount == 1:
+                    return True
+                # Another connection added columns: learn them, then write again.
+                self._sync_columns(conn)
+                if self._shadow.text == shadow.text:
+                    raise PyModelsError(
+                        f"sqlite: the list of shadow columns of {self._table!r} is missing "
+                        f"from {META_TABLE}; nothing was written"
+                    )
+
     def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         # Plain INSERT: the pks are fresh, and a clash (an IntegrityError) makes
         # the caller redo the batch with insert-if-absent, never overwrite.
-        rows = [(pk, dumps(record)) for pk, record in items]
+        if self._shadow.text is None:
+            rows = [(pk, dumps(record)) for pk, record in items]
+            with self._db() as conn:
+                conn.executemany(f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?)", rows)
+            return
+        batch = list(items)
+        known = self._shadow.fields
+        fresh = [name for _, r in batch if not known.issuperset(r) for name in r]
+        if fresh:
+            self._add_fields(fresh)
+        # Within the batch's transaction (the write lock held): columns another
+        # connection added are harmless (absent fields, as for _store's INSERT).
+        rows = [(pk, dumps(record)) for pk, record in batch]
         with self._db() as conn:
-            conn.executemany(f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?)", rows)
+            conn.executemany(self._shadow.bulk, rows)
 
     def _rollback(self) -> None:
         with self._db() as conn:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            # Columns added in the transaction are gone with it.
+            if self._shadow.text is not None:
+                self._sync_columns(conn)
+
+    # ------------------------------------------------------------ shadow columns
+
+    def _meta_columns(self, conn: sqlite3.Connection) -> str | None:
+        """The meta table's list of this table's shadow fields (JSON text), None if absent."""
+        row = conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE name = ?", (self._columns_key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _use_columns(self, text: str) -> None:
+        """Query and write through the shadow columns ``text`` lists."""
+        shadow = _shadow_of(self._table, text)
+        self._dialect, self._compiler = _dialect_for(tuple(json.loads(text)))
+        self._shadow = shadow
+        self._forget_indexes()
+
+    def _sync_columns(self, conn: sqlite3.Connection) -> None:
+        """Learn the columns other connections added (or a rollback took away)."""
+        text = self._meta_columns(conn)
+        if text is not None and text != self._shadow.text:
+            self._use_columns(text)
+
+    def _sync_columns_now_and_then(self) -> None:
+        """Before a query: learn new columns, at most every :data:`SHADOW_RECHECK` seconds.
+
+        A query not knowing a column reads the expression instead: the same
+        answer, only slower, so it need not look every time.
+        """
+        if self._shadow.text is None:
+            return
+        now = time.monotonic()
+        if now - self._synced_at >= SHADOW_RECHECK:
+            self._synced_at = now
+            with self._db() as conn:
+                self._sync_columns(conn)
+
+    def _add_fields(self, names: Iterable[str]) -> None:
+        """Give top-level fields ``names`` shadow columns, up to :data:`SHADOW_MAX` fields.
+
+        One transaction (joining the caller's): for each field, two ``ALTER TABLE
+        ADD COLUMN`` (instant in SQLite: existing rows read the defaults, rank 0 and
+        NULL, which are an absent field's) and one UPDATE of the rows holding it,
+        then the meta table's list, which every connection compares before trusting
+        its own. A failure leaves no column behind (a savepoint).
+        """
+        if self.read_only or self._shadow.text is None or len(self._shadow.fields) >= SHADOW_MAX:
+            return
+        with self._lock, self._atomic(), self._db() as conn:
+            self._sync_columns(conn)
+            shadow = self._shadow
+            fields: list[str] = list(json.loads(str(shadow.text)))
+            new = [n for n in dict.fromkeys(names) if n not in shadow.fields and valid_path((n,))]
+            new = new[: SHADOW_MAX - len(fields)]
+            if not new:
+                return
+            conn.execute("SAVEPOINT pm_shadow")
+            try:
+                for name in new:
+                    fields.append(name)
+                    rank, value = (self._dialect.ident(n) for n in shadow_names(len(fields), name))
+                    path = (name,)
+                    t = self._qtable
+                    conn.execute(f"ALTER TABLE {t} ADD COLUMN {rank} DEFAULT 0")
+                    conn.execute(f"ALTER TABLE {t} ADD COLUMN {value}")
+                    # Rows written before (by earlier writes of the field in a full table,
+                    # or by other programs) get the expressions' values now.
+                    conn.execute(
+                        f"UPDATE {t} SET {rank} = {_DIALECT.rank(path)}, "
+                        f"{value} = {_DIALECT.value(path)} "
+                        f"WHERE {_DIALECT.json_type(path)} IS NOT NULL"
+                    )
+                text = json.dumps(fields)
+                conn.execute(
+                    f"UPDATE {META_TABLE} SET value = ? WHERE name = ?", (text, self._columns_key)
+                )
+                conn.execute("RELEASE pm_shadow")
+            except BaseException:
+                conn.execute("ROLLBACK TO pm_shadow")
+                conn.execute("RELEASE pm_shadow")
+                raise
+            self._use_columns(text)
+
+    def _rebuild_columns(self) -> int:
+        """Recompute every shadow column of every row from ``body``; return the rows.
+
+        For programs that write ``body`` with plain SQL (tests of foreign data do):
+        the library's own writes keep the columns right by themselves.
+        """
+        shadow = self._shadow
+        if shadow.text is None or not shadow.fields:
+            return 0
+        sets = ", ".join(
+            f"{r} = {_DIALECT.rank((f,))}, {v} = {_DIALECT.value((f,))}"
+            for f, (r, v) in shadow.columns.items()
+        )
+        with self._atomic():
+            return self._rowcount(Frag(f"UPDATE {self._qtable} SET {sets}"))
+
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        self._sync_columns_now_and_then()
+        return super()._compile_condition(condition)
+
+    def _select_page(
+        self, condition: Condition, order: tuple[OrderKey, ...], offset: int, limit: int | None
+    ) -> list[Item] | None:
+        self._sync_columns_now_and_then()
+        return super()._select_page(condition, order, offset, limit)
+
+    def _compare_and_store(
+        self, pk: str, record: dict[str, Any], field: str, expected: Any
+    ) -> bool:
+        if expected is None or self._shadow.text is None:
+            return super()._compare_and_store(pk, record, field, expected)
+        leaf = self._compiler.version_guard(field, expected)
+        if leaf is None:
+            return super()._compare_and_store(pk, record, field, expected)
+        body = dumps(record)
+        while True:
+            shadow = self._shadow
+            if not shadow.fields.issuperset(record):
+                self._add_fields(record)
+                shadow = self._shadow
+            # One conditional statement (a compare-and-swap across processes) that
+            # writes nothing unless this storage knows every column the table has.
+            sql = (
+                f"UPDATE {self._qtable} SET {shadow.set_all} WHERE pk = ?2 "
+                f"AND (SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4 "
+                f"AND ({_numbered(leaf.frag.sql, 5)})"
+            )
+            params = (body, pk, self._columns_key, shadow.text, *leaf.frag.params)
+            with self._db() as conn:
+                if conn.execute(sql, params).rowcount == 1:
+                    return True
+                if self._meta_columns(conn) == shadow.text:
+                    return False  # the version differs: a genuine conflict
+                self._sync_columns(conn)
 
     def _update_many(self, pks: list[str], changes: list[Change]) -> int:
         compiled = self._dialect.update(changes)
@@ -454,6 +748,16 @@ class Storage(SQLStorage):
             return super()._update_many(pks, changes)
         body, guard = compiled
         with self._atomic():
+            if self._shadow.text is not None:
+                # The write lock is held: learn the columns others added, and give
+                # fields this update creates theirs, before computing any.
+                with self._db() as conn:
+                    self._sync_columns(conn)
+                made = [c.path[0] for c in changes if c.op != "unset"]
+                if not self._shadow.fields.issuperset(made):
+                    self._add_fields(made)
+            columns = self._shadow.columns
+            touched = [f for f in dict.fromkeys(c.path[0] for c in changes) if f in columns]
             done: set[str] = set()
             for start in range(0, len(pks), CHUNK):
                 chunk = pks[start : start + CHUNK]
@@ -462,6 +766,20 @@ class Storage(SQLStorage):
                     f"UPDATE {self._qtable} SET body = {body.sql} "
                     f"WHERE pk IN ({marks}) AND ({guard.sql}) RETURNING pk"
                 )
+                if touched:
+                    # The new body once (materialized), then the columns of the fields
+                    # it changed computed from it, in the same statement.
+                    sets = "".join(
+                        f", {columns[f][0]} = {over(_DIALECT.rank((f,)), 'n.b')}, "
+                        f"{columns[f][1]} = {over(_DIALECT.value((f,)), 'n.b')}"
+                        for f in touched
+                    )
+                    sql = (
+                        f"WITH n AS MATERIALIZED (SELECT pk AS k, {body.sql} AS b "
+                        f"FROM {self._qtable} WHERE pk IN ({marks}) AND ({guard.sql})) "
+                        f"UPDATE {self._qtable} SET body = n.b{sets} FROM n "
+                        f"WHERE {self._qtable}.pk = n.k RETURNING pk"
+                    )
                 text, params = self._dialect.render(
                     Frag(sql, (*body.params, *chunk, *guard.params))
                 )
@@ -473,8 +791,14 @@ class Storage(SQLStorage):
             return len(done) + (super()._update_many(rest, changes) if rest else 0)
 
     def _create_index(self, spec: IndexSpec) -> None:
+        # The index's top-level fields get shadow columns first (their backfill is a
+        # pass over the table, as building the index is): the index is then on
+        # plain columns, which covers a count.
+        fields = [k.path[0] for k in spec.keys if len(k.path) == 1 and not k.is_pk]
+        if fields and not self._shadow.fields.issuperset(fields):
+            self._add_fields(fields)
         super()._create_index(spec)
-        self._index_cache = None
+        self._forget_indexes()
 
     # ------------------------------------------------------------ counting from an index
 
@@ -517,6 +841,13 @@ class Storage(SQLStorage):
         return found
 
     def _count_where(self, where: Frag | None) -> int:
+        if where is not None and self._shadow.fields:
+            try:
+                walked = self._count_by_column_prefix(where)
+                if walked is not None:
+                    return walked
+            except PyModelsError:
+                self._forget_indexes()  # dropped meanwhile: count as SQLite plans it
         statement = None if where is None else self._count_from_index(where)
         if statement is not None:
             try:
@@ -526,7 +857,7 @@ class Storage(SQLStorage):
                         return walked
                 return self._scalar(statement)
             except PyModelsError:
-                self._index_cache = None  # dropped meanwhile: count as before
+                self._forget_indexes()  # dropped meanwhile: count as before
         return super()._count_where(where)
 
     def _count_by_prefix(self, where: Frag) -> int | None:
@@ -546,9 +877,62 @@ class Storage(SQLStorage):
         index = next((i for i in self._schema_indexes() if i.second in used), None)
         if index is None:
             return None
+        return self._walk_count(where, index.name, index.rank, _DIALECT.value(index.lead))
+
+    def _count_by_column_prefix(self, where: Frag) -> int | None:
+        """:meth:`_count_by_prefix` over an index on shadow columns.
+
+        An index on columns covers the count by itself, but it still reads every
+        entry; walking the first key's values reads only the matching ones. For a
+        condition on the shadow columns of one field only (no expression over
+        ``body``), which is an index's second key and leads none.
+        """
+        if "(body, " in where.sql or not isinstance(self._dialect, ShadowDialect):
+            return None
+        columns = self._dialect.columns
+        used = [f for f, (r, v) in columns.items() if r in where.sql or v in where.sql]
+        if len(used) != 1:
+            return None
+        path = (used[0],)
+        specs = self._column_index_specs()
+        if any(spec.keys[0].path == path for spec in specs):
+            return None  # SQLite searches the index it leads
+        for spec in specs:
+            lead = spec.keys[0].path
+            if len(spec.keys) > 1 and spec.keys[1].path == path and lead[0] in columns:
+                rank, value = columns[lead[0]]
+                name = self._dialect.index_name(self._table, spec)
+                return self._walk_count(where, name, rank, value)
+        return None
+
+    _column_specs: list[IndexSpec] | None = None
+
+    def _forget_indexes(self) -> None:
+        """Read the indexes again before the next count (made, dropped, new columns)."""
+        self._index_cache = None
+        self._column_specs = None
+
+    def _column_index_specs(self) -> list[IndexSpec]:
+        """The indexes whose first key is a field with shadow columns (read once, as
+        :meth:`_schema_indexes`; again after ``create_index`` or new columns)."""
+        found = self._column_specs
+        if found is None:
+            columns = self._shadow.columns
+            found = [
+                spec
+                for spec in self._indexes()
+                if len(spec.keys[0].path) == 1
+                and not spec.keys[0].is_pk
+                and spec.keys[0].path[0] in columns
+            ]
+            self._column_specs = found
+        return found
+
+    def _walk_count(self, where: Frag, index: str, rank: str, value: str) -> int | None:
+        """Count ``where`` one value of the first key of ``index`` at a time (its
+        ``rank`` and ``value`` terms); None past :data:`PREFIX_WALK_MAX` values."""
         d = self._dialect
-        table = f"{self._qtable} INDEXED BY {d.ident(index.name)}"
-        rank, value = index.rank, _DIALECT.value(index.lead)
+        table = f"{self._qtable} INDEXED BY {d.ident(index)}"
         first = f"SELECT {rank}, {value} FROM {table} WHERE {rank} > -100 ORDER BY 1, 2 LIMIT 1"
         # ORDER BY the value alone where the rank is fixed: SQLite 3.40 sorts in a
         # temporary b-tree when an ORDER BY names an expression bound by "= ?".

@@ -36,7 +36,7 @@ from ...backend import INT_MAX, INT_MIN, Change, kind_of
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
 from .encoding import RANK, canonical, canonical_from_json, dumps, loads, sort_key
 
-__all__ = ["SQLiteDialect", "register_functions"]
+__all__ = ["SQLiteDialect", "ShadowDialect", "over", "register_functions", "shadow_names"]
 
 _TAGGED: Final = frozenset({"decimal", "bytes", "date", "datetime", "datetime_tz"})
 _WORD: Final = re.compile(r"\w+")
@@ -326,3 +326,76 @@ class SQLiteDialect(Dialect):
 
     def is_str_or_list(self, path: tuple[str, ...]) -> Leaf:
         return Leaf(Frag(f"{self.json_type(path)} IN ('text', 'array')"))
+
+
+# ------------------------------------------------------------ shadow columns
+
+
+def shadow_names(slot: int, field: str) -> tuple[str, str]:
+    """The column names holding ``rank`` and ``value`` of top-level ``field`` in ``slot``.
+
+    Numbered, because SQLite matches column names without regard to ASCII case
+    (fields ``Age`` and ``age`` must not share a column); the field follows for
+    people reading the file with other tools. ``:`` keeps them apart from
+    ``pk`` and ``body``.
+    """
+    return f"r{slot}:{field}", f"v{slot}:{field}"
+
+
+class ShadowDialect(SQLiteDialect):
+    """SQLite's SQL for a table whose top-level ``fields`` have shadow columns.
+
+    Slot ``i`` (from 1) holds ``rank`` and ``value`` of ``fields[i - 1]``, written
+    by the library with every write of ``body`` (docs/sqlite.md, "Shadow
+    columns"). Where a path has columns, :meth:`rank` and :meth:`value` name them
+    instead of computing them from ``body``, so conditions, order and indexes
+    use real columns (an index on them covers a count). Every other expression
+    (``json_type``, list tests, ...) still reads ``body``.
+    """
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fields = fields
+        self.columns: dict[str, tuple[str, str]] = {}
+        for slot, field in enumerate(fields, 1):
+            rank, value = shadow_names(slot, field)
+            self.columns[field] = (self.ident(rank), self.ident(value))
+
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
+    def rank(self, path: tuple[str, ...]) -> str:
+        if len(path) == 1:
+            found = self.columns.get(path[0])
+            if found is not None:
+                return found[0]
+        return super().rank(path)
+
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
+    def value(self, path: tuple[str, ...]) -> str:
+        if len(path) == 1:
+            found = self.columns.get(path[0])
+            if found is not None:
+                return found[1]
+        return super().value(path)
+
+    def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
+        if len(path) == 1 and path[0] in self.columns:
+            # Bare column names: an index on them is a column index (covering).
+            rank, value = self.columns[path[0]]
+            direction = " DESC" if descending else ""
+            return [f"{rank}{direction}", f"{value}{direction}"]
+        return super().order_terms(path, descending)
+
+
+def over(expression: str, source: str) -> str:
+    """``expression`` (one of :class:`SQLiteDialect`'s over ``body``) computed over ``source``.
+
+    The dialect writes every JSON call as ``json_type(body, ...)`` or
+    ``json_extract(body, ...)``; the shadow columns are these expressions over
+    the body being written (a parameter, or a new body in an UPDATE).
+    """
+    # Only outside string literals: a field name inside a path literal may spell
+    # "(body, " too. Splitting on quotes leaves the literals at odd places ('' inside
+    # one splits it into two odd places around an empty even one).
+    parts = expression.split("'")
+    parts[::2] = [part.replace("(body, ", f"({source}, ") for part in parts[::2]]
+    return "'".join(parts)
