@@ -556,10 +556,7 @@ class Storage(SQLStorage):
             return super()._store(pk, record, overwrite=overwrite)
         body = dumps(record)
         while True:
-            shadow = self._shadow
-            if not shadow.fields.issuperset(record):
-                self._add_fields(record)
-                shadow = self._shadow
+            shadow = self._shadow_for(record)
             with self._db() as conn:
                 if not overwrite:
                     # A new row: columns this storage does not know of yet keep their
@@ -687,6 +684,12 @@ class Storage(SQLStorage):
                 raise
             self._use_columns(text)
 
+    def _shadow_for(self, record: dict[str, Any]) -> _Shadow:
+        """The shadow columns to write ``record`` with: its new fields given theirs first."""
+        if not self._shadow.fields.issuperset(record):
+            self._add_fields(record)
+        return self._shadow
+
     def _rebuild_columns(self) -> int:
         """Recompute every shadow column of every row from ``body``; return the rows.
 
@@ -723,10 +726,7 @@ class Storage(SQLStorage):
             return super()._compare_and_store(pk, record, field, expected)
         body = dumps(record)
         while True:
-            shadow = self._shadow
-            if not shadow.fields.issuperset(record):
-                self._add_fields(record)
-                shadow = self._shadow
+            shadow = self._shadow_for(record)
             # One conditional statement (a compare-and-swap across processes) that
             # writes nothing unless this storage knows every column the table has.
             sql = (

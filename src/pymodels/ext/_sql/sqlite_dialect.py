@@ -361,21 +361,19 @@ class ShadowDialect(SQLiteDialect):
             rank, value = shadow_names(slot, field)
             self.columns[field] = (self.ident(rank), self.ident(value))
 
+    def _column(self, path: tuple[str, ...]) -> tuple[str, str] | None:
+        """The (rank, value) shadow columns of ``path``, None where it has none."""
+        return self.columns.get(path[0]) if len(path) == 1 else None
+
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def rank(self, path: tuple[str, ...]) -> str:
-        if len(path) == 1:
-            found = self.columns.get(path[0])
-            if found is not None:
-                return found[0]
-        return super().rank(path)
+        found = self._column(path)
+        return super().rank(path) if found is None else found[0]
 
     @functools.lru_cache(maxsize=2048)  # noqa: B019 - dialects live as long as the process
     def value(self, path: tuple[str, ...]) -> str:
-        if len(path) == 1:
-            found = self.columns.get(path[0])
-            if found is not None:
-                return found[1]
-        return super().value(path)
+        found = self._column(path)
+        return super().value(path) if found is None else found[1]
 
     def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
         if len(path) == 1 and path[0] in self.columns:
