@@ -10,6 +10,7 @@ unique indexes and partial updates in SQL are the conformance suite's (by capabi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -900,6 +901,48 @@ def test_columns_added_in_a_rolled_back_transaction_are_forgotten(storage: Any) 
     storage.save({"new": 2}, primary_key="k")
     assert storage.query().where(new=2).count() == 1
     assert shadow_fields(storage.settings.path) == ["new"]
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_columns_added_in_a_transaction_stay_its_own_until_it_commits(
+    storage: Any, outcome: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread's connection cannot see a column added in an open transaction:
+    # naming it there fails ("no column named ..."), so other threads keep querying
+    # and writing through the columns already committed.
+    monkeypatch.setattr(backend, "SHADOW_RECHECK", 3600.0)  # no re-reading of the list
+    storage.save({"t": 1}, primary_key="old")
+    assert storage.query().where(t=1).count() == 1
+    inside, queried = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        inside.wait(10)
+        try:
+            seen.append(storage.query().where(tx=True).count())
+            seen.append(storage.query().where(t=1).count())
+            queried.set()
+            storage.save({"t": 2}, primary_key="new")  # waits for the write lock
+            seen.append("saved")
+        except Exception as e:  # the assertion below shows it
+            seen.append(e)
+        queried.set()
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    with contextlib.suppress(RuntimeError), storage.transaction():
+        storage.save({"t": 1, "tx": True}, primary_key="in-tx")
+        assert "tx" in storage._shadow.fields
+        inside.set()
+        queried.wait(10)
+        if outcome == "rollback":
+            raise RuntimeError
+    t.join(30)
+    assert seen == [0, 1, "saved"], seen
+    assert shadow_fields(storage.settings.path) == (["t", "tx"] if outcome == "commit" else ["t"])
+    assert storage.query().where(tx=True).count() == (outcome == "commit")
+    assert storage.query().where(t=2).count() == 1
+    assert_shadow_columns_hold_their_expressions(storage)
 
 
 def test_fields_past_the_cap_are_queried_through_expressions(

@@ -170,6 +170,8 @@ class Storage(SQLStorage):
     settings_class: ClassVar[type[BaseSettings]] = Settings
     url_schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     settings: Settings
+    _dialect = _DIALECT
+    _compiler = _COMPILER
 
     @classmethod
     def settings_from_url(cls, url: str) -> dict[str, Any]:
@@ -243,8 +245,6 @@ class Storage(SQLStorage):
         self._port = int(port)
         self._table = s.table
         self._qtable = f'"{self._table}"'
-        self._dialect = _DIALECT
-        self._compiler = _COMPILER
         self._prepare_statements()
         self._conns = ThreadConnections(self._connect, _close_quietly, _reusable)
         self._cursor_names = itertools.count()

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
@@ -232,6 +233,20 @@ class _Shadow(NamedTuple):
     set_all: str
 
 
+class _View(NamedTuple):
+    """The shadow columns one connection can see, and the SQL written through them."""
+
+    shadow: _Shadow
+    dialect: SQLiteDialect
+    compiler: Compiler
+
+
+def _view_of(table: str, text: str | None) -> _View:
+    """The view of ``table`` whose shadow columns ``text`` lists (None: the legacy format)."""
+    dialect, compiler = _dialect_for(() if text is None else tuple(json.loads(text)))
+    return _View(_shadow_of(table, text), dialect, compiler)
+
+
 def _shadow_of(table: str, text: str | None) -> _Shadow:
     """The statements writing ``table`` with the shadow columns ``text`` lists."""
     qtable = _DIALECT.ident(table)
@@ -314,6 +329,34 @@ class Storage(SQLStorage):
     url_schemes: ClassVar[tuple[str, ...]] = ("sqlite", "sqlite3")
     settings: Settings
 
+    # The shadow columns every connection can see (committed), and those only the
+    # thread holding the open transaction can see (added in it): a statement naming
+    # a column its connection cannot see fails, so each thread writes and queries
+    # through a view its own connection has. Knowing fewer columns than the table
+    # has is always safe (the expression gives the same answer; the upsert's guard
+    # sends the write round again).
+    _committed: _View
+    _pending: tuple[int, _View] | None
+
+    @property
+    def _view(self) -> _View:
+        pending = self._pending
+        if pending is not None and pending[0] == threading.get_ident():
+            return pending[1]
+        return self._committed
+
+    @property
+    def _shadow(self) -> _Shadow:
+        return self._view.shadow
+
+    @property
+    def _dialect(self) -> SQLiteDialect:
+        return self._view.dialect
+
+    @property
+    def _compiler(self) -> Compiler:
+        return self._view.compiler
+
     @classmethod
     def settings_from_url(cls, url: str) -> dict[str, Any]:
         """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite://`` (memory); ``?table=...``."""
@@ -344,11 +387,10 @@ class Storage(SQLStorage):
             self.features = memory_features  # type: ignore[misc]
         self._table = self.settings.table
         self._qtable = f'"{self._table}"'
-        self._dialect = _DIALECT
-        self._compiler = _COMPILER
+        self._committed = _view_of(self._table, None)
+        self._pending = None
         self._prepare_statements()
         self._columns_key = f"{self._table}.columns"
-        self._shadow = _shadow_of(self._table, None)
         self._synced_at = 0.0
         # Files: one connection per thread. In memory, one connection (each
         # connection would get a database of its own) used under self._lock.
@@ -505,7 +547,7 @@ class Storage(SQLStorage):
                     f"table {self._table!r} has format {version} but no list of its "
                     f"shadow columns ({self._columns_key} in {META_TABLE})"
                 )
-            self._use_columns(text)
+            self._use_columns(text, conn)
 
     def _format_version(self, conn: sqlite3.Connection, key: str) -> str | None:
         """The table's format version, None when it was never set up."""
@@ -594,12 +636,25 @@ class Storage(SQLStorage):
         with self._db() as conn:
             conn.executemany(self._shadow.bulk, rows)
 
+    def _commit(self) -> None:
+        try:
+            super()._commit()
+        finally:
+            # Committed: the columns added in the transaction are every connection's.
+            # Failed: none of them may be (this thread falls back to the committed
+            # view, which never names a column its connection lacks).
+            pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == threading.get_ident():
+            self._committed = pending[1]
+            self._forget_indexes()
+
     def _rollback(self) -> None:
+        self._pending = None
         with self._db() as conn:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             # Columns added in the transaction are gone with it.
-            if self._shadow.text is not None:
+            if self._committed.shadow.text is not None:
                 self._sync_columns(conn)
 
     # ------------------------------------------------------------ shadow columns
@@ -611,18 +666,28 @@ class Storage(SQLStorage):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def _use_columns(self, text: str) -> None:
-        """Query and write through the shadow columns ``text`` lists."""
-        shadow = _shadow_of(self._table, text)
-        self._dialect, self._compiler = _dialect_for(tuple(json.loads(text)))
-        self._shadow = shadow
+    def _use_columns(self, text: str, conn: sqlite3.Connection) -> None:
+        """Query and write through the shadow columns ``text`` lists, as ``conn`` sees them.
+
+        Read or made inside ``conn``'s open transaction, they are this thread's
+        alone until it commits (another connection cannot see a column added in
+        it); otherwise they are committed, every connection's.
+        """
+        view = _view_of(self._table, text)
+        if conn.in_transaction:
+            self._pending = (threading.get_ident(), view)
+        else:
+            pending = self._pending
+            if pending is not None and pending[0] == threading.get_ident():
+                self._pending = None
+            self._committed = view
         self._forget_indexes()
 
     def _sync_columns(self, conn: sqlite3.Connection) -> None:
         """Learn the columns other connections added (or a rollback took away)."""
         text = self._meta_columns(conn)
         if text is not None and text != self._shadow.text:
-            self._use_columns(text)
+            self._use_columns(text, conn)
 
     def _sync_columns_now_and_then(self) -> None:
         """Before a query: learn new columns, at most every :data:`SHADOW_RECHECK` seconds.
@@ -682,7 +747,7 @@ class Storage(SQLStorage):
                 conn.execute("ROLLBACK TO pm_shadow")
                 conn.execute("RELEASE pm_shadow")
                 raise
-            self._use_columns(text)
+            self._use_columns(text, conn)
 
     def _shadow_for(self, record: dict[str, Any]) -> _Shadow:
         """The shadow columns to write ``record`` with: its new fields given theirs first."""

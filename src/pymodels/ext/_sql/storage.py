@@ -37,8 +37,16 @@ META_TABLE = "pymodels_meta"
 class SQLStorage(BaseStorage):
     """Records as JSON in one table of a SQL database."""
 
-    _dialect: Dialect
-    _compiler: Compiler
+    #: The engine's SQL and the compiler writing it, as this thread's connection
+    #: sees the table (SQLite's depend on the columns the table has).
+    @property
+    @abc.abstractmethod
+    def _dialect(self) -> Dialect: ...
+
+    @property
+    @abc.abstractmethod
+    def _compiler(self) -> Compiler: ...
+
     #: The table's name, and as it appears in SQL.
     _table: str
     _qtable: str
