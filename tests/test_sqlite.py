@@ -945,6 +945,27 @@ def test_columns_added_in_a_transaction_stay_its_own_until_it_commits(
     assert_shadow_columns_hold_their_expressions(storage)
 
 
+def test_an_index_made_in_a_transaction_is_counted_from_once_committed(storage: Any) -> None:
+    # Counting reads the schema's indexes once and keeps them: not while a
+    # transaction has made one another connection cannot see yet, and afresh after.
+    storage.save_many([{"a": {"x": i % 3, "y": i}} for i in range(20)])
+    counts: list[Any] = []
+
+    def count() -> None:
+        counts.append(storage.query().where(a__y__gt=5).count())
+        counts.append(storage.query().where(a__x=1).count())
+
+    with storage.transaction():
+        storage.create_index(("a__x", "a__y"))
+        count()
+        other = threading.Thread(target=count)
+        other.start()
+        other.join(30)
+    count()
+    assert counts == [14, 7] * 3
+    assert [i.lead for i in storage._schema_indexes()] == [("a", "x")]
+
+
 def test_fields_past_the_cap_are_queried_through_expressions(
     storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -637,19 +637,26 @@ class Storage(SQLStorage):
             conn.executemany(self._shadow.bulk, rows)
 
     def _commit(self) -> None:
+        committed = False
         try:
             super()._commit()
+            committed = True
         finally:
             # Committed: the columns added in the transaction are every connection's.
             # Failed: none of them may be (this thread falls back to the committed
             # view, which never names a column its connection lacks).
             pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == threading.get_ident():
-            self._committed = pending[1]
-            self._forget_indexes()
+            forget, self._forget_at_end = self._forget_at_end, False
+            if committed and pending is not None and pending[0] == threading.get_ident():
+                self._committed = pending[1]
+            if forget or pending is not None:
+                self._forget_indexes()
 
     def _rollback(self) -> None:
         self._pending = None
+        if self._forget_at_end:
+            self._forget_at_end = False
+            self._forget_indexes()
         with self._db() as conn:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -864,10 +871,24 @@ class Storage(SQLStorage):
             self._add_fields(fields)
         super()._create_index(spec)
         self._forget_indexes()
+        if self.in_transaction:
+            # Other threads may fill the caches before the index is committed.
+            self._forget_at_end = True
 
     # ------------------------------------------------------------ counting from an index
 
     _index_cache: list[_SchemaIndex] | None = None
+    #: An index was made in the open transaction: forget the caches when it ends.
+    _forget_at_end = False
+
+    def _may_cache(self) -> bool:
+        """Whether what this thread reads of the schema may be cached for every thread.
+
+        Not inside a transaction: an index or a column made in it is not yet
+        another connection's to name.
+        """
+        with self._db() as conn:
+            return not conn.in_transaction
 
     def _schema_indexes(self) -> list[_SchemaIndex]:
         """What counting needs to know of each index of the dialect's making.
@@ -902,7 +923,8 @@ class Storage(SQLStorage):
                 ):
                     second = ""
                 found.append(_SchemaIndex(str(name), rank, frozenset(untagged), path, second))
-            self._index_cache = found
+            if self._may_cache():
+                self._index_cache = found
         return found
 
     def _count_where(self, where: Frag | None) -> int:
@@ -990,7 +1012,8 @@ class Storage(SQLStorage):
                 and not spec.keys[0].is_pk
                 and spec.keys[0].path[0] in columns
             ]
-            self._column_specs = found
+            if self._may_cache():
+                self._column_specs = found
         return found
 
     def _walk_count(self, where: Frag, index: str, rank: str, value: str) -> int | None:
