@@ -14,7 +14,7 @@ from .conditions import parse_path
 from .errors import InvalidQuery
 from .values import MISSING, get_path, sort_key
 
-__all__ = ["PK", "OrderKey", "parse_order", "record_sort_key", "sort_items"]
+__all__ = ["PK", "OrderKey", "parse_order", "parsed_order", "record_sort_key", "sort_items"]
 
 T = TypeVar("T")
 
@@ -52,6 +52,27 @@ def parse_order(names: Iterable[str]) -> tuple[OrderKey, ...]:
         path = PK if bare == "pk" else parse_path(bare)
         keys.append(OrderKey(path, descending))
     return tuple(keys)
+
+
+#: Parsed ``order_by`` arguments: an application asks for the same few orders over and
+#: over, and parsing them costs as much as the rest of building its query.
+_PARSED: dict[tuple[Any, ...], tuple[tuple[OrderKey, ...], tuple[OrderKey, ...]]] = {}
+_PARSED_MAX = 256
+
+
+def parsed_order(names: tuple[Any, ...]) -> tuple[tuple[OrderKey, ...], tuple[OrderKey, ...]]:
+    """:func:`parse_order` of ``names`` and its :func:`full_order`, remembered."""
+    try:
+        found = _PARSED.get(names)
+    except TypeError:  # an unhashable argument: parse_order says what is wrong
+        found = None
+    if found is None:
+        keys = parse_order(names)  # raises for anything but field paths
+        found = (keys, full_order(keys))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[names] = found
+    return found
 
 
 #: The order of a query without ``order_by``.

@@ -25,7 +25,7 @@ from .changes import parse_changes
 from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
 from .documents import Document, from_record, record_loader
 from .errors import DoesNotExist, InvalidQuery, check_usable
-from .ordering import PK_ORDER, OrderKey, full_order, parse_order, record_sort_key
+from .ordering import PK_ORDER, OrderKey, parsed_order, record_sort_key
 from .values import INT_MAX, MISSING, check_pk, freeze, get_path
 
 if TYPE_CHECKING:
@@ -205,11 +205,12 @@ class BaseQuery(Generic[D]):
 
     def order_by(self, *names: str) -> Self:
         """Sort by these paths; ``"-name"`` descends and ``"pk"`` is the primary key."""
-        keys = parse_order(names)
-        for k in keys:
-            if not k.is_pk:
-                self._check_path(k.path, f"order_by({str(k)!r})")
-        return self._unsliced("order_by")._clone({"_order": keys, "_full_order": full_order(keys)})
+        keys, full = parsed_order(names)
+        if self.doc_class is not None:
+            for k in keys:
+                if not k.is_pk:
+                    self._check_path(k.path, f"order_by({str(k)!r})")
+        return self._unsliced("order_by")._clone({"_order": keys, "_full_order": full})
 
     def only(self, *names: str) -> Self:
         """Load just these fields; such documents cannot be saved."""
