@@ -47,7 +47,7 @@ from pymodels.ext._sql.encoding import dumps
 from pymodels.ext._sql.sqlite_dialect import SQLiteDialect, shadow_names
 from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
-from pymodels.testing.suite import check_query_case
+from pymodels.testing.suite import check_query_case, run_in_threads
 
 
 @pytest.fixture
@@ -943,6 +943,59 @@ def test_columns_added_in_a_transaction_stay_its_own_until_it_commits(
     assert storage.query().where(tx=True).count() == (outcome == "commit")
     assert storage.query().where(t=2).count() == 1
     assert_shadow_columns_hold_their_expressions(storage)
+
+
+def test_threads_adding_fields_in_and_out_of_transactions_lose_nothing(path: Path) -> None:
+    # Four threads on one storage and two on another storage of the same file, each
+    # writing fields no one wrote before, inside transactions (committed or rolled
+    # back) and out of them, with partial updates and queries in between. Afterwards:
+    # every acknowledged write is there, nothing rolled back is, and every shadow
+    # column equals its expression.
+    a = backend.Storage(path=str(path))
+    b = backend.Storage(path=str(path))
+    kept: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def work(t: int) -> None:
+        storage = a if t < 4 else b
+        for i in range(25):
+            pk = f"{t}-{i}"
+            fresh = f"f{t}_{i % 7}"
+            record: dict[str, Any] = {"t": t, "i": i, fresh: i}
+            if i % 3 == 0:
+                with contextlib.suppress(RuntimeError), storage.transaction():
+                    storage.save(record, primary_key=pk)
+                    storage.save({"t": t, f"g{t}_{i}": True}, primary_key=f"{pk}-tx")
+                    if i % 2:
+                        raise RuntimeError  # rolled back: neither record
+                if i % 2 == 0:
+                    with lock:
+                        kept[pk] = record
+                        kept[f"{pk}-tx"] = {"t": t, f"g{t}_{i}": True}
+            else:
+                storage.save(record, primary_key=pk)
+                if i % 2:
+                    storage.update(pk, **{f"h{t}": i})
+                else:
+                    assert storage.query().where(t=t, i=i).update(**{f"h{t}": i}) == 1
+                with lock:
+                    kept[pk] = {**record, f"h{t}": i}
+            assert storage.query().where(t=t).where(**{fresh: i}).count() >= 1 or (
+                i % 3 == 0 and i % 2
+            )
+
+    try:
+        run_in_threads(work, 6)
+        assert {d.pk: dict(d) for d in a.query()} == kept
+        assert {d.pk: dict(d) for d in b.query()} == kept
+        assert_shadow_columns_hold_their_expressions(a)
+        for storage in (a, b):
+            for field in ("t", "f0_3", "h5"):
+                expected = sum(1 for r in kept.values() if field in r)
+                assert storage.query().where(**{f"{field}__exists": True}).count() == expected
+    finally:
+        a.close()
+        b.close()
 
 
 def test_an_index_made_in_a_transaction_is_counted_from_once_committed(storage: Any) -> None:
