@@ -101,7 +101,7 @@ def _keys(node: Any) -> Iterator[str]:
             yield from _keys(item)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=pst.examples(400), deadline=None)
 @given(case=pst.query_cases())
 def test_the_compiler_emits_only_allowed_operators(
     case: tuple[dict[str, dict[str, Any]], dict[str, Any]],

@@ -204,7 +204,7 @@ def test_plain_str_records_have_no_types_column(storage: Storage, path: Path) ->
 
 
 @given(record=pst.records(big_floats=True))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=pst.examples(300), deadline=None)
 def test_codec_round_trips_every_record(record: dict[str, Any]) -> None:
     expected = stored_form(record)
     encoded = encode_dump(pymodels.values.validate_record(record))
@@ -388,7 +388,9 @@ TOKEN_BYTES = st.binary(max_size=12) | st.lists(st.sampled_from(TOKEN_PIECES), m
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=pst.examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     types=st.none() | TOKEN_BYTES,
     gates=st.lists(st.tuples(TOKEN_BYTES, st.booleans()), min_size=1, max_size=3),
@@ -443,7 +445,7 @@ def test_kind_gates_of_fetched_records_hold_for_foreign_types_columns(
     assert dict(s.get(None, "last")) == {"v": "x"}  # not an int after all: loads as text
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=pst.examples(200), deadline=None)
 @given(
     name=pst.field_names() | st.sampled_from(["a b", "名前", "x,y"]),
     op=st.sampled_from(["equals", "startswith", "endswith"]),
@@ -775,7 +777,9 @@ ORDERED_VALUES = st.one_of(
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=pst.examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     records=st.dictionaries(
@@ -824,7 +828,7 @@ def test_queries_match_the_oracle_over_indexed_columns(path: Path, kind: str) ->
         for name in pst.FIELD_NAMES:
             s.create_index(name, kind=kind)
 
-        @settings(max_examples=150, deadline=None)
+        @settings(max_examples=pst.examples(150), deadline=None)
         @given(case=pst.query_cases())
         def check(case: tuple[dict[str, dict[str, Any]], dict[str, Any]]) -> None:
             q, expected = check_query_case(s, *case)
@@ -1176,7 +1180,9 @@ NEAR_NUMBERS = st.sampled_from(
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=pst.examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     records=st.dictionaries(
@@ -1306,7 +1312,9 @@ _SPACES = (
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=pst.examples(300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     names=st.lists(

@@ -24,6 +24,7 @@ from decimal import Decimal
 from functools import cache, reduce
 from typing import TYPE_CHECKING, Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "FIELD_NAMES",
     "OPS",
     "conditions",
+    "examples",
     "field_names",
     "primary_keys",
     "queries",
@@ -115,6 +117,20 @@ _ORDERED_KINDS = ("number", "decimal", "str", "bytes", "date", "naive", "aware")
 
 
 @cache
+def examples(n: int) -> int:
+    """``n`` examples for a test that fixes its own count, raised with the loaded profile.
+
+    A test that sets ``max_examples`` itself (it is slow per example) keeps ``n``
+    under profiles up to 2,000 examples (the usual default and a ``ci`` one); a
+    profile asking for more (a soak run of 20,000) multiplies ``n`` by the same
+    factor, so the soak reaches these tests too. Read when the test is defined:
+    load the profile first (in ``conftest.py``).
+    """
+    loaded = settings.default
+    asked = 0 if loaded is None else loaded.max_examples
+    return n * max(1, asked // 2000)
+
+
 def field_names() -> st.SearchStrategy[str]:
     """Field names from a small fixed pool (see ``FIELD_NAMES``)."""
     return st.sampled_from(FIELD_NAMES)
