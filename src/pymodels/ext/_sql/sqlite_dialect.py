@@ -226,14 +226,17 @@ class SQLiteDialect(Dialect):
 
     compare_param = staticmethod(_bind)
 
+    # The value test first: in a scan it fails for most rows, which then skip the
+    # kind test (most rows hold the kind asked for, so that test rarely fails). The
+    # planner matches index terms in either order.
     def compare(self, path: tuple[str, ...], op: str, value: Any) -> Leaf:
         rank = RANK[kind_of(value)]
-        sql = f"{self.rank(path)} = {rank} AND {self.value(path)} {op} {PARAM}"
+        sql = f"{self.value(path)} {op} {PARAM} AND {self.rank(path)} = {rank}"
         return Leaf(Frag(sql, (_bind(value),)))
 
     def between(self, path: tuple[str, ...], low: Any, high: Any) -> Leaf:
         rank = RANK[kind_of(low)]
-        sql = f"{self.rank(path)} = {rank} AND {self.value(path)} BETWEEN {PARAM} AND {PARAM}"
+        sql = f"{self.value(path)} BETWEEN {PARAM} AND {PARAM} AND {self.rank(path)} = {rank}"
         return Leaf(Frag(sql, (_bind(low), _bind(high))))
 
     def container_equals(self, path: tuple[str, ...], value: Any) -> Leaf:
