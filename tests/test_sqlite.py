@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 import pymodels
 from pymodels import Document, Q
+from pymodels.cli.app import main as cli_main
 from pymodels.errors import (
     ConfigurationError,
     ConflictError,
@@ -828,6 +829,39 @@ def test_a_legacy_table_keeps_its_format_and_works_alike(path: Path) -> None:
         )
     assert columns == ["pk", "body"] and meta["documents.format"] == "1"
     assert "documents.columns" not in meta
+
+
+def test_copying_a_legacy_table_gives_a_table_with_shadow_columns(tmp_path: Path) -> None:
+    # The documented way from format 1 to format 2: `pymodels copy` into a new file.
+    old = backend.Storage(path=str(legacy_file(tmp_path / "old.db")))
+    old.create_index(("city", "-age"))
+    old.create_index("email", unique=True)
+    records = {f"k{i:03}": {"city": f"c{i % 5}", "age": i, "email": f"e{i}"} for i in range(50)}
+    for pk, record in records.items():
+        old.save(record, primary_key=pk)
+    indexes = sorted(map(str, old.indexes()))
+    old.close()
+    assert shadow_fields(tmp_path / "old.db") is None
+    status = cli_main(
+        ["copy", f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"]
+    )
+    assert status == 0
+    assert shadow_fields(tmp_path / "new.db") == ["city", "age", "email"]
+    new = backend.Storage(path=str(tmp_path / "new.db"))
+    try:
+        assert {d.pk: dict(d) for d in new.query()} == records
+        assert sorted(map(str, new.indexes())) == indexes
+        with new._db() as conn:
+            ddl = [
+                sql
+                for (sql,) in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                )
+            ]
+        assert len(ddl) == 2 and all("json_" not in sql for sql in ddl), ddl
+        assert_shadow_columns_hold_their_expressions(new)
+    finally:
+        new.close()
 
 
 def test_an_unknown_format_is_refused(path: Path) -> None:
