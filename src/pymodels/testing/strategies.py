@@ -116,7 +116,6 @@ _ORDERED_KINDS = ("number", "decimal", "str", "bytes", "date", "naive", "aware")
 # value strategies for every drawn condition.
 
 
-@cache
 def examples(n: int) -> int:
     """``n`` examples for a test that fixes its own count, raised with the loaded profile.
 
@@ -131,6 +130,7 @@ def examples(n: int) -> int:
     return n * max(1, asked // 2000)
 
 
+@cache
 def field_names() -> st.SearchStrategy[str]:
     """Field names from a small fixed pool (see ``FIELD_NAMES``)."""
     return st.sampled_from(FIELD_NAMES)
