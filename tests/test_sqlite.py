@@ -604,15 +604,20 @@ def legacy_file(path: Path, table: str = "documents") -> Path:
     return path
 
 
+def _insert_tricky_bodies(*storages: Any) -> None:
+    """Write :func:`_tricky_bodies` with plain SQL, as programs other than pymodels would."""
+    for s in storages:
+        with s._db() as conn:
+            for i, body in enumerate(_tricky_bodies()):
+                conn.execute('INSERT INTO "documents" (pk, body) VALUES (?, ?)', (f"k{i:02}", body))
+
+
 def test_counts_read_only_the_index_and_give_the_tables_answer(tmp_path: Path) -> None:
     # Expression indexes: a table of the legacy format (no shadow columns).
     indexed = backend.Storage(path=str(legacy_file(tmp_path / "indexed.db")))
     plain = backend.Storage(path=str(legacy_file(tmp_path / "plain.db")))
     indexed.create_index(("city", "-age"))
-    for s in (indexed, plain):
-        with s._db() as conn:
-            for i, body in enumerate(_tricky_bodies()):
-                conn.execute('INSERT INTO "documents" (pk, body) VALUES (?, ?)', (f"k{i:02}", body))
+    _insert_tricky_bodies(indexed, plain)
     for lookups in _COUNTED:
         q, reference = indexed.query().where(**lookups), plain.query().where(**lookups)
         statement = indexed._count_from_index(q._compiled.native)
@@ -1089,10 +1094,7 @@ def test_foreign_bodies_get_their_columns_from_a_rebuild(tmp_path: Path) -> None
     shadow = backend.Storage(path=str(tmp_path / "shadow.db"))
     legacy = backend.Storage(path=str(legacy_file(tmp_path / "legacy.db")))
     shadow.create_index(("city", "-age"))
-    for s in (shadow, legacy):
-        with s._db() as conn:
-            for i, body in enumerate(_tricky_bodies()):
-                conn.execute('INSERT INTO "documents" (pk, body) VALUES (?, ?)', (f"k{i:02}", body))
+    _insert_tricky_bodies(shadow, legacy)
     assert shadow._rebuild_columns() == len(_tricky_bodies())
     assert_shadow_columns_hold_their_expressions(shadow)
     for lookups in _COUNTED:
