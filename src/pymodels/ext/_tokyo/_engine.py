@@ -302,13 +302,9 @@ class TokyoStorage(BaseStorage):
             if block.check is None:
                 continue
             candidates = [k for k in self._run([block.conds], extra=extra) if k not in seen]
-            # A batch of records at a time: only the keys of every candidate are held.
-            for start in range(0, len(candidates), BATCH_SIZE):
-                batch = candidates[start : start + BATCH_SIZE]
-                for key, columns in zip(batch, self._load_raw(batch), strict=True):
-                    if columns is not None and block.check.matches(decode_record(columns)):
-                        found.append(key)
-                        seen.add(key)
+            for key in self._passing(iter(candidates), block.check):
+                found.append(key)
+                seen.add(key)
         return found
 
     def _tc_search(
@@ -479,6 +475,15 @@ class TokyoStorage(BaseStorage):
         :meth:`_records`), holding no more than a batch of keys."""
         while batch := list(itertools.islice(keys, BATCH_SIZE)):
             yield from self._records(batch, gates)
+
+    def _passing(self, keys: Iterator[bytes], check: Condition) -> Generator[bytes, None, None]:
+        """The keys among ``keys`` whose records pass ``check``, in their order, the
+        records loaded :data:`BATCH_SIZE` at a time (a record deleted meanwhile is left
+        out), holding no more than a batch of records."""
+        while batch := list(itertools.islice(keys, BATCH_SIZE)):
+            for key, columns in zip(batch, self._load_raw(batch), strict=True):
+                if columns is not None and check.matches(decode_record(columns)):
+                    yield key
 
     def _ordered_stream(
         self, plan: Plan, oplan: OrderPlan, offset: int

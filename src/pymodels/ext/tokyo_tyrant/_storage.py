@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import itertools
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +18,6 @@ from ...backend import (
     BaseQuery,
     BaseSettings,
     BulkWriteError,
-    Condition,
     ConfigurationError,
     Features,
     PyModelsError,
@@ -419,14 +417,6 @@ class Storage(TokyoStorage):
             return iter(keys)
         del keys
         return heapq.merge(*(self._pk_pages(b, descending) for b in blocks), reverse=descending)
-
-    def _passing(self, keys: Iterator[bytes], check: Condition) -> Generator[bytes, None, None]:
-        """The keys among ``keys`` whose records pass ``check``, in their order, the
-        records loaded a batch at a time (a record deleted meanwhile is left out)."""
-        while batch := list(itertools.islice(keys, BATCH_SIZE)):
-            for key, columns in zip(batch, self._load_raw(batch), strict=True):
-                if columns is not None and check.matches(decode_record(columns)):
-                    yield key
 
     def _pk_pages(self, conds: Block, descending: bool) -> Generator[bytes, None, None]:
         """Keys of one search block in pk order, a page of :data:`PAGE_KEYS` per search.
