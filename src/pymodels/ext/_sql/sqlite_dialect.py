@@ -379,12 +379,12 @@ class ShadowDialect(SQLiteDialect):
         return super().value(path) if found is None else found[1]
 
     def order_terms(self, path: tuple[str, ...], descending: bool) -> list[str]:
-        if len(path) == 1 and path[0] in self.columns:
-            # Bare column names: an index on them is a column index (covering).
-            rank, value = self.columns[path[0]]
-            direction = " DESC" if descending else ""
-            return [f"{rank}{direction}", f"{value}{direction}"]
-        return super().order_terms(path, descending)
+        found = self._column(path)
+        if found is None:
+            return super().order_terms(path, descending)
+        # Bare column names: an index on them is a column index (covering).
+        direction = " DESC" if descending else ""
+        return [f"{found[0]}{direction}", f"{found[1]}{direction}"]
 
 
 def over(expression: str, source: str) -> str:
