@@ -645,6 +645,55 @@ def test_unions_and_checked_plans_stream_in_merged_pages(tyrant: TemporaryTyrant
             assert q.count() == len(expected)
 
 
+def test_ints_at_a_whole_bound_are_settled_by_tokyo_and_floats_checked(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tokyo reads small ints exactly, so the ints equal to a whole bound match or not as
+    # a whole: only floats that Tokyo's 16 digits cannot tell from the bound are loaded
+    # and checked in Python, for counts and queries alike.
+    with pymodels.get_storage(tyrant.url) as storage:
+        storage.create_index("age", kind="decimal")
+        records: dict[str, dict[str, Any]] = {}
+        for i in range(40):
+            # 10 + 1e-15 is 10.000000000000002: 17 digits, equal to 10 for Tokyo.
+            age: Any = [10, 10.0, 10 + 1e-15, 10 - 1e-15][i % 4] if i < 12 else i % 20
+            records[f"k{i:02}"] = {"age": age}
+        for pk, record in records.items():
+            storage.save(record, primary_key=pk)
+        loaded: list[bytes] = []
+        load_raw = storage._load_raw  # type: ignore[attr-defined]
+
+        def recording(keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
+            loaded.extend(keys)
+            result: list[dict[bytes, bytes] | None] = load_raw(keys)
+            return result
+
+        monkeypatch.setattr(storage, "_load_raw", recording)
+        floats_at_10 = {pk for pk, r in records.items() if type(r["age"]) is float}
+        cases: list[tuple[dict[str, Any], Callable[[Any], bool]]] = [
+            ({"age__gt": 10}, lambda a: a > 10),
+            ({"age__gte": 10}, lambda a: a >= 10),
+            ({"age__lt": 10.0}, lambda a: a < 10),
+            ({"age__lte": 10}, lambda a: a <= 10),
+            ({"age__between": (10, 15)}, lambda a: 10 <= a <= 15),
+        ]
+        for lookup, test in cases:
+            expected = sorted(pk for pk, r in records.items() if test(r["age"]))
+            q = storage.query().where(**lookup)
+            loaded.clear()
+            assert q.count() == len(expected), lookup
+            assert {k.decode() for k in loaded} <= floats_at_10, lookup
+            assert sorted(str(d.pk) for d in q) == expected, lookup
+        # Without a float at the bound nothing is loaded to be checked at all.
+        for pk in floats_at_10:
+            storage.delete(pk)
+        loaded.clear()
+        assert storage.query().where(age__gt=10).count() == sum(
+            1 for pk, r in records.items() if pk not in floats_at_10 and r["age"] > 10
+        )
+        assert loaded == []
+
+
 def test_a_one_field_lookup_is_one_search_when_short_and_streams_when_long(
     tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
 ) -> None:

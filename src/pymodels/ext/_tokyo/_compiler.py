@@ -754,15 +754,36 @@ class _Context:
         # those are checked in Python.
         upward = op in ("gt", "gte")
         sure = ((TCCond(col, Cond.NUMGT if upward else Cond.NUMLT, text), *_block(g)), None)
-        return _Part([sure, self._ties(lk, col, text, upward, g)], True, True)
+        return _Part([sure, *self._ties(lk, name, col, text, upward, g, kind)], True, True)
 
-    def _ties(self, lk: Lookup, col: bytes, text: bytes, upward: bool, g: TCCond | None) -> _Blk:
+    def _ties(
+        self,
+        lk: Lookup,
+        name: str,
+        col: bytes,
+        text: bytes,
+        upward: bool,
+        g: TCCond | None,
+        kind: str,
+    ) -> list[_Blk]:
         """The checked block of the records Tokyo cannot order against a bound: in a
         window around it, on the other side of the strict condition (so that blocks
-        stay disjoint)."""
+        stay disjoint).
+
+        At an integer bound below ``10**15`` in magnitude the window is narrower than 1
+        and Tokyo reads ints exactly (see :func:`refine`): the ints in it are the bound
+        itself, which match as a whole or not at all. So they get a block of their own,
+        unchecked or left out, and only the floats in the window are checked in Python.
+        """
         window = TCCond(col, Cond.NUMBT, tie_window(text))
         other_side = TCCond(col, Cond.NUMLE if upward else Cond.NUMGE, text)
-        return (window, other_side, *_block(g)), lk
+        bound = _small_integral(text) if kind == "number" else None
+        if bound is None:
+            return [((window, other_side, *_block(g)), lk)]
+        floats = ((window, other_side, _code_gate(name, "f")), lk)
+        if not lk.matches({name: bound}):
+            return [floats]
+        return [((window, other_side, _code_gate(name, "i")), None), floats]
 
     def between(self, lk: Lookup, name: str, col: bytes) -> _Part:
         low, high = lk.value
@@ -783,9 +804,9 @@ class _Context:
             TCCond(col, Cond.NUMLT, hi),
             *_block(g),
         )
-        blocks: list[_Blk] = [(inside, None), self._ties(lk, col, lo, True, g)]
+        blocks: list[_Blk] = [(inside, None), *self._ties(lk, name, col, lo, True, g, kind)]
         if tokyo_number(lo) != tokyo_number(hi):
-            blocks.append(self._ties(lk, col, hi, False, g))
+            blocks.extend(self._ties(lk, name, col, hi, False, g, kind))
         return _Part(blocks, True, True)
 
     def _num_text(self, kind: str, value: Any) -> bytes | None:
@@ -880,6 +901,15 @@ def tokyo_number(text: bytes) -> decimal.Decimal:
     columns = len(whole.lstrip("0"))
     kept = fraction[: max(0, 16 - columns)]
     return decimal.Decimal(f"{sign}{whole or '0'}.{kept or '0'}")
+
+
+def _small_integral(text: bytes) -> int | None:
+    """The int a number operand (``b"80"``, ``b"80.0"``) equals, if its magnitude is below
+    ``10**15`` (where :func:`tie_window` is narrower than 1); else None."""
+    if not _INTEGRAL_TEXT.fullmatch(text):
+        return None
+    value = int(decimal.Decimal(text.decode("ascii")))
+    return value if abs(value) < 10**15 else None
 
 
 def tie_window(text: bytes) -> bytes:
@@ -1109,6 +1139,8 @@ Prover = Callable[[Fact], bool]
 
 #: Bounds of Tokyo number conditions whose ties :func:`refine` can settle exactly.
 _INT_TEXT: Final = re.compile(rb"-?[0-9]+")
+#: Number operands that are whole numbers (see _small_integral).
+_INTEGRAL_TEXT: Final = re.compile(rb"-?[0-9]+(?:\.0+)?")
 
 
 @functools.lru_cache(maxsize=4096)
