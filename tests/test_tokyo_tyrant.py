@@ -642,7 +642,10 @@ def test_unions_and_checked_plans_stream_in_merged_pages(tyrant: TemporaryTyrant
             assert 0 < max(replies) <= 8 and len(replies) > 3, replies  # pages of 7 (+1)
             assert [d.pk for d in q.order_by("-pk")] == expected[::-1]
             assert [d.pk for d in q[5:]] == expected[5:]
+            replies.clear()
             assert q.count() == len(expected)
+            # A count of blocks that may overlap lists their keys in the same pages.
+            assert max(replies, default=0) <= 8, replies
 
 
 def test_ints_at_a_whole_bound_are_settled_by_tokyo_and_floats_checked(

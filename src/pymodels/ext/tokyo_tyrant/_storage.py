@@ -448,6 +448,15 @@ class Storage(TokyoStorage):
                 last = fresh[-1]
             skip += len(keys) - PAGE_OVERLAP
 
+    def _count_union(self, blocks: Sequence[PlanBlock]) -> int:
+        # The merged pages a stream reads: bounded memory on both sides whatever the
+        # union's size, and one metasearch as before for a union of at most a page.
+        return sum(1 for _ in self._merged_pages(blocks, False))
+
+    def _count_checked(self, plan: Plan) -> int:
+        assert plan.blocks is not None
+        return self._count_union([b for b in plan.blocks if b.check is not None])
+
     def _count_block(self, conds: Block) -> int:
         # One round trip: nothing but the number comes back.
         (count,) = self._search([conds], None, -1, 0, tail=[b"count"])
