@@ -3,8 +3,8 @@
 Starts a throwaway server (:mod:`pymodels.testing.tyrant`: a real ``ttserver`` when
 ``PYMODELS_TEST_TTSERVER`` names one, else the project's test server; the header line
 says which), loads the workload of ``workload.py`` (N records of six fields; lexical
-index on email, lexical on name) and times, over one connection and from 4 threads
-sharing one storage (or one raw client):
+index on email, lexical on name, decimal on age) and times, over one connection and from
+4 threads sharing one storage (or one raw client):
 
 * ``save``: ``save_many`` (batches of 1000) / raw pipelined ``misc putkeep`` of the same
   columns, 1000 per round trip;
@@ -12,7 +12,9 @@ sharing one storage (or one raw client):
 * ``email_eq``: ``list(query.where(email=...))`` / raw ``misc search`` (indexed STREQ)
   then ``misc get`` of the hit (a query returns its records: two round trips);
 * ``top10``: ``list(query.where(name__startswith=p).order_by("name")[:10])`` / raw
-  search with ``setorder``/``setlimit`` then the 10 ``misc get`` pipelined.
+  search with ``setorder``/``setlimit`` then the 10 ``misc get`` pipelined;
+* ``count_gt``: ``query.where(age__gt=a).count()`` / raw ``misc search`` with ``NUMGT``
+  and ``count`` (decimal index on age; about half the records match).
 
     python bench/tokyo_tyrant.py                    # N = 20k, medians of 3 runs
     PYMODELS_TEST_TTSERVER=/path/to/ttserver python bench/tokyo_tyrant.py
@@ -96,7 +98,11 @@ def pymodels_side(s: Any) -> Side:
         for p in items:
             list(q.where(name__startswith=p).order_by("name")[:10])
 
-    return {"get": gets, "email_eq": email_eq, "top10": top10}
+    def count_gt(items: list[int]) -> None:
+        for age in items:
+            q.where(age__gt=age).count()
+
+    return {"get": gets, "email_eq": email_eq, "top10": top10, "count_gt": count_gt}
 
 
 def raw_side(c: Client) -> Side:
@@ -121,7 +127,11 @@ def raw_side(c: Client) -> Side:
             )
             c.misc_many(b"get", [[k] for k in found], write=False)
 
-    return {"get": gets, "email_eq": email_eq, "top10": top10}
+    def count_gt(items: list[int]) -> None:
+        for age in items:
+            c.search([b"addcond\x00age\x00NUMGT\x00%d" % age, b"count"])
+
+    return {"get": gets, "email_eq": email_eq, "top10": top10, "count_gt": count_gt}
 
 
 def raw_save(c: Client, args: list[list[bytes]]) -> None:
@@ -160,7 +170,8 @@ def one_run(s: Any, c: Client, docs: list[dict[str, Any]], seed: int, out: Sampl
     picks = [pks[rng.randrange(n)] for _ in range(QUERIES)]
     emails = [docs[rng.randrange(n)]["email"] for _ in range(QUERIES)]
     prefixes = [docs[rng.randrange(n)]["name"][:-2] for _ in range(QUERIES // 4)]
-    items = {"get": picks, "email_eq": emails, "top10": prefixes}
+    ages = [rng.randrange(18, 91) for _ in range(QUERIES // 20)]
+    items = {"get": picks, "email_eq": emails, "top10": prefixes, "count_gt": ages}
     a, b = pymodels_side(s), raw_side(c)
     for metric, work in items.items():
         for name, threads in ((metric, False), (f"{metric}_4t", True)):
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     with TemporaryTyrant() as tt, pymodels.get_storage(tt.url) as s:
         s.create_index("email")
         s.create_index("name")
+        s.create_index("age", kind="decimal")
         c = Client(tt.host, tt.port)
         for seed in range(args.runs):
             one_run(s, c, docs, seed, samples)
