@@ -1137,9 +1137,8 @@ class OrderPlan:
 Fact = tuple[Any, ...]
 Prover = Callable[[Fact], bool]
 
-#: Bounds of Tokyo number conditions whose ties :func:`refine` can settle exactly.
-_INT_TEXT: Final = re.compile(rb"-?[0-9]+")
-#: Number operands that are whole numbers (see _small_integral).
+#: Number operands that are whole numbers, whose ties can be settled exactly (see
+#: _small_integral, :meth:`_Context._ties` and :func:`refine`).
 _INTEGRAL_TEXT: Final = re.compile(rb"-?[0-9]+(?:\.0+)?")
 
 
@@ -1236,11 +1235,11 @@ def _settled_tie(conds: Block, check: Lookup, proved: Prover) -> bool | None:
     bounds = [
         c.expr for c in conds if c.col == col and not c.negate and c.op in (Cond.NUMLE, Cond.NUMGE)
     ]
-    if Cond.NUMBT not in ops or len(bounds) != 1 or not _INT_TEXT.fullmatch(bounds[0]):
+    if Cond.NUMBT not in ops or len(bounds) != 1:
         return None
-    bound = int(bounds[0])
     # Below 10**15 the window (see tie_window) is narrower than 1 around the bound, so
     # the only int in it is the bound: the block's records hold exactly that value.
-    if abs(bound) >= 10**15 or not proved(("int", name)):
+    bound = _small_integral(bounds[0])
+    if bound is None or not proved(("int", name)):
         return None
     return check.matches({name: bound})
