@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 import pymodels
 from pymodels import Document, Q
+from pymodels.backend import MISSING
 from pymodels.cli.app import main as cli_main
 from pymodels.errors import (
     ConfigurationError,
@@ -749,6 +750,7 @@ _WRITES = st.lists(
         ),
         st.tuples(st.just("where_set"), _KEYS, st.sampled_from(_FIELDS), pst.scalars()),
         st.tuples(st.just("delete"), _KEYS, st.none(), st.none()),
+        st.tuples(st.just("cas"), _KEYS, _SOME_RECORDS, st.none()),
     ),
     max_size=12,
 )
@@ -770,6 +772,11 @@ def _apply(storage: Any, op: str, key: str, field: Any, value: Any) -> None:
             storage.update(key, **{f"{field}__inc": value})
         elif op == "where_set":
             storage.query().where(**{f"{field}__exists": True}).update(**{field: value})
+        elif op == "cas":
+            # A Meta.version_field save on x: one UPDATE setting every column.
+            current = storage._load(key)
+            if current is not None:
+                storage._compare_and_store(key, field, "x", current.get("x", MISSING))
         else:
             storage.delete(key)
     except PyModelsError:
@@ -781,8 +788,9 @@ def _apply(storage: Any, op: str, key: str, field: Any, value: Any) -> None:
 def test_shadow_columns_equal_their_expressions_after_any_writes(
     tmp_path: Path, writes: list[tuple[str, str, Any, Any]]
 ) -> None:
-    """Saves, bulk saves, partial updates in SQL and in Python, deletes: each column of
-    each row is exactly its expression over body (checked in SQL over the whole table)."""
+    """Saves, bulk saves, partial updates in SQL and in Python, compare-and-swaps,
+    deletes: each column of each row is exactly its expression over body (checked in
+    SQL over the whole table)."""
     path = tmp_path / f"w-{uuid.uuid4().hex}.db"
     with backend.Storage(path=str(path)) as storage:
         storage.create_index(("x", "-y"))
@@ -791,6 +799,65 @@ def test_shadow_columns_equal_their_expressions_after_any_writes(
         assert_shadow_columns_hold_their_expressions(storage)
         fields = shadow_fields(path)
         assert fields is not None and fields[:2] == ["x", "y"]
+
+
+#: A value of every kind, with escapes, nested tagged values, empty lists and dicts.
+_EVERY_KIND: dict[str, Any] = {
+    "s": 'a "quoted" \\ line\nand\ttab \x01 é 😀',
+    "e": "",
+    "i": -(2**62),
+    "z": 0,
+    "f": 1e300,
+    "g": -0.0,
+    "t": True,
+    "u": False,
+    "l": [1, "a", dt.date(2024, 5, 1), [True]],
+    "m": [],
+    "d": {"b": dt.date(2024, 5, 1), "a": [1.5]},
+    "n": {},
+    "k": Decimal("2.50"),
+    "b": b"\x00\xff",
+    "day": dt.date(2024, 5, 1),
+    "at": dt.datetime(2024, 5, 1, 12, 0),
+    "tz": dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+}
+
+
+def test_write_hints_are_the_ranks_the_expressions_give() -> None:
+    """A write passes each field's rank where the value's type fixes it (:data:`_HINT`):
+    for every such value it is what the rank expression gives over the stored JSON,
+    and the tagged kinds (whose rank is in their tag) get none."""
+    rank = _PLAIN.rank(("f",)).replace("(body, ", "(?, ")
+    with sqlite3.connect(":memory:") as raw:
+        for value in _EVERY_KIND.values():
+            (expected,) = raw.execute(
+                f"SELECT {rank}", (dumps({"f": value}),) * rank.count("?")
+            ).fetchone()
+            hint = backend._hints({"f": value}, ("f",))
+            assert hint == ((expected,) if type(value) in backend._HINT else (None,)), value
+            assert (hint == (None,)) == isinstance(value, (Decimal, bytes, dt.date)), value
+        assert backend._hints({}, ("f",)) == (0,)  # absent: rank 0, value NULL
+
+
+def test_every_write_gives_every_kind_the_columns_of_its_expressions(path: Path) -> None:
+    """Insert, save (upsert), save_many and compare-and-swap each write all the columns,
+    hinted or not, as their expressions give them; also for fields a record lacks."""
+    keys = list(_EVERY_KIND)
+    with backend.Storage(path=str(path)) as storage:
+        storage.save(dict(_EVERY_KIND), primary_key="all")  # every field gets its columns
+        storage.insert({k: _EVERY_KIND[k] for k in keys[::2]}, primary_key="even")
+        storage.save({k: _EVERY_KIND[k] for k in keys[1::2]}, primary_key="all")  # overwrite
+        storage.save_many(
+            [{k: _EVERY_KIND[k]} for k in keys] + [{k: _EVERY_KIND[k] for k in keys[::3]}]
+        )
+        for pk, record in (("even", dict(reversed(_EVERY_KIND.items()))), ("all", {"t": 1})):
+            current = storage._load(pk)
+            assert current is not None
+            assert storage._compare_and_store(pk, record, "s", current.get("s", MISSING))
+        assert storage._shadow.order == tuple(keys)
+        assert_shadow_columns_hold_their_expressions(storage)
+        for key, value in _EVERY_KIND.items():
+            assert storage.query().where(**{key: value}).count() >= 2, key
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

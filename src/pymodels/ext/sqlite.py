@@ -57,7 +57,7 @@ from ..backend import (
 )
 from ._sql.compiler import PARAM, Compiler, Frag, valid_path
 from ._sql.connections import Guard, ThreadConnections
-from ._sql.encoding import dumps, loads, loads_rows
+from ._sql.encoding import RANK, dumps, loads, loads_rows
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import (
     ShadowDialect,
@@ -220,16 +220,21 @@ class _Shadow(NamedTuple):
     #: table of the legacy format, which has no shadow columns.
     text: str | None
     fields: frozenset[str]
+    #: The fields in slot order: the order of the hints each statement takes.
+    order: tuple[str, ...]
     #: Quoted column names by field: (rank, value).
     columns: dict[str, tuple[str, str]]
-    #: INSERT of (?1 pk, ?2 body), the columns computed from ?2 (a clash raises).
+    #: INSERT of (?1 pk, ?2 body, ?3... the record's hints), the columns computed
+    #: from ?2 (a clash raises).
     bulk: str
     #: The same, ``ON CONFLICT (pk) DO NOTHING``.
     insert: str
     #: The same as an upsert, guarded: it writes nothing unless the meta text is ?4
-    #: (name ?3), since an overwrite must reset every column the table has.
+    #: (name ?3), since an overwrite must reset every column the table has. The
+    #: hints are ?5...
     upsert: str
-    #: ``body = ?1, <column> = <expression over ?1>, ...`` for an UPDATE.
+    #: ``body = ?1, <column> = <expression over ?1>, ...`` for an UPDATE, the hints
+    #: ?5... (?2 to ?4 are the caller's).
     set_all: str
 
 
@@ -253,28 +258,75 @@ def _shadow_of(table: str, text: str | None) -> _Shadow:
     fields: tuple[str, ...] = () if text is None else tuple(json.loads(text))
     columns: dict[str, tuple[str, str]] = {}
     names: list[str] = []
-    exprs: list[tuple[str, str]] = []
     for slot, field in enumerate(fields, 1):
         rank, value = (_DIALECT.ident(n) for n in shadow_names(slot, field))
         columns[field] = (rank, value)
         names += [rank, value]
-        exprs += [(_DIALECT.rank((field,)), _DIALECT.value((field,)))]
     cols = "".join(f", {n}" for n in names)
-    over2 = "".join(f", {over(r, '?2')}, {over(v, '?2')}" for r, v in exprs)
+    over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 3))
     bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
     guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
     # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
+    over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
     upsert = (
         f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} WHERE {guard} "
         "ON CONFLICT (pk) DO UPDATE SET body = excluded.body"
         + "".join(f", {n} = excluded.{n}" for n in names)
     )
     set_all = "body = ?1" + "".join(
-        f", {rn} = {over(r, '?1')}, {vn} = {over(v, '?1')}"
-        for (rn, vn), (r, v) in zip(columns.values(), exprs, strict=True)
+        f", {rn} = {r}, {vn} = {v}"
+        for (rn, vn), (r, v) in zip(columns.values(), _shadow_exprs(fields, "?1", 5), strict=True)
     )
     insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
-    return _Shadow(text, frozenset(fields), columns, bulk, insert, upsert, set_all)
+    return _Shadow(text, frozenset(fields), fields, columns, bulk, insert, upsert, set_all)
+
+
+def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tuple[str, str]]:
+    """The rank and value of each field over the body ``source``, hints ``?first`` on.
+
+    Each field's hint (:func:`_hints`) is its rank when the record's value is of a
+    type ``dumps`` writes as plain JSON, else NULL. With a hint, the rank needs no
+    JSON call and the value is ``json_extract`` alone (the tag lookup of a value
+    that is not a tagged object is NULL, and rank 0 is an absent field or a JSON
+    null, whose value is NULL): one JSON call where the expressions make three (or
+    four, for a dict). Without one (a tagged value) the dialect's expressions
+    compute both. Either way the columns get what the expressions give.
+    """
+    out = []
+    for n, field in enumerate(fields, first):
+        path = (field,)
+        rank = over(_DIALECT.rank(path), source)
+        value = over(_DIALECT.value(path), source)
+        text = over(_DIALECT.text(path), source)
+        out.append(
+            (
+                f"coalesce(?{n}, {rank})",
+                f"CASE WHEN ?{n} IS NULL THEN {value} WHEN ?{n} THEN {text} END",
+            )
+        )
+    return out
+
+
+#: The rank of a top-level value of these exact types, known before SQLite parses
+#: the body: ``dumps`` writes them as plain JSON (text, a number, true or false, an
+#: array, null, or an object none of whose keys is the tag ``"$"``, since field
+#: names never start with ``$``), ranked by the dialect's expression from
+#: ``json_type`` alone. Tagged kinds (Decimal, bytes, dates) get no hint: SQL
+#: computes theirs from the tag.
+_HINT: dict[type, int] = {
+    str: RANK["str"],
+    int: RANK["number"],
+    float: RANK["number"],
+    bool: RANK["bool"],
+    list: RANK["list"],
+    dict: RANK["dict"],
+    type(None): 0,
+}
+
+
+def _hints(record: dict[str, Any], order: tuple[str, ...]) -> tuple[int | None, ...]:
+    """The hint of each field of ``order`` for ``record`` (an absent field's is 0)."""
+    return tuple(map(_HINT.get, map(type, map(record.get, order))))
 
 
 def _untagged(literal: str) -> str:
@@ -604,9 +656,11 @@ class Storage(SQLStorage):
                     # A new row: columns this storage does not know of yet keep their
                     # defaults, which are right for the fields the record lacks (it has
                     # none of them, or it would have added or learnt them just now).
-                    written: int = conn.execute(shadow.insert, (pk, body)).rowcount
+                    hints = _hints(record, shadow.order)
+                    written: int = conn.execute(shadow.insert, (pk, body, *hints)).rowcount
                     return written == 1
-                params = (pk, body, self._columns_key, shadow.text)
+                hints = _hints(record, shadow.order)
+                params = (pk, body, self._columns_key, shadow.text, *hints)
                 if conn.execute(shadow.upsert, params).rowcount == 1:
                     return True
                 # Another connection added columns: learn them, then write again.
@@ -632,9 +686,11 @@ class Storage(SQLStorage):
             self._add_fields(fresh)
         # Within the batch's transaction (the write lock held): columns another
         # connection added are harmless (absent fields, as for _store's INSERT).
-        rows = [(pk, dumps(record)) for pk, record in batch]
+        shadow = self._shadow
+        order, hint = shadow.order, _HINT.get
+        hinted = [(pk, dumps(r), *map(hint, map(type, map(r.get, order)))) for pk, r in batch]
         with self._db() as conn:
-            conn.executemany(self._shadow.bulk, rows)
+            conn.executemany(shadow.bulk, hinted)
 
     def _commit(self) -> None:
         committed = False
@@ -804,9 +860,10 @@ class Storage(SQLStorage):
             sql = (
                 f"UPDATE {self._qtable} SET {shadow.set_all} WHERE pk = ?2 "
                 f"AND (SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4 "
-                f"AND ({_numbered(leaf.frag.sql, 5)})"
+                f"AND ({_numbered(leaf.frag.sql, 5 + len(shadow.order))})"
             )
-            params = (body, pk, self._columns_key, shadow.text, *leaf.frag.params)
+            hints = _hints(record, shadow.order)
+            params = (body, pk, self._columns_key, shadow.text, *hints, *leaf.frag.params)
             with self._db() as conn:
                 if conn.execute(sql, params).rowcount == 1:
                     return True
