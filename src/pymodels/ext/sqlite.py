@@ -266,10 +266,10 @@ def _shadow_of(table: str, text: str | None) -> _Shadow:
     over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 3))
     bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
     guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
+    over2_hinted5 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
     # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
-    over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
     upsert = (
-        f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} WHERE {guard} "
+        f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2_hinted5} WHERE {guard} "
         "ON CONFLICT (pk) DO UPDATE SET body = excluded.body"
         + "".join(f", {n} = excluded.{n}" for n in names)
     )
@@ -688,6 +688,7 @@ class Storage(SQLStorage):
         # connection added are harmless (absent fields, as for _store's INSERT).
         shadow = self._shadow
         order, hint = shadow.order, _HINT.get
+        # _hints written out, sparing the bulk path a Python call per record.
         hinted = [(pk, dumps(r), *map(hint, map(type, map(r.get, order)))) for pk, r in batch]
         with self._db() as conn:
             conn.executemany(shadow.bulk, hinted)
