@@ -651,15 +651,14 @@ class Storage(SQLStorage):
         body = dumps(record)
         while True:
             shadow = self._shadow_for(record)
+            hints = _hints(record, shadow.order)
             with self._db() as conn:
                 if not overwrite:
                     # A new row: columns this storage does not know of yet keep their
                     # defaults, which are right for the fields the record lacks (it has
                     # none of them, or it would have added or learnt them just now).
-                    hints = _hints(record, shadow.order)
                     written: int = conn.execute(shadow.insert, (pk, body, *hints)).rowcount
                     return written == 1
-                hints = _hints(record, shadow.order)
                 params = (pk, body, self._columns_key, shadow.text, *hints)
                 if conn.execute(shadow.upsert, params).rowcount == 1:
                     return True

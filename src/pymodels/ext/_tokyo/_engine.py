@@ -685,16 +685,16 @@ class TokyoStorage(BaseStorage):
             return self._count()
         try:
             with self._search_lock:
-                sure = [b.conds for b in plan.blocks if b.check is None]
                 if plan.checked and not plan.disjoint:
                     return self._count_union(plan.blocks)
+                sure = [b for b in plan.blocks if b.check is None]
                 total = 0
                 if len(sure) == 1 or (sure and plan.disjoint):
                     # One count per block, nothing but the number comes back.
-                    for conds in sure:
-                        total += self._count_block(conds)
+                    for block in sure:
+                        total += self._count_block(block.conds)
                 elif sure:
-                    total += self._count_union([b for b in plan.blocks if b.check is None])
+                    total += self._count_union(sure)
                 if plan.checked:
                     total += self._count_checked(plan)
                 return total
