@@ -260,7 +260,18 @@ def test_a_query_in_pk_order_streams_without_a_list_of_its_matches() -> None:
 def test_the_scan_is_the_reference_scan() -> None:
     """The specialised tests of common lookups decide as the contract does, kinds included."""
     storage = _storage()
-    records = [*_people(200), {"name": 5}, {"name": "5"}, {"age": True}, {"age": 30.0}]
+    records = [
+        *_people(200),
+        {"name": 5},
+        {"name": "5"},
+        {"age": True},
+        {"age": 30.0},
+        {"age": "30"},
+        {"age": None},
+        {"age": [40]},
+        {"age": 2**60},
+        {"age": -0.5},
+    ]
     by_pk = {f"k{i:03}": record for i, record in enumerate(records)}
     for pk, record in by_pk.items():
         storage.save(record, primary_key=pk)
@@ -270,6 +281,9 @@ def test_the_scan_is_the_reference_scan() -> None:
         {"age": 30},
         {"age__gt": 25},
         {"age__lte": 25.5},
+        {"age__gte": 30},
+        {"age__lt": 18.5},
+        {"age__gt": 2**59},
         {"name__gt": "n5"},
         {"name__gt": "n5", "age__lt": 24},
     ):
