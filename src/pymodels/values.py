@@ -353,10 +353,14 @@ def strict_equal(a: Any, b: Any) -> bool:
 def copy_value(value: Any) -> Any:
     """A copy of a domain value that shares no list or dict with it (scalars are immutable)."""
     t = type(value)
+    # Scalars are kept without a call: records are mostly scalars, and a call per
+    # field was most of what a memory get or save cost.
     if t is dict:
-        return {k: copy_value(v) for k, v in value.items()}
+        return {
+            k: copy_value(v) if type(v) is dict or type(v) is list else v for k, v in value.items()
+        }
     if t is list:
-        return [copy_value(v) for v in value]
+        return [copy_value(v) if type(v) is dict or type(v) is list else v for v in value]
     return value
 
 
