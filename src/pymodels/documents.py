@@ -845,6 +845,13 @@ def from_record(
         # __dict__ is left to Python, which makes an empty one on first use.
         # So are pydantic's own slots: __getattr__ answers them (_PYDANTIC_UNSET).
         doc = _new(cls)
+        if version_field is None and not partial:
+            # The commonest document (first(), get(None, pk)): _attach's three
+            # slots set here, without its call.
+            _SET_PK(doc, pk)
+            _SET_STORAGE(doc, storage)
+            _SET_EXTRA(doc, record)
+            return doc
         return _attach(doc, storage, pk, record, record, version_field, partial)
     declared: dict[str, Any] = {}
     extra: dict[str, Any] = {}

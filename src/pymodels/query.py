@@ -112,6 +112,16 @@ class BaseQuery(Generic[D]):
         new.__dict__ = state
         return new
 
+    def _clone_with(self, name: str, value: Any) -> Self:
+        # _clone of one change, for where() and q[:n] (run per query): no dict
+        # of changes built and merged.
+        new = _new(self.__class__)
+        state = self.__dict__.copy()
+        state[name] = value
+        state["_compiled_cache"] = None
+        new.__dict__ = state
+        return new
+
     # ------------------------------------------------------- engine hooks
     # A backend overrides these. The defaults ask the storage's side of them
     # (``_compile_condition``, ``_select``, ...), whose own defaults describe
@@ -193,7 +203,7 @@ class BaseQuery(Generic[D]):
             self._check_paths(cond)
         if self._offset or self._limit is not None:
             self._unsliced("where")
-        return self._clone({"_where": cond if self._where is ALL else And.of(self._where, cond)})
+        return self._clone_with("_where", cond if self._where is ALL else And.of(self._where, cond))
 
     def where_not(self, *conditions: Condition, **lookups: Any) -> Self:
         """Records for which each argument fails (each negated, then ANDed)."""
@@ -261,6 +271,18 @@ class BaseQuery(Generic[D]):
         # One check for every backend: each engine would fail differently on a
         # negative, stepped or beyond-int64 bound (or quietly wrap it).
         if isinstance(index, slice):
+            stop = index.stop
+            if (
+                index.start is None
+                and index.step is None
+                and type(stop) is int
+                and 0 <= stop <= INT_MAX
+                and not self._offset
+                and self._limit is None
+            ):
+                # q[:n] of an unsliced query, the commonest slice: the general
+                # path below gives offset 0 and limit n, and raises nothing.
+                return self._clone_with("_limit", stop)
             if index.step is not None and (_bad_bound(index.step) or index.step != 1):
                 raise InvalidQuery(f"query slices take no step (got {index.step!r})")
             for bound in (index.start, index.stop):
