@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from pymodels.ext._sql import encoding
 from pymodels.testing.strategies import records
@@ -39,6 +40,16 @@ def test_without_the_c_accelerator_the_text_is_the_same(record: dict[str, Any]) 
     assert pure(record) == encoding.dumps(record)
 
 
+@given(st.lists(records(), max_size=5))
+def test_a_batch_is_encoded_as_each_record_alone(batch: list[dict[str, Any]]) -> None:
+    # dumps_each is the bulk save's path to the bodies: the text must not depend on it.
+    expected = [_reference(record) for record in batch]
+    assert encoding.dumps_each(batch) == expected
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoding, "_c_plain", None)
+        assert encoding.dumps_each(batch) == expected
+
+
 def test_the_c_encoder_is_the_one_in_use() -> None:
     # The speed is the point: a platform without the accelerator would pass the
     # tests above silently slower, so say it.
@@ -46,6 +57,7 @@ def test_the_c_encoder_is_the_one_in_use() -> None:
         pytest.skip("this Python's json has no C accelerator")
     assert encoding._dumps_plain.__name__ == "encode"
     assert encoding._dumps_plain.__qualname__.startswith("_compact_encoder")
+    assert encoding._c_plain is not None
 
 
 def test_non_finite_floats_and_unknown_types_are_refused() -> None:

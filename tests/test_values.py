@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from pymodels import ValidationError
 from pymodels.pks import _encode, _encode_run, new_pk, new_pks
+from pymodels.storage import batch_records
 from pymodels.testing.strategies import records
 from pymodels.testing.suite import run_in_threads
 from pymodels.values import stored_record, validate_record
@@ -55,6 +57,11 @@ def test_a_record_in_stored_form_is_not_copied() -> None:
         {"a": (1, 2)},
         {"a": [1, None]},
         {1: "x"},
+        {"a": ["ok", "nul\x00"]},
+        {"a": ["ok", "\ud800"]},
+        {"a": -(2**63) - 1},
+        {"a": float("-inf")},
+        {"a": {"b": 2**63}},
     ],
 )
 def test_invalid_records_fail_both_ways(record: dict[Any, Any]) -> None:
@@ -83,3 +90,23 @@ def test_new_pks_continue_one_increasing_sequence() -> None:
     assert len(set(out)) == len(out) == 4 * 503
     assert new_pks(0) == []
     assert all(len(pk) == 26 for pk in out)
+
+
+def test_batch_records_gives_each_items_record_up_to_the_first_failure() -> None:
+    batch: list[Any] = [
+        {"a": 1},
+        {"a": None, "b": 2},
+        MappingProxyType({"c": 3}),
+        {"d": [4, "x"]},
+        [("e", 5)],
+        {"f": 6},
+    ]
+    records, failure = batch_records(10, batch)
+    assert records == [{"a": 1}, {"b": 2}, {"c": 3}, {"d": [4, "x"]}]
+    assert records[0] is batch[0] and records[1] is not batch[1]
+    assert failure is not None
+    index, error = failure
+    assert index == 14 and "not list" in str(error)
+    records, failure = batch_records(0, [{"a": 1}, {"a": float("nan")}, {"a": 2}])
+    assert records == [{"a": 1}] and failure is not None and failure[0] == 1
+    assert batch_records(3, [{"a": 1}]) == ([{"a": 1}], None)

@@ -51,7 +51,15 @@ from .features import Features
 from .ordering import OrderKey, parse_order, sort_items
 from .pks import new_pk, new_pks
 from .query import BaseQuery, Compiled, Item
-from .values import MISSING, check_pk, get_path, stored_record, strict_equal
+from .values import (
+    MISSING,
+    check_pk,
+    get_path,
+    stored_dict,
+    stored_record,
+    strict_equal,
+    validate_record,
+)
 
 __all__ = [
     "OPTIONAL_HOOKS",
@@ -502,18 +510,15 @@ class BaseStorage(abc.ABC):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         written: list[str] = []
-        batch: list[Any] = []
         start = 0  # the index of batch[0] among all items
         # Plain lists of the caller's items and of pks: no object per item
         # (tuples holding records would be work for the garbage collector).
-        for item in items:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                self._save_batch(start, batch, written)
-                start += len(batch)
-                batch = []
-        if batch:
+        # islice takes each batch in C, no Python step per item; like a loop it
+        # takes no item past the batch before saving it.
+        it = iter(items)
+        while batch := list(itertools.islice(it, batch_size)):
             self._save_batch(start, batch, written)
+            start += len(batch)
         return written
 
     # ---- reading
@@ -955,6 +960,10 @@ class BaseStorage(abc.ABC):
 def batch_has_documents(batch: Sequence[Any]) -> bool:
     """Whether a ``save_many`` batch holds a Document (whose save plans its own writes:
     indexes, references, saved state), rather than plain mappings only."""
+    # The set of item types is gathered in C: a batch of dicts alone (the common
+    # case) needs no Python step per item.
+    if set(map(type, batch)) <= {dict}:
+        return False
     return any(type(item) is not dict and isinstance(item, Document) for item in batch)
 
 
@@ -968,15 +977,25 @@ def batch_records(
     write the records, then raise ``BulkWriteError`` for the failure, if any.
     """
     records: list[dict[str, Any]] = []
-    for index, item in enumerate(batch, start):
+    append = records.append
+    for item in batch:
+        # stored_record's common case without its call: a dict in stored form is
+        # its own record (the loop runs for every record a bulk save writes).
+        if type(item) is dict and stored_dict(item):
+            append(item)
+            continue
         try:
-            if type(item) is not dict and not isinstance(item, Mapping):
+            if type(item) is dict:
+                append(validate_record(item))
+                continue
+            if not isinstance(item, Mapping):
                 raise ValidationError(
                     f"save_many takes Documents or mappings, not {type(item).__name__}"
                 )
-            records.append(stored_record(item))
+            append(stored_record(item))
         except ValidationError as e:
-            return records, (index, e)
+            # Every item before this one gave a record.
+            return records, (start + len(records), e)
     return records, None
 
 

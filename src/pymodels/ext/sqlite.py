@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -58,7 +59,7 @@ from ..backend import (
 )
 from ._sql.compiler import PARAM, Compiler, Frag, valid_path
 from ._sql.connections import Guard, ThreadConnections
-from ._sql.encoding import RANK, dumps, loads, loads_rows
+from ._sql.encoding import RANK, dumps, dumps_each, loads, loads_rows
 from ._sql.query import SQLQuery, any_container, order_paths
 from ._sql.sqlite_dialect import (
     ShadowDialect,
@@ -680,18 +681,23 @@ class Storage(SQLStorage):
                 conn.executemany(f"INSERT INTO {self._qtable} (pk, body) VALUES (?, ?)", rows)
             return
         batch = list(items)
+        if not batch:
+            return
+        pks, records = zip(*batch, strict=True)
         known = self._shadow.fields
-        fresh = [name for _, r in batch if not known.issuperset(r) for name in r]
-        if fresh:
-            self._add_fields(fresh)
+        if not all(map(known.issuperset, records)):
+            self._add_fields([name for r in records if not known.issuperset(r) for name in r])
         # Within the batch's transaction (the write lock held): columns another
         # connection added are harmless (absent fields, as for _store's INSERT).
         shadow = self._shadow
-        order, hint = shadow.order, _HINT.get
-        # _hints written out, sparing the bulk path a Python call per record.
-        hinted = [(pk, dumps(r), *map(hint, map(type, map(r.get, order)))) for pk, r in batch]
+        n = len(records)
+        # _hints computed field by field over the whole batch and the rows made
+        # by zip: no Python step per record (records are dicts: stored form).
+        hint, get = _HINT.get, dict.get
+        hints = [map(hint, map(type, map(get, records, repeat(f, n)))) for f in shadow.order]
+        rows = list(zip(pks, dumps_each(records), *hints, strict=True))
         with self._db() as conn:
-            conn.executemany(shadow.bulk, hinted)
+            conn.executemany(shadow.bulk, rows)
 
     def _commit(self) -> None:
         committed = False
