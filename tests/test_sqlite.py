@@ -1170,3 +1170,28 @@ def test_foreign_bodies_get_their_columns_from_a_rebuild(tmp_path: Path) -> None
             assert counts[0] == counts[1], (way, lookups)
     shadow.close()
     legacy.close()
+
+
+def test_a_container_equality_beside_strings_of_the_same_field_answers(tmp_path: Path) -> None:
+    """SQLite may test a list's canonical form on a row holding a string (found by the soak)."""
+    storage = pymodels.get_storage({"backend": "sqlite", "path": str(tmp_path / "db.sqlite")})
+    records: dict[str, dict[str, Any]] = {
+        "00": {"name": "", "age": False},
+        "0": {"name": []},
+        "1": {"name": "[]", "age": False},
+        "2": {"name": [], "age": False},
+        "3": {"name": "[" * 5000, "age": False},
+        "4": {"name": '{"$": "nonsense"}', "age": False},
+    }
+    for pk, record in records.items():
+        storage.save(record, primary_key=pk)
+    spec = {
+        "where": [
+            ("lookup", "age", False),
+            ("or", [("lookup", "name", ""), ("lookup", "name", [])]),
+            ("lookup", "name", []),
+        ]
+    }
+    q = storage.query().where(age=False).where(Q(name="") | Q(name=[])).where(name=[])
+    assert [d.pk for d in q] == oracle.run(records, spec) == ["2"]
+    storage.close()

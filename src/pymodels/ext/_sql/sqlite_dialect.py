@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from ...backend import INT_MAX, INT_MIN, Change, kind_of
+from ...errors import ValidationError
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
 from .encoding import RANK, canonical, canonical_from_json, dumps, loads, sort_key
 
@@ -73,7 +74,17 @@ def _pm_like(text: Any, value: str) -> int:
 
 
 def _pm_canon(text: Any) -> Any:
-    return canonical_from_json(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        return canonical_from_json(text)
+    except (ValidationError, ValueError, RecursionError):
+        # SQLite may call this before the rank term beside it in the same AND
+        # (it promises no order), on a row whose value is a string: json_extract
+        # then gives the string's own text, not JSON (or JSON nested too deep,
+        # or looking tagged). The rank term rejects that row whatever this
+        # returns, so no value is the answer, not an error.
+        return None
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
