@@ -39,7 +39,6 @@ import pydantic
 
 from ..backend import (
     OPS,
-    PK_ORDER,
     BaseQuery,
     BaseSettings,
     Change,
@@ -60,7 +59,7 @@ from ..backend import (
 from ._sql.compiler import PARAM, Compiler, Frag, valid_path
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import RANK, dumps, dumps_each, loads, loads_rows
-from ._sql.query import SQLQuery, any_container, order_paths
+from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import (
     ShadowDialect,
     SQLiteDialect,
@@ -68,7 +67,7 @@ from ._sql.sqlite_dialect import (
     register_functions,
     shadow_names,
 )
-from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
+from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage, settled_page
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 
@@ -861,13 +860,7 @@ class Storage(SQLStorage):
         statement = view.compiler.select(condition, self._table, order, offset, limit)
         if statement is None:
             return None
-        rows = loads_rows(self._fetchall(*statement))
-        if order is PK_ORDER:
-            return rows  # pks are never lists or dicts
-        paths = order_paths(order)
-        if paths and any_container(rows, paths):
-            return None  # a list or dict at an order key: the general path repairs it
-        return rows
+        return settled_page(loads_rows(self._fetchall(*statement)), order)
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any

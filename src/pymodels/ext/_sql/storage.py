@@ -34,6 +34,20 @@ KEY_COLUMNS = "pk, NULL"
 META_TABLE = "pymodels_meta"
 
 
+def settled_page(rows: list[Item], order: tuple[OrderKey, ...]) -> list[Item] | None:
+    """``rows``, a page the engine ordered by ``order``, or None where it may be wrong.
+
+    A list or dict at an order key sorts by the contract's rules, not the engine's:
+    the general path repairs that page. Pks are never lists or dicts.
+    """
+    if order is PK_ORDER:
+        return rows
+    paths = order_paths(order)
+    if paths and any_container(rows, paths):
+        return None
+    return rows
+
+
 class SQLStorage(BaseStorage):
     """Records as JSON in one table of a SQL database."""
 
@@ -207,13 +221,7 @@ class SQLStorage(BaseStorage):
         statement = self._compiler.select(condition, self._table, order, offset, limit)
         if statement is None:
             return None
-        rows = self._fetch_records(*statement)
-        if order is PK_ORDER:
-            return rows  # pks are never lists or dicts
-        paths = order_paths(order)
-        if paths and any_container(rows, paths):
-            return None  # a list or dict at an order key: the general path repairs it
-        return rows
+        return settled_page(self._fetch_records(*statement), order)
 
     def _count_where(self, where: Frag | None) -> int:
         return self._scalar(self._dialect.count(self._table, where))
