@@ -32,8 +32,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ...backend import INT_MAX, INT_MIN, Change, kind_of
-from ...errors import ValidationError
+from ...backend import INT_MAX, INT_MIN, Change, ValidationError, kind_of
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
 from .encoding import RANK, canonical, canonical_from_json, dumps, loads, sort_key
 
