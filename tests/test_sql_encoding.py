@@ -56,7 +56,7 @@ def test_the_c_encoder_is_the_one_in_use() -> None:
     if getattr(json.encoder, "c_make_encoder", None) is None:
         pytest.skip("this Python's json has no C accelerator")
     assert encoding._dumps_plain.__name__ == "encode"
-    assert encoding._dumps_plain.__qualname__.startswith("_compact_encoder")
+    assert encoding._dumps_plain.__qualname__.startswith("_joined")
     assert encoding._c_plain is not None
 
 

@@ -863,11 +863,8 @@ class Storage(SQLStorage):
         # the calls through the layers (properties, _fetch_records, ...).
         if limit is None or limit > self._page_size:
             return None
-        view = self._view
-        if view.shadow.text is not None and time.monotonic() - self._synced_at >= SHADOW_RECHECK:
-            self._sync_columns_now_and_then()
-            view = self._view
-        statement = view.compiler.select(condition, self._table, order, offset, limit)
+        self._sync_columns_now_and_then()
+        statement = self._view.compiler.select(condition, self._table, order, offset, limit)
         if statement is None:
             return None
         return settled_page(loads_rows(self._fetchall(*statement)), order)

@@ -194,7 +194,11 @@ def _compact_encoder(default: Any = None, sort_keys: bool = False) -> Callable[[
     exists, the encoder is built here once (see :func:`_c_encoder`).
     """
     encoder = _json_encoder(default, sort_keys)
-    c_encode = _c_encoder(encoder)
+    return _joined(encoder, _c_encoder(encoder))
+
+
+def _joined(encoder: json.JSONEncoder, c_encode: Any) -> Callable[[Any], str]:
+    """``encoder.encode`` through ``c_encode`` (its C twin, or None) when there is one."""
     if c_encode is None:
         return encoder.encode
 
@@ -204,9 +208,10 @@ def _compact_encoder(default: Any = None, sort_keys: bool = False) -> Callable[[
     return encode
 
 
-_dumps_plain: Final = _compact_encoder(default=_tagged)
-# The same encoder again, for dumps_each (None without the C accelerator).
-_c_plain: Final = _c_encoder(_json_encoder(_tagged, False))
+_plain: Final = _json_encoder(_tagged, False)
+# Its C encoder (None without the accelerator): dumps maps it per value, dumps_each over a list.
+_c_plain: Final = _c_encoder(_plain)
+_dumps_plain: Final = _joined(_plain, _c_plain)
 
 
 def dumps(value: Any) -> str:
