@@ -121,10 +121,11 @@ PAGE_SIZE = 16384
 #: holds 500 pages of 16 KiB, as many pages as SQLite's default 2000 KiB holds at
 #: its default 4 KiB pages. The cache grows only as pages are read.
 CACHE_KIB = 8000
-#: The default ``mmap_size`` (128 MiB, as Rails sets for SQLite): random lookups read
-#: pages from the OS page cache without a read() call and a 16 KiB copy each, about
-#: 20% less per indexed lookup on a file larger than the page cache.
-MMAP_SIZE = 128 * 1024 * 1024
+#: The default ``mmap_size``: none. A map makes random lookups on a file larger than
+#: the page cache about 20% cheaper, but turns a disk read error into SIGBUS (the
+#: process ends) instead of an exception, and its pages count in the process's RSS
+#: (docs/sqlite.md, "Memory map"): a setting to opt into, not a default.
+MMAP_SIZE = 0
 #: Rows pulled from SQLite at a time while iterating.
 FETCH_SIZE = 500
 #: Parameters per ``pk IN (...)`` (SQLite allows 32766 since 3.32).
@@ -152,8 +153,9 @@ class Settings(BaseSettings):
     #: may lose the last commits on power loss) or FULL (durable against both).
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     #: PRAGMA mmap_size: bytes of the file SQLite reads through a memory map instead
-    #: of read() calls (0: none). Only reads: writes still go through the WAL and
-    #: its syncs, so durability is the same either way (docs/sqlite.md, "Memory map").
+    #: of read() calls (0, the default: none). Only reads: writes still go through the
+    #: WAL and its syncs, so durability is the same either way (docs/sqlite.md,
+    #: "Memory map").
     mmap_size: int = pydantic.Field(default=MMAP_SIZE, ge=0)
 
     @pydantic.field_validator("table")
