@@ -7,9 +7,10 @@ processes may share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``).
 Layout: one table per storage (setting ``table``, default ``documents``) with
 ``pk TEXT PRIMARY KEY`` and ``body TEXT`` holding the record as tagged JSON
 (:mod:`pymodels.ext._sql.encoding`), and beside it two shadow columns per
-top-level field (up to :data:`SHADOW_MAX` fields) holding the field's kind rank
-and value, written with ``body`` (docs/sqlite.md, "Shadow columns"); the
-library's own data lives in the separate table ``pymodels_meta``.
+top-level field (up to :data:`SHADOW_MAX` fields; none for a field first written
+with a long value, :data:`SHADOW_VALUE_MAX`) holding the field's kind rank and
+value, written with ``body`` (docs/sqlite.md, "Shadow columns"); the library's
+own data lives in the separate table ``pymodels_meta``.
 Queries: every lookup runs in SQL (some through functions registered on each
 connection, such as ``pm_lower`` for ``str.lower()``); ordering, offset and
 limit too, except among lists and dicts at an order key, sorted in Python.
@@ -29,7 +30,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -107,6 +108,12 @@ LEGACY_FORMAT = "1"
 #: write computes all of them, so wide records pay per column; further fields are
 #: queried through expressions over ``body`` as before.
 SHADOW_MAX = 32
+#: A field first written with a value longer than this in stored JSON (characters:
+#: a text, a blob, a large list or dict) gets no shadow columns: its value column
+#: would hold a second copy of it in every row, doubling the file and each write for
+#: a field queries rarely filter on. Such fields are queried through the expressions
+#: over ``body`` (the same answers); an index on one still gets its columns.
+SHADOW_VALUE_MAX = 256
 #: How often (seconds) a storage looks whether another connection added shadow
 #: columns before it runs a query (writes check on every statement; a query that
 #: does not know a column is only slower, never wrong).
@@ -318,6 +325,15 @@ def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tupl
     return out
 
 
+def _long(value: Any) -> bool:
+    """Whether ``value`` takes more than :data:`SHADOW_VALUE_MAX` characters stored."""
+    if type(value) is str:
+        return len(value) > SHADOW_VALUE_MAX
+    if isinstance(value, (bytes, list, dict)):
+        return len(dumps(value)) > SHADOW_VALUE_MAX
+    return False
+
+
 #: The rank of a top-level value of these exact types, known before SQLite parses
 #: the body: ``dumps`` writes them as plain JSON (text, a number, true or false, an
 #: array, null, or an object none of whose keys is the tag ``"$"``, since field
@@ -454,6 +470,10 @@ class Storage(SQLStorage):
         self._pending = None
         self._prepare_statements()
         self._columns_key = f"{self._table}.columns"
+        # The fields kept without columns (see SHADOW_VALUE_MAX), as last read from
+        # the meta table's list under this key: decided once per table, not per writer.
+        self._unshadowed_key = f"{self._table}.unshadowed"
+        self._unshadowed: frozenset[str] = frozenset()
         self._synced_at = 0.0
         # Files: one connection per thread. In memory, one connection (each
         # connection would get a database of its own) used under self._lock.
@@ -697,7 +717,10 @@ class Storage(SQLStorage):
         pks, records = zip(*batch, strict=True)
         known = self._shadow.fields
         if not all(map(known.issuperset, records)):
-            self._add_fields([name for r in records if not known.issuperset(r) for name in r])
+            settled = known | self._unshadowed
+            unsettled = [r for r in records if not settled.issuperset(r)]
+            if unsettled:
+                self._add_fields_of(unsettled)
         # Within the batch's transaction (the write lock held): columns another
         # connection added are harmless (absent fields, as for _store's INSERT).
         shadow = self._shadow
@@ -784,8 +807,22 @@ class Storage(SQLStorage):
             with self._db() as conn:
                 self._sync_columns(conn)
 
-    def _add_fields(self, names: Iterable[str]) -> None:
+    def _add_fields_of(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Give the fields of ``records`` that have none shadow columns, except those
+        whose first value here is longer than :data:`SHADOW_VALUE_MAX` (see there)."""
+        firsts: dict[str, Any] = {}
+        for record in records:
+            for name, value in record.items():
+                firsts.setdefault(name, value)
+        self._add_fields(firsts, values=firsts)
+
+    def _add_fields(self, names: Iterable[str], values: Mapping[str, Any] | None = None) -> None:
         """Give top-level fields ``names`` shadow columns, up to :data:`SHADOW_MAX` fields.
+
+        With ``values`` (a first value of each field), a field the table keeps
+        without columns, or whose value is longer than :data:`SHADOW_VALUE_MAX`, gets
+        none (the latter joins the table's list of such fields); without, as for
+        an index's fields, every field gets them.
 
         One transaction (joining the caller's): for each field, two ``ALTER TABLE
         ADD COLUMN`` (instant in SQLite: existing rows read the defaults, rank 0 and
@@ -800,6 +837,8 @@ class Storage(SQLStorage):
             shadow = self._shadow
             fields: list[str] = list(json.loads(str(shadow.text)))
             new = [n for n in dict.fromkeys(names) if n not in shadow.fields and valid_path((n,))]
+            if values is not None and new:
+                new = self._without_long(conn, new, values)
             new = new[: SHADOW_MAX - len(fields)]
             if not new:
                 return
@@ -830,10 +869,34 @@ class Storage(SQLStorage):
                 raise
             self._use_columns(text, conn)
 
+    def _without_long(
+        self, conn: sqlite3.Connection, names: list[str], values: Mapping[str, Any]
+    ) -> list[str]:
+        """``names`` less the fields kept without columns: those the table's list
+        holds, and those whose value in ``values`` is long, which join the list
+        (inside the caller's transaction, so the decision is the table's)."""
+        row = conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE name = ?", (self._unshadowed_key,)
+        ).fetchone()
+        kept: list[str] = [] if row is None else list(json.loads(row[0]))
+        known = set(kept)
+        long = [n for n in names if n not in known and _long(values.get(n))]
+        if long:
+            kept += long
+            conn.execute(
+                f"INSERT OR REPLACE INTO {META_TABLE} (name, value) VALUES (?, ?)",
+                (self._unshadowed_key, json.dumps(kept)),
+            )
+        self._unshadowed = frozenset(kept)
+        return [n for n in names if n not in self._unshadowed]
+
     def _shadow_for(self, record: dict[str, Any]) -> _Shadow:
         """The shadow columns to write ``record`` with: its new fields given theirs first."""
-        if not self._shadow.fields.issuperset(record):
-            self._add_fields(record)
+        shadow = self._shadow
+        if not shadow.fields.issuperset(record) and not (
+            shadow.fields | self._unshadowed
+        ).issuperset(record):
+            self._add_fields_of([record])
         return self._shadow
 
     def _rebuild_columns(self) -> int:
@@ -909,9 +972,13 @@ class Storage(SQLStorage):
                 # fields this update creates theirs, before computing any.
                 with self._db() as conn:
                     self._sync_columns(conn)
-                made = [c.path[0] for c in changes if c.op != "unset"]
-                if not self._shadow.fields.issuperset(made):
-                    self._add_fields(made)
+                made = {
+                    c.path[0]: c.value if len(c.path) == 1 else None
+                    for c in changes
+                    if c.op != "unset"
+                }
+                if not (self._shadow.fields | self._unshadowed).issuperset(made):
+                    self._add_fields_of([made])
             columns = self._shadow.columns
             touched = [f for f in dict.fromkeys(c.path[0] for c in changes) if f in columns]
             done: set[str] = set()
