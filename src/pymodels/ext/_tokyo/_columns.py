@@ -803,8 +803,10 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     # record lacking some of the layout's columns is still read by the layout alone.
     # Columns are decoded in the dump's order either way. This loop and the walk below
     # decode a value alike: change them together.
+    skipped = 0
     for head, head_size, name, decode in shape.layout:
         if not buf.startswith(head, i):
+            skipped += 1
             continue
         i += head_size
         size = buf[i]
@@ -830,7 +832,9 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
         except _BAD_COLUMN:
             record[name] = decode_text(raw)
     end = len(buf)
-    if i >= end:
+    # Passing over more of the layout than was decoded counts as a miss (below): a layout
+    # learnt from a wide record would otherwise cost every narrow one its length.
+    if i >= end and skipped <= len(record):
         return record
     while i < end:
         # _size_at inlined twice: this loop runs per column of every record read.
