@@ -57,6 +57,7 @@ try:
         compile_condition,
         gates_hold,
     )
+    from pymodels.ext._tokyo._format import parse_map, vnum
     from pymodels.ext.tokyo_cabinet import Storage, features
     from pymodels.ext.tokyo_cabinet._binding import (
         Cond,
@@ -209,6 +210,48 @@ def test_codec_round_trips_every_record(record: dict[str, Any]) -> None:
     expected = stored_form(record)
     encoded = encode_dump(pymodels.values.validate_record(record))
     assert identical(decode_dump(encoded), expected)
+
+
+def _dump(columns: dict[bytes, bytes]) -> bytes:
+    """Columns in ``tcmapdump`` form, in their order (as another client may write them)."""
+    return b"".join(vnum(len(c)) + c + vnum(len(v)) + v for c, v in columns.items())
+
+
+@given(
+    records=st.lists(pst.records(big_floats=True), min_size=1, max_size=8),
+    rnd=st.randoms(use_true_random=False),
+)
+@settings(max_examples=pst.examples(300), deadline=None)
+def test_dumps_decoded_in_a_row_each_decode_as_alone(
+    records: list[dict[str, Any]], rnd: random.Random
+) -> None:
+    # decode_dump matches a record's columns against those of records read before it
+    # (a layout per shape): whatever came before, each dump decodes to its own record,
+    # fields in its own order. Each record comes as saved, with its fields in another
+    # order, without one field, and with a column records leave out (another client's)
+    # among its columns.
+    cases: list[tuple[bytes, dict[str, Any]]] = []
+    for record in records:
+        valid = pymodels.values.validate_record(record)
+        items = list(valid.items())
+        shuffled = dict(rnd.sample(items, len(items)))
+        fewer = dict(items[1:])
+        columns = parse_map(encode_dump(valid))
+        hidden = list(columns.items())
+        hidden.insert(rnd.randint(0, len(hidden)), (b"_num", b"7"))
+        for variant, dump in [
+            (valid, encode_dump(valid)),
+            (shuffled, encode_dump(shuffled)),
+            (fewer, encode_dump(fewer)),
+            (valid, _dump(dict(hidden))),
+        ]:
+            cases.append((dump, stored_form(variant)))
+    for _ in range(3):
+        rnd.shuffle(cases)
+        for dump, expected in cases:
+            decoded = decode_dump(dump)
+            assert identical(decoded, expected)
+            assert list(decoded) == list(expected)
 
 
 def test_field_names_with_separators_round_trip(storage: Storage) -> None:

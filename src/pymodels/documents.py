@@ -34,7 +34,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, Self, Union
 
 import pydantic
 from pydantic import Field
@@ -506,6 +506,9 @@ Model = Document
 _SET_PK, _SET_STORAGE, _SET_EXTRA, _SET_VERSION = (
     Document.__dict__[name].__set__ for name in ("_pk", "_storage", "_extra", "_version")
 )
+#: The slot setters that make a free-form document of a stored record: its pk, storage
+#: and fields (the record itself), as from_record sets them; for storage.get's fast path.
+FREE_FORM_SETTERS: Final = (_SET_PK, _SET_STORAGE, _SET_EXTRA)
 
 
 def _attach(

@@ -117,6 +117,10 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
 
 D = TypeVar("D", bound="Document")
 
+# What from_record does for a free-form Document, which get(None, pk) does inline.
+_new_document = object.__new__
+_SET_PK, _SET_STORAGE, _SET_EXTRA = documents.FREE_FORM_SETTERS
+
 
 class BaseSettings(pydantic.BaseModel):
     """Settings every backend accepts; backends subclass it with their own keys."""
@@ -530,14 +534,26 @@ class BaseStorage(abc.ABC):
 
     def get(self, doc_class: type[D] | None, pk: str) -> D | Document:
         """The document under ``pk``; :class:`DoesNotExist` if missing or not a member."""
-        cls: type[Document] = doc_class or Document
         if self.closed:
             self._check_open()
-        record = self._load(check_pk(pk))
-        # Every record is a free-form Document: only a class has members to test.
-        if record is None or (doc_class is not None and not documents.is_member(cls, record)):
-            raise DoesNotExist(f"no {cls.__name__} with pk {pk!r}")
-        return documents.from_record(cls, self, pk, record)
+        # check_pk's tests inline for the common pk, which it would return unchanged: a
+        # call fewer on the path of every get (check_pk raises for the others).
+        if type(pk) is not str or not pk.isascii() or not pk or "\x00" in pk:
+            check_pk(pk)
+        record = self._load(pk)
+        if doc_class is None:
+            # Every record is a free-form Document: no member test, and what
+            # from_record does for Document, without its lookups.
+            if record is None:
+                raise DoesNotExist(f"no Document with pk {pk!r}")
+            doc = _new_document(Document)
+            _SET_PK(doc, pk)
+            _SET_STORAGE(doc, self)
+            _SET_EXTRA(doc, record)
+            return doc
+        if record is None or not documents.is_member(doc_class, record):
+            raise DoesNotExist(f"no {doc_class.__name__} with pk {pk!r}")
+        return documents.from_record(doc_class, self, pk, record)
 
     def get_many(self, doc_class: type[D] | None, pks: Iterable[str]) -> list[D | None]:
         """Documents for several pks, aligned with them; None for missing or non-members."""

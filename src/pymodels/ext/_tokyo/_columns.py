@@ -635,6 +635,10 @@ _DECODERS: Final[dict[str, Callable[[bytes], Any]]] = {
 
 
 _Decoder = Callable[[bytes], Any]
+#: One column of a :attr:`_Shape.layout`: the column's name in dump form (its size, then
+#: the name: see :func:`_head`), that head's length, the field name and the decoder
+#: (None: text).
+_Step = tuple[bytes, int, str, "_Decoder | None"]
 #: What a typed column that does not parse as its type raises. Another client may rewrite
 #: a column without updating ``_types``: what is there is text, so it loads as text
 #: rather than failing the whole record.
@@ -727,11 +731,19 @@ class _Shape(dict[bytes, tuple[str, "_Decoder | None"]]):
     One lookup per column read instead of a name lookup and a decoder lookup.
     """
 
-    __slots__ = ("_decoders",)
+    __slots__ = ("_decoders", "layout", "patience")
 
     def __init__(self, decoders: dict[bytes, _Decoder]) -> None:
         super().__init__()
         self._decoders = decoders
+        #: The shown columns of a record :func:`decode_dump` read with this shape, in its
+        #: order (see :data:`_Step`): the next records mostly hold the same ones in the
+        #: same order, or some of them. A guess that every read checks column by column,
+        #: so any layout gives the same records: threads may replace it at will.
+        self.layout: tuple[_Step, ...] = ()
+        #: Reads that may still miss a column of the layout (or, with no layout, the
+        #: reads until one is learnt): see decode_dump.
+        self.patience = 1
 
     def learn(self, column: bytes) -> tuple[str, _Decoder | None]:
         """The entry of a column not met before (``get`` is the fast path)."""
@@ -766,6 +778,11 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     It needs the types first, where :func:`encode_dump` writes them; a dump with
     ``_types`` elsewhere (another client's) is parsed into a map and decoded by
     :func:`decode_record`.
+
+    Records of one shape mostly hold the same columns in the same order: the columns
+    are first matched against the shape's :attr:`~_Shape.layout`, one prefix test per
+    column in place of reading its name, slicing it out and looking it up (2.9 to 2.5 us
+    for six fields). Columns the layout does not reach are read one by one after it.
     """
     global _last_types
     prefix, shape = _last_types
@@ -779,8 +796,46 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
     else:
         i = 0
         shape = _UNTYPED
+    first = i
     record: dict[str, Any] = {}
+    # Each step decodes the column at i if it is the step's column (its head holds the
+    # name's size, so a match is that column exactly) and is passed over otherwise: a
+    # record lacking some of the layout's columns is still read by the layout alone.
+    # Columns are decoded in the dump's order either way. This loop and the walk below
+    # decode a value alike: change them together.
+    skipped = 0
+    for head, head_size, name, decode in shape.layout:
+        if not buf.startswith(head, i):
+            skipped += 1
+            continue
+        i += head_size
+        size = buf[i]
+        if size < 128:
+            i += 1
+        else:
+            size, i = read_vnum(buf, i)
+        raw = buf[i : i + size]
+        i += size
+        if decode is None:
+            # decode_text inlined for its common case: valid UTF-8 without NUL.
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                text = decode_text(raw)
+            else:
+                if "\x00" in text:
+                    text = decode_text(raw)
+            record[name] = text
+            continue
+        try:
+            record[name] = decode(raw)
+        except _BAD_COLUMN:
+            record[name] = decode_text(raw)
     end = len(buf)
+    # Passing over more of the layout than was decoded counts as a miss (below): a layout
+    # learnt from a wide record would otherwise cost every narrow one its length.
+    if i >= end and skipped <= len(record):
+        return record
     while i < end:
         # _size_at inlined twice: this loop runs per column of every record read.
         # _format.parse_map walks dumps the same way: change them together.
@@ -805,7 +860,6 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
                 return decode_record(parse_map(buf))
             continue
         if decode is None:
-            # decode_text inlined for its common case: valid UTF-8 without NUL.
             try:
                 text = raw.decode()
             except UnicodeDecodeError:
@@ -819,4 +873,41 @@ def decode_dump(buf: bytes) -> dict[str, Any]:
             record[name] = decode(raw)
         except _BAD_COLUMN:
             record[name] = decode_text(raw)
+    # A layout that keeps missing columns (records of many orders) costs more than it
+    # saves: it is dropped, and learnt again from a record some reads later.
+    shape.patience -= 1
+    if shape.patience <= 0:
+        if shape.layout:
+            shape.layout = ()
+            shape.patience = _REST
+        else:
+            shape.layout = _layout_of(buf, first, shape)
+            shape.patience = _PATIENCE
     return record
+
+
+#: Reads that may miss a column of a shape's layout before it is dropped.
+_PATIENCE: Final = 4
+#: Reads of a shape without a layout before one is learnt again.
+_REST: Final = 64
+#: The most steps a layout holds: each step a record lacks costs a prefix test.
+_LAYOUT_STEPS: Final = 64
+
+
+def _layout_of(buf: bytes, i: int, shape: _Shape) -> tuple[_Step, ...]:
+    """The layout of the record ``buf`` from its columns at ``i`` on: every shown
+    column (read already, so entered in ``shape``), at most :data:`_LAYOUT_STEPS`."""
+    steps: list[_Step] = []
+    end = len(buf)
+    while i < end and len(steps) < _LAYOUT_STEPS:
+        at = i
+        size, i = _size_at(buf, i)
+        column = buf[i : i + size]
+        i += size
+        head = buf[at:i]
+        size, i = _size_at(buf, i)
+        i += size
+        entry = shape.get(column)
+        if entry is not None and entry[0]:
+            steps.append((head, len(head), *entry))
+    return tuple(steps)
