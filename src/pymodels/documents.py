@@ -850,7 +850,8 @@ def from_record(
         doc = _new(cls)
         if version_field is None and not partial:
             # The commonest document (first(), get(None, pk)): _attach's three
-            # slots set here, without its call.
+            # slots set here, without its call. BaseStorage.get builds a plain
+            # Document the same way itself (FREE_FORM_SETTERS): change both.
             _SET_PK(doc, pk)
             _SET_STORAGE(doc, storage)
             _SET_EXTRA(doc, record)

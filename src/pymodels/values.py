@@ -159,6 +159,8 @@ def _good_name(name: str) -> bool:
 
 def check_pk(pk: object) -> str:
     """Return ``pk`` if it is a valid primary key: a non-empty str without NUL."""
+    # BaseStorage.get tests the common case (a non-empty ASCII str without NUL) itself
+    # and calls this for the rest: a new rule here must be added there too.
     if type(pk) is not str or not pk:
         raise ValidationError(f"primary key must be a non-empty str, not {pk!r}", field="pk")
     if "\x00" in pk:
