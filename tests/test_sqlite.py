@@ -25,6 +25,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -948,7 +949,7 @@ def test_a_field_first_written_long_keeps_no_columns_and_answers_alike(path: Pat
             other.save({"text": "x", "blob": b"", "tags": []}, primary_key="late")
             memory.save({"text": "x", "blob": b"", "tags": []}, primary_key="late")
         assert shadow_fields(path) == ["title"]  # the table's decision, not the writer's
-        queries = [
+        queries: list[Callable[[Any], Any]] = [
             lambda q: q.where(text=records["k03"]["text"]),
             lambda q: q.where(text__startswith="2 "),
             lambda q: q.where(text__gt="3").order_by("-text", "title"),
@@ -960,7 +961,7 @@ def test_a_field_first_written_long_keeps_no_columns_and_answers_alike(path: Pat
         for index in (None, "text", "blob"):
             if index is not None:
                 s.create_index(index)
-                assert index in shadow_fields(path)  # asked for: columns after all
+                assert index in (shadow_fields(path) or [])  # asked for: columns after all
             for make in queries:
                 assert pks(make(s.query())) == pks(make(memory.query())), index
                 assert make(s.query()).count() == make(memory.query()).count(), index
