@@ -325,6 +325,12 @@ def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tupl
     return out
 
 
+def _meta_value(conn: sqlite3.Connection, name: str) -> str | None:
+    """The value the meta table holds under ``name``, None if it holds none."""
+    row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def _long(value: Any) -> bool:
     """Whether ``value`` takes more than :data:`SHADOW_VALUE_MAX` characters stored."""
     if type(value) is str:
@@ -637,12 +643,11 @@ class Storage(SQLStorage):
     def _format_version(self, conn: sqlite3.Connection, key: str) -> str | None:
         """The table's format version, None when it was never set up."""
         try:
-            row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE name = ?", (key,)).fetchone()
+            return _meta_value(conn, key)
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):
                 return None
             raise
-        return None if row is None else str(row[0])
 
     def _set_wal(self, conn: sqlite3.Connection) -> None:
         # Switching to WAL needs a moment alone with the file and does not
@@ -765,10 +770,7 @@ class Storage(SQLStorage):
 
     def _meta_columns(self, conn: sqlite3.Connection) -> str | None:
         """The meta table's list of this table's shadow fields (JSON text), None if absent."""
-        row = conn.execute(
-            f"SELECT value FROM {META_TABLE} WHERE name = ?", (self._columns_key,)
-        ).fetchone()
-        return None if row is None else str(row[0])
+        return _meta_value(conn, self._columns_key)
 
     def _use_columns(self, text: str, conn: sqlite3.Connection) -> None:
         """Query and write through the shadow columns ``text`` lists, as ``conn`` sees them.
@@ -875,10 +877,8 @@ class Storage(SQLStorage):
         """``names`` less the fields kept without columns: those the table's list
         holds, and those whose value in ``values`` is long, which join the list
         (inside the caller's transaction, so the decision is the table's)."""
-        row = conn.execute(
-            f"SELECT value FROM {META_TABLE} WHERE name = ?", (self._unshadowed_key,)
-        ).fetchone()
-        kept: list[str] = [] if row is None else list(json.loads(row[0]))
+        text = _meta_value(conn, self._unshadowed_key)
+        kept: list[str] = [] if text is None else list(json.loads(text))
         known = set(kept)
         long = [n for n in names if n not in known and _long(values.get(n))]
         if long:
