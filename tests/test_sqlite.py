@@ -130,7 +130,7 @@ def test_layout_is_plain_json_in_one_table(storage: Any, path: Path) -> None:
     # The library's own data is in another table, never in the namespace: the
     # table's format and the fields with shadow columns (slot order).
     assert dict(raw.execute("SELECT name, value FROM pymodels_meta")) == {
-        "documents.format": "2",
+        "documents.format": "3",
         "documents.columns": '["n", "d", "when"]',
     }
     row = raw.execute('SELECT "r1:n", "v1:n", "r2:d", "v2:d", "r3:when" FROM documents')
@@ -1043,11 +1043,11 @@ def test_copying_a_legacy_table_gives_a_table_with_shadow_columns(tmp_path: Path
 
 
 def test_an_unknown_format_is_refused(path: Path) -> None:
-    # As builds reading only format 1 refuse the tables this one makes (format 2).
+    # As builds reading only formats 1 and 2 refuse the tables this one makes (format 3).
     pymodels.get_storage(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE pymodels_meta SET value = '3' WHERE name = 'documents.format'")
-    with pytest.raises(ConfigurationError, match="format 3"):
+        raw.execute("UPDATE pymodels_meta SET value = '4' WHERE name = 'documents.format'")
+    with pytest.raises(ConfigurationError, match="format 4"):
         pymodels.get_storage(f"sqlite:///{path}")
 
 

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
@@ -62,6 +63,8 @@ from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import RANK, dumps, dumps_each, loads, loads_rows
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import (
+    ROWID_COLUMN,
+    ROWID_VIEW,
     ShadowDialect,
     SQLiteDialect,
     over,
@@ -99,10 +102,14 @@ memory_features = features.replace(
 #: Table names: plain identifiers, so they need no quoting anywhere (and fit
 #: PostgreSQL's 63-byte limit with an index-name suffix).
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-#: The table format this build writes: "2" has shadow columns (docs/sqlite.md, "Shadow
-#: columns"), which builds reading only "1" refuse (they would leave the columns stale).
-FORMAT_VERSION = "2"
-#: The format of tables made by earlier builds (no shadow columns), read and written alike.
+#: The table format this build writes: "3" keeps the rowids ascending as the pks do
+#: while the table is in row order (docs/sqlite.md, "Row order"), which builds
+#: writing "2" would not (they would insert a lower pk behind the view's back).
+FORMAT_VERSION = "3"
+#: The format of tables with shadow columns (docs/sqlite.md, "Shadow columns") but
+#: no row order, made by earlier builds: read and written alike, in pk order.
+SHADOW_FORMAT = "2"
+#: The format of tables made by earlier builds still (no shadow columns), read and written alike.
 LEGACY_FORMAT = "1"
 #: Most top-level fields with shadow columns per table (two columns each): every
 #: write computes all of them, so wide records pay per column; further fields are
@@ -182,8 +189,17 @@ class Query(SQLQuery):
     """A query compiled to SQLite SQL."""
 
 
+class _RowOrderGone(PyModelsError):
+    """A statement read a table's row-order view, which another connection dropped
+    (the table left row order): the reader learns it and runs the statement again."""
+
+
 def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
     """The library's exception for a sqlite3 error (None: not a driver error)."""
+    if isinstance(e, sqlite3.OperationalError):
+        message = str(e)
+        if message.startswith("no such table: ") and message.endswith(ROWID_VIEW):
+            return _RowOrderGone(f"{what}: {e}")
     if isinstance(e, sqlite3.IntegrityError):
         return IntegrityError(f"{what}: {e}")
     if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
@@ -201,20 +217,24 @@ _DIALECT = SQLiteDialect()
 _COMPILER = Compiler(_DIALECT)
 #: A dialect and compiler per set of shadow fields (their caches hold SQL naming those
 #: columns), shared by every storage whose table has that set; () is the plain one.
-_SHADOWED: dict[tuple[str, ...], tuple[SQLiteDialect, Compiler]] = {}
+_SHADOWED: dict[tuple[tuple[str, ...], bool], tuple[SQLiteDialect, Compiler]] = {}
 _SHADOWED_MAX = 64
 
 
-def _dialect_for(fields: tuple[str, ...]) -> tuple[SQLiteDialect, Compiler]:
-    """The dialect and compiler of a table whose shadow fields are ``fields``."""
-    if not fields:
+def _dialect_for(
+    fields: tuple[str, ...], rowid_order: bool = False
+) -> tuple[SQLiteDialect, Compiler]:
+    """The dialect and compiler of a table whose shadow fields are ``fields``, in row
+    order or not (see :class:`SQLiteDialect`)."""
+    if not fields and not rowid_order:
         return _DIALECT, _COMPILER
-    found = _SHADOWED.get(fields)
+    key = (fields, rowid_order)
+    found = _SHADOWED.get(key)
     if found is None:
         if len(_SHADOWED) >= _SHADOWED_MAX:
             _SHADOWED.clear()
-        dialect = ShadowDialect(fields)
-        found = _SHADOWED[fields] = (dialect, Compiler(dialect))
+        dialect = ShadowDialect(fields, rowid_order)
+        found = _SHADOWED[key] = (dialect, Compiler(dialect))
     return found
 
 
@@ -254,6 +274,11 @@ class _Shadow(NamedTuple):
     #: ``body = ?1, <column> = <expression over ?1>, ...`` for an UPDATE, the hints
     #: ?5... (?2 to ?4 are the caller's).
     set_all: str
+    #: Whether ``insert`` and ``upsert`` keep the table's row order: they write a new
+    #: pk only above every pk the table holds, or once the table has left row order
+    #: (its view is gone); a lower one writes nothing (see Storage._store). ``bulk``
+    #: is checked by its caller instead (Storage._in_row_order).
+    ordered: bool
 
 
 class _View(NamedTuple):
@@ -264,13 +289,26 @@ class _View(NamedTuple):
     compiler: Compiler
 
 
-def _view_of(table: str, text: str | None) -> _View:
-    """The view of ``table`` whose shadow columns ``text`` lists (None: the legacy format)."""
-    dialect, compiler = _dialect_for(() if text is None else tuple(json.loads(text)))
-    return _View(_shadow_of(table, text), dialect, compiler)
+def _view_of(table: str, text: str | None, ordered: bool = False, rowid: bool = False) -> _View:
+    """The view of ``table`` whose shadow columns ``text`` lists (None: the legacy format),
+    written keeping its row order or not (``ordered``: its format's), read in row order
+    or not (``rowid``: whether it still was when last looked at)."""
+    dialect, compiler = _dialect_for(() if text is None else tuple(json.loads(text)), rowid)
+    return _View(_shadow_of(table, text, ordered), dialect, compiler)
 
 
-def _shadow_of(table: str, text: str | None) -> _Shadow:
+def _order_guard(table: str) -> str:
+    """True when a row with pk ``?1`` may be inserted with the next rowid: ``?1`` is above
+    every pk, or the table has left row order (its view is gone)."""
+    qtable = _DIALECT.ident(table)
+    view = _DIALECT.literal(table + ROWID_VIEW)
+    return (
+        f"(?1 > coalesce((SELECT max(pk) FROM {qtable}), '') OR NOT EXISTS "
+        f"(SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = {view}))"
+    )
+
+
+def _shadow_of(table: str, text: str | None, ordered: bool = False) -> _Shadow:
     """The statements writing ``table`` with the shadow columns ``text`` lists."""
     qtable = _DIALECT.ident(table)
     fields: tuple[str, ...] = () if text is None else tuple(json.loads(text))
@@ -285,6 +323,10 @@ def _shadow_of(table: str, text: str | None) -> _Shadow:
     bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
     guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
     over2_hinted5 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
+    if ordered:
+        # A pk the table holds is overwritten in place (its rowid stays); a new one
+        # must keep the order.
+        guard += f" AND (EXISTS (SELECT 1 FROM {qtable} WHERE pk = ?1) OR {_order_guard(table)})"
     # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
     upsert = (
         f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2_hinted5} WHERE {guard} "
@@ -295,8 +337,14 @@ def _shadow_of(table: str, text: str | None) -> _Shadow:
         f", {rn} = {r}, {vn} = {v}"
         for (rn, vn), (r, v) in zip(columns.values(), _shadow_exprs(fields, "?1", 5), strict=True)
     )
-    insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
-    return _Shadow(text, frozenset(fields), fields, columns, bulk, insert, upsert, set_all)
+    if ordered:
+        insert = (
+            f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} "
+            f"WHERE {_order_guard(table)} ON CONFLICT (pk) DO NOTHING"
+        )
+    else:
+        insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
+    return _Shadow(text, frozenset(fields), fields, columns, bulk, insert, upsert, set_all, ordered)
 
 
 def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tuple[str, str]]:
@@ -474,6 +522,11 @@ class Storage(SQLStorage):
         self._qtable = f'"{self._table}"'
         self._committed = _view_of(self._table, None)
         self._pending = None
+        # Whether the table's format keeps row order (every write is guarded), and
+        # whether it was still in row order when last looked at (reads use its view).
+        self._ordered = False
+        self._rowid_order = False
+        self._rowid_view = self._table + ROWID_VIEW
         self._prepare_statements()
         self._columns_key = f"{self._table}.columns"
         # The fields kept without columns (see SHADOW_VALUE_MAX), as last read from
@@ -612,6 +665,14 @@ class Storage(SQLStorage):
                     f"CREATE TABLE IF NOT EXISTS {self._qtable} "
                     "(pk TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)"
                 )
+                # Row order (docs/sqlite.md, "Row order"): the view exists while the
+                # rowids ascend as the pks do; ordered reads go through it. Only for
+                # an empty table (one another program made may hold rows in any order).
+                if conn.execute(f"SELECT 1 FROM {self._qtable} LIMIT 1").fetchone() is None:
+                    conn.execute(
+                        f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
+                        f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
+                    )
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
                     "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
@@ -626,12 +687,15 @@ class Storage(SQLStorage):
                 conn.execute("ROLLBACK")
                 raise
             version = self._format_version(conn, key)
-        if version not in (FORMAT_VERSION, LEGACY_FORMAT):
+        if version not in (FORMAT_VERSION, SHADOW_FORMAT, LEGACY_FORMAT):
             raise ConfigurationError(
                 f"table {self._table!r} has format {version}; this pymodels reads "
-                f"formats {LEGACY_FORMAT} and {FORMAT_VERSION}"
+                f"formats {LEGACY_FORMAT}, {SHADOW_FORMAT} and {FORMAT_VERSION}"
             )
         if version == FORMAT_VERSION:
+            self._ordered = True
+            self._rowid_order = self._view_exists(conn)
+        if version != LEGACY_FORMAT:
             text = self._meta_columns(conn)
             if text is None:
                 raise ConfigurationError(
@@ -687,6 +751,26 @@ class Storage(SQLStorage):
         if self._shadow.text is None:
             return super()._store(pk, record, overwrite=overwrite)
         body = dumps(record)
+        written = self._store_shadowed(pk, body, record, overwrite)
+        if written is not None:
+            return written
+        # The row order refused a new pk below the table's greatest. With the write
+        # lock held, leave row order if that is still so, then write again: the
+        # guard passes now (the pk is above every other, or the view is gone).
+        with self._lock, self._atomic():
+            self._leave_row_order_for(pk)
+            written = self._store_shadowed(pk, body, record, overwrite)
+        if written is None:
+            raise PyModelsError(
+                f"sqlite: the list of shadow columns of {self._table!r} is missing "
+                f"from {META_TABLE}; nothing was written"
+            )
+        return written
+
+    def _store_shadowed(
+        self, pk: str, body: str, record: dict[str, Any], overwrite: bool
+    ) -> bool | None:
+        """One write of ``record`` (:meth:`_store`'s); None where the row order refused it."""
         while True:
             shadow = self._shadow_for(record)
             hints = _hints(record, shadow.order)
@@ -696,17 +780,89 @@ class Storage(SQLStorage):
                     # defaults, which are right for the fields the record lacks (it has
                     # none of them, or it would have added or learnt them just now).
                     written: int = conn.execute(shadow.insert, (pk, body, *hints)).rowcount
-                    return written == 1
+                    if written == 1 or not shadow.ordered or self._holds(conn, pk):
+                        return written == 1
+                    return None
                 params = (pk, body, self._columns_key, shadow.text, *hints)
                 if conn.execute(shadow.upsert, params).rowcount == 1:
                     return True
                 # Another connection added columns: learn them, then write again.
                 self._sync_columns(conn)
                 if self._shadow.text == shadow.text:
+                    if shadow.ordered and self._view_exists(conn):
+                        return None
                     raise PyModelsError(
                         f"sqlite: the list of shadow columns of {self._table!r} is missing "
                         f"from {META_TABLE}; nothing was written"
                     )
+
+    # ------------------------------------------------------------ row order
+
+    def _holds(self, conn: sqlite3.Connection, pk: str) -> bool:
+        """Whether the table holds a record under ``pk``."""
+        return conn.execute(self._contains_sql, (pk,)).fetchone() is not None
+
+    def _view_exists(self, conn: sqlite3.Connection) -> bool:
+        """Whether the table is in row order (its view exists), as ``conn`` sees it."""
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?"
+        return conn.execute(sql, (self._rowid_view,)).fetchone() is not None
+
+    def _use_pk_order(self) -> None:
+        """Read in pk order from now on: the table left row order (or may have)."""
+        self._rowid_order = False
+        # Each view is checked, not the flag: a thread may have installed a view it
+        # built before the flag fell (it then fails once more and lands here again).
+        committed = self._committed
+        if committed.dialect.rowid_order:
+            self._committed = _view_of(self._table, committed.shadow.text, self._ordered)
+        pending = self._pending
+        if pending is not None and pending[1].dialect.rowid_order:
+            view = _view_of(self._table, pending[1].shadow.text, self._ordered)
+            self._pending = (pending[0], view)
+
+    def _leave_row_order_for(self, pk: str) -> None:
+        """Leave row order if a new ``pk`` cannot keep it (inside a transaction)."""
+        with self._db() as conn:
+            if not self._view_exists(conn):
+                self._use_pk_order()
+                return
+            (top,) = conn.execute(f"SELECT max(pk) FROM {self._qtable}").fetchone()
+            if top is not None and pk < top and not self._holds(conn, pk):
+                self._leave_row_order(conn)
+
+    def _leave_row_order(self, conn: sqlite3.Connection) -> None:
+        """Drop the row-order view and close each non-unique index with the pk again
+        (inside a transaction, which a failure rolls back whole)."""
+        conn.execute(f"DROP VIEW IF EXISTS {_DIALECT.ident(self._rowid_view)}")
+        self._use_pk_order()
+        self._sync_columns(conn)
+        dialect = self._dialect
+        for spec in self._indexes():
+            if not spec.unique:
+                name = dialect.ident(dialect.index_name(self._table, spec))
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+                conn.execute(dialect.create_index(self._table, spec))
+        self._forget_indexes()
+        if self.in_transaction:
+            self._forget_at_end = True
+
+    def _in_row_order(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Any]:
+        """``rows`` (pk first) to insert with the next rowids, in pk order while the
+        table is in row order; it leaves it where their pks are not all above its own."""
+        sql = (
+            f"SELECT (SELECT max(pk) FROM {self._qtable}), EXISTS (SELECT 1 FROM sqlite_master "
+            "WHERE type = 'view' AND name = ?)"
+        )
+        top, in_order = conn.execute(sql, (self._rowid_view,)).fetchone()
+        if not in_order:
+            self._use_pk_order()
+            return rows
+        pks = [row[0] for row in rows]
+        if pks != sorted(pks):
+            rows = sorted(rows, key=itemgetter(0))
+        if top is not None and rows[0][0] <= top:
+            self._leave_row_order(conn)
+        return rows
 
     def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         # Plain INSERT: the pks are fresh, and a clash (an IntegrityError) makes
@@ -736,6 +892,8 @@ class Storage(SQLStorage):
         hints = [map(hint, map(type, map(get, records, repeat(f, n)))) for f in shadow.order]
         rows = list(zip(pks, dumps_each(records), *hints, strict=True))
         with self._db() as conn:
+            if shadow.ordered:
+                rows = self._in_row_order(conn, rows)
             conn.executemany(shadow.bulk, rows)
 
     def _commit(self) -> None:
@@ -779,7 +937,7 @@ class Storage(SQLStorage):
         alone until it commits (another connection cannot see a column added in
         it); otherwise they are committed, every connection's.
         """
-        view = _view_of(self._table, text)
+        view = _view_of(self._table, text, self._ordered, self._rowid_order)
         if conn.in_transaction:
             self._pending = (threading.get_ident(), view)
         else:
@@ -932,7 +1090,12 @@ class Storage(SQLStorage):
         statement = self._view.compiler.select(condition, self._table, order, offset, limit)
         if statement is None:
             return None
-        return settled_page(loads_rows(self._fetchall(*statement)), order)
+        try:
+            rows = self._fetchall(*statement)
+        except _RowOrderGone:
+            self._use_pk_order()
+            return self._select_page(condition, order, offset, limit)
+        return settled_page(loads_rows(rows), order)
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any
@@ -1020,6 +1183,12 @@ class Storage(SQLStorage):
         fields = [k.path[0] for k in spec.keys if len(k.path) == 1 and not k.is_pk]
         if fields and not self._shadow.fields.issuperset(fields):
             self._add_fields(fields)
+        if self._rowid_order:
+            # An index of a table in row order ends in the rowid alone: make sure
+            # the table still is (one that left it closes its indexes with the pk).
+            with self._db() as conn:
+                if not self._view_exists(conn):
+                    self._use_pk_order()
         super()._create_index(spec)
         self._forget_indexes()
         if self.in_transaction:
@@ -1252,8 +1421,13 @@ class Storage(SQLStorage):
         d = self._dialect
         text, params = d.render(d.select(self._table, where, order, offset, limit, columns))
         guard = self._db()
-        with guard as conn:
-            cursor = conn.execute(text, params)
+        try:
+            with guard as conn:
+                cursor = conn.execute(text, params)
+        except _RowOrderGone:
+            self._use_pk_order()
+            yield from self._rows(where, order, offset, limit, columns)
+            return
         try:
             while True:
                 with guard:
@@ -1277,7 +1451,11 @@ class Storage(SQLStorage):
     ) -> Iterator[tuple[str, dict[str, Any]]] | list[tuple[str, dict[str, Any]]]:
         if limit is not None and limit <= FETCH_SIZE:
             text, params = self._dialect.select_statement(self._table, where, order, offset, limit)
-            return self._fetch_records(text, params)
+            try:
+                return self._fetch_records(text, params)
+            except _RowOrderGone:
+                self._use_pk_order()
+                return self._select(where, order, offset, limit)
         return self._rows(where, order, offset, limit)
 
     def _explain_select(
@@ -1288,8 +1466,12 @@ class Storage(SQLStorage):
         limit: int | None = None,
     ) -> str:
         text, params = self._dialect.render(self._dialect.select(self._table, where, order))
-        with self._db() as conn:
-            plan = conn.execute("EXPLAIN QUERY PLAN " + text, params).fetchall()
+        try:
+            with self._db() as conn:
+                plan = conn.execute("EXPLAIN QUERY PLAN " + text, params).fetchall()
+        except _RowOrderGone:
+            self._use_pk_order()
+            return self._explain_select(where, order, offset, limit)
         depth: dict[int, int] = {0: 0}
         lines = []
         for node, parent, _, detail in plan:

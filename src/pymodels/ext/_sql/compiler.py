@@ -177,6 +177,15 @@ class Dialect:
     begin: str = "BEGIN"
     #: Whether ``SELECT ... FOR UPDATE`` locks a row until the transaction ends.
     row_locks: bool = False
+    #: The ORDER BY term of the pk: the last key of every order (it orders ties).
+    tiebreak: str = "pk"
+    #: The term closing a non-unique index (None: none, as where the engine's own
+    #: row id, which every index entry ends in, already sorts as the pk does).
+    index_tiebreak: str | None = "pk"
+
+    def ordered_source(self, table: str) -> str:
+        """The relation an ordered SELECT reads (the table itself, by default)."""
+        return self.ident(table)
 
     @staticmethod
     def dumps_body(value: Any, /) -> Any:
@@ -312,7 +321,8 @@ class Dialect:
         columns: str = "pk, body",
     ) -> Frag:
         """``SELECT pk, body`` (or ``columns``) of the rows ``where`` selects, ordered, sliced."""
-        sql = f"SELECT {columns} FROM {self.ident(table)}"
+        source = self.ordered_source(table) if order else self.ident(table)
+        sql = f"SELECT {columns} FROM {source}"
         params: tuple[Any, ...] = ()
         if where is not None:
             sql += f" WHERE {where.sql}"
@@ -367,7 +377,8 @@ class Dialect:
         return f"pm_{table}_{digest[:12]}"
 
     def index_terms(self, spec: IndexSpec) -> list[str]:
-        """The indexed expressions: each key's order terms, then the pk (it orders ties).
+        """The indexed expressions: each key's order terms, then the dialect's
+        :attr:`index_tiebreak` (the pk: it orders ties).
 
         A unique index has no pk (that would make every row unique) but the
         dialect's :meth:`unique_terms`.
@@ -378,8 +389,8 @@ class Dialect:
         if spec.unique:
             for key in spec.keys:
                 terms.extend(self.unique_terms(key.path))
-        else:
-            terms.append("pk")
+        elif self.index_tiebreak is not None:
+            terms.append(self.index_tiebreak)
         return terms
 
     def create_index(self, table: str, spec: IndexSpec) -> str:
@@ -407,7 +418,7 @@ class Dialect:
         terms: list[str] = []
         for key in order:
             if key.is_pk:
-                terms.append("pk DESC" if key.descending else "pk")
+                terms.append(f"{self.tiebreak} DESC" if key.descending else self.tiebreak)
             elif valid_path(key.path):
                 terms.extend(self.order_terms(key.path, key.descending))
             # An invalid path is absent in every record: it cannot change the order.

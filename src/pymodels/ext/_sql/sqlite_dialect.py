@@ -36,7 +36,23 @@ from ...backend import INT_MAX, INT_MIN, Change, ValidationError, kind_of
 from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
 from .encoding import RANK, canonical, canonical_from_json, dumps, loads, sort_key
 
-__all__ = ["SQLiteDialect", "ShadowDialect", "over", "register_functions", "shadow_names"]
+__all__ = [
+    "ROWID_COLUMN",
+    "ROWID_VIEW",
+    "SQLiteDialect",
+    "ShadowDialect",
+    "over",
+    "register_functions",
+    "shadow_names",
+]
+
+#: The suffix of the view a table in row order has (``"documents@rowid"``): the table's
+#: columns and its rowid. It exists exactly while the rowids ascend as the pks do, so a
+#: statement reading it fails, instead of answering in a wrong order, once they no longer
+#: may (table names hold no ``@``).
+ROWID_VIEW: Final = "@rowid"
+#: The view's name for the rowid (shadow column names start with ``r`` or ``v`` and a slot).
+ROWID_COLUMN: Final = '"pm:rowid"'
 
 _TAGGED: Final = frozenset({"decimal", "bytes", "date", "datetime", "datetime_tz"})
 _WORD: Final = re.compile(r"\w+")
@@ -127,6 +143,20 @@ class SQLiteDialect(Dialect):
     begin = "BEGIN IMMEDIATE"
     dumps_body = staticmethod(dumps)
     loads_body = staticmethod(loads)
+
+    def __init__(self, rowid_order: bool = False) -> None:
+        super().__init__()
+        #: Whether the table's rowids ascend as its pks do (docs/sqlite.md, "Row
+        #: order"): then ordered SELECTs read its view :data:`ROWID_VIEW`, which
+        #: names the rowid, and order ties by it, so that a scan in table order or
+        #: an index's entries (each ending in the rowid) are already in pk order.
+        self.rowid_order = rowid_order
+        if rowid_order:
+            self.tiebreak = ROWID_COLUMN
+            self.index_tiebreak = None
+
+    def ordered_source(self, table: str) -> str:
+        return self.ident(table + ROWID_VIEW) if self.rowid_order else self.ident(table)
 
     def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
         return frag.sql.replace(PARAM, "?"), frag.params
@@ -366,8 +396,8 @@ class ShadowDialect(SQLiteDialect):
     (``json_type``, list tests, ...) still reads ``body``.
     """
 
-    def __init__(self, fields: tuple[str, ...]) -> None:
-        super().__init__()
+    def __init__(self, fields: tuple[str, ...], rowid_order: bool = False) -> None:
+        super().__init__(rowid_order)
         self.fields = fields
         self.columns: dict[str, tuple[str, str]] = {}
         for slot, field in enumerate(fields, 1):
