@@ -835,6 +835,26 @@ class Storage(SQLStorage):
         (inside a transaction, which a failure rolls back whole)."""
         conn.execute(f"DROP VIEW IF EXISTS {_DIALECT.ident(self._rowid_view)}")
         self._use_pk_order()
+        self._remake_indexes(conn)
+
+    def _enter_row_order(self, conn: sqlite3.Connection) -> None:
+        """Make the row-order view of an empty table and end each non-unique index
+        in the rowid alone (inside a transaction, which a failure rolls back whole)."""
+        conn.execute(
+            f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
+            f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
+        )
+        self._rowid_order = True
+        self._committed = _view_of(self._table, self._committed.shadow.text, True, True)
+        pending = self._pending
+        if pending is not None:
+            view = _view_of(self._table, pending[1].shadow.text, True, True)
+            self._pending = (pending[0], view)
+        self._remake_indexes(conn)
+
+    def _remake_indexes(self, conn: sqlite3.Connection) -> None:
+        """Make each non-unique index again as the current view's dialect writes it
+        (closed with the pk, or not in row order), with the columns ``conn`` sees."""
         self._sync_columns(conn)
         dialect = self._dialect
         for spec in self._indexes():
@@ -895,6 +915,17 @@ class Storage(SQLStorage):
             if shadow.ordered:
                 rows = self._in_row_order(conn, rows)
             conn.executemany(shadow.bulk, rows)
+
+    def _clear(self) -> None:
+        if not self._ordered:
+            super()._clear()
+            return
+        # An empty table is in row order again (nothing is out of order in it).
+        with self._lock, self._atomic():
+            super()._clear()
+            with self._db() as conn:
+                if not self._view_exists(conn):
+                    self._enter_row_order(conn)
 
     def _commit(self) -> None:
         committed = False
