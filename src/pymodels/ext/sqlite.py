@@ -527,6 +527,10 @@ class Storage(SQLStorage):
         self._ordered = False
         self._rowid_order = False
         self._rowid_view = self._table + ROWID_VIEW
+        self._make_rowid_view = (
+            f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
+            f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
+        )
         self._prepare_statements()
         self._columns_key = f"{self._table}.columns"
         # The fields kept without columns (see SHADOW_VALUE_MAX), as last read from
@@ -669,10 +673,7 @@ class Storage(SQLStorage):
                 # rowids ascend as the pks do; ordered reads go through it. Only for
                 # an empty table (one another program made may hold rows in any order).
                 if conn.execute(f"SELECT 1 FROM {self._qtable} LIMIT 1").fetchone() is None:
-                    conn.execute(
-                        f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
-                        f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
-                    )
+                    conn.execute(self._make_rowid_view)
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
                     "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID"
@@ -809,15 +810,19 @@ class Storage(SQLStorage):
 
     def _use_pk_order(self) -> None:
         """Read in pk order from now on: the table left row order (or may have)."""
-        self._rowid_order = False
+        self._read_in_row_order(False)
+
+    def _read_in_row_order(self, rowid: bool) -> None:
+        """Read through the row-order view (``rowid``) or in pk order from now on."""
+        self._rowid_order = rowid
         # Each view is checked, not the flag: a thread may have installed a view it
-        # built before the flag fell (it then fails once more and lands here again).
+        # built before the flag changed (it then fails once more and lands here again).
         committed = self._committed
-        if committed.dialect.rowid_order:
-            self._committed = _view_of(self._table, committed.shadow.text, self._ordered)
+        if committed.dialect.rowid_order != rowid:
+            self._committed = _view_of(self._table, committed.shadow.text, self._ordered, rowid)
         pending = self._pending
-        if pending is not None and pending[1].dialect.rowid_order:
-            view = _view_of(self._table, pending[1].shadow.text, self._ordered)
+        if pending is not None and pending[1].dialect.rowid_order != rowid:
+            view = _view_of(self._table, pending[1].shadow.text, self._ordered, rowid)
             self._pending = (pending[0], view)
 
     def _leave_row_order_for(self, pk: str) -> None:
@@ -840,16 +845,8 @@ class Storage(SQLStorage):
     def _enter_row_order(self, conn: sqlite3.Connection) -> None:
         """Make the row-order view of an empty table and end each non-unique index
         in the rowid alone (inside a transaction, which a failure rolls back whole)."""
-        conn.execute(
-            f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
-            f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
-        )
-        self._rowid_order = True
-        self._committed = _view_of(self._table, self._committed.shadow.text, True, True)
-        pending = self._pending
-        if pending is not None:
-            view = _view_of(self._table, pending[1].shadow.text, True, True)
-            self._pending = (pending[0], view)
+        conn.execute(self._make_rowid_view)
+        self._read_in_row_order(True)
         self._remake_indexes(conn)
 
     def _remake_indexes(self, conn: sqlite3.Connection) -> None:
