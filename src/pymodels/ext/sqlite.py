@@ -825,14 +825,23 @@ class Storage(SQLStorage):
             view = _view_of(self._table, pending[1].shadow.text, self._ordered, rowid)
             self._pending = (pending[0], view)
 
+    def _order_state(self, conn: sqlite3.Connection) -> tuple[str | None, bool]:
+        """The table's greatest pk (None: empty) and whether it is in row order, as
+        ``conn`` sees them; a table seen out of row order is read in pk order."""
+        sql = (
+            f"SELECT (SELECT max(pk) FROM {self._qtable}), EXISTS (SELECT 1 FROM sqlite_master "
+            "WHERE type = 'view' AND name = ?)"
+        )
+        top, in_order = conn.execute(sql, (self._rowid_view,)).fetchone()
+        if not in_order:
+            self._use_pk_order()
+        return top, bool(in_order)
+
     def _leave_row_order_for(self, pk: str) -> None:
         """Leave row order if a new ``pk`` cannot keep it (inside a transaction)."""
         with self._db() as conn:
-            if not self._view_exists(conn):
-                self._use_pk_order()
-                return
-            (top,) = conn.execute(f"SELECT max(pk) FROM {self._qtable}").fetchone()
-            if top is not None and pk < top and not self._holds(conn, pk):
+            top, in_order = self._order_state(conn)
+            if in_order and top is not None and pk < top and not self._holds(conn, pk):
                 self._leave_row_order(conn)
 
     def _leave_row_order(self, conn: sqlite3.Connection) -> None:
@@ -866,13 +875,8 @@ class Storage(SQLStorage):
     def _in_row_order(self, conn: sqlite3.Connection, rows: list[Any]) -> list[Any]:
         """``rows`` (pk first) to insert with the next rowids, in pk order while the
         table is in row order; it leaves it where their pks are not all above its own."""
-        sql = (
-            f"SELECT (SELECT max(pk) FROM {self._qtable}), EXISTS (SELECT 1 FROM sqlite_master "
-            "WHERE type = 'view' AND name = ?)"
-        )
-        top, in_order = conn.execute(sql, (self._rowid_view,)).fetchone()
+        top, in_order = self._order_state(conn)
         if not in_order:
-            self._use_pk_order()
             return rows
         pks = [row[0] for row in rows]
         if pks != sorted(pks):
