@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pymodels.errors import ValidationError
 from pymodels.ext._sql import encoding
 from pymodels.testing.strategies import records
 
@@ -65,3 +66,109 @@ def test_non_finite_floats_and_unknown_types_are_refused() -> None:
         encoding.dumps({"x": float("nan")})
     with pytest.raises(TypeError, match="not storable"):
         encoding.dumps({"x": object()})
+
+
+# ------------------------------------------------------------------- reading
+
+
+def _scanner_value(text: str) -> Any:
+    # What the encoding module read before msgspec: the C scanner behind json.
+    scan = encoding._scan if '"$"' in text or "null" in text else encoding._scan_plain
+    return encoding._parse(scan, text)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # repr tells 1 from 1.0 and -0.0 from 0.0, and shows dict order.
+    return repr(a) == repr(b)
+
+
+_NUMBERS = st.from_regex(r"\A-?(0|[1-9][0-9]{0,40})(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,3})?\Z")
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too: text another client wrote
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),  # lone surrogates too
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _json_texts(draw: st.DrawFn) -> str:
+    """JSON texts as pymodels or another client may have written them, some broken."""
+    shape = draw(st.sampled_from(["value", "number", "object", "noise"]))
+    if shape == "value":
+        return json.dumps(draw(_JSON_VALUES), ensure_ascii=draw(st.booleans()))
+    if shape == "number":
+        return draw(_NUMBERS)
+    if shape == "object":
+        parts = draw(st.lists(st.tuples(st.text(max_size=4), _NUMBERS), max_size=4))
+        return "{" + ",".join(f"{json.dumps(k)}:{n}" for k, n in parts) + "}"
+    text = json.dumps(draw(_JSON_VALUES))
+    at = draw(st.integers(0, len(text)))
+    noise = draw(st.sampled_from(["NaN", "1e400", "\t", '"\\udc00"', " x", ",", "]", "-"]))
+    return text[:at] + noise + text[at:]
+
+
+@given(_json_texts())
+def test_loads_reads_what_the_scanner_reads(text: str) -> None:
+    # msgspec reads most texts; whatever it refuses the scanner reads as before. So
+    # the value read, or the error, is the scanner's for any text, not just ours.
+    try:
+        expected = _scanner_value(text)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            encoding.loads(text)
+        with pytest.raises(ValidationError):
+            encoding.loads_rows([("k", text)])
+        return
+    assert _same(encoding.loads(text), expected)
+    assert _same(
+        encoding.loads_rows([("k", text), ("l", text)]), [("k", expected), ("l", expected)]
+    )
+
+
+@given(_NUMBERS)
+def test_msgspec_rounds_numbers_as_python_does(text: str) -> None:
+    # Where msgspec reads a number it must be Python's value, exactly: ints of any
+    # size stay ints, floats are correctly rounded (halfway cases, long mantissas).
+    try:
+        got = encoding._decode_plain(text)
+    except encoding._DecodeError:
+        return  # out of a double's range: the scanner reads it (tested above)
+    assert _same(got, json.loads(text))
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_float_reads_back_exactly(value: float) -> None:
+    assert _same(encoding.loads(f"[{value!r}]"), [value])
+
+
+@given(records())
+def test_stored_records_take_the_fast_path(record: dict[str, Any]) -> None:
+    text = encoding.dumps(record)
+    assert _same(encoding.loads(text), _scanner_value(text))
+    if '"$"' not in text and "null" not in text:
+        # The common case must not fall back to the scanner: msgspec reads it.
+        assert _same(encoding._decode_plain(text), _scanner_value(text))
+
+
+def test_texts_msgspec_refuses_read_as_the_scanner_reads_them() -> None:
+    # Each of these makes msgspec raise; the scanner's reading stands.
+    cases = {
+        "[NaN]": "[nan]",
+        "[1e400]": "[inf]",
+        '["\\udc00"]': "['\\udc00']",
+        '{"a":1} trailing': "{'a': 1}",
+    }
+    for text, shown in cases.items():
+        with pytest.raises(encoding._DecodeError):
+            encoding._decode_plain(text)
+        assert repr(encoding.loads(text)) == shown, text
+    # Unlike orjson, msgspec keeps an int beyond 64 bits (another client's) an int.
+    assert repr(encoding._decode_plain("[18446744073709551616]")) == "[18446744073709551616]"
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        encoding.loads('{"a": }')

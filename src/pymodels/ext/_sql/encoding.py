@@ -40,6 +40,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import msgspec
+
 from ...backend import INT_MAX, INT_MIN, KINDS, ValidationError, kind_of
 
 __all__ = [
@@ -343,17 +345,26 @@ def _parse(scan: Any, text: str) -> Any:
         raise ValidationError(f"stored value is not valid JSON: {text[:80]!r}") from e
 
 
+# msgspec's decoder, for text with no tagged value and no null (what pymodels
+# writes for most records): about 3 times faster than the C scanner. Where it
+# reads a text at all it reads what the scanner reads (ints of any size kept,
+# floats correctly rounded; tests/test_sql_encoding.py compares the two), and it
+# refuses what the scanner reads differently (NaN, 1e400, lone surrogates,
+# trailing text): those go on to the scanner, so the value never depends on it.
+_decode_plain: Final = msgspec.json.Decoder().decode
+_DecodeError: Final = msgspec.DecodeError
+
+
 def loads(text: str) -> Any:
     """The domain value of stored JSON text."""
     # A tagged value always writes the key "$"; a JSON null is "null". Either
     # may also appear inside a string, which only costs the slower scanner.
     if '"$"' in text or "null" in text:
         return _parse(_scan, text)
-    if text[:1] == "{":
-        try:
-            return _scan_plain(text, 0)[0]  # _parse's common case, without the call
-        except (ValueError, StopIteration):
-            pass  # _parse says what is wrong
+    try:
+        return _decode_plain(text)
+    except _DecodeError:
+        pass  # _parse reads it as before, or says what is wrong
     return _parse(_scan_plain, text)
 
 
@@ -361,18 +372,18 @@ def loads_rows(rows: list[Any]) -> list[tuple[str, Any]]:
     """``(pk, loads(body))`` of each ``(pk, body)`` row: a query's page, decoded.
 
     :func:`loads`' test and common case written out in the loop: a page of ten
-    records otherwise spends a tenth of its decoding in calls.
+    records otherwise spends a fifth of its decoding in calls.
     """
     out: list[tuple[str, Any]] = []
     append = out.append
-    scan = _scan_plain
+    decode = _decode_plain
     for pk, text in rows:
-        if text[:1] == "{" and '"$"' not in text and "null" not in text:
+        if '"$"' not in text and "null" not in text:
             try:
-                append((pk, scan(text, 0)[0]))
+                append((pk, decode(text)))
                 continue
-            except (ValueError, StopIteration):
-                pass  # loads says what is wrong
+            except _DecodeError:
+                pass  # loads reads it as before, or says what is wrong
         append((pk, loads(text)))
     return out
 
