@@ -1,11 +1,14 @@
-"""The SQL backends' JSON writer: the reused C encoder writes what json's own encoder writes."""
+"""The SQL backends' JSON: its writers (C encoder, msgspec) and readers (msgspec, scanner) agree."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import json.encoder
+import sqlite3
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +16,8 @@ from hypothesis import strategies as st
 from pymodels.errors import ValidationError
 from pymodels.ext._sql import encoding
 from pymodels.testing.strategies import records
+
+_DAY = datetime.date(2024, 5, 1)
 
 
 def _reference(value: Any, *, sort_keys: bool = False) -> str:
@@ -41,14 +46,59 @@ def test_without_the_c_accelerator_the_text_is_the_same(record: dict[str, Any]) 
     assert pure(record) == encoding.dumps(record)
 
 
+def _sqlite_reading(conn: sqlite3.Connection, text: str) -> list[tuple[Any, ...]]:
+    # Every node as SQLite's JSON functions see it: path, JSON type, SQL value.
+    rows = conn.execute("SELECT fullkey, type, atom FROM json_tree(?)", (text,)).fetchall()
+    return [(path, kind, repr(atom)) for path, kind, atom in rows]
+
+
 @given(st.lists(records(), max_size=5))
-def test_a_batch_is_encoded_as_each_record_alone(batch: list[dict[str, Any]]) -> None:
-    # dumps_each is the bulk save's path to the bodies: the text must not depend on it.
+def test_a_batch_reads_back_as_each_record_alone(batch: list[dict[str, Any]]) -> None:
+    # dumps_each is the bulk save's path to the bodies. msgspec writes the plain
+    # records: a float's text may differ from dumps' (1e16 for 1e+16), but every
+    # reader must see the same values, in Python and in SQLite's JSON functions
+    # (the shadow columns, json_each, json_type are SQLite's reading).
+    conn = sqlite3.connect(":memory:")
     expected = [_reference(record) for record in batch]
-    assert encoding.dumps_each(batch) == expected
+    for texts in (encoding.dumps_each(batch), encoding.dumps_each([*batch, {"d": _DAY}])):
+        assert len(texts) >= len(batch)
+        for text, reference in zip(texts, expected, strict=False):
+            assert _same(encoding.loads(text), encoding.loads(reference))
+            assert _sqlite_reading(conn, text) == _sqlite_reading(conn, reference)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(encoding, "_c_plain", None)
+        mp.setattr(encoding, "_plain_json", lambda record: False)
         assert encoding.dumps_each(batch) == expected
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_msgspec_writes_floats_that_read_back_as_floats(value: float) -> None:
+    (text,) = encoding.dumps_each([{"x": value, "l": [value]}])
+    assert _same(encoding.loads(text), {"x": value, "l": [value]})
+    conn = sqlite3.connect(":memory:")
+    got = conn.execute("SELECT json_type(?1, '$.x'), json_extract(?1, '$.x')", (text,)).fetchone()
+    assert got[0] == "real"
+    assert _same(got[1], value)
+
+
+def test_plain_batches_go_through_msgspec() -> None:
+    # The speed is the point of the second writer: say if it stops being used.
+    calls: list[Any] = []
+
+    def counted(value: Any) -> bytes:
+        calls.append(value)
+        return msgspec.json.encode(value)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoding, "_encode_plain", counted)
+        encoding.dumps_each([{"a": 1.5, "b": ["x", {"c": [True, 2]}]}])
+        assert len(calls) == 1
+        # A date, a Decimal, bytes: tagged by the C encoder, never msgspec's own form.
+        assert encoding.dumps_each([{"a": 1}, {"d": _DAY}]) == [
+            '{"a":1}',
+            '{"d":{"$":"62024-05-01"}}',
+        ]
+        assert len(calls) == 1
 
 
 def test_the_c_encoder_is_the_one_in_use() -> None:
@@ -66,6 +116,9 @@ def test_non_finite_floats_and_unknown_types_are_refused() -> None:
         encoding.dumps({"x": float("nan")})
     with pytest.raises(TypeError, match="not storable"):
         encoding.dumps({"x": object()})
+    for bad in (float("nan"), float("inf"), [float("-inf")], {"y": float("nan")}):
+        with pytest.raises(ValueError, match="Out of range float"):
+            encoding.dumps_each([{"x": bad}])
 
 
 # ------------------------------------------------------------------- reading

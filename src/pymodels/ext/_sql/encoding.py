@@ -221,12 +221,54 @@ def dumps(value: Any) -> str:
     return _dumps_plain(value)
 
 
-def dumps_each(values: Sequence[Any]) -> list[str]:
-    """:func:`dumps` of each of ``values``, in order.
+# msgspec's JSON writer: about five times faster than the C encoder on a plain
+# record. It writes some floats in another form (1e16 for 1e+16, 0.000025 for
+# 2.5e-05), which Python, msgspec and SQLite's JSON functions all read as the same
+# double (tests/test_sql_encoding.py). It also writes dates, Decimals and bytes
+# its own way and NaN as null, so it only takes records of JSON's own kinds.
+_encode_plain: Final = msgspec.json.Encoder().encode
 
-    A bulk write's bodies: the C encoder mapped over the list, without the two
-    Python calls per value :func:`dumps` makes.
+
+def _plain_json(record: dict[str, Any]) -> bool:
+    """Whether ``record`` holds only str, int, finite float, bool, list and dict."""
+    for value in record.values():
+        t = type(value)
+        if t is str or t is int or t is bool:
+            continue
+        if t is float:
+            if value - value != 0.0:  # inf or nan: refused by the C encoder
+                return False
+        elif t is list:
+            for item in value:
+                if type(item) is not str and not _plain_value(item):
+                    return False
+        elif t is not dict or not _plain_json(value):
+            return False
+    return True
+
+
+def _plain_value(value: Any) -> bool:
+    t = type(value)
+    if t is str or t is int or t is bool:
+        return True
+    if t is float:
+        return bool(value - value == 0.0)
+    if t is list:
+        return all(map(_plain_value, value))
+    return t is dict and _plain_json(value)
+
+
+def dumps_each(values: Sequence[Any]) -> list[str]:
+    """:func:`dumps` of each of ``values`` (records), in order: the same values, read back.
+
+    A bulk write's bodies. A record of JSON's own kinds goes through msgspec's
+    writer, whose text can differ from :func:`dumps`' only in how a float is
+    written; any other record through the C encoder mapped over the list,
+    without the two Python calls per value :func:`dumps` makes.
     """
+    if all(map(_plain_json, values)):
+        encode = _encode_plain
+        return [encode(value).decode() for value in values]
     if _c_plain is None:
         return list(map(_dumps_plain, values))
     return list(map("".join, map(_c_plain, values, itertools.repeat(0, len(values)))))
