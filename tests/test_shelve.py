@@ -790,3 +790,102 @@ def test_records_removed_or_added_while_streaming(
                 s.save({"n": -1}, primary_key="k99")  # after the keys were read: not seen
         assert seen == [f"k{i:02}" for i in range(30) if i != 20]
         assert [d.pk for d in s.query()][-1] == "k99"
+
+
+def test_needles_come_from_conjunctions_of_safe_ascii_text() -> None:
+    from pymodels import Q
+    from pymodels.ext.shelve._storage import needles
+
+    assert needles(Q(name="Ada")) == (b"Ada",)
+    assert set(needles(Q(name="Ada", city__startswith="Lon", tags__contains="x"))) == {
+        b"Ada",
+        b"Lon",
+        b"x",
+    }
+    assert needles(Q(tags__contains_all=["x", "yyy"]) & Q(name__endswith="da")) == (
+        b"yyy",
+        b"da",
+        b"x",
+    )
+    # Nothing is needed by an OR, a NOT, another operator or kind, or an empty text;
+    # nor by text pickle protocol 0 does not write as it is (non-ASCII, escapes).
+    for condition in (
+        Q(name="Ada") | Q(name="Bo"),
+        ~Q(name="Ada"),
+        Q(name__iequals="ada"),
+        Q(name__in=["Ada"]),
+        Q(age=3),
+        Q(name=""),
+        Q(name="Zoë"),
+        Q(name="a\\b"),
+        Q(name="two\nlines"),
+    ):
+        assert needles(condition) == (), condition
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_records_without_a_needed_text_are_not_unpickled(
+    tmp_path: Path, protocol: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pymodels import Q
+    from pymodels.ext.shelve import _storage
+
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.dumb") as s:
+        s.save({"name": "first"}, primary_key="a")
+    cities = ["Oslo", "Lima", "Köln", "a\\b"]
+    records: dict[str, dict[str, Any]] = {
+        f"k{i:02}": {"name": f"n{i}", "city": cities[i % 4], "tags": ["t", f"u{i % 3}"]}
+        for i in range(30)
+    }
+    records["a"] = {"name": "first"}
+    # Written as another program may have: plain shelve, any protocol (0 escapes
+    # backslashes and writes non-ASCII text as \uXXXX).
+    db = dbm.open(str(path), "w")  # noqa: SIM115 - closed by the shelf
+    raw: shelve.Shelf[Any] = shelve.Shelf(db, protocol=protocol)  # type: ignore[arg-type]
+    with raw:
+        for pk, record in records.items():
+            raw[pk] = record
+    with dbm.open(str(path), "r") as db:
+        stored = [db[pk.encode()] for pk in records]
+    unpickled: list[bytes] = []
+    loads = _storage._loads
+
+    def counted(data: bytes, path: str, pk: str) -> dict[str, Any]:
+        unpickled.append(data)
+        return loads(data, path, pk)
+
+    monkeypatch.setattr(_storage, "_loads", counted)
+    conditions = [
+        Q(name="n7"),
+        Q(city="Oslo"),
+        Q(city__startswith="Li", tags__contains="u1"),
+        Q(name__endswith="7"),
+        Q(city="Köln"),  # no needle: every record is read
+        Q(city="a\\b"),  # no needle
+        Q(name="n7") | Q(city="Lima"),  # no needle
+    ]
+    with open_shelf(path) as s:
+        for condition in conditions:
+            expected = sorted(pk for pk, r in records.items() if condition.matches(r))
+            wanted = _storage.needles(condition)
+            holding = sorted(d for d in stored if all(n in d for n in wanted))
+            for ask in ("pk order", "count", "other order"):
+                unpickled.clear()
+                if ask == "pk order":
+                    assert [d.pk for d in s.query().where(condition)] == expected, condition
+                elif ask == "count":
+                    assert s.query().where(condition).count() == len(expected)
+                else:
+                    top = s.query().where(condition).order_by("-name").first()
+                    want = max(expected, key=lambda pk: records[pk]["name"], default=None)
+                    assert (top and top.pk) == want
+                    if want is not None:
+                        # Sorted by name in Python, then the chosen record read again.
+                        holding = sorted([*holding, stored[list(records).index(want)]])
+                # Exactly the records holding every needed text were unpickled.
+                assert sorted(unpickled) == holding, (condition, ask)
+        unpickled.clear()
+        assert s.query().where(name="n7").first().pk == "k07"  # type: ignore[union-attr]
+        assert unpickled == [stored[list(records).index("k07")]]
+        assert "unpickling only records holding b'n7'" in s.query().where(name="n7").explain()

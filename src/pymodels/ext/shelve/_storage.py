@@ -19,22 +19,26 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
-from typing import IO, Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
 from ...backend import (
+    And,
     BackendUnavailable,
     BaseQuery,
     BaseSettings,
     BaseStorage,
     BulkWriteError,
+    Compiled,
+    Condition,
     ConfigurationError,
     CorruptData,
     Features,
     Item,
     LockTimeout,
+    Lookup,
     OrderKey,
     PyModelsError,
     StorageNotFound,
@@ -116,11 +120,13 @@ class Query(BaseQuery[Any]):
 
     pk order (the default) is streamed by the storage: its pks sorted in runs
     spilled to temporary files and merged, records loaded as the merge goes, so
-    iterating holds no list of every pk (see ``Storage._select``).
+    iterating holds no list of every pk (see ``Storage._select``). A condition that
+    needs some text in a matching record (``name == "Ada"``) skips, unread, every
+    record whose stored bytes do not hold that text (see :func:`needles`).
     """
 
     def _engine_order(self, order: tuple[OrderKey, ...], native: Any) -> bool:
-        return native is None and len(order) == 1 and order[0].is_pk
+        return len(order) == 1 and order[0].is_pk
 
 
 class Storage(BaseStorage):
@@ -426,14 +432,21 @@ class Storage(BaseStorage):
 
     # ------------------------------------------------------------- hooks
 
-    def _load(self, pk: str) -> dict[str, Any] | None:
+    def _load(self, pk: str, needed: tuple[bytes, ...] = ()) -> dict[str, Any] | None:
+        """The record under ``pk``; None if there is none, or if its bytes lack one
+        of ``needed`` (so it cannot match the query that needs them: not unpickled)."""
         # The hot path: the dbm call inline (no _call closure), errors typed the same way.
         try:
             with self._lock:
                 raw = self._db.get(pk.encode())
         except Exception as e:
             raise _error(self.settings.path, "read", pk, e) from e
-        return None if raw is None else _loads(raw, self.settings.path, pk)
+        if raw is None:
+            return None
+        for needle in needed:
+            if needle not in raw:
+                return None
+        return _loads(raw, self.settings.path, pk)
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         data = pickle.dumps(record, self.settings.protocol)
@@ -475,22 +488,39 @@ class Storage(BaseStorage):
                 ) from e
         return iter(keys)
 
-    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _compile_condition(self, condition: Condition) -> Compiled:
+        found = needles(condition)
+        if not found:
+            return super()._compile_condition(condition)
+        shown = ", ".join(map(repr, found))
+        # A superset of the matches: Python still checks the whole condition.
+        return Compiled(found, condition, f"full scan, unpickling only records holding {shown}")
+
+    def _scan(self, needed: tuple[bytes, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
         for pk in self._keys():
-            record = self._load(pk)
+            record = self._load(pk, needed)
             if record is not None:
                 yield pk, record
 
     def _select(
         self, native: Any, order: Any, offset: int, limit: int | None
     ) -> Iterator[Item] | list[Item]:
-        if native is not None or order is None:
-            return super()._select(native, order, offset, limit)
-        # Only pk order comes here (Query._engine_order accepts nothing else).
+        # native is None or the needles of _compile_condition; only pk order
+        # comes here (Query._engine_order accepts nothing else).
+        needed: tuple[bytes, ...] = native or ()
         stop = None if limit is None else offset + limit
+        if order is None:
+            return itertools.islice(self._scan(needed), offset, stop)
+        if needed:
+            # Records are skipped as they are read: slice what is left (the query
+            # slices in Python anyway, as it checks the condition after this).
+            walk = self._in_pk_order(bool(order[0].descending), 0, None, needed)
+            return itertools.islice(walk, offset, stop)
         return self._in_pk_order(bool(order[0].descending), offset, stop)
 
-    def _in_pk_order(self, descending: bool, offset: int, stop: int | None) -> Iterator[Item]:
+    def _in_pk_order(
+        self, descending: bool, offset: int, stop: int | None, needed: tuple[bytes, ...] = ()
+    ) -> Iterator[Item]:
         """Every record in pk order (``[offset:stop]`` of it), holding no list of every pk.
 
         UTF-8 keeps code point order, so stored keys sort as their pks do. At
@@ -498,7 +528,7 @@ class Storage(BaseStorage):
         files (removed when this generator ends, is closed or is collected)
         and are merged; a short slice keeps only its ``stop`` first keys.
         Records are loaded as the merge reaches them; one removed since the
-        keys were read is skipped.
+        keys were read is skipped, as is one whose bytes lack one of ``needed``.
         """
         path = self.settings.path
         with KeySorter[bytes](f"the pks of a query on {path}") as sorter:
@@ -516,7 +546,7 @@ class Storage(BaseStorage):
                     raise _error(path, "read", None, e) from e
             for key in itertools.islice(ordered, offset, stop):
                 pk = key.decode()
-                record = self._load(pk)
+                record = self._load(pk, needed)
                 if record is not None:
                     yield pk, record
 
@@ -766,6 +796,47 @@ def _loads(data: bytes, path: str, pk: str) -> dict[str, Any]:
             pk=pk,
         )
     return value
+
+
+# ---------------------------------------------------------------- prefilter
+
+#: Operators whose str operand, where the record matches, is part of a str the
+#: record holds: the value itself (equals), or a substring of one (contains on a
+#: str, starts/endswith), or an element of a list (contains on a list).
+_NEEDLE_OPS: Final = frozenset({"equals", "contains", "startswith", "endswith"})
+#: Characters pickle protocol 0 writes as escapes (``\\u005c`` and the like).
+_ESCAPED: Final = frozenset("\\\0\n\r\x1a")
+
+
+def needles(condition: Condition) -> tuple[bytes, ...]:
+    """Byte strings every record matching ``condition`` holds in its pickle.
+
+    A str in a record is pickled as its characters: UTF-8 in protocols 1 and up,
+    and raw in protocol 0 for ASCII characters but the few it escapes. The safe
+    unpickler makes no str any other way (it runs no code), and a str pickled
+    twice is written once and referenced after. So a record whose bytes lack the
+    text of such an operand cannot match, and is never unpickled. Only conjunctions
+    give needles (an OR of two needs neither), and only ASCII operands without the
+    escaped characters, so that protocol 0 files read by the same rule.
+    """
+    found: list[bytes] = []
+    for part in condition.children if isinstance(condition, And) else (condition,):
+        if isinstance(part, And):
+            found.extend(needles(part))
+        elif isinstance(part, Lookup) and part.op in _NEEDLE_OPS:
+            found.extend(_texts(part.value))
+        elif isinstance(part, Lookup) and part.op == "contains_all":
+            for item in part.value:
+                found.extend(_texts(item))
+    # Longest first: the rarest text tends to rule a record out soonest.
+    return tuple(sorted(set(found), key=len, reverse=True))
+
+
+def _texts(value: Any) -> list[bytes]:
+    """The needle of a str operand (none for another kind or an unsafe str)."""
+    if type(value) is str and value and value.isascii() and _ESCAPED.isdisjoint(value):
+        return [value.encode("ascii")]
+    return []
 
 
 # ---------------------------------------------------------------- pk order
