@@ -808,7 +808,8 @@ def test_needles_come_from_conjunctions_of_safe_ascii_text() -> None:
         b"x",
     )
     # Nothing is needed by an OR, a NOT, another operator or kind, or an empty text;
-    # nor by text pickle protocol 0 does not write as it is (non-ASCII, escapes).
+    # nor by text an old pickle may not write as it is (non-ASCII, control
+    # characters, backslashes and quotes).
     for condition in (
         Q(name="Ada") | Q(name="Bo"),
         ~Q(name="Ada"),
@@ -819,6 +820,9 @@ def test_needles_come_from_conjunctions_of_safe_ascii_text() -> None:
         Q(name="Zoë"),
         Q(name="a\\b"),
         Q(name="two\nlines"),
+        Q(name="tab\there"),
+        Q(name="it's"),  # Python 2 pickled a str as its repr: quotes may be escaped
+        Q(name='say "hi"'),
     ):
         assert needles(condition) == (), condition
 
@@ -889,3 +893,19 @@ def test_records_without_a_needed_text_are_not_unpickled(
         assert s.query().where(name="n7").first().pk == "k07"  # type: ignore[union-attr]
         assert unpickled == [stored[list(records).index("k07")]]
         assert "unpickling only records holding b'n7'" in s.query().where(name="n7").explain()
+
+
+def test_a_python2_pickle_is_found_by_text_it_writes_escaped(tmp_path: Path) -> None:
+    from pymodels import Q
+
+    path = tmp_path / "shelf"
+    with open_shelf(path, dbm="dbm.dumb") as s:
+        s.save({"name": "other"}, primary_key="b")
+    # Python 2 pickled {"name": 'it\'s "q"'} (a str, protocol 0) as the str's repr.
+    planted = b"(dp0\nS'name'\np1\nS'it\\'s \"q\"'\np2\ns."
+    assert pickle.loads(planted) == {"name": 'it\'s "q"'}
+    with dbm.open(str(path), "w") as db:
+        db[b"a"] = planted
+    with open_shelf(path) as s:
+        for condition in (Q(name='it\'s "q"'), Q(name__startswith="it"), Q(name__endswith='q"')):
+            assert [d.pk for d in s.query().where(condition)] == ["a"], condition

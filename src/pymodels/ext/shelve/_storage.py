@@ -804,8 +804,10 @@ def _loads(data: bytes, path: str, pk: str) -> dict[str, Any]:
 #: record holds: the value itself (equals), or a substring of one (contains on a
 #: str, starts/endswith), or an element of a list (contains on a list).
 _NEEDLE_OPS: Final = frozenset({"equals", "contains", "startswith", "endswith"})
-#: Characters pickle protocol 0 writes as escapes (``\\u005c`` and the like).
-_ESCAPED: Final = frozenset("\\\0\n\r\x1a")
+#: Printable ASCII characters an old pickle may write escaped: protocol 0 writes a
+#: backslash as ``\\u005c``, and Python 2's ``str`` was pickled as its ``repr``, which
+#: escapes quotes (control characters are not printable, so never needles either).
+_ESCAPED: Final = frozenset("\\'\"")
 
 
 def needles(condition: Condition) -> tuple[bytes, ...]:
@@ -816,8 +818,9 @@ def needles(condition: Condition) -> tuple[bytes, ...]:
     unpickler makes no str any other way (it runs no code), and a str pickled
     twice is written once and referenced after. So a record whose bytes lack the
     text of such an operand cannot match, and is never unpickled. Only conjunctions
-    give needles (an OR of two needs neither), and only ASCII operands without the
-    escaped characters, so that protocol 0 files read by the same rule.
+    give needles (an OR of two needs neither), and only printable ASCII operands
+    without backslashes or quotes, which every protocol writes as they are
+    (Python 2's pickles too), so that any file reads by the same rule.
     """
     found: list[bytes] = []
     for part in condition.children if isinstance(condition, And) else (condition,):
@@ -834,7 +837,13 @@ def needles(condition: Condition) -> tuple[bytes, ...]:
 
 def _texts(value: Any) -> list[bytes]:
     """The needle of a str operand (none for another kind or an unsafe str)."""
-    if type(value) is str and value and value.isascii() and _ESCAPED.isdisjoint(value):
+    if (
+        type(value) is str
+        and value.isascii()
+        and value.isprintable()
+        and value
+        and _ESCAPED.isdisjoint(value)
+    ):
         return [value.encode("ascii")]
     return []
 
