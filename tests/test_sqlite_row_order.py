@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import pymodels
+from pymodels.cli.app import main as cli_main
 from pymodels.ext import sqlite as backend
 from pymodels.testing import oracle, suite
 from pymodels.testing import strategies as pst
@@ -155,6 +156,23 @@ def test_save_many_of_an_unsorted_batch_keeps_row_order(path: Path) -> None:
         s._store_many([("d", {"n": 3}), ("b", {"n": 1}), ("c", {"n": 2})])
         assert in_row_order(path) and pks_by_rowid(path) == ["a", "b", "c", "d"]
         assert [d["n"] for d in s.query()] == [0, 1, 2, 3]
+
+
+def test_a_copy_from_a_storage_in_key_hash_order_keeps_row_order(tmp_path: Path) -> None:
+    # `pymodels copy` reads its source in pk order: a source whose own order is a
+    # hash's (shelve) still gives a destination whose rowids ascend with its pks,
+    # batch after batch.
+    pks = [f"k{i:04}" for i in range(300)]
+    random.Random(5).shuffle(pks)
+    src = tmp_path / "src.shelf"
+    with pymodels.get_storage(f"shelve:///{src}") as shelf:
+        for i, pk in enumerate(pks):
+            shelf.save({"n": i}, primary_key=pk)
+        assert list(shelf) != sorted(pks)  # the source's own order is not pk order
+    dst = tmp_path / "dst.db"
+    assert cli_main(["copy", "--batch-size", "7", f"shelve:///{src}", f"sqlite:///{dst}"]) == 0
+    assert in_row_order(dst)
+    assert pks_by_rowid(dst) == sorted(pks)
 
 
 def test_leaving_row_order_in_a_rolled_back_transaction_keeps_it(path: Path) -> None:

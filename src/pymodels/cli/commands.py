@@ -518,7 +518,7 @@ def copy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         batches = _Batches(dst, dst_url, args.batch_size, keep_going=False)
         digest = copied = 0
         with progress(err, "copying", total, True) as advance:
-            reading = scan(src, args.batch_size, ordered=False)
+            reading = scan(src)
             while True:
                 with about(src_url):
                     item = next(reading, None)
@@ -541,7 +541,7 @@ def copy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with about(dst_url), progress(err, "verifying", copied, True) as advance:
             dst_count = 0
             dst_digest = 0
-            for pk, record in scan(dst, args.batch_size, ordered=False):
+            for pk, record in scan(dst):
                 dst_digest = (dst_digest + content_digest(pk, record)) % DIGEST_MODULUS
                 dst_count += 1
                 advance(1)
