@@ -685,6 +685,32 @@ def test_facts_about_columns_let_tokyo_order_and_count(storage: Storage) -> None
     assert "_types" in q.where(age__gt=3).explain()
 
 
+def test_a_fact_is_proved_by_looking_for_one_record_that_breaks_it(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proof needs one breaking record, not how many: a count makes Tokyo list every
+    # matching key first (58 MB for `where(age__gt=50)` over 1M records, whose plan
+    # asks whether every age is a float). So proofs search with a limit of one.
+    from pymodels.ext.tokyo_cabinet import _binding
+
+    for i in range(40):
+        storage.save({"age": i % 9 if i % 5 else i + 0.5}, primary_key=f"k{i:02}")
+    asked: list[int] = []
+    searchcount = _binding.Query.searchcount
+
+    def counting(self: _binding.Query) -> int:
+        asked.append(1)
+        return searchcount(self)
+
+    monkeypatch.setattr(_binding.Query, "searchcount", counting)
+    storage._file.facts.clear()
+    q = storage.query().where(age__gt=5)
+    assert [d.pk for d in q] == [f"k{i:02}" for i in range(40) if (i % 9 if i % 5 else i + 0.5) > 5]
+    assert storage._file.facts and not asked
+    assert storage._file.facts[("int", "age")] is False  # the floats break it
+    assert q.count() == sum(1 for i in range(40) if (i % 9 if i % 5 else i + 0.5) > 5)
+
+
 def test_first_of_a_lookup_follows_the_facts_it_was_refined_with(storage: Storage) -> None:
     # first() of a one-field lookup reuses the shape's refined plan (no kind gate while
     # every email is a str); a write breaking that fact must bring the gate back.
