@@ -39,6 +39,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from raw_stream import RawStore, open_raw
+from raw_stream import copy as raw_copy
 from workload import make_records, pks
 
 import pymodels
@@ -78,25 +80,61 @@ def _fill_here(target: str, n: int) -> None:
                     storage.save(record, primary_key=pk)
 
 
+def _raw_store(backend: str, path: str) -> RawStore:
+    return open_raw(backend, {"path": path})
+
+
+def _fill_raw_here(backend: str, path: str, n: int) -> None:
+    store = _raw_store(backend, path)
+    try:
+        store.load(zip(pks(n), make_records(n), strict=True))
+    finally:
+        store.close()
+
+
+def _copy_raw_here(src: str, src_path: str, dst: str, dst_path: str, verify: bool) -> None:
+    source, target = _raw_store(src, src_path), _raw_store(dst, dst_path)
+    try:
+        copied = raw_copy(source, target, verify)
+    finally:
+        source.close()
+        target.close()
+    print(f"raw copy: {copied:,} records{'' if verify else ' (not verified)'}", file=sys.stderr)
+
+
+def raw_files(tmp: str, src: str, dst: str) -> tuple[str, str]:
+    return f"{tmp}/raw-src.{SCHEMES[src][1]}", f"{tmp}/raw-dst.{SCHEMES[dst][1]}"
+
+
 def copy(src: str, dst: str, extra: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS in KiB and the closing line of one ``pymodels copy``."""
+    return timed([str(EXE), "copy", src, dst, *extra])
+
+
+def timed(command: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS in KiB and the last line of stderr of a child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(EXE), "copy", src, dst, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"pymodels copy failed ({proc.returncode}): {err}")
+        raise SystemExit(f"{command[1]} failed ({proc.returncode}): {err}")
     return elapsed, usage.ru_maxrss, err.strip()
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--fill"]:
         _fill_here(sys.argv[2], int(sys.argv[3]))
+        return
+    if sys.argv[1:2] == ["--fill-raw"]:
+        _fill_raw_here(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    if sys.argv[1:2] == ["--copy-raw"]:
+        src, src_path, dst, dst_path, verify = sys.argv[2:7]
+        _copy_raw_here(src, src_path, dst, dst_path, verify == "verify")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="100000", help="record counts, comma-separated")
@@ -109,16 +147,27 @@ def main() -> None:
     sizes = [int(n) for n in args.n.split(",")]
     extra = ["--no-verify"] if args.no_verify else []
     print(f"pymodels copy {args.src} -> {args.dst}{' --no-verify' if extra else ''}")
-    print(f"{'records':>10} {'seconds':>8} {'records/s':>10} {'peak RSS':>10} {'vs first':>8}")
+    print(
+        f"{'records':>10} {'seconds':>8} {'raw':>6} {'records/s':>10} {'raw':>8} "
+        f"{'peak RSS':>10} {'raw':>10} {'vs first':>8}"
+    )
     first_rss: int | None = None
+    verify = "no-verify" if extra else "verify"
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = url(args.src, tmp, "src"), url(args.dst, tmp, "dst")
             fill(src, n)
             seconds, rss, line = copy(src, dst, extra)
+            raw_src, raw_dst = raw_files(tmp, args.src, args.dst)
+            subprocess.run(
+                [sys.executable, __file__, "--fill-raw", args.src, raw_src, str(n)], check=True
+            )
+            raw_command = [sys.executable, __file__, "--copy-raw", args.src, raw_src]
+            raw_seconds, raw_rss, _ = timed([*raw_command, args.dst, raw_dst, verify])
         first_rss = first_rss or rss
         print(
-            f"{n:>10,} {seconds:>8.1f} {n / seconds:>10,.0f} {rss / 1024:>7.1f} MiB "
+            f"{n:>10,} {seconds:>8.1f} {raw_seconds:>6.1f} {n / seconds:>10,.0f} "
+            f"{n / raw_seconds:>8,.0f} {rss / 1024:>6.1f} MiB {raw_rss / 1024:>6.1f} MiB "
             f"{rss / first_rss:>7.2f}x"
         )
         print(f"{'':>10} {line}")

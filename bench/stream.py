@@ -14,11 +14,19 @@ memory before the query, and the rate. A backend that streams rises by a constan
 rises with ``--n``. Linux only (it reads ``/proc/self/status``, whose counters are
 approximate: a rise within 0.3 MB either way, e.g. -0.1 MB, is no rise).
 
+Beside each row, the raw driver doing the same work in a fresh process of its own
+(``raw_stream.py``): the same records saved under ascending pks, the same two queries
+iterated to the end in pk order, by the plainest correct use of the driver. Where the
+driver can only give pk order by listing every key (shelve, Tokyo Cabinet, Tokyo
+Tyrant), the raw side lists them, and its rise shows it; the raw memory side hands out
+the stored dicts themselves, where pymodels copies each record into a document.
+
 The server backends (``--only postgresql,mongodb,tokyo_tyrant``) each get a fresh
 throwaway server from :mod:`pymodels.testing` on 127.0.0.1 (PostgreSQL from Debian's
 binaries, MongoDB from ``mongod`` or SecantusDB, Tokyo Tyrant from the ``ttserver`` named
 by ``PYMODELS_TEST_TTSERVER`` or else the project's protocol server), started by this
-script before the worker and stopped by its pid after it. The figures are the worker's,
+script before the worker and stopped by its pid after it (the raw worker gets a server of
+its own, as Tokyo Tyrant has one database a server). The figures are the worker's,
 the *client's*: the server runs in its own processes and its memory is not counted.
 A million records fit: the three servers took 6 minutes on a shared 2-core machine
 (2026-12-06; most of it loading SecantusDB and Tyrant); ``--n 200000`` is a quicker
@@ -35,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,6 +105,28 @@ def server(backend: str) -> Iterator[tuple[dict[str, Any], str]]:
         raise ValueError(f"no server for {backend!r}")
 
 
+def measure(queries: Iterable[tuple[str, Callable[[], Iterable[Any]]]]) -> dict[str, Any]:
+    """Records, rate and memory rise of iterating each query to the end."""
+    out: dict[str, Any] = {}
+    for name, query in queries:
+        gc.collect()
+        # The peak is reset first, then the figure it is compared with read. The
+        # kernel's counters are approximate (cached per CPU, a few hundred KB), so
+        # a rise within 0.3 MB either way is no rise.
+        _reset_peak()
+        before = _status("VmRSS")
+        start = time.perf_counter()
+        seen = sum(1 for _ in query())
+        elapsed = time.perf_counter() - start
+        out[name] = {
+            "records": seen,
+            "per_s": seen / elapsed,
+            "rss_mb": before,
+            "rise_mb": _status("VmHWM") - before,
+        }
+    return out
+
+
 def worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
     import pymodels
 
@@ -105,29 +135,60 @@ def worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[st
         if given is None and backend != "memory":
             settings["path"] = str(Path(tmp) / f"stream.{backend}")
         with pymodels.get_storage(settings) as storage:
-            start = time.perf_counter()
             storage.save_many(records(n))
-            out: dict[str, Any] = {"load_s": time.perf_counter() - start}
-            for name, query in (
-                ("half", storage.query().where(age__gt=50)),
-                ("all", storage.query()),
-            ):
-                gc.collect()
-                # The peak is reset first, then the figure it is compared with read. The
-                # kernel's counters are approximate (cached per CPU, a few hundred KB), so
-                # a rise within 0.3 MB either way is no rise.
-                _reset_peak()
-                before = _status("VmRSS")
-                start = time.perf_counter()
-                seen = sum(1 for _ in query)
-                elapsed = time.perf_counter() - start
-                out[name] = {
-                    "records": seen,
-                    "per_s": seen / elapsed,
-                    "rss_mb": before,
-                    "rise_mb": _status("VmHWM") - before,
-                }
-    return out
+            return measure(
+                (
+                    ("half", storage.query().where(age__gt=50).__iter__),
+                    ("all", storage.query().__iter__),
+                )
+            )
+
+
+def raw_worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`worker`'s queries through the raw driver (``raw_stream.py``), same records."""
+    from raw_stream import open_raw
+
+    with tempfile.TemporaryDirectory(prefix=f"stream-raw-{backend}-") as tmp:
+        store = open_raw(backend, given or {"path": str(Path(tmp) / f"raw.{backend}")})
+        try:
+            store.load((f"k{i:09}", record) for i, record in enumerate(records(n)))
+            return measure((("half", lambda: store.stream(50)), ("all", store.stream)))
+        finally:
+            store.close()
+
+
+class WorkerFailed(Exception):
+    """A worker or its server that could not run: the message says why, in one line."""
+
+
+def run_worker(name: str, n: int, raw: bool, notes: list[str]) -> dict[str, Any]:
+    """One worker (pymodels, or the raw driver) in a fresh process, with a fresh server
+    for a server backend (the raw driver's records must not meet pymodels' in Tyrant's
+    one database)."""
+    with ExitStack() as stack:
+        command = [sys.executable, __file__, "--worker", name, "--n", str(n)]
+        if raw:
+            command.append("--raw")
+        if name in SERVERS:
+            try:
+                settings, kind = stack.enter_context(server(name))
+            except Exception as e:  # a server that cannot start here: say so, go on
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise WorkerFailed(f"no server: {why}") from e
+            if not raw:
+                notes.append(f"{name}: {kind}")
+            command += ["--settings", json.dumps(settings)]
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise WorkerFailed(f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         given = json.loads(args.settings) if args.settings else None
-        print(json.dumps(worker(args.worker, args.n, given)))
+        work = raw_worker if args.raw else worker
+        print(json.dumps(work(args.worker, args.n, given)))
         return 0
     names = [x for x in args.only.split(",") if x] or list(BACKENDS)
     unknown = [x for x in names if x not in BACKENDS + SERVERS]
@@ -153,40 +216,34 @@ def main(argv: list[str] | None = None) -> int:
     print("Peak resident memory of the client process while iterating a query to the end,")
     print("above its resident memory before it (each backend in a fresh process; a server")
     print("runs in its own processes, not counted)")
-    print("| backend | query | records | records/s | RSS before | peak rise |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| backend | query | records | records/s | raw records/s | RSS before | peak rise "
+        "| raw peak rise |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     failed = False
     notes: list[str] = []
     for name in names:
-        with ExitStack() as stack:
-            command = [sys.executable, __file__, "--worker", name, "--n", str(args.n)]
-            if name in SERVERS:
-                try:
-                    settings, kind = stack.enter_context(server(name))
-                except Exception as e:  # a server that cannot start here: say so, go on
-                    failed = True
-                    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    print(f"| {name} | no server: {why} |")
-                    continue
-                notes.append(f"{name}: {kind}")
-                command += ["--settings", json.dumps(settings)]
-            proc = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "PYTHONHASHSEED": "0"},
-                check=False,
-            )
-        if proc.returncode != 0:
-            failed = True
-            print(f"| {name} | failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]} |")
+        results: dict[bool, dict[str, Any]] = {}
+        for raw in (False, True):
+            try:
+                results[raw] = run_worker(name, args.n, raw, notes)
+            except WorkerFailed as e:
+                failed = True
+                print(f"| {name} | {'raw ' if raw else ''}{e} |")
+                break
+        if len(results) < 2:
             continue
-        result = json.loads(proc.stdout)
         for query, label in (("half", "where(age__gt=50)"), ("all", "query()")):
-            r = result[query]
+            r, w = results[False][query], results[True][query]
+            if r["records"] != w["records"]:
+                failed = True
+                print(f"| {name} | `{label}` | {r['records']:,} records, raw {w['records']:,} |")
+                continue
             print(
                 f"| {name} | `{label}` | {r['records']:,} | {r['per_s']:,.0f} | "
-                f"{r['rss_mb']:.0f} MB | {r['rise_mb']:.1f} MB |"
+                f"{w['per_s']:,.0f} | {r['rss_mb']:.0f} MB | {r['rise_mb']:.1f} MB | "
+                f"{w['rise_mb']:.1f} MB |"
             )
         load.append(os.getloadavg()[0])
         sys.stdout.flush()
