@@ -274,7 +274,7 @@ class Document(pydantic.BaseModel):
             for name, value in declared.items()
         }
         doc = typing.cast(Self, cls.model_construct(**values))
-        for name in set(cls.model_fields) - set(values):
+        for name in set(cls.__pydantic_fields__) - set(values):
             doc.__dict__.pop(name, None)
         return doc
 
@@ -1192,7 +1192,7 @@ def _record_of(doc: Document, pks: Mapping[int, str] | None) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for key, value in doc._extra.items():
         record[key] = value
-    for name in cls.model_fields:
+    for name in cls.__pydantic_fields__:
         value = doc.__dict__.get(name)
         if value is None:
             record.pop(name, None)
