@@ -16,11 +16,25 @@ is the pages of the database files the engines map into memory (gdbm and Tokyo
 Cabinet map their files; reading every record for the verification touches
 every page, which counts in RSS although the kernel can drop it at will) and
 SQLite's page cache as it fills. ``--no-verify`` leaves the destination unread.
-Measured on this project's machine (2 cores, shared; 100,000 records of six
-fields; 2026-12-07):
 
-    sqlite -> tokyo_cabinet   10k: 43 MiB    100k: 63 MiB   (100k, --no-verify: 61 MiB)
-    sqlite -> shelve (gnu)    10k: 41 MiB    100k: 72 MiB   (100k, --no-verify: 49 MiB)
+Beside each figure, the raw drivers doing the same copy (``raw_stream.py``) in a child
+process: a source file of the same records written by the raw driver, read in pk order
+and written in batches of 1000 into the raw destination, each pair hashed, then the
+destination read back and compared (count and hash), as ``pymodels copy`` does. Raw
+writes no shadow columns, validates nothing and builds no documents.
+
+Measured on this project's machine (2 cores, shared; six-field records; 2026-12-07,
+main at ``e5f6402``), wall seconds and peak RSS, pymodels / raw:
+
+    sqlite -> tokyo_cabinet   10k: 0.8 / 0.7 s, 43 / 43 MiB
+                              100k: 5.7 / 4.4 s, 63 / 61 MiB (--no-verify: 4.8 / 3.6 s, 61 / 54 MiB)
+    sqlite -> shelve (gnu)    10k: 0.7 / 0.6 s, 41 / 40 MiB
+                              100k: 5.5 / 3.7 s, 72 / 73 MiB (--no-verify: 3.5 / 2.4 s, 49 / 42 MiB)
+
+Of pymodels' extra time, a profile of the 100k copy into shelve puts about a third in
+the content hash (the tagged form of each record, sorted-key JSON, SHA-256; raw hashes a
+plain repr) and most of the rest in reading records as documents and validating them on
+write.
 
 Until 2026-12-07 copy listed the source's pks first (shelve and Tokyo Cabinet
 iterate a list of them, about 80 bytes a record). Builds alternated twice,
