@@ -148,3 +148,9 @@ def test_content_digest_ignores_key_order_but_not_kinds() -> None:
     assert content_digest("a", {"x": decimal.Decimal("2.5")}) != content_digest(
         "a", {"x": decimal.Decimal("2.50")}
     )
+    assert content_digest("a", {"x": True}) != content_digest("a", {"x": 1})
+    assert content_digest("a", {"x": "2.5"}) != content_digest("a", {"x": decimal.Decimal("2.5")})
+    assert content_digest("a", {"x": b"\x00"}) != content_digest("a", {"x": "AA=="})
+    assert content_digest("a", {"n": {"b": [1, 2], "a": 0.5}}) == content_digest(
+        "a", {"n": {"a": 0.5, "b": [1, 2]}}
+    )

