@@ -24,22 +24,20 @@ destination read back and compared (count and hash), as ``pymodels copy`` does. 
 writes no shadow columns, validates nothing and builds no documents.
 
 Measured on this project's machine (2 cores, shared; six-field records; 2026-12-07,
-main at ``e5f6402``), wall seconds and peak RSS, pymodels / raw:
+main at ``7d7c0ed``), wall seconds and peak RSS, pymodels / raw:
 
-    sqlite -> tokyo_cabinet   10k: 0.8 / 0.7 s, 43 / 43 MiB
-                              100k: 5.7 / 4.4 s, 63 / 61 MiB (--no-verify: 4.8 / 3.6 s, 61 / 54 MiB)
-    sqlite -> shelve (gnu)    10k: 0.7 / 0.6 s, 41 / 40 MiB
-                              100k: 5.5 / 3.7 s, 72 / 73 MiB (--no-verify: 3.5 / 2.4 s, 49 / 42 MiB)
+    sqlite -> tokyo_cabinet   10k: 0.7-0.8 / 0.7 s, 43 / 43 MiB
+                              100k: 4.4-4.9 / 4.1-4.3 s, 63 / 61 MiB
+    sqlite -> shelve (gnu)    10k: 0.6 / 0.5 s, 41 / 40 MiB
+                              100k: 4.1 / 3.6 s, 72 / 73 MiB
 
-Of pymodels' extra time, a profile of the 100k copy into shelve puts about a third in
-the content hash (the tagged form of each record, sorted-key JSON, SHA-256; raw hashes a
-plain repr) and most of the rest in reading records as documents and validating them on
-write.
-
-Until 2026-12-07 copy listed the source's pks first (shelve and Tokyo Cabinet
-iterate a list of them, about 80 bytes a record). Builds alternated twice,
-100,000 records into SQLite: from Tokyo Cabinet 82 -> 77 MiB, from shelve 94 -> 86
-MiB, times level (7.0-7.7 s).
+Two changes the same day, each measured with the builds alternated twice or three
+times (wall seconds at 100k, before -> after): documents' mapping methods had read
+pydantic's ``model_fields`` property on every key (``dict(doc)`` 8.4 -> 3.9 us;
+``dbaf831`` -> ``e5f6402``: sqlite -> tokyo_cabinet 8.3, 9.3 -> 7.0, 6.0; shelve ->
+sqlite 7.6, 6.4 -> 5.4, 5.9), and the content hash went through ``json.dumps`` (6.5 ->
+2.9 us a record with msgspec; ``e5f6402`` -> ``7d7c0ed``: sqlite -> shelve 5.2, 4.7,
+4.8 -> 4.1, 4.0, 4.5).
 """
 
 from __future__ import annotations
