@@ -326,7 +326,7 @@ def scan(storage: BaseStorage) -> Iterator[tuple[str, dict[str, Any]]]:
     A plain query in pk order: every backend streams it (SQLite and PostgreSQL
     from a cursor, shelve and Tokyo Cabinet through an external sort of their
     keys, Tyrant and MongoDB a page at a time), where listing the pks first held
-    all of them (about 100 bytes a record). The pk order also lets a copy into
+    all of them (50 to 80 bytes a record). The pk order also lets a copy into
     SQLite keep row order (docs/sqlite.md) and makes exports alike run to run.
     """
     for doc in storage.query():
