@@ -693,8 +693,10 @@ def test_a_fact_is_proved_by_looking_for_one_record_that_breaks_it(
     # asks whether every age is a float). So proofs search with a limit of one.
     from pymodels.ext.tokyo_cabinet import _binding
 
-    for i in range(40):
-        storage.save({"age": i % 9 if i % 5 else i + 0.5}, primary_key=f"k{i:02}")
+    ages = {f"k{i:02}": i % 9 if i % 5 else i + 0.5 for i in range(40)}
+    for pk, age in ages.items():
+        storage.save({"age": age}, primary_key=pk)
+    matching = [pk for pk, age in ages.items() if age > 5]
     asked: list[int] = []
     searchcount = _binding.Query.searchcount
 
@@ -705,10 +707,10 @@ def test_a_fact_is_proved_by_looking_for_one_record_that_breaks_it(
     monkeypatch.setattr(_binding.Query, "searchcount", counting)
     storage._file.facts.clear()
     q = storage.query().where(age__gt=5)
-    assert [d.pk for d in q] == [f"k{i:02}" for i in range(40) if (i % 9 if i % 5 else i + 0.5) > 5]
+    assert [d.pk for d in q] == matching
     assert storage._file.facts and not asked
     assert storage._file.facts[("int", "age")] is False  # the floats break it
-    assert q.count() == sum(1 for i in range(40) if (i % 9 if i % 5 else i + 0.5) > 5)
+    assert q.count() == len(matching)
 
 
 def test_first_of_a_lookup_follows_the_facts_it_was_refined_with(storage: Storage) -> None:
