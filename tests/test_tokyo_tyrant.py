@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,7 @@ from pymodels.errors import (
 )
 from pymodels.ext import _spill
 from pymodels.ext._tokyo import _engine
-from pymodels.ext.tokyo_tyrant import Storage, features
-from pymodels.ext.tokyo_tyrant import _storage as tyrant_storage
+from pymodels.ext.tokyo_tyrant import Storage, _protocol, features
 from pymodels.ext.tokyo_tyrant._protocol import Client
 from pymodels.testing import strategies as pst
 from pymodels.testing.suite import check_query_case, run_in_threads
@@ -531,84 +530,159 @@ def test_a_query_iterated_while_another_client_writes_yields_each_record_once(
         assert len(ordered) == len(set(ordered)) >= 3000
 
 
+class _Requests:
+    """The key-listing requests of a client (search, fwmkeys; streamed or not): how many
+    were sent and the most elements one step of reading a reply parsed at once."""
+
+    def __init__(self, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[bytes] = []
+        self.widest = 0
+        elements = _protocol._Connection.elements
+
+        def parsing(conn: Any, count: int) -> list[bytes]:
+            self.widest = max(self.widest, count)
+            return elements(conn, count)
+
+        monkeypatch.setattr(_protocol._Connection, "elements", parsing)
+        for name in ("search", "search_each", "fwmkeys_each"):
+            original = getattr(client, name)
+            monkeypatch.setattr(client, name, self._recording(name, original))
+
+    def _recording(self, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.sent.append(name.encode())
+            return original(*args, **kwargs)
+
+        return call
+
+    def clear(self) -> None:
+        self.sent.clear()
+        self.widest = 0
+
+
 @pytest.fixture
-def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Pages of 7 keys starting 2 before the last one handed out: many pages, small data.
-    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 7)
-    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 2)
+def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Replies parsed 3 keys at a time, sorted in runs of 7 spilled to disk: many runs
+    # and steps, small data.
+    monkeypatch.setattr(_protocol, "STREAM_BLOCK", 3)
+    monkeypatch.setattr(_spill, "RUN_SIZE", 7)
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)  # one-field lookups of 3 or more too
 
 
-@pytest.mark.usefixtures("small_pages")
-def test_a_long_stream_pages_by_pk_and_yields_every_match_once(tyrant: TemporaryTyrant) -> None:
+@pytest.mark.usefixtures("small_runs")
+def test_a_long_stream_is_one_request_sorted_in_bounded_memory(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each stream lists its keys with one request (the server searches once), read off
+    # the socket a step of 3 keys at a time into a sort that spills runs of 7: nothing
+    # in the client holds the whole list, and every match comes once, in order.
     with pymodels.get_storage(tyrant.url) as storage:
         pks = [f"k {i:03}," for i in range(100)]  # spaces and commas: no token anywhere
-        for i, pk in enumerate(pks):
+        for i, pk in reversed(list(enumerate(pks))):  # stored out of pk order
             storage.save({"n": i, "odd": i % 2}, primary_key=pk)
-        searches: list[int] = []
-        client = _client(storage)
-        search = client.search
+        requests = _Requests(_client(storage), monkeypatch)
+        spilled: list[int] = []
+        write_run = _spill._write_run
 
-        def counting(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
-            searches.append(1)
-            keys: list[bytes] = search(args, write=write)
-            return keys
+        def counting(directory: str, number: int, keys: list[Any], descending: bool) -> Any:
+            spilled.append(len(keys))
+            return write_run(directory, number, keys, descending)
 
-        client.search = counting  # type: ignore[method-assign]
+        monkeypatch.setattr(_spill, "_write_run", counting)
         odd = sorted(pk for i, pk in enumerate(pks) if i % 2)
-        assert [d.pk for d in storage.query().where(odd=1)] == odd
-        assert len(searches) >= 50 // 5  # paged, not one search for the whole result
-        assert [d.pk for d in storage.query().where(odd=1).order_by("-pk")] == odd[::-1]
-        assert [d.pk for d in storage.query()] == sorted(pks)
-        assert [d.pk for d in storage.query().where(odd=1)[3:]] == odd[3:]
-        assert sorted(storage) == sorted(pks)
-        assert len(list(storage.query().where(odd=1, n__gte=0))) == 50
+        one, every = [b"search_each"], [b"fwmkeys_each"]
+        q = storage.query()
+        cases: list[tuple[Callable[[], Iterable[Any]], list[str], list[bytes]]] = [
+            (lambda: q.where(odd=1), odd, one),
+            (lambda: q.where(odd=1).order_by("-pk"), odd[::-1], one),
+            (lambda: q, sorted(pks), every),
+            (lambda: q.order_by("-pk"), sorted(pks)[::-1], every),
+            (lambda: q.where(odd=1)[3:], odd[3:], one),
+            (lambda: sorted(storage), sorted(pks), every),
+            # A range on n whose floats near 0 Tokyo cannot tell apart: the sure blocks'
+            # metasearch and the checked block's search, merged.
+            (lambda: q.where(odd=1, n__gte=0), odd, one * 2),
+        ]
+        for run, expected, sent in cases:
+            requests.clear()
+            spilled.clear()
+            assert [getattr(d, "pk", d) for d in run()] == expected
+            assert requests.sent == sent
+            assert 0 < requests.widest <= 3
+            assert len(spilled) >= len(expected) // 7 and max(spilled) == 7
 
 
-@pytest.mark.usefixtures("small_pages")
-def test_a_paged_stream_under_other_writers_yields_each_key_once_in_order(
-    tyrant: TemporaryTyrant,
+def test_a_stream_whose_connection_breaks_mid_reply_starts_its_sort_over(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before each further page another client deletes more records behind the stream's
-    # position than the overlap covers (the page would jump ahead), and adds one behind
-    # and one ahead: keys still come once each, in order, and every record present from
-    # start to end comes.
+    # The connection drops after two steps of the reply, when a run of 4 keys is already
+    # spilled: the search goes out again on a fresh connection and the sort starts over,
+    # so no key of the broken attempt comes twice.
+    monkeypatch.setattr(_protocol, "STREAM_BLOCK", 3)
+    monkeypatch.setattr(_spill, "RUN_SIZE", 4)
+    with pymodels.get_storage(tyrant.url) as storage:
+        pks = [f"k{i:02}" for i in range(30)]
+        for pk in reversed(pks):
+            storage.save({"n": 1}, primary_key=pk)
+        steps: list[int] = []
+        elements = _protocol._Connection.elements
+
+        def breaking(conn: Any, count: int) -> list[bytes]:
+            steps.append(count)
+            if len(steps) == 3:
+                raise EOFError("the server closed the connection")
+            return elements(conn, count)
+
+        monkeypatch.setattr(_protocol._Connection, "elements", breaking)
+        assert [d.pk for d in storage.query().where(n=1)] == pks
+        assert len(steps) == 3 + 30 // 3  # the first attempt's three steps, then all ten
+
+
+@pytest.mark.usefixtures("small_runs")
+def test_a_stream_under_other_writers_yields_each_key_once_in_order(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the batches of records the stream loads, another client deletes records
+    # just ahead of it and adds new ones: keys still come once each and in order, a
+    # record deleted before the stream reached it does not come, and every record
+    # present from start to end comes.
+    monkeypatch.setattr(_engine, "BATCH_SIZE", 5)
     with pymodels.get_storage(tyrant.url) as reader, pymodels.get_storage(tyrant.url) as writer:
         pks = [f"p{i:04}" for i in range(0, 400, 2)]
         for pk in pks:
             reader.save({"n": 1}, primary_key=pk)
-        listed: list[bytes] = []
         deleted: set[str] = set()
-        client = _client(reader)
-        search = client.search
+        loaded: list[str] = []
+        load_raw = reader._load_raw  # type: ignore[attr-defined]
 
-        def search_between_writes(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
-            if listed:
-                alive = dict.fromkeys(k.decode() for k in listed if k.decode() not in deleted)
-                behind = sorted(alive)[-6:-1]
-                for pk in behind:
-                    writer.delete(pk)
-                    deleted.add(pk)
-                i = int(listed[-1][1:])
+        def load_between_writes(keys: list[bytes]) -> list[dict[bytes, bytes] | None]:
+            if loaded:
+                i = int(loaded[-1][1:])
+                for pk in (f"p{i + 12:04}", f"p{i + 14:04}"):  # ahead of the stream
+                    if pk in writer:
+                        writer.delete(pk)
+                        deleted.add(pk)
                 writer.save({"n": 1}, primary_key=f"p{i - 1:04}")
                 writer.save({"n": 1}, primary_key=f"p{i + 3:04}")
-            keys: list[bytes] = search(args, write=write)
-            listed.extend(keys)
-            return keys
+            loaded.extend(k.decode() for k in keys)
+            result: list[dict[bytes, bytes] | None] = load_raw(keys)
+            return result
 
-        client.search = search_between_writes  # type: ignore[method-assign]
+        monkeypatch.setattr(reader, "_load_raw", load_between_writes)
         seen = [str(doc.pk) for doc in reader.query().where(n=1)]
-        client.search = search  # type: ignore[method-assign]
-        assert len(deleted) > 50  # the writes did happen between many pages
+        assert len(deleted) > 50  # the writes did happen between many batches
         assert seen == sorted(set(seen))
-        assert set(pks) - deleted <= set(seen)
+        assert set(pks) - deleted == set(seen)
 
 
-@pytest.mark.usefixtures("small_pages")
-def test_unions_and_checked_plans_stream_in_merged_pages(tyrant: TemporaryTyrant) -> None:
-    # A union (metasearch) and a range whose bound Tokyo's 16 digits cannot tell apart
-    # from its neighbours (a block of records checked in Python) come in pk order, each
-    # match once, and no reply of the server holds more than a page (+1) of keys.
+@pytest.mark.usefixtures("small_runs")
+def test_unions_and_checked_plans_stream_each_match_once_in_pk_order(
+    tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A union (one metasearch) and a range whose bound Tokyo's 16 digits cannot tell
+    # apart from its neighbours (a block of records checked in Python, a search of its
+    # own) come in pk order, each match once; counts of blocks that may overlap count
+    # the keys of one metasearch as they are read, and no step parses more than 3.
     with pymodels.get_storage(tyrant.url) as storage:
         records: dict[str, dict[str, Any]] = {}
         for i in range(60):
@@ -617,35 +691,28 @@ def test_unions_and_checked_plans_stream_in_merged_pages(tyrant: TemporaryTyrant
             records[f"k {i:03},"] = {"n": i, "age": age, "odd": i % 2}
         for pk, record in records.items():
             storage.save(record, primary_key=pk)
-        replies: list[int] = []
-        client = _client(storage)
-        search = client.search
-
-        def recording(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
-            keys: list[bytes] = search(args, write=write)
-            replies.append(len(keys))
-            return keys
-
-        client.search = recording  # type: ignore[method-assign]
-        cases: list[tuple[Any, Callable[[dict[str, Any]], bool]]] = [
-            (Q(odd=1) | Q(n__lt=10), lambda r: r["odd"] == 1 or r["n"] < 10),
-            (Q(age__gt=10), lambda r: r["age"] > 10),
-            (Q(age__gt=10) | Q(n__lt=3), lambda r: r["age"] > 10 or r["n"] < 3),
+        requests = _Requests(_client(storage), monkeypatch)
+        # Requests a stream sends: one metasearch for the sure blocks, one search per
+        # checked block (n__lt=10 checks the floats Tokyo cannot tell from 10).
+        cases: list[tuple[Any, Callable[[dict[str, Any]], bool], int]] = [
+            (Q(odd=1) | Q(n__lt=10), lambda r: r["odd"] == 1 or r["n"] < 10, 2),
+            (Q(age__gt=10), lambda r: r["age"] > 10, 2),
+            (Q(age__gt=10) | Q(n__lt=3), lambda r: r["age"] > 10 or r["n"] < 3, 3),
         ]
-        for condition, test in cases:
+        for condition, test, searches in cases:
             expected = sorted(pk for pk, r in records.items() if test(r))
             assert len(expected) > 20
             q = storage.query().where(condition)
             assert "checked in Python" in q.explain() or "UNION" in q.explain()
-            replies.clear()  # explain() asked for Tokyo's hint: a search of every key
+            requests.clear()  # explain() asked for Tokyo's hint: a search of every key
             assert [d.pk for d in q] == expected, condition
-            assert 0 < max(replies) <= 8 and len(replies) > 3, replies  # pages of 7 (+1)
+            assert requests.sent == [b"search_each"] * searches, requests.sent
+            assert 0 < requests.widest <= 3
             assert [d.pk for d in q.order_by("-pk")] == expected[::-1]
             assert [d.pk for d in q[5:]] == expected[5:]
-            replies.clear()
+            requests.clear()
             assert q.count() == len(expected)
-            # A count of blocks that may overlap lists their keys in the same pages.
-            assert max(replies, default=0) <= 8, replies
+            assert requests.widest <= 3, requests.widest
 
 
 def test_ints_at_a_whole_bound_are_settled_by_tokyo_and_floats_checked(
@@ -728,50 +795,55 @@ def test_a_one_field_lookup_is_one_search_when_short_and_streams_when_long(
 ) -> None:
     # where(email=X) of a page or fewer matches: one search (asked for one key more than
     # a page), then the records. More than a page: that search is spent and the query
-    # streams in pk pages, every match once, in order, both directions.
+    # streams (one more search, no limit, sorted in the client), every match once, in
+    # order, both directions.
     monkeypatch.setattr(_engine, "_PAGE_MAX", 4)
-    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
-    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)
+    monkeypatch.setattr(_spill, "RUN_SIZE", 3)
     with pymodels.get_storage(tyrant.url) as storage:
         for i in range(12):
             storage.save({"city": "a" if i < 4 else "b", "n": i}, primary_key=f"k {i:02},")
         storage.save({"city": 7}, primary_key="int")  # another kind: the gate keeps it out
         limits: list[bytes] = []
         client = _client(storage)
-        search = client.search
+        search, search_each = client.search, client.search_each
 
         def recording(args: Sequence[bytes], *, write: bool = False) -> list[bytes]:
             limits.extend(a for a in args if a.startswith(b"setlimit"))
             keys: list[bytes] = search(args, write=write)
             return keys
 
+        def recording_each(args: Sequence[bytes], consume: Callable[[Any], Any]) -> Any:
+            limits.extend(a for a in args if a.startswith(b"setlimit"))
+            limits.append(b"each")
+            return search_each(args, consume)
+
         # The shape's first query compiles it (the general path); later ones fill it in.
         assert storage.query().where(city="none").first() is None
-        client.search = recording  # type: ignore[method-assign]
+        monkeypatch.setattr(client, "search", recording)
+        monkeypatch.setattr(client, "search_each", recording_each)
         short = [d.pk for d in storage.query().where(city="a")]
         assert short == [f"k {i:02}," for i in range(4)]
         assert limits == [b"setlimit\x005\x000"]
         limits.clear()
         long = [f"k {i:02}," for i in range(4, 12)]
         assert [d.pk for d in storage.query().where(city="b")] == long
-        assert limits[0] == b"setlimit\x005\x000" and len(limits) > 3  # then pages of 3
+        assert limits == [b"setlimit\x005\x000", b"each"]  # then one unlimited search
         assert [d.pk for d in storage.query().where(city="b").order_by("-pk")] == long[::-1]
         assert [d.pk for d in storage.query().where(city="b")[2:]] == long[2:]
         assert storage.query().where(city="zzz").first() is None
 
 
-def test_queries_through_pk_pages_match_the_oracle(
+def test_queries_through_sorted_streams_match_the_oracle(
     tyrant: TemporaryTyrant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The differential test again with pages of 3 keys overlapping by 1, and the page
-    path taken from 3 matches on: every unsliced pk-ordered query of one search walks
-    pk-ordered pages (see Storage._pk_ordered_keys), a one-field lookup too (below 3
-    matches it is one short page)."""
+    """The differential test again with replies read 2 keys at a time into sorts that
+    spill runs of 2, and the stream path taken from 3 matches on: every unsliced
+    pk-ordered query goes through Storage._sorted_keys (a one-field lookup too; below
+    3 matches it is one short search)."""
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     monkeypatch.setattr(_engine, "BATCH_SIZE", 2)  # records checked and loaded 2 at a time
     monkeypatch.setattr(_spill, "RUN_SIZE", 2)
-    monkeypatch.setattr(tyrant_storage, "PAGE_KEYS", 3)
-    monkeypatch.setattr(tyrant_storage, "PAGE_OVERLAP", 1)
+    monkeypatch.setattr(_protocol, "STREAM_BLOCK", 2)
     with pymodels.get_storage(tyrant.url) as s:
 
         @settings(deadline=None)  # examples: the profile's

@@ -38,7 +38,8 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, TypeVar
 
 from ...backend import ConnectionFailed, PyModelsError
@@ -89,6 +90,9 @@ _BUFSIZE: Final = 64 * 1024
 _GET_HEAD: Final = _MISC_HEAD.pack(MAGIC, MISC, 3, 0, 1) + b"get"
 #: Pipelined writes go out in groups of this many requests (see :meth:`Client.call_many`).
 PIPELINE_GROUP: Final = 64
+#: Elements parsed per step of a reply handed out as it is read (see
+#: :meth:`Client.search_each`): what the client holds of such a reply at once.
+STREAM_BLOCK: Final = 10_000
 
 T = TypeVar("T")
 
@@ -539,6 +543,39 @@ class Client:
             raise PyModelsError(f"Tokyo Tyrant at {self.address}: search failed")
         return elements
 
+    def search_each(self, args: Sequence[bytes], consume: Callable[[Iterator[bytes]], T]) -> T:
+        """A read-only ``misc search`` whose keys ``consume`` takes as they are read.
+
+        ``consume`` gets an iterator over the result's elements, parsed
+        :data:`STREAM_BLOCK` at a time, and its answer is returned: a result of any
+        length, never held whole. Whatever it leaves is read and dropped, so the
+        connection stays in step. If the connection breaks and the search is sent again
+        on a fresh one, ``consume`` is called again from the start.
+        """
+
+        def reader(conn: _Connection) -> T:
+            status, count = conn.status_u32()
+            if status > 1:
+                raise ProtocolError(f"unexpected status byte {status} from Tokyo Tyrant")
+            if status:
+                conn.elements(count)
+                raise PyModelsError(f"Tokyo Tyrant at {self.address}: search failed")
+            return _consume(conn, count, consume)
+
+        return self.call(misc_request(b"search", args), reader, write=False)
+
+    def fwmkeys_each(self, prefix: bytes, consume: Callable[[Iterator[bytes]], T]) -> T:
+        """:meth:`fwmkeys` (every key starting with ``prefix``) with its keys handed to
+        ``consume`` as they are read, as :meth:`search_each` does."""
+        data = _HEAD2.pack(MAGIC, FWMKEYS) + _U32.pack(len(prefix)) + _I32.pack(-1) + prefix
+
+        def reader(conn: _Connection) -> T:
+            # fwmkeys: the list comes with either status.
+            _check_status(conn.status())
+            return _consume(conn, conn.u32(), consume)
+
+        return self.call(data, reader, write=False)
+
     def genuid(self) -> int:
         """A new unique number from the table's sequence."""
         ok, elements = self.misc(b"genuid", [], write=True)
@@ -675,6 +712,23 @@ def _read_list(conn: _Connection) -> list[bytes]:
     # fwmkeys: the list comes with either status.
     _check_status(conn.status())
     return conn.elements(conn.u32())
+
+
+def _consume(conn: _Connection, count: int, consume: Callable[[Iterator[bytes]], T]) -> T:
+    """``consume``'s answer over the next ``count`` elements of ``conn``, parsed a block
+    at a time; the ones it leaves are read and dropped."""
+
+    def elements() -> Iterator[bytes]:
+        left = count
+        while left:
+            block = conn.elements(min(left, STREAM_BLOCK))
+            left -= len(block)
+            yield from block
+
+    stream = elements()
+    result = consume(stream)
+    deque(stream, maxlen=0)
+    return result
 
 
 def _read_misc(conn: _Connection) -> tuple[bool, list[bytes]]:

@@ -24,6 +24,7 @@ from ...backend import (
     batch_has_documents,
     batch_records,
 )
+from .._spill import KeySorter
 from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump
 from .._tokyo._compiler import Block, Plan, PlanBlock, TCCond, gates_hold
 from .._tokyo._engine import OP_SUPPORT, TokyoStorage, decode_pk, scan_index_files
@@ -225,12 +226,12 @@ class Storage(TokyoStorage):
         return self.client.table_out(pk.encode("utf-8"))
 
     def _keys(self) -> Iterator[str]:
-        # In pk order, a page at a time (see _pk_ordered_keys): no list of every key.
-        return (decode_pk(k) for k in self._pk_pages((), False))
+        # In pk order, sorted in bounded memory (see _sorted_keys): no list of every key.
+        return (decode_pk(k) for k in self._sorted_keys(None, False))
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        with contextlib.closing(self._pk_pages((), False)) as pages:
-            yield from self._streamed_records(pages)
+        with contextlib.closing(self._sorted_keys(None, False)) as keys:
+            yield from self._streamed_records(keys)
 
     def _records(
         self, keys: list[bytes], gates: tuple[TCCond, ...] = ()
@@ -346,45 +347,61 @@ class Storage(TokyoStorage):
     ) -> list[bytes]:
         """One ``misc search`` (a metasearch for several blocks); ``tail`` adds
         sub-commands (``count``, ``out``, ``hint``), whose elements come back instead."""
-        args: list[bytes] = []
-        for i, block in enumerate(blocks):
-            if i:
-                args.append(b"next")
-            args.extend(_cond_args(block))
-            if i == 0:
-                if order is not None:
-                    args.append(b"setorder\x00" + order[0] + _SETORDER[order[1]])
-                if limit >= 0 or skip:
-                    args.append(b"setlimit\x00%d\x00%d" % (limit, skip))
-        args.extend(tail)
+        args = _search_args(blocks, order, limit, skip, tail)
         return self.client.search(args, write=b"out" in tail)
 
     def _pk_ordered_keys(self, plan: Plan, descending: bool) -> Generator[bytes, None, None] | None:
-        """The plan's keys in pk order, a page of :data:`PAGE_KEYS` per search, so that
-        neither side of the connection holds more than a page of keys per search block.
+        """The plan's keys in pk order, read in one request and sorted in bounded memory.
 
-        One search block (or none: every key) is paged by :meth:`_pk_pages`. A union, or a
-        plan with blocks checked in Python, is :meth:`_merged_pages`: each block's pages
-        merged in pk order (a metasearch cannot sort by the pk).
+        Every key (no blocks) or one search block is :meth:`_sorted_keys`. A union with
+        blocks checked in Python is :meth:`_merged_keys`: the checked blocks' keys pass
+        their checks on their records before they join.
         """
         blocks = plan.blocks
         if blocks is None:
-            return self._pk_pages((), descending)
-        if len(blocks) == 1 and blocks[0].check is None:
-            return self._pk_pages(blocks[0].conds, descending)
-        return self._merged_pages(blocks, descending)
+            return self._sorted_keys(None, descending)
+        if all(b.check is None for b in blocks):
+            return self._sorted_keys([b.conds for b in blocks], descending)
+        return self._merged_keys(blocks, descending)
 
-    def _merged_pages(
+    def _sorted_keys(
+        self, blocks: Sequence[Block] | None, descending: bool
+    ) -> Generator[bytes, None, None]:
+        """Keys of the union of ``blocks`` (None: every key) in pk order, each once.
+
+        One request lists them: ``fwmkeys`` with the empty prefix for every key (the
+        key list alone, no record read), else one search, a metasearch for a union
+        (which merges the blocks' keys on the server). Its reply goes into a
+        :class:`~.._spill.KeySorter` as it is read off the socket, so the client holds
+        at most a run of keys whatever the result's length, and the server searches
+        once: paging a sorted search instead made it search and sort the whole result
+        again for every page. The keys are those of the moment of the search; records
+        are loaded as the stream reaches them (one deleted meanwhile is left out).
+        """
+        with KeySorter[bytes]("the pks of a query") as sorter:
+
+            def consume(keys: Iterator[bytes]) -> Iterable[bytes]:
+                sorter.close()  # a search sent again on a fresh connection starts over
+                return sorter.sort(keys, descending=descending)
+
+            client = self.client
+            if blocks is None:
+                ordered = client.fwmkeys_each(b"", consume)
+            else:
+                ordered = client.search_each(_search_args(blocks, None, -1, 0), consume)
+            yield from ordered
+
+    def _merged_keys(
         self, blocks: Sequence[PlanBlock], descending: bool
     ) -> Generator[bytes, None, None]:
         """Keys of the union of ``blocks`` in pk order, each once: the blocks without a
-        check as :meth:`_union_pages`, each checked block's pages filtered by its check
+        check as :meth:`_sorted_keys`, each checked block's keys filtered by its check
         (:meth:`_passing`), merged; a key found by two streams comes out once (equal
         keys meet side by side in a merge of ordered streams)."""
         sure = [b.conds for b in blocks if b.check is None]
-        streams = [self._union_pages(sure, descending)] if sure else []
+        streams = [self._sorted_keys(sure, descending)] if sure else []
         streams.extend(
-            self._passing(self._pk_pages(b.conds, descending), b.check)
+            self._passing(self._sorted_keys([b.conds], descending), b.check)
             for b in blocks
             if b.check is not None
         )
@@ -394,64 +411,13 @@ class Storage(TokyoStorage):
                 yield key
                 last = key
 
-    def _union_pages(self, blocks: list[Block], descending: bool) -> Iterator[bytes]:
-        """Keys of the union of ``blocks`` in pk order (a key of two blocks comes twice,
-        side by side). First one metasearch with every block limited to one key more
-        than a page: a union of at most a page is then the whole answer, sorted here,
-        in the one round trip a metasearch costs anyway; a longer one is each block's
-        own pages, merged."""
-        if len(blocks) == 1:
-            return self._pk_pages(blocks[0], descending)
-        args: list[bytes] = []
-        limit = b"setlimit\x00%d\x000" % (PAGE_KEYS + 1)
-        for i, block in enumerate(blocks):
-            if i:
-                args.append(b"next")
-            args.extend(_cond_args(block))
-            # Each block's own limit: the union of the limited blocks holds more than a
-            # page exactly when the whole union does.
-            args.append(limit)
-        keys = self.client.search(args)
-        if len(keys) <= PAGE_KEYS:
-            keys.sort(reverse=descending)
-            return iter(keys)
-        del keys
-        return heapq.merge(*(self._pk_pages(b, descending) for b in blocks), reverse=descending)
-
-    def _pk_pages(self, conds: Block, descending: bool) -> Generator[bytes, None, None]:
-        """Keys of one search block in pk order, a page of :data:`PAGE_KEYS` per search.
-
-        Tyrant's iterator is one for the whole server (other clients move it), so each
-        page is the slice of the server's pk order at an estimated skip, asked to start
-        :data:`PAGE_OVERLAP` keys before the last key handed out; keys at or before that
-        key are dropped, so a key never comes twice and keys come in order whatever
-        other clients write meanwhile. A page that starts after the last key (other
-        clients deleted records before it) may have jumped over some: the search is
-        asked again a page further back, down to the start. The server searches and
-        sorts the whole result for every page: bounded client memory costs server work
-        on long results (``docs/tokyo_tyrant.md``).
-        """
-        order = (b"", Order.STRDESC if descending else Order.STRASC)
-        page = PAGE_KEYS
-        last: bytes | None = None
-        skip = 0
-        while True:
-            keys = self._search([conds], order, page, skip)
-            if last is not None and skip and (not keys or _beyond(keys[0], last, descending)):
-                skip = max(0, skip - page)  # the slice moved ahead of us: step back
-                continue
-            fresh = keys if last is None else [k for k in keys if _beyond(k, last, descending)]
-            yield from fresh
-            if len(keys) < page:
-                return
-            if fresh:
-                last = fresh[-1]
-            skip += len(keys) - PAGE_OVERLAP
-
     def _count_union(self, blocks: Sequence[PlanBlock]) -> int:
-        # The merged pages a stream reads: bounded memory on both sides whatever the
-        # union's size, and one metasearch as before for a union of at most a page.
-        return sum(1 for _ in self._merged_pages(blocks, False))
+        if any(b.check is not None for b in blocks):
+            return sum(1 for _ in self._merged_keys(blocks, False))
+        # One metasearch, its keys counted as they arrive: a union's keys are each once
+        # in its reply, and none is kept.
+        args = _search_args([b.conds for b in blocks], None, -1, 0)
+        return self.client.search_each(args, _count)
 
     def _count_checked(self, plan: Plan) -> int:
         assert plan.blocks is not None
@@ -483,17 +449,31 @@ class Storage(TokyoStorage):
 # --------------------------------------------------------------------------- helpers
 
 
-#: Keys asked of the server per search of a long pk-ordered stream.
-PAGE_KEYS = 100_000
-#: How many keys before the last one handed out each further page starts (see
-#: Storage._pk_ordered_keys): room for writes of other clients between two pages.
-PAGE_OVERLAP = 1_000
+def _search_args(
+    blocks: Sequence[Block],
+    order: tuple[bytes, int] | None,
+    limit: int,
+    skip: int,
+    tail: Sequence[bytes] = (),
+) -> list[bytes]:
+    """The arguments of one ``misc search``: the blocks joined by ``next`` (a
+    metasearch), the first block's order and limit, then ``tail``."""
+    args: list[bytes] = []
+    for i, block in enumerate(blocks):
+        if i:
+            args.append(b"next")
+        args.extend(_cond_args(block))
+        if i == 0:
+            if order is not None:
+                args.append(b"setorder\x00" + order[0] + _SETORDER[order[1]])
+            if limit >= 0 or skip:
+                args.append(b"setlimit\x00%d\x00%d" % (limit, skip))
+    args.extend(tail)
+    return args
 
 
-def _beyond(key: bytes, last: bytes, descending: bool) -> bool:
-    """Whether ``key`` comes after ``last`` in the stream's order (Tokyo compares pks
-    bytewise, as Python compares bytes)."""
-    return key < last if descending else key > last
+def _count(keys: Iterator[bytes]) -> int:
+    return sum(1 for _ in keys)
 
 
 def columns_of(record: Mapping[str, Any]) -> list[bytes]:
