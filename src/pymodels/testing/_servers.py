@@ -157,6 +157,15 @@ def _reap() -> None:
     _EXITING[:] = [proc for proc in _EXITING if proc.poll() is None]
 
 
+@atexit.register
+def _wait_for_exiting() -> None:
+    # A disarmed watchdog exits within a Python start-up: waiting for it at exit spares
+    # its Popen object the "subprocess is still running" ResourceWarning.
+    for proc in _EXITING:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+
+
 class Watchdog:
     """Stops the processes using *directory* and removes it if this process dies first.
 
