@@ -8,7 +8,6 @@ The rule, read from each module's source (every import, including those under
   imports ``ext/tokyo_cabinet/_binding.py``);
 * it may import a shared private backend package or module, ``pymodels.ext._<name>``
   (``ext/_sql``: code the SQL backends share, ``ext/_tokyo``: the two Tokyo backends',
-  ``ext/_spill.py``: the external sort of pks shelve and Tokyo Cabinet stream with;
   each itself a backend by this rule);
 * it imports nothing else from pymodels: not ``pymodels`` itself, not
   ``pymodels.storage`` and the like, not another backend (``pymodels.ext.memory``).
@@ -86,7 +85,7 @@ def allowed(target: str, module: str) -> bool:
         return True  # not ours: the standard library, a driver, pydantic ...
     if target == "pymodels.backend" or within(own_package(module)):
         return True
-    # A shared private backend package such as ext/_sql, or module such as ext/_spill.
+    # A shared private backend package such as ext/_sql or ext/_tokyo.
     return target.startswith("pymodels.ext._")
 
 
@@ -117,7 +116,6 @@ def test_the_sources_are_found() -> None:
         "pymodels.ext.memory",
         "pymodels.ext.sqlite",
         "pymodels.ext._sql.query",
-        "pymodels.ext._spill",
         "pymodels.ext.tokyo_cabinet._storage",
         "pymodels_testbackend",
     ):
@@ -152,7 +150,7 @@ def test_backends_import_pymodels_only_through_pymodels_backend() -> None:
         ("pymodels.ext.mydb._query", "from ._compiler import compile", []),
         ("pymodels.ext.mydb._query", "from . import _binding", []),
         ("pymodels.ext.mydb", "from ._sql.compiler import Compiler", []),
-        ("pymodels.ext.mydb._storage", "from .._spill import KeySorter", []),
+        ("pymodels.ext.mydb._storage", "from .._shared import helper", []),
         ("thirdparty", "from pymodels.backend import BaseStorage\nimport json", []),
         ("thirdparty", "from pymodels import backend", []),
     ],

@@ -690,14 +690,14 @@ def test_a_kill_inside_a_checkpoint_loses_nothing(
 @pytest.fixture
 def small_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Runs of 7 pks in blocks of 3 (so a few dozen records spill), in a directory to watch."""
-    from pymodels.ext import _spill
+    from pymodels import spill
 
-    monkeypatch.setattr(_spill, "RUN_SIZE", 7)
-    monkeypatch.setattr(_spill, "RUN_BLOCK", 3)
-    spill = tmp_path / "tmp"
-    spill.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    return spill
+    monkeypatch.setattr(spill, "RUN_SIZE", 7)
+    monkeypatch.setattr(spill, "RUN_BLOCK", 3)
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
 
 
 def _random_records(seed: int, n: int) -> dict[str, dict[str, object]]:

@@ -931,12 +931,12 @@ def test_queries_through_the_scratch_walk_match_the_oracle(
     unsliced pk-ordered query with more than a page of matches walks the records
     through the scratch table (see Storage._filtered_walk), sorted in spilled runs; a
     one-field lookup too from 3 matches on (below, one short page)."""
-    from pymodels.ext import _spill
+    from pymodels import spill
     from pymodels.ext._tokyo import _engine
     from pymodels.ext.tokyo_cabinet import _storage
 
-    monkeypatch.setattr(_spill, "RUN_SIZE", 2)
-    monkeypatch.setattr(_spill, "RUN_BLOCK", 2)
+    monkeypatch.setattr(spill, "RUN_SIZE", 2)
+    monkeypatch.setattr(spill, "RUN_BLOCK", 2)
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 3)
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     monkeypatch.setattr(_engine, "BATCH_SIZE", 2)  # records checked and loaded 2 at a time
@@ -1620,19 +1620,19 @@ def test_ordered_slices_over_long_tie_runs_agree_with_the_reference(
 def small_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Pages and runs of 7 pks in blocks of 3 (a few dozen records spill), scratch chunks
     of 5 records, in a watched dir."""
-    from pymodels.ext import _spill
+    from pymodels import spill
     from pymodels.ext._tokyo import _engine
     from pymodels.ext.tokyo_cabinet import _storage
 
-    monkeypatch.setattr(_spill, "RUN_SIZE", 7)
-    monkeypatch.setattr(_spill, "RUN_BLOCK", 3)
+    monkeypatch.setattr(spill, "RUN_SIZE", 7)
+    monkeypatch.setattr(spill, "RUN_BLOCK", 3)
     monkeypatch.setattr(_storage, "_SCRATCH_RECORDS", 5)  # several chunks per walk
     # A one-field lookup of more than 2 matches streams too (not one short page).
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
-    spill = tmp_path / "tmp"
-    spill.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    return spill
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 
 import pymodels
-from pymodels import Document, Q
+from pymodels import Document, Q, spill
 from pymodels.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -35,7 +35,6 @@ from pymodels.errors import (
     ConnectionFailed,
     NotSupported,
 )
-from pymodels.ext import _spill
 from pymodels.ext._tokyo import _engine
 from pymodels.ext.tokyo_tyrant import Storage, _protocol, features
 from pymodels.ext.tokyo_tyrant._protocol import Client
@@ -565,7 +564,7 @@ def small_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     # Replies parsed 3 keys at a time, sorted in runs of 7 spilled to disk: many runs
     # and steps, small data.
     monkeypatch.setattr(_protocol, "STREAM_BLOCK", 3)
-    monkeypatch.setattr(_spill, "RUN_SIZE", 7)
+    monkeypatch.setattr(spill, "RUN_SIZE", 7)
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)  # one-field lookups of 3 or more too
 
 
@@ -582,13 +581,13 @@ def test_a_long_stream_is_one_request_sorted_in_bounded_memory(
             storage.save({"n": i, "odd": i % 2}, primary_key=pk)
         requests = _Requests(_client(storage), monkeypatch)
         spilled: list[int] = []
-        write_run = _spill._write_run
+        write_run = spill._write_run
 
-        def counting(directory: str, number: int, keys: list[Any], descending: bool) -> Any:
-            spilled.append(len(keys))
-            return write_run(directory, number, keys, descending)
+        def counting(directory: str, number: int, run: list[Any]) -> Any:
+            spilled.append(len(run))
+            return write_run(directory, number, run)
 
-        monkeypatch.setattr(_spill, "_write_run", counting)
+        monkeypatch.setattr(spill, "_write_run", counting)
         odd = sorted(pk for i, pk in enumerate(pks) if i % 2)
         one, every = [b"search_each"], [b"fwmkeys_each"]
         q = storage.query()
@@ -619,7 +618,7 @@ def test_a_stream_whose_connection_breaks_mid_reply_starts_its_sort_over(
     # spilled: the search goes out again on a fresh connection and the sort starts over,
     # so no key of the broken attempt comes twice.
     monkeypatch.setattr(_protocol, "STREAM_BLOCK", 3)
-    monkeypatch.setattr(_spill, "RUN_SIZE", 4)
+    monkeypatch.setattr(spill, "RUN_SIZE", 4)
     with pymodels.get_storage(tyrant.url) as storage:
         pks = [f"k{i:02}" for i in range(30)]
         for pk in reversed(pks):
@@ -798,7 +797,7 @@ def test_a_one_field_lookup_is_one_search_when_short_and_streams_when_long(
     # streams (one more search, no limit, sorted in the client), every match once, in
     # order, both directions.
     monkeypatch.setattr(_engine, "_PAGE_MAX", 4)
-    monkeypatch.setattr(_spill, "RUN_SIZE", 3)
+    monkeypatch.setattr(spill, "RUN_SIZE", 3)
     with pymodels.get_storage(tyrant.url) as storage:
         for i in range(12):
             storage.save({"city": "a" if i < 4 else "b", "n": i}, primary_key=f"k {i:02},")
@@ -842,7 +841,7 @@ def test_queries_through_sorted_streams_match_the_oracle(
     3 matches it is one short search)."""
     monkeypatch.setattr(_engine, "_PAGE_MAX", 2)
     monkeypatch.setattr(_engine, "BATCH_SIZE", 2)  # records checked and loaded 2 at a time
-    monkeypatch.setattr(_spill, "RUN_SIZE", 2)
+    monkeypatch.setattr(spill, "RUN_SIZE", 2)
     monkeypatch.setattr(_protocol, "STREAM_BLOCK", 2)
     with pymodels.get_storage(tyrant.url) as s:
 

@@ -12,6 +12,7 @@ name added here is one more thing every backend may depend on, so add with
 care and never rename.
 """
 
+from . import spill
 from .codec import decode as decode_tagged
 from .codec import encode as encode_tagged
 from .conditions import ALL, And, Condition, Lookup, Not, Or
@@ -34,6 +35,7 @@ from .files import file_problem, open_failure
 from .ordering import PK_ORDER, OrderKey, sort_items
 from .query import BATCH_SIZE, BaseQuery, Compiled, Item
 from .registry import url_path
+from .spill import KeySorter
 from .storage import (
     BaseSettings,
     BaseStorage,
@@ -83,6 +85,7 @@ __all__ = [
     "IndexSpec",
     "IntegrityError",
     "Item",
+    "KeySorter",
     "LockTimeout",
     "Lookup",
     "Not",
@@ -108,6 +111,7 @@ __all__ = [
     "open_failure",
     "sort_items",
     "sort_key",
+    "spill",
     "stored_record",
     "url_path",
 ]

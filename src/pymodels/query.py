@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
 from . import documents
@@ -26,6 +26,7 @@ from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
 from .documents import Document, from_record, record_loader
 from .errors import DoesNotExist, InvalidQuery, check_usable
 from .ordering import PK_ORDER, OrderKey, parsed_order, record_sort_key
+from .spill import KeySorter
 from .values import INT_MAX, MISSING, check_pk, freeze, get_path
 
 if TYPE_CHECKING:
@@ -381,10 +382,9 @@ class BaseQuery(Generic[D]):
         offset: int,
         limit: int | None,
     ) -> Iterator[Item]:
-        # The engine cannot order: keep only sort keys and pks in memory, sort
-        # them, then load the records of the slice in batches.
+        # The engine cannot order: keep only sort keys and pks, sort them, then load
+        # the records of the slice in batches.
         fetched = self._engine_fetch(compiled.native, None, 0, None)
-        chosen: list[str]
         if limit is not None:
             # A slice holds only its offset + limit first keys (a bounded heap),
             # not one per match. The total order ends with the unique pk, so no
@@ -396,17 +396,31 @@ class BaseQuery(Generic[D]):
                 if check is None or check(pk, record)
             )
             chosen = [pk for _, pk in heapq.nsmallest(offset + limit, matches)][offset:]
-        else:
-            keyed: list[tuple[tuple[Any, ...], str]] = []
-            for pk, record in fetched:
-                if check is None or check(pk, record):
-                    keyed.append((_total_key(pk, record, order), pk))
-            _sort_keyed(keyed, order)
-            chosen = [pk for _, pk in keyed[offset:]]
-        for start in range(0, len(chosen), BATCH_SIZE):
-            batch = chosen[start : start + BATCH_SIZE]
+            yield from self._load_in_batches(chosen)
+            return
+        # The whole order: an external merge sort (pymodels.spill), so that a stream
+        # holds a run of sort keys, not one per match.
+        with KeySorter[tuple[tuple[Any, ...], str]]("the sort keys of a query") as sorter:
+            keyed = (
+                (_total_key(pk, record, order), pk)
+                for pk, record in fetched
+                if check is None or check(pk, record)
+            )
+            ordered = sorter.sort(
+                keyed,
+                sort_run=lambda run: _sort_keyed(run, order),
+                merge_key=_merge_key(order),
+            )
+            chosen_pks = (pk for _, pk in itertools.islice(ordered, offset, None))
+            yield from self._load_in_batches(chosen_pks)
+
+    def _load_in_batches(self, pks: Iterable[str]) -> Iterator[Item]:
+        """The records of ``pks`` in their order, loaded :data:`BATCH_SIZE` at a time
+        (one deleted meanwhile is left out)."""
+        it = iter(pks)
+        while batch := list(itertools.islice(it, BATCH_SIZE)):
             for pk, loaded in zip(batch, self.storage._load_many(batch), strict=True):
-                if loaded is not None:  # deleted meanwhile
+                if loaded is not None:
                     yield pk, loaded
 
     def __iter__(self) -> Iterator[D]:
@@ -645,6 +659,22 @@ def _heap_key(order: tuple[OrderKey, ...]) -> Any:
             if k.descending
             else record_sort_key(pk, record, k)
             for k in keys
+        )
+
+    return key
+
+
+def _merge_key(order: tuple[OrderKey, ...]) -> Any:
+    """The key of a ``(total key, pk)`` item whose ascending order is what
+    :func:`_sort_keyed` gives; None when the items' own order is (no descending key)."""
+    if not any(k.descending for k in order):
+        return None
+    descending = tuple(k.descending for k in order)
+
+    def key(item: tuple[tuple[Any, ...], str]) -> tuple[Any, ...]:
+        return tuple(
+            _Descending(part) if down else part
+            for part, down in zip(item[0], descending, strict=True)
         )
 
     return key

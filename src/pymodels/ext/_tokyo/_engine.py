@@ -36,14 +36,14 @@ from ...backend import (
     Condition,
     IndexSpec,
     Item,
+    KeySorter,
     OpSupport,
     OrderKey,
     PyModelsError,
     declared_types,
     sort_items,
+    spill,
 )
-from .. import _spill
-from .._spill import KeySorter
 from ._columns import TYPES_COLUMN, decode_record, name_bytes
 from ._compiler import (
     INDEX_SERVES,
@@ -406,7 +406,7 @@ class TokyoStorage(BaseStorage):
         if plan.nothing:
             return
         by_pk = oplan is None or oplan.by_pk
-        long = limit is None or offset + limit > _spill.RUN_SIZE
+        long = limit is None or offset + limit > spill.RUN_SIZE
         if oplan is not None and oplan.by_pk and long:
             # Unsliced, every match is loaded: its kind gates are checked on the loaded
             # record (as below), not by Tokyo reading it once more.
@@ -458,7 +458,7 @@ class TokyoStorage(BaseStorage):
         gates: tuple[TCCond, ...] = (),
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """The walked keys' records in pk order (``[offset:stop]``), holding no list of
-        every key: an external merge sort (:mod:`.._spill`), records loaded in batches
+        every key: an external merge sort (:mod:`pymodels.spill`), records loaded in batches
         as the merge reaches them (one deleted meanwhile, or failing ``gates``, is
         skipped: only unsliced walks have gates). Tokyo compares
         pks bytewise, as Python compares bytes, so the order is Tokyo's own.

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from types import ModuleType
 from typing import IO, Any, ClassVar, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +37,7 @@ from ...backend import (
     CorruptData,
     Features,
     Item,
+    KeySorter,
     LockTimeout,
     Lookup,
     OrderKey,
@@ -48,7 +49,6 @@ from ...backend import (
     open_failure,
     url_path,
 )
-from .._spill import KeySorter
 from . import _journal
 from ._journal import Journal, Op
 
@@ -472,21 +472,8 @@ class Storage(BaseStorage):
             return True
 
     def _keys(self) -> Iterator[str]:
-        with self._lock:
-            raw = self._call(lambda: list(self._db.keys()), "read")
-        meta = META_KEY.encode()
-        keys = []
-        for key in raw:
-            if key == meta:
-                continue
-            try:
-                keys.append(key.decode())
-            except UnicodeDecodeError as e:
-                raise CorruptData(
-                    f"{self.settings.path}: key {key!r} is not UTF-8 (not a pymodels pk)",
-                    path=self.settings.path,
-                ) from e
-        return iter(keys)
+        # In pk order, sorted in bounded memory (see _ordered_keys): no list of every key.
+        return (key.decode() for key in self._ordered_keys())
 
     def _compile_condition(self, condition: Condition) -> Compiled:
         found = needles(condition)
@@ -497,10 +484,8 @@ class Storage(BaseStorage):
         return Compiled(found, condition, f"full scan, unpickling only records holding {shown}")
 
     def _scan(self, needed: tuple[bytes, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
-        for pk in self._keys():
-            record = self._load(pk, needed)
-            if record is not None:
-                yield pk, record
+        # Any order will do; pk order is the one walk that holds no list of every key.
+        return self._in_pk_order(False, 0, None, needed)
 
     def _select(
         self, native: Any, order: Any, offset: int, limit: int | None
@@ -521,14 +506,27 @@ class Storage(BaseStorage):
     def _in_pk_order(
         self, descending: bool, offset: int, stop: int | None, needed: tuple[bytes, ...] = ()
     ) -> Iterator[Item]:
-        """Every record in pk order (``[offset:stop]`` of it), holding no list of every pk.
+        """Every record in pk order (``[offset:stop]`` of it), holding no list of every pk
+        (see :meth:`_ordered_keys`). Records are loaded as the merge reaches them; one
+        removed since the keys were read is skipped, as is one whose bytes lack one of
+        ``needed``.
+        """
+        with contextlib.closing(self._ordered_keys(descending, stop)) as keys:
+            for key in itertools.islice(keys, offset, stop):
+                pk = key.decode()
+                record = self._load(pk, needed)
+                if record is not None:
+                    yield pk, record
 
-        UTF-8 keeps code point order, so stored keys sort as their pks do. At
-        most ``_spill.RUN_SIZE`` keys are held: beyond that, sorted runs go to temporary
-        files (removed when this generator ends, is closed or is collected)
-        and are merged; a short slice keeps only its ``stop`` first keys.
-        Records are loaded as the merge reaches them; one removed since the
-        keys were read is skipped, as is one whose bytes lack one of ``needed``.
+    def _ordered_keys(
+        self, descending: bool = False, stop: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """Every record's key in pk order (the first ``stop`` of them if given).
+
+        UTF-8 keeps code point order, so stored keys sort as their pks do. At most
+        ``spill.RUN_SIZE`` keys are held: beyond that, sorted runs go to temporary files
+        (removed when this generator ends, is closed or is collected) and are merged; a
+        short slice keeps only its ``stop`` first keys.
         """
         path = self.settings.path
         with KeySorter[bytes](f"the pks of a query on {path}") as sorter:
@@ -544,11 +542,7 @@ class Storage(BaseStorage):
                     raise
                 except Exception as e:
                     raise _error(path, "read", None, e) from e
-            for key in itertools.islice(ordered, offset, stop):
-                pk = key.decode()
-                record = self._load(pk, needed)
-                if record is not None:
-                    yield pk, record
+            yield from ordered
 
     def _count(self) -> int:
         with self._lock:

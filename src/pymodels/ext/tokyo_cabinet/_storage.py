@@ -36,9 +36,9 @@ from ...backend import (
     StorageNotFound,
     open_failure,
     sort_items,
+    spill,
     url_path,
 )
-from .. import _spill
 from .._tokyo._columns import (
     TYPES_COLUMN,
     decode_dump,
@@ -1015,7 +1015,7 @@ class Storage(TokyoStorage):
 
         Tokyo sorts a whole result before it slices it, lists every key it returns, and
         collects the keys a skip passes over, so a condition is first asked for one page
-        of ``_spill.RUN_SIZE`` keys, unordered: a shorter page is the whole answer (a
+        of ``spill.RUN_SIZE`` keys, unordered: a shorter page is the whole answer (a
         selective query, indexed or not, costs that one search). A full page is dropped
         and every record is walked once instead (:meth:`_filtered_walk`). All of it runs
         under the file's lock, so no write of this process comes between the page and
@@ -1025,7 +1025,7 @@ class Storage(TokyoStorage):
         if plan.blocks is None:
             yield from self._walk_every_key()
             return
-        page = _spill.RUN_SIZE
+        page = spill.RUN_SIZE
         blocks: list[Block] = [b.conds for b in plan.blocks]
         with self._lock:
             try:

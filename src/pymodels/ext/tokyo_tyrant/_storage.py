@@ -20,11 +20,11 @@ from ...backend import (
     BulkWriteError,
     ConfigurationError,
     Features,
+    KeySorter,
     PyModelsError,
     batch_has_documents,
     batch_records,
 )
-from .._spill import KeySorter
 from .._tokyo._columns import TYPES_COLUMN, decode_record, encode_dump
 from .._tokyo._compiler import Block, Plan, PlanBlock, TCCond, gates_hold
 from .._tokyo._engine import OP_SUPPORT, TokyoStorage, decode_pk, scan_index_files
@@ -372,7 +372,7 @@ class Storage(TokyoStorage):
         One request lists them: ``fwmkeys`` with the empty prefix for every key (the
         key list alone, no record read), else one search, a metasearch for a union
         (which merges the blocks' keys on the server). Its reply goes into a
-        :class:`~.._spill.KeySorter` as it is read off the socket, so the client holds
+        :class:`~pymodels.spill.KeySorter` as it is read off the socket, so the client holds
         at most a run of keys whatever the result's length, and the server searches
         once: paging a sorted search instead made it search and sort the whole result
         again for every page. The keys are those of the moment of the search; records

@@ -1,14 +1,16 @@
-"""An external merge sort of keys, for backends that stream a query in pk order.
+"""An external merge sort, for streams whose order the engine cannot give.
 
 A backend whose engine cannot hand out its keys in order (a dbm file, a Tokyo hash
-table) would otherwise list and sort every matching key before the first record.
-:class:`KeySorter` holds at most :data:`RUN_SIZE` keys: beyond that, keys are sorted in
-runs spilled to a private temporary directory (pickled in blocks of :data:`RUN_BLOCK`)
-and merged with :func:`heapq.merge`; a short slice keeps only its ``stop`` first keys
+table), or a query ordered by fields its engine cannot sort by, would otherwise list and
+sort every match before the first record. :class:`KeySorter` holds at most
+:data:`RUN_SIZE` items: beyond that, items are sorted in runs spilled to a private
+temporary directory (pickled in blocks of :data:`RUN_BLOCK`) and merged with
+:func:`heapq.merge`; a short slice keeps only its ``stop`` first keys
 (:func:`heapq.nsmallest`). Small results never touch the disk.
 
-Shared by the shelve and Tokyo Cabinet backends (a private module of ``pymodels.ext``,
-allowed by the backend contract as ``ext/_sql`` and ``ext/_tokyo`` are).
+Used by the query layer (``BaseQuery``'s sort of orders the engine cannot give) and by
+backends through :mod:`pymodels.backend` (shelve, Tokyo Cabinet and Tokyo Tyrant stream
+in pk order with it).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from ..backend import PyModelsError
+from .errors import PyModelsError
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
 
 __all__ = ["RUN_BLOCK", "RUN_SIZE", "KeySorter"]
 
@@ -32,11 +37,12 @@ RUN_SIZE = 50_000
 #: Keys per block of a spilled run: what each run holds in memory while merging.
 RUN_BLOCK = 1_000
 
-K = TypeVar("K", str, bytes)
+K = TypeVar("K", bound="SupportsRichComparison")
 
 
 class KeySorter(Generic[K]):
-    """Sorts keys with bounded memory; a context manager that removes its spilled runs.
+    """Sorts keys (or items of plain values: see :meth:`sort`) with bounded memory; a
+    context manager that removes its spilled runs.
 
     Use it around the whole iteration (``with KeySorter(what) as sorter: for key in
     sorter.sort(keys, ...)``), inside a generator so that its end, an error or the
@@ -70,33 +76,55 @@ class KeySorter(Generic[K]):
             self._directory = None
 
     def sort(
-        self, keys: Iterable[K], *, descending: bool = False, stop: int | None = None
+        self,
+        keys: Iterable[K],
+        *,
+        descending: bool = False,
+        stop: int | None = None,
+        sort_run: Callable[[list[K]], object] | None = None,
+        merge_key: Callable[[K], Any] | None = None,
     ) -> Iterable[K]:
         """``keys`` in order (the first ``stop`` of them if given).
 
         Consumes ``keys`` before returning (a caller holding a lock for the walk may
         release it then); the answer is read lazily from the runs while the sorter is
         open.
+
+        Items that are not plain keys (the sort keys of records, with directions per
+        field) take ``sort_run``, which sorts a run in place, and ``merge_key``, whose
+        ascending order is the same and which only merges spilled runs: several stable
+        passes over a run are cheaper than a key object per item, which the merge needs
+        (once per item, not per comparison). Without them items sort as themselves,
+        reversed when ``descending``. Spilled items hold str, bytes, numbers, bools,
+        Decimals, dates, datetimes, None and tuples of them.
         """
-        if stop is not None and stop <= RUN_SIZE:
+        if stop is not None and stop <= RUN_SIZE and sort_run is None:
             return (heapq.nlargest if descending else heapq.nsmallest)(stop, keys)
+        if sort_run is None:
+
+            def sort_run(run: list[K]) -> None:
+                run.sort(reverse=descending)
+
         chunk: list[K] = []
         for key in keys:
             chunk.append(key)
             if len(chunk) >= RUN_SIZE:
-                self._spill(chunk, descending)
+                sort_run(chunk)
+                self._spill(chunk)
                 chunk = []
-        chunk.sort(reverse=descending)
+        sort_run(chunk)
         if not self._runs:
             return chunk
         readers = [_read_run(run) for run in self._runs]
+        if merge_key is not None:
+            return heapq.merge(*readers, chunk, key=merge_key)
         return heapq.merge(*readers, chunk, reverse=descending)
 
-    def _spill(self, keys: list[K], descending: bool) -> None:
+    def _spill(self, run: list[K]) -> None:
         try:
             if self._directory is None:
                 self._directory = tempfile.mkdtemp(prefix="pymodels-sort-")
-            self._runs.append(_write_run(self._directory, len(self._runs), keys, descending))
+            self._runs.append(_write_run(self._directory, len(self._runs), run))
         except OSError as e:
             raise PyModelsError(
                 f"cannot sort {self.what} in a temporary directory "
@@ -105,13 +133,13 @@ class KeySorter(Generic[K]):
             ) from e
 
 
-def _write_run(directory: str, number: int, keys: list[Any], descending: bool) -> IO[bytes]:
-    """Sort ``keys`` into a run file in ``directory``; return it open for reading, at its start."""
-    keys.sort(reverse=descending)
+def _write_run(directory: str, number: int, run: list[Any]) -> IO[bytes]:
+    """Write the sorted ``run`` to a file in ``directory``; return it open for reading, at
+    its start."""
     handle = open(os.path.join(directory, f"run{number}"), "w+b")  # noqa: SIM115
     try:
-        for start in range(0, len(keys), RUN_BLOCK):
-            pickle.dump(keys[start : start + RUN_BLOCK], handle, pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(run), RUN_BLOCK):
+            pickle.dump(run[start : start + RUN_BLOCK], handle, pickle.HIGHEST_PROTOCOL)
         handle.seek(0)
     except BaseException:
         handle.close()
@@ -119,10 +147,25 @@ def _write_run(directory: str, number: int, keys: list[Any], descending: bool) -
     return handle
 
 
+#: The classes a run may name: those of the values records hold (a datetime's UTC
+#: zone is a timezone of a timedelta). Nothing else is loaded.
+_RUN_CLASSES: Final = frozenset(
+    {
+        ("decimal", "Decimal"),
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "timezone"),
+        ("datetime", "timedelta"),
+    }
+)
+
+
 class _KeysUnpickler(pickle.Unpickler):
-    """Loads lists of str or bytes only: our own files, but nothing else runs all the same."""
+    """Loads lists of plain values only: our own files, but nothing else runs all the same."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _RUN_CLASSES:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} in a run of keys")
 
     def persistent_load(self, pid: Any) -> Any:
