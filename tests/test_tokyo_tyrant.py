@@ -578,7 +578,7 @@ def test_a_long_stream_is_one_request_sorted_in_bounded_memory(
     with pymodels.get_storage(tyrant.url) as storage:
         pks = [f"k {i:03}," for i in range(100)]  # spaces and commas: no token anywhere
         for i, pk in reversed(list(enumerate(pks))):  # stored out of pk order
-            storage.save({"n": i, "odd": i % 2}, primary_key=pk)
+            storage.save({"n": i, "odd": i % 2, "name": f"x{99 - i:02}"}, primary_key=pk)
         requests = _Requests(_client(storage), monkeypatch)
         spilled: list[int] = []
         write_run = spill._write_run
@@ -601,6 +601,13 @@ def test_a_long_stream_is_one_request_sorted_in_bounded_memory(
             # A range on n whose floats near 0 Tokyo cannot tell apart: the sure blocks'
             # metasearch and the checked block's search, merged.
             (lambda: q.where(odd=1, n__gte=0), odd, one * 2),
+            # Ordered by a column Tokyo orders exactly (the condition makes it a str):
+            # one search, spooled in the server's order.
+            (lambda: q.where(name__startswith="x").order_by("name"), pks[::-1], one),
+            (lambda: q.where(name__startswith="x").order_by("-name"), pks, one),
+            # An order Tokyo cannot be trusted with: every key, then the sort keys of
+            # the records, each through the bounded sort.
+            (lambda: q.order_by("-n"), pks[::-1], every),
         ]
         for run, expected, sent in cases:
             requests.clear()

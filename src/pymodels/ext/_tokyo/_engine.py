@@ -194,6 +194,12 @@ class TokyoStorage(BaseStorage):
         the default is a search without conditions."""
         return self._run([()], order, limit, skip, extra)
 
+    def _column_ordered_keys(self, plan: Plan, order: tuple[bytes, int]) -> Iterator[bytes]:
+        """Every key the plan (without checked blocks) selects, in Tokyo's ``order`` of
+        one column, for a stream; the default lists them (:meth:`_tc_search`), a backend
+        may hand them out in bounded memory."""
+        return iter(self._tc_search(plan, order))
+
     def _unordered_keys(self, plan: Plan) -> Generator[bytes, None, None] | None:
         """Every key the plan selects, in no order, listed in bounded memory; or None
         where the backend has no bounded way (then pk order lists and sorts them all).
@@ -407,16 +413,18 @@ class TokyoStorage(BaseStorage):
             return
         by_pk = oplan is None or oplan.by_pk
         long = limit is None or offset + limit > spill.RUN_SIZE
-        if oplan is not None and oplan.by_pk and long:
-            # Unsliced, every match is loaded: its kind gates are checked on the loaded
-            # record (as below), not by Tokyo reading it once more.
+        if by_pk and long:
+            # In pk order, or in none (pk order is one, and the one a long result can be
+            # listed in without a list of every key). Unsliced, every match is loaded: its
+            # kind gates are checked on the loaded record (as below), not by Tokyo
+            # reading it once more.
             lean, gates = (
                 plan.deferred
                 if plan.deferred is not None and limit is None and not offset
                 else (plan, ())
             )
             stop = None if limit is None else offset + limit
-            descending = oplan.tc_order == Order.STRDESC
+            descending = oplan is not None and oplan.tc_order == Order.STRDESC
             pages = self._pk_ordered_keys(lean, descending)
             if pages is not None:
                 with contextlib.closing(pages):
@@ -490,12 +498,11 @@ class TokyoStorage(BaseStorage):
         self, plan: Plan, oplan: OrderPlan, offset: int
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every match in order: Tokyo's order with runs of equal values sorted exactly."""
-        keys = self._tc_search(plan, (oplan.column, oplan.tc_order))
+        keys = self._column_ordered_keys(plan, (oplan.column, oplan.tc_order))
         run: list[tuple[str, dict[str, Any]]] = []
         run_value: bytes | None = None
         skipped = 0
-        for start in range(0, len(keys), BATCH_SIZE):
-            batch = keys[start : start + BATCH_SIZE]
+        while batch := list(itertools.islice(keys, BATCH_SIZE)):
             for key, columns in zip(batch, self._load_raw(batch), strict=True):
                 if columns is None:
                     continue

@@ -391,6 +391,26 @@ class Storage(TokyoStorage):
                 ordered = client.search_each(_search_args(blocks, None, -1, 0), consume)
             yield from ordered
 
+    def _column_ordered_keys(self, plan: Plan, order: tuple[bytes, int]) -> Iterator[bytes]:
+        """The keys of one search ordered by a column, spooled in bounded memory: the
+        reply goes into a :class:`~pymodels.spill.KeySorter` as it is read, each key
+        with its place in the reply (so the runs keep the server's order and merge by
+        it), and comes back out as the stream goes."""
+        if plan.nothing:
+            return iter(())
+        blocks = [()] if plan.blocks is None else [b.conds for b in plan.blocks]
+        return self._spooled_keys(_search_args(blocks, order, -1, 0))
+
+    def _spooled_keys(self, args: list[bytes]) -> Generator[bytes, None, None]:
+        with KeySorter[tuple[int, bytes]]("the keys of a query") as sorter:
+
+            def consume(keys: Iterator[bytes]) -> Iterable[tuple[int, bytes]]:
+                sorter.close()  # a search sent again on a fresh connection starts over
+                return sorter.sort(enumerate(keys))
+
+            for _, key in self.client.search_each(args, consume):
+                yield key
+
     def _merged_keys(
         self, blocks: Sequence[PlanBlock], descending: bool
     ) -> Generator[bytes, None, None]:
