@@ -6,17 +6,19 @@
 
 For each backend, in a fresh process: save ``--n`` records of the workload (made one
 at a time, so the program holds none of them), collect garbage, reset the kernel's peak
-(``/proc/self/clear_refs``), note the resident memory, then iterate two queries to
-the end, keeping nothing: ``where(age__gt=50)`` (about half the records, pk order) and
-``query()`` (every record). The table shows how far the peak rose above the resident
+(``/proc/self/clear_refs``), note the resident memory, then iterate three queries to
+the end, keeping nothing: ``where(age__gt=50)`` (about half the records, pk order),
+``query()`` (every record) and ``order_by("-age")`` (every record, by a field: the
+engine's sort, or the external sort of ``pymodels.spill`` where pymodels sorts in
+Python). The table shows how far the peak rose above the resident
 memory before the query, and the rate. A backend that streams rises by a constant
 (a batch of records, a few documents); one that holds a list of every matching pk
 rises with ``--n``. Linux only (it reads ``/proc/self/status``, whose counters are
 approximate: a rise within 0.3 MB either way, e.g. -0.1 MB, is no rise).
 
 Beside each row, the raw driver doing the same work in a fresh process of its own
-(``raw_stream.py``): the same records saved under ascending pks, the same two queries
-iterated to the end in pk order, by the plainest correct use of the driver. Where the
+(``raw_stream.py``): the same records saved under ascending pks, the same three queries
+iterated to the end, by the plainest correct use of the driver. Where the
 driver can only give pk order by listing every key (shelve, Tokyo Cabinet, Tokyo
 Tyrant), the raw side lists them, and its rise shows it; the raw memory side hands out
 the stored dicts themselves, where pymodels copies each record into a document.
@@ -51,6 +53,12 @@ from typing import Any
 from workload import CITIES
 
 BACKENDS = ("memory", "shelve", "sqlite", "tokyo_cabinet")
+#: The queries each worker iterates, and their labels in the table.
+QUERIES = (
+    ("half", "where(age__gt=50)"),
+    ("all", "query()"),
+    ("by_age", 'order_by("-age")'),
+)
 #: Backends measured against a throwaway server (only when named in ``--only``).
 SERVERS = ("postgresql", "mongodb", "tokyo_tyrant")
 
@@ -140,6 +148,7 @@ def worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dict[st
                 (
                     ("half", storage.query().where(age__gt=50).__iter__),
                     ("all", storage.query().__iter__),
+                    ("by_age", storage.query().order_by("-age").__iter__),
                 )
             )
 
@@ -152,7 +161,13 @@ def raw_worker(backend: str, n: int, given: dict[str, Any] | None = None) -> dic
         store = open_raw(backend, given or {"path": str(Path(tmp) / f"raw.{backend}")})
         try:
             store.load((f"k{i:09}", record) for i, record in enumerate(records(n)))
-            return measure((("half", lambda: store.stream(50)), ("all", store.stream)))
+            return measure(
+                (
+                    ("half", lambda: store.stream(50)),
+                    ("all", store.stream),
+                    ("by_age", store.by_age),
+                )
+            )
         finally:
             store.close()
 
@@ -234,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
         if len(results) < 2:
             continue
-        for query, label in (("half", "where(age__gt=50)"), ("all", "query()")):
+        for query, label in QUERIES:
             r, w = results[False][query], results[True][query]
             if r["records"] != w["records"]:
                 failed = True

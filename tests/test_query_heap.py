@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pymodels
-from pymodels.ordering import full_order, parse_order
-from pymodels.query import _heap_key, _sort_keyed, _total_key
+from pymodels.ordering import full_order, parse_order, sort_keyed, total_key
+from pymodels.query import _heap_key
 from pymodels.storage import BaseStorage
 from pymodels.testing.strategies import query_cases, record_sets, to_query
 
@@ -59,8 +59,8 @@ def test_heap_key_picks_what_the_full_sort_picks(
     data: dict[str, dict[str, Any]], names: list[str], k: int
 ) -> None:
     order = full_order(parse_order(names))
-    keyed = [(_total_key(pk, record, order), pk) for pk, record in data.items()]
-    _sort_keyed(keyed, order)
+    keyed = [(total_key(pk, record, order), pk) for pk, record in data.items()]
+    sort_keyed(keyed, order)
     heap_key = _heap_key(order)
     picked = heapq.nsmallest(k, ((heap_key(pk, record), pk) for pk, record in data.items()))
     assert [pk for _, pk in picked] == [pk for _, pk in keyed[:k]]

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .features import OPS, Features, OpSupport
 from .files import file_problem, open_failure
-from .ordering import PK_ORDER, OrderKey, sort_items
+from .ordering import PK_ORDER, OrderKey, pks_in_order, sort_items
 from .query import BATCH_SIZE, BaseQuery, Compiled, Item
 from .registry import url_path
 from .spill import KeySorter
@@ -109,6 +109,7 @@ __all__ = [
     "get_path",
     "kind_of",
     "open_failure",
+    "pks_in_order",
     "sort_items",
     "sort_key",
     "spill",

@@ -7,14 +7,26 @@ ascending. Values of different kinds sort by kind rank (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from .conditions import parse_path
 from .errors import InvalidQuery
+from .spill import KeySorter
 from .values import MISSING, get_path, sort_key
 
-__all__ = ["PK", "OrderKey", "parse_order", "parsed_order", "record_sort_key", "sort_items"]
+__all__ = [
+    "PK",
+    "Descending",
+    "OrderKey",
+    "parse_order",
+    "parsed_order",
+    "pks_in_order",
+    "record_sort_key",
+    "sort_items",
+    "sort_keyed",
+    "total_key",
+]
 
 T = TypeVar("T")
 
@@ -112,3 +124,71 @@ def sort_items(items: list[T], keys: Sequence[OrderKey], key_of: Any = None) -> 
     for k in reversed(full_order(keys)):
         items.sort(key=lambda item, k=k: fn(item, k), reverse=k.descending)  # type: ignore[misc]
     return items
+
+
+def total_key(pk: str, record: Mapping[str, Any], order: Sequence[OrderKey]) -> tuple[Any, ...]:
+    """One record's sort keys for every key of ``order`` (ascending forms)."""
+    return tuple(record_sort_key(pk, record, k) for k in order)
+
+
+class Descending:
+    """A sort key that compares in reverse, for one descending key of a composite key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Descending) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __lt__(self, other: Descending) -> bool:
+        return other.key < self.key
+
+
+def sort_keyed(keyed: list[tuple[tuple[Any, ...], str]], order: Sequence[OrderKey]) -> None:
+    """Sort ``(total key, pk)`` items in place by ``order``: one stable pass per key, from
+    the last, each in its own direction (cheaper than a composite key per item)."""
+    for i in reversed(range(len(order))):
+        keyed.sort(key=lambda item, i=i: item[0][i], reverse=order[i].descending)  # type: ignore[misc]
+
+
+def _merge_key(order: Sequence[OrderKey]) -> Any:
+    """The key of a ``(total key, pk)`` item whose ascending order is what
+    :func:`sort_keyed` gives; None when the items' own order is (no descending key)."""
+    if not any(k.descending for k in order):
+        return None
+    descending = tuple(k.descending for k in order)
+
+    def key(item: tuple[tuple[Any, ...], str]) -> tuple[Any, ...]:
+        return tuple(
+            Descending(part) if down else part
+            for part, down in zip(item[0], descending, strict=True)
+        )
+
+    return key
+
+
+def pks_in_order(
+    items: Iterable[tuple[str, Mapping[str, Any]]], keys: Sequence[OrderKey], what: str
+) -> Generator[str, None, None]:
+    """The pks of ``items`` (``(pk, record)`` pairs) in the total order of ``keys`` (then
+    the pk), sorted in bounded memory.
+
+    Only each record's sort keys and pk are kept, and at most ``spill.RUN_SIZE`` of
+    them in memory: beyond that, sorted runs go to a private temporary directory
+    (:class:`~pymodels.spill.KeySorter`; ``what`` names them in its error) and are merged
+    as the pks are taken. ``items`` is read to its end at the first pk. Use the
+    generator to its end or close it: that removes the runs.
+    """
+    order = full_order(keys)
+    with KeySorter[tuple[tuple[Any, ...], str]](what) as sorter:
+        keyed = ((total_key(pk, record, order), pk) for pk, record in items)
+        ordered = sorter.sort(
+            keyed, sort_run=lambda run: sort_keyed(run, order), merge_key=_merge_key(order)
+        )
+        for _, pk in ordered:
+            yield pk

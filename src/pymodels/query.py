@@ -15,6 +15,7 @@ gives the reference answer.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
@@ -25,8 +26,15 @@ from .changes import parse_changes
 from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
 from .documents import Document, from_record, record_loader
 from .errors import DoesNotExist, InvalidQuery, check_usable
-from .ordering import PK_ORDER, OrderKey, parsed_order, record_sort_key
-from .spill import KeySorter
+from .ordering import (
+    PK_ORDER,
+    Descending,
+    OrderKey,
+    parsed_order,
+    pks_in_order,
+    record_sort_key,
+    total_key,
+)
 from .values import INT_MAX, MISSING, check_pk, freeze, get_path
 
 if TYPE_CHECKING:
@@ -331,12 +339,12 @@ class BaseQuery(Generic[D]):
             return None  # the engine selects exactly
         anchor_key = None
         if after is not None:
-            anchor_key = _total_key(after[0], after[1], order)
+            anchor_key = total_key(after[0], after[1], order)
 
         def check(pk: str, record: dict[str, Any]) -> bool:
             if residual is not None and not residual.matches(record):
                 return False
-            return anchor_key is None or _after(_total_key(pk, record, order), anchor_key, order)
+            return anchor_key is None or _after(total_key(pk, record, order), anchor_key, order)
 
         return check
 
@@ -398,21 +406,11 @@ class BaseQuery(Generic[D]):
             chosen = [pk for _, pk in heapq.nsmallest(offset + limit, matches)][offset:]
             yield from self._load_in_batches(chosen)
             return
-        # The whole order: an external merge sort (pymodels.spill), so that a stream
-        # holds a run of sort keys, not one per match.
-        with KeySorter[tuple[tuple[Any, ...], str]]("the sort keys of a query") as sorter:
-            keyed = (
-                (_total_key(pk, record, order), pk)
-                for pk, record in fetched
-                if check is None or check(pk, record)
-            )
-            ordered = sorter.sort(
-                keyed,
-                sort_run=lambda run: _sort_keyed(run, order),
-                merge_key=_merge_key(order),
-            )
-            chosen_pks = (pk for _, pk in itertools.islice(ordered, offset, None))
-            yield from self._load_in_batches(chosen_pks)
+        # The whole order: an external merge sort, so that a stream holds a run of sort
+        # keys, not one per match.
+        passing = ((pk, r) for pk, r in fetched if check is None or check(pk, r))
+        with contextlib.closing(pks_in_order(passing, order, "the sort keys of a query")) as pks:
+            yield from self._load_in_batches(itertools.islice(pks, offset, None))
 
     def _load_in_batches(self, pks: Iterable[str]) -> Iterator[Item]:
         """The records of ``pks`` in their order, loaded :data:`BATCH_SIZE` at a time
@@ -621,68 +619,25 @@ class BaseQuery(Generic[D]):
     # and one that raised cost every list() an exception.
 
 
-def _total_key(pk: str, record: Mapping[str, Any], order: tuple[OrderKey, ...]) -> tuple[Any, ...]:
-    return tuple(record_sort_key(pk, record, k) for k in order)
-
-
-class _Descending:
-    """A sort key that compares in reverse, for one descending key of a heap key."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[Any, ...]) -> None:
-        self.key = key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __lt__(self, other: _Descending) -> bool:
-        return other.key < self.key
-
-
 def _heap_key(order: tuple[OrderKey, ...]) -> Any:
     """``(pk, record) -> key`` whose ascending order is the total ``order``, directions included.
 
-    What :func:`_sort_keyed` does in one stable pass per key, as one
+    What :func:`sort_keyed` does in one stable pass per key, as one
     comparable key, so ``heapq.nsmallest`` can keep only a slice's keys.
     """
     if not any(k.descending for k in order):
-        return lambda pk, record: _total_key(pk, record, order)
+        return lambda pk, record: total_key(pk, record, order)
     keys = tuple(order)
 
     def key(pk: str, record: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(
-            _Descending(record_sort_key(pk, record, k))
+            Descending(record_sort_key(pk, record, k))
             if k.descending
             else record_sort_key(pk, record, k)
             for k in keys
         )
 
     return key
-
-
-def _merge_key(order: tuple[OrderKey, ...]) -> Any:
-    """The key of a ``(total key, pk)`` item whose ascending order is what
-    :func:`_sort_keyed` gives; None when the items' own order is (no descending key)."""
-    if not any(k.descending for k in order):
-        return None
-    descending = tuple(k.descending for k in order)
-
-    def key(item: tuple[tuple[Any, ...], str]) -> tuple[Any, ...]:
-        return tuple(
-            _Descending(part) if down else part
-            for part, down in zip(item[0], descending, strict=True)
-        )
-
-    return key
-
-
-def _sort_keyed(keyed: list[tuple[tuple[Any, ...], str]], order: tuple[OrderKey, ...]) -> None:
-    for i in reversed(range(len(order))):
-        keyed.sort(key=lambda item, i=i: item[0][i], reverse=order[i].descending)  # type: ignore[misc]
 
 
 def _after(key: tuple[Any, ...], anchor: tuple[Any, ...], order: tuple[OrderKey, ...]) -> bool:

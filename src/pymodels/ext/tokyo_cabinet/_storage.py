@@ -7,6 +7,7 @@ import ctypes
 import datetime
 import decimal
 import functools
+import itertools
 import logging
 import os
 import resource
@@ -35,6 +36,7 @@ from ...backend import (
     PyModelsError,
     StorageNotFound,
     open_failure,
+    pks_in_order,
     sort_items,
     spill,
     url_path,
@@ -1118,6 +1120,42 @@ class Storage(TokyoStorage):
                 raise _error("iternext", e) from e
             if count != total:
                 self._damaged(f"its header counts {total} records but {count} could be listed")
+
+    def _ordered_stream(
+        self, plan: Plan, oplan: OrderPlan, offset: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every match in a column's order, in bounded memory.
+
+        Tokyo's ordered search lists every match in C (and the binding copies the list
+        into Python) before the first record, so a condition is first asked for one page
+        of ``spill.RUN_SIZE`` keys, unordered (as :meth:`_unordered_keys` does): a
+        shorter page is every match, and its records are loaded and sorted here. A
+        longer result, or a table of that many records for no condition, is walked in
+        bounded memory (:meth:`_unordered_keys`, records loaded in pk order), its sort
+        keys sorted with the external sort (``pks_in_order``), and the records loaded
+        again in that order, a batch at a time; one deleted meanwhile is left out.
+        """
+        page = spill.RUN_SIZE
+        if plan.blocks is None:
+            if self._count() < page:
+                yield from super()._ordered_stream(plan, oplan, offset)
+                return
+        else:
+            try:
+                with self._lock:
+                    keys = self._run([b.conds for b in plan.blocks], None, page, 0)
+            except TCError as e:
+                raise _error("search", e) from e
+            if len(keys) < page:
+                yield from sort_items(list(self._records(keys)), oplan.keys)[offset:]
+                return
+            del keys
+        matches = self._in_pk_order(self._unordered_keys(plan), False, 0, None)
+        what = "the sort keys of a query"
+        with contextlib.closing(pks_in_order(matches, oplan.keys, what)) as pks:
+            ordered = itertools.islice(pks, offset, None)
+            while batch := list(itertools.islice(ordered, BATCH_SIZE)):
+                yield from self._records([pk.encode("utf-8") for pk in batch])
 
     def _top(
         self, plan: Plan, oplan: OrderPlan, offset: int, limit: int
