@@ -76,6 +76,36 @@ def test_runs_are_removed_when_the_sorter_closes(small_runs: Path) -> None:
     assert list(small_runs.iterdir()) == []
 
 
+@settings(deadline=None)
+@given(items=st.lists(st.binary(max_size=4), max_size=30))
+def test_a_spool_hands_items_back_as_they_came_through_runs(items: list[bytes]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(spill, "RUN_SIZE", 5)
+        mp.setattr(spill, "RUN_BLOCK", 2)
+        with spill.KeySorter[bytes]("keys") as sorter:
+            got = list(sorter.spool(iter(items)))
+    assert got == items
+
+
+def test_a_spool_holds_its_runs_until_the_sorter_closes(small_runs: Path) -> None:
+    walked = []
+
+    def walk() -> Any:
+        for i in range(12):
+            walked.append(i)
+            yield i
+
+    with spill.KeySorter[int]("ints") as sorter:
+        spooled = iter(sorter.spool(walk()))
+        assert walked == list(range(12))  # the walk ends before the first item is used
+        assert len(list(small_runs.iterdir())) == 1  # two runs of 5 spilled, 2 held
+        assert list(spooled) == list(range(12))
+    assert list(small_runs.iterdir()) == []
+    with spill.KeySorter[int]("ints") as sorter:
+        assert list(sorter.spool(range(4, 0, -1))) == [4, 3, 2, 1]
+        assert list(small_runs.iterdir()) == []  # fewer than a run: no disk
+
+
 def test_a_run_loads_the_values_records_hold_and_nothing_else() -> None:
     aware = dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
     plain = [Decimal("2.50"), dt.date(2024, 5, 1), aware, b"\x00", ("x", 1.5, True, None)]
