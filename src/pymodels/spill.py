@@ -106,12 +106,7 @@ class KeySorter(Generic[K]):
             def sort_run(run: list[K]) -> None:
                 run.sort(reverse=descending)
 
-        walk = iter(keys)
-        chunk = list(itertools.islice(walk, RUN_SIZE))
-        while len(chunk) >= RUN_SIZE:
-            sort_run(chunk)
-            self._spill(chunk)
-            chunk = list(itertools.islice(walk, RUN_SIZE))
+        chunk = self._spill_runs(keys, sort_run)
         sort_run(chunk)
         if not self._runs:
             return chunk
@@ -127,14 +122,21 @@ class KeySorter(Generic[K]):
         is used (a walk under a lock): the same runs as :meth:`sort`, neither sorted
         nor merged, read back one after the other. Consumes ``items`` before returning.
         """
-        walk = iter(items)
-        chunk = list(itertools.islice(walk, RUN_SIZE))
-        while len(chunk) >= RUN_SIZE:
-            self._spill(chunk)
-            chunk = list(itertools.islice(walk, RUN_SIZE))
+        chunk = self._spill_runs(items, lambda run: None)
         if not self._runs:
             return chunk
         return itertools.chain(*map(_read_run, self._runs), chunk)
+
+    def _spill_runs(self, items: Iterable[K], arrange: Callable[[list[K]], object]) -> list[K]:
+        """Spill ``items`` in full runs of :data:`RUN_SIZE`, each ``arrange``d first (in
+        place); return the last run, shorter and not spilled."""
+        walk = iter(items)
+        chunk = list(itertools.islice(walk, RUN_SIZE))
+        while len(chunk) >= RUN_SIZE:
+            arrange(chunk)
+            self._spill(chunk)
+            chunk = list(itertools.islice(walk, RUN_SIZE))
+        return chunk
 
     def _spill(self, run: list[K]) -> None:
         try:
