@@ -1,7 +1,8 @@
 """Shared test configuration: hypothesis profiles.
 
-``HYPOTHESIS_PROFILE=ci`` (set by scripts/test under CI) runs 2,000 examples
-per property test; the default profile keeps local runs quick.
+``HYPOTHESIS_PROFILE=ci`` (set by scripts/test under CI) runs 1,000 examples
+per property test, so that the whole CI run stays well under 30 minutes on a slow
+2-core machine; the default profile keeps local runs quick, and ``soak`` hunts long.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ settings.register_profile(
 )
 settings.register_profile(
     "ci",
-    max_examples=2000,
+    # 2,000 until stop 29: the whole CI run then took 28 minutes on a machine that
+    # runs a plain Python loop 1.7 times slower than the one before it.
+    max_examples=1000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
