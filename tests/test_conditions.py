@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pymodels import InvalidQuery, Q
-from pymodels.conditions import ALL, And, Lookup, Not, Or, parse_key
+from pymodels.conditions import ALL, And, Condition, Lookup, Not, Or, parse_key, record_test
 from pymodels.features import OPS
+from pymodels.testing import strategies as pst
 
 
 def test_parsing_paths_and_ops() -> None:
@@ -182,3 +186,52 @@ def test_a_saved_document_stands_for_its_pk() -> None:
         Q(author__in=[saved, unsaved])
     with pytest.raises(InvalidQuery, match="author__gt"):
         Q(author__gt=saved)  # an ordering op takes no document
+
+
+@st.composite
+def _records_and_condition(
+    draw: st.DrawFn, ops: tuple[str, ...] = OPS
+) -> tuple[list[dict[str, Any]], Condition]:
+    rows = list(draw(pst.record_sets()).values())
+    return rows, pst.to_q(draw(pst.conditions(rows, ops=ops)))
+
+
+@settings(max_examples=pst.examples(300))
+@given(_records_and_condition())
+def test_record_test_decides_as_matches(case: tuple[list[dict[str, Any]], Condition]) -> None:
+    """The fast tests scans use decide every record exactly as the reference evaluator."""
+    rows, cond = case
+    test = record_test(cond)
+    assert [test(row) for row in rows] == [cond.matches(row) for row in rows], cond
+
+
+#: Values of different kinds that compare equal or ordered in plain Python (1, 1.0,
+#: True and Decimal(1); "1" beside 1): where a fast test could decide otherwise.
+_LOOKALIKES = (0, 1, 1.0, 2.5, True, False, Decimal(1), Decimal("2.5"), "1", "a", "b", b"a")
+_UNORDERED = ([1], {"x": 1}, dt.date(2020, 1, 1))
+_ORDERED = tuple(v for v in _LOOKALIKES if type(v) is not bool)  # a bool is not ordered
+
+
+@st.composite
+def _lookalike_case(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Condition]:
+    fields = st.sampled_from(["a", "b"])
+    value = st.sampled_from(_LOOKALIKES + _UNORDERED)
+    rows = draw(st.lists(st.dictionaries(fields, value), max_size=6))
+    leaves = []
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(("equals", "gt", "gte", "lt", "lte")))
+        operand = draw(value if op == "equals" else st.sampled_from(_ORDERED))
+        leaves.append(Lookup((draw(fields),), op, operand))
+    return rows, And.of(*leaves)
+
+
+@settings(max_examples=pst.examples(300))
+@given(_lookalike_case())
+def test_record_test_tells_lookalike_kinds_apart(
+    case: tuple[list[dict[str, Any]], Condition],
+) -> None:
+    """The specialised leaves (equality, comparisons, ANDs of them) over values of
+    different kinds that Python itself would compare: decided as ``matches`` does."""
+    rows, cond = case
+    test = record_test(cond)
+    assert [test(row) for row in rows] == [cond.matches(row) for row in rows], cond

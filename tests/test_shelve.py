@@ -785,11 +785,39 @@ def test_records_removed_or_added_while_streaming(
         for doc in s.query():
             seen.append(doc.pk)
             if doc.pk == "k05":
-                s.delete("k20")  # not reached yet: skipped
+                s.delete("k20")  # not read yet (batches of 4, 16, 64 keys): skipped
                 s.delete("k03")  # already yielded
                 s.save({"n": -1}, primary_key="k99")  # after the keys were read: not seen
         assert seen == [f"k{i:02}" for i in range(30) if i != 20]
         assert [d.pk for d in s.query()][-1] == "k99"
+
+
+def test_a_read_failing_mid_walk_names_its_record_after_those_before(tmp_path: Path) -> None:
+    """Records are read a batch at a time; a dbm error still comes at its own record."""
+    with open_shelf(tmp_path / "shelf") as s:
+        for i in range(30):
+            s.save({"n": i}, primary_key=f"k{i:02}")
+        real = s._db  # type: ignore[attr-defined]
+
+        class Failing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def get(self, key: bytes) -> Any:
+                if key == b"k09":
+                    raise OSError(errno.EIO, "Input/output error")
+                return real.get(key)
+
+        s._db = Failing()  # type: ignore[attr-defined]
+        try:
+            seen = []
+            with pytest.raises(pymodels.PyModelsError, match=r"'k09'.*Input/output") as info:
+                for doc in s.query():
+                    seen.append(doc.pk)
+            assert isinstance(info.value.__cause__, OSError)
+            assert seen == [f"k{i:02}" for i in range(9)]
+        finally:
+            s._db = real  # type: ignore[attr-defined]
 
 
 def test_needles_come_from_conjunctions_of_safe_ascii_text() -> None:

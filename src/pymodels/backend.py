@@ -15,7 +15,7 @@ care and never rename.
 from . import spill
 from .codec import decode as decode_tagged
 from .codec import encode as encode_tagged
-from .conditions import ALL, And, Condition, Lookup, Not, Or
+from .conditions import ALL, COMPARISONS, And, Condition, Lookup, Not, Or, record_test
 from .documents import Document, declared_types
 from .errors import (
     BackendUnavailable,
@@ -62,6 +62,7 @@ from .values import (
 __all__ = [
     "ALL",
     "BATCH_SIZE",
+    "COMPARISONS",
     "INT_MAX",
     "INT_MIN",
     "KINDS",
@@ -110,6 +111,7 @@ __all__ = [
     "kind_of",
     "open_failure",
     "pks_in_order",
+    "record_test",
     "sort_items",
     "sort_key",
     "spill",

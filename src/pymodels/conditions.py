@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime
 import functools
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 from .errors import InvalidQuery, ValidationError
@@ -29,6 +30,7 @@ from .values import (
 
 __all__ = [
     "ALL",
+    "COMPARISONS",
     "And",
     "Condition",
     "Lookup",
@@ -37,6 +39,7 @@ __all__ = [
     "Q",
     "parse_key",
     "parse_path",
+    "record_test",
 ]
 
 _OP_SET: Final = frozenset(OPS)
@@ -541,3 +544,52 @@ _EVALUATORS: Final[dict[str, Any]] = {
     "day": lambda f, v: _is_date(f) and f.day == v,
     "like": _str_op(lambda f, v: _words(v) <= _words(f)),
 }
+
+
+# -- fast tests: the same decisions in fewer calls ------------------------------
+
+#: The ordering comparisons, as functions of (stored value, operand).
+COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def record_test(cond: Condition) -> Callable[[Mapping[str, Any]], bool]:
+    """A function deciding exactly what ``cond.matches`` decides, in fewer calls.
+
+    For checking many records against one condition (a scan, a count, what an
+    engine could not filter). The common leaves, equality and comparisons with a
+    str or a number at a top-level field, get a test that skips the generic
+    evaluator's calls (a path walk, three kind lookups), and an AND is the AND of
+    its children's tests; they decide as the evaluator does (a str equals only a
+    str; a number only an int or a float, never a bool or a Decimal). Anything
+    else is ``cond.matches`` itself.
+    """
+    if type(cond) is Lookup and len(cond.path) == 1:
+        name, op, value = cond.path[0], cond.op, cond.value
+        t = type(value)
+        if op == "equals":
+            if t is str:
+                return lambda r: r.get(name) == value
+            if t is int or t is float:
+                return lambda r: (
+                    (x := r.get(name)) == value and (type(x) is int or type(x) is float)
+                )
+        elif op in COMPARISONS:
+            cmp = COMPARISONS[op]
+            if t is str:
+                return lambda r: type(x := r.get(name)) is str and cmp(x, value)
+            if t is int or t is float:
+                return lambda r: (
+                    (type(x := r.get(name)) is int or type(x) is float) and cmp(x, value)
+                )
+    if type(cond) is And and cond.children:
+        tests = [record_test(c) for c in cond.children]
+        if len(tests) == 2:
+            a, b = tests
+            return lambda r: a(r) and b(r)
+        return lambda r: all(test(r) for test in tests)
+    return cond.matches

@@ -15,15 +15,16 @@ gives the reference answer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, Self, TypeVar, overload
 
 from . import documents
 from .changes import parse_changes
-from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path
+from .conditions import ALL, And, Condition, Lookup, Not, Q, combine, parse_path, record_test
 from .documents import Document, from_record, record_loader
 from .errors import DoesNotExist, InvalidQuery, check_usable
 from .ordering import (
@@ -331,20 +332,24 @@ class BaseQuery(Generic[D]):
             value = self._compiled_cache = self._compile(self.condition)
         return value
 
-    def _residual_matches(self, order: tuple[OrderKey, ...]) -> Any:
-        """A predicate over ``(pk, record)`` for what Python must still check, or None."""
+    def _residual_matches(self, order: tuple[OrderKey, ...]) -> Callable[[Item], bool] | None:
+        """A predicate over ``(pk, record)`` items for what Python must still check, or
+        None when the engine selects exactly."""
         residual = self._compiled.residual
         after = self._after
-        if residual is None and after is None:
-            return None  # the engine selects exactly
-        anchor_key = None
-        if after is not None:
-            anchor_key = total_key(after[0], after[1], order)
+        if after is None:
+            if residual is None:
+                return None
+            matches = record_test(residual)
+            return lambda item: matches(item[1])
+        test = None if residual is None else record_test(residual)
+        anchor_key = total_key(after[0], after[1], order)
 
-        def check(pk: str, record: dict[str, Any]) -> bool:
-            if residual is not None and not residual.matches(record):
+        def check(item: Item) -> bool:
+            pk, record = item
+            if test is not None and not test(record):
                 return False
-            return anchor_key is None or _after(total_key(pk, record, order), anchor_key, order)
+            return _after(total_key(pk, record, order), anchor_key, order)
 
         return check
 
@@ -379,7 +384,7 @@ class BaseQuery(Generic[D]):
                 return self._engine_fetch(compiled.native, order, offset, limit)
             stream = self._engine_fetch(compiled.native, order, 0, None)
             stop = None if limit is None else offset + limit
-            return itertools.islice((item for item in stream if check(*item)), offset, stop)
+            return itertools.islice(filter(check, stream), offset, stop)
         return self._sorted_in_python(compiled, order, check, offset, limit)
 
     def _sorted_in_python(
@@ -393,22 +398,18 @@ class BaseQuery(Generic[D]):
         # The engine cannot order: keep only sort keys and pks, sort them, then load
         # the records of the slice in batches.
         fetched = self._engine_fetch(compiled.native, None, 0, None)
+        passing = fetched if check is None else filter(check, fetched)
         if limit is not None:
             # A slice holds only its offset + limit first keys (a bounded heap),
             # not one per match. The total order ends with the unique pk, so no
             # two keys tie and the heap picks exactly what the full sort would.
             heap_key = _heap_key(order)
-            matches = (
-                (heap_key(pk, record), pk)
-                for pk, record in fetched
-                if check is None or check(pk, record)
-            )
+            matches = ((heap_key(pk, record), pk) for pk, record in passing)
             chosen = [pk for _, pk in heapq.nsmallest(offset + limit, matches)][offset:]
             yield from self._load_in_batches(chosen)
             return
         # The whole order: an external merge sort, so that a stream holds a run of sort
         # keys, not one per match.
-        passing = ((pk, r) for pk, r in fetched if check is None or check(pk, r))
         with contextlib.closing(pks_in_order(passing, order, "the sort keys of a query")) as pks:
             yield from self._load_in_batches(itertools.islice(pks, offset, None))
 
@@ -445,13 +446,11 @@ class BaseQuery(Generic[D]):
 
         return project
 
-    def _matching(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _matching(self) -> Iterator[Item]:
         """Every matching record, unordered and unsliced (for counting and testing)."""
-        compiled = self._compiled
+        items = self._engine_fetch(self._compiled.native, None, 0, None)
         check = self._residual_matches(self._full_order)
-        for item in self._engine_fetch(compiled.native, None, 0, None):
-            if check is None or check(*item):
-                yield item
+        return items if check is None else filter(check, items)
 
     def count(self) -> int:
         """How many records match (honouring a slice)."""
@@ -460,7 +459,7 @@ class BaseQuery(Generic[D]):
             total = self._engine_count(self._compiled.native)
         else:
             # Order cannot change a count: no sorting, no second read.
-            total = sum(1 for _ in self._matching())
+            total = _count(self._matching())
         total = max(0, total - self._offset)
         return total if self._limit is None else min(total, self._limit)
 
@@ -617,6 +616,13 @@ class BaseQuery(Generic[D]):
 
     # No __len__ (count() asks the engine): list(query) calls __len__ for a size hint,
     # and one that raised cost every list() an exception.
+
+
+def _count(items: Iterable[Any]) -> int:
+    """How many items there are, counted in C (no Python frame resumed per item)."""
+    counter = itertools.count()
+    collections.deque(zip(items, counter, strict=False), maxlen=0)
+    return next(counter)
 
 
 def _heap_key(order: tuple[OrderKey, ...]) -> Any:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ..backend import (
     ALL,
+    COMPARISONS,
     MISSING,
     OPS,
     PK_ORDER,
@@ -44,6 +45,7 @@ from ..backend import (
     copy_value,
     freeze,
     get_path,
+    record_test,
     sort_items,
     sort_key,
 )
@@ -236,52 +238,12 @@ _NAMED_LOCK = threading.Lock()
 # --------------------------------------------------------- record tests
 
 
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "gt": operator.gt,
-    "gte": operator.ge,
-    "lt": operator.lt,
-    "lte": operator.le,
-}
-
-
-def _record_test(cond: Condition) -> Callable[[Record], bool]:
-    """A function telling whether a record matches ``cond``: exactly ``cond.matches``.
-
-    The common leaves (equality and comparisons with a str or a number at a
-    top-level field) get a specialised test that skips the generic evaluator's
-    calls; they decide exactly as the contract does (a str equals only a str; a
-    number only an int or float, never a bool or a Decimal).
-    """
-    if type(cond) is Lookup and len(cond.path) == 1:
-        name, op, value = cond.path[0], cond.op, cond.value
-        t = type(value)
-        if op == "equals":
-            if t is str:
-                return lambda r: r.get(name) == value
-            if t is int or t is float:
-                return lambda r: (
-                    (x := r.get(name)) == value and (type(x) is int or type(x) is float)
-                )
-        elif op in _COMPARE:
-            cmp = _COMPARE[op]
-            if t is str:
-                return lambda r: type(x := r.get(name)) is str and cmp(x, value)
-            if t is int or t is float:
-                return lambda r: (
-                    (type(x := r.get(name)) is int or type(x) is float) and cmp(x, value)
-                )
-    if type(cond) is And and len(cond.children) == 2:
-        a, b = (_record_test(c) for c in cond.children)
-        return lambda r: a(r) and b(r)
-    return cond.matches
-
-
 def _item_test(cond: Condition) -> Callable[[tuple[str, Record | None]], bool]:
     """A test of ``(pk, record or None)`` pairs: the record exists and matches ``cond``.
 
-    One call per record: the specialised leaves of :func:`_record_test` are
-    spelled here again over the pair rather than wrapped (a second call per
-    record costs as much as the test itself).
+    One call per record: the specialised leaves of
+    :func:`~pymodels.conditions.record_test` are spelled here again over the pair
+    rather than wrapped (a second call per record costs as much as the test itself).
     """
     if cond == ALL:
         return lambda item: item[1] is not None
@@ -290,14 +252,14 @@ def _item_test(cond: Condition) -> Callable[[tuple[str, Record | None]], bool]:
         t = type(value)
         if op == "equals" and t is str:
             return lambda item: (r := item[1]) is not None and r.get(name) == value
-        if op in _COMPARE and (t is int or t is float):
-            cmp = _COMPARE[op]
+        if op in COMPARISONS and (t is int or t is float):
+            cmp = COMPARISONS[op]
             return lambda item: (
                 (r := item[1]) is not None
                 and (type(x := r.get(name)) is int or type(x) is float)
                 and cmp(x, value)
             )
-    test = _record_test(cond)
+    test = record_test(cond)
     return lambda item: (r := item[1]) is not None and test(r)
 
 
@@ -308,9 +270,9 @@ def _count_records(records: Iterable[Record], cond: Condition) -> int | None:
     as one generator expression per operator: the test runs inline in the
     expression's frame, where ``map`` with :func:`_item_test`'s lambda calls a
     Python function per record (half as much again as the test). Same decision
-    as :func:`_record_test`: an int or a float, never a bool or a Decimal.
+    as :func:`~pymodels.conditions.record_test`: an int or a float, never a bool or a Decimal.
     """
-    if type(cond) is not Lookup or len(cond.path) != 1 or cond.op not in _COMPARE:
+    if type(cond) is not Lookup or len(cond.path) != 1 or cond.op not in COMPARISONS:
         return None
     name, op, v = cond.path[0], cond.op, cond.value
     if type(v) is not int and type(v) is not float:

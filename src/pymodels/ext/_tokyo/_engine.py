@@ -41,6 +41,7 @@ from ...backend import (
     OrderKey,
     PyModelsError,
     declared_types,
+    record_test,
     sort_items,
     spill,
 )
@@ -489,9 +490,10 @@ class TokyoStorage(BaseStorage):
         """The keys among ``keys`` whose records pass ``check``, in their order, the
         records loaded :data:`BATCH_SIZE` at a time (a record deleted meanwhile is left
         out), holding no more than a batch of records."""
+        test = record_test(check)
         while batch := list(itertools.islice(keys, BATCH_SIZE)):
             for key, columns in zip(batch, self._load_raw(batch), strict=True):
-                if columns is not None and check.matches(decode_record(columns)):
+                if columns is not None and test(decode_record(columns)):
                     yield key
 
     def _ordered_stream(
