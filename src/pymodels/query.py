@@ -391,7 +391,7 @@ class BaseQuery(Generic[D]):
         self,
         compiled: Compiled,
         order: tuple[OrderKey, ...],
-        check: Any,
+        check: Callable[[Item], bool] | None,
         offset: int,
         limit: int | None,
     ) -> Iterator[Item]:

@@ -524,12 +524,11 @@ class Storage(BaseStorage):
         offset: int = 0,
         stop: int | None = None,
     ) -> Generator[Item, None, None]:
-        """The records of ``keys[offset:stop]`` as the keys come: one removed since the
-        keys were read is skipped, as is one whose bytes lack one of ``needed``. Ending
-        or closing this generator closes ``keys`` (removing the runs behind them).
-
-        Read a batch at a time under one hold of the lock, the batches growing from
-        :data:`_FIRST_READ` keys to :data:`_READ_AHEAD` (``first()`` reads few)."""
+        """The records of ``keys[offset:stop]`` as the keys come, read a batch at a time
+        under one hold of the lock, the batches growing from :data:`_FIRST_READ` keys to
+        :data:`_READ_AHEAD` (``first()`` reads few). One removed before its batch is read
+        is skipped, as is one whose bytes lack one of ``needed``. Ending or closing this
+        generator closes ``keys`` (removing the runs behind them)."""
         with contextlib.closing(keys):
             wanted = itertools.islice(keys, offset, stop)
             size = _FIRST_READ
