@@ -247,6 +247,9 @@ def test_damage_raises_corrupt_data_naming_the_file(tmp_path: Path, module: str)
     with open_shelf(path, dbm=module) as s:
         with pytest.raises(pymodels.CorruptData, match="not UTF-8"):
             list(s)
+        # A query skipping records that lack its text still reads every key.
+        with pytest.raises(pymodels.CorruptData, match="not UTF-8"):
+            s.query().where(name="zzz").count()
         with pytest.raises(pymodels.CorruptData, match="trunc") as info:
             s.get(None, "trunc")
         assert isinstance(info.value.__cause__, (EOFError, pickle.UnpicklingError))

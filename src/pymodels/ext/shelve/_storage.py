@@ -444,12 +444,7 @@ class Storage(BaseStorage):
                 raw = self._db.get(pk.encode() if key is None else key)
         except Exception as e:
             raise _error(self.settings.path, "read", pk, e) from e
-        if raw is None:
-            return None
-        for needle in needed:
-            if needle not in raw:
-                return None
-        return _loads(raw, self.settings.path, pk)
+        return _record_of(raw, needed, self.settings.path, pk)
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         data = pickle.dumps(record, self.settings.protocol)
@@ -539,26 +534,20 @@ class Storage(BaseStorage):
     def _read_batch(self, keys: list[bytes], needed: tuple[bytes, ...]) -> Iterator[Item]:
         """The records of ``keys`` (see :meth:`_records`), in their order."""
         path = self.settings.path
+        raws: list[bytes | None] | None
         try:
             with self._lock:
                 raws = list(map(self._db.get, keys))
         except Exception:
-            # One at a time, so that the error names the record it failed on.
-            for key in keys:
-                pk = _pk_of(key, path)
+            raws = None  # read again one at a time, so that the error names its record
+        for i, key in enumerate(keys):
+            pk = _pk_of(key, path)
+            if raws is None:
                 record = self._load(pk, needed, key)
-                if record is not None:
-                    yield pk, record
-            return
-        for key, raw in zip(keys, raws, strict=True):
-            if raw is None:
-                continue
-            for needle in needed:
-                if needle not in raw:
-                    break
             else:
-                pk = _pk_of(key, path)
-                yield pk, _loads(raw, path, pk)
+                record = _record_of(raws[i], needed, path, pk)
+            if record is not None:
+                yield pk, record
 
     def _ordered_keys(
         self, descending: bool = False, stop: int | None = None
@@ -829,6 +818,19 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refusing a persistent id")
+
+
+def _record_of(
+    raw: bytes | None, needed: tuple[bytes, ...], path: str, pk: str
+) -> dict[str, Any] | None:
+    """The record a dbm value holds; None for no value, or for one lacking one of
+    ``needed`` (it cannot match the query that needs them: not unpickled)."""
+    if raw is None:
+        return None
+    for needle in needed:
+        if needle not in raw:
+            return None
+    return _loads(raw, path, pk)
 
 
 def _loads(data: bytes, path: str, pk: str) -> dict[str, Any]:
