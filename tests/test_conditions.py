@@ -206,10 +206,49 @@ def test_record_test_decides_as_matches(case: tuple[list[dict[str, Any]], Condit
 
 
 #: Values of different kinds that compare equal or ordered in plain Python (1, 1.0,
-#: True and Decimal(1); "1" beside 1): where a fast test could decide otherwise.
-_LOOKALIKES = (0, 1, 1.0, 2.5, True, False, Decimal(1), Decimal("2.5"), "1", "a", "b", b"a")
-_UNORDERED = ([1], {"x": 1}, dt.date(2020, 1, 1))
+#: True and Decimal(1); "1" beside 1; -0.0 beside 0; an int beside the float it
+#: rounds to): where a fast test could decide otherwise.
+_LOOKALIKES = (
+    0,
+    1,
+    1.0,
+    -0.0,
+    2.5,
+    2**53 + 1,
+    float(2**53),
+    True,
+    False,
+    Decimal(1),
+    Decimal("2.5"),
+    "1",
+    "a",
+    "ab",
+    "b",
+    b"a",
+)
+_UNORDERED = ([1], ["a"], {"x": 1}, dt.date(2020, 1, 1))
 _ORDERED = tuple(v for v in _LOOKALIKES if type(v) is not bool)  # a bool is not ordered
+_NUMBERS = tuple(v for v in _LOOKALIKES if type(v) in (int, float))
+_STRS = tuple(v for v in _LOOKALIKES if type(v) is str)
+
+
+@st.composite
+def _lookalike_leaf(draw: st.DrawFn, fields: st.SearchStrategy[str]) -> Condition:
+    value = st.sampled_from(_LOOKALIKES + _UNORDERED)
+    op = draw(st.sampled_from(("equals", "gt", "gte", "lt", "lte", "in", "startswith", "exists")))
+    if op == "equals":
+        operand: Any = draw(value)
+    elif op == "in":
+        # Operands of one kind (the specialised sets) and of mixed kinds alike.
+        pool = draw(st.sampled_from((_NUMBERS, _STRS, _LOOKALIKES + _UNORDERED)))
+        operand = tuple(draw(st.lists(st.sampled_from(pool), max_size=4)))
+    elif op == "startswith":
+        operand = draw(st.sampled_from(("", "a", "ab", "1")))
+    elif op == "exists":
+        operand = draw(st.booleans())
+    else:
+        operand = draw(st.sampled_from(_ORDERED))
+    return Lookup((draw(fields),), op, operand)
 
 
 @st.composite
@@ -217,12 +256,16 @@ def _lookalike_case(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Condition]:
     fields = st.sampled_from(["a", "b"])
     value = st.sampled_from(_LOOKALIKES + _UNORDERED)
     rows = draw(st.lists(st.dictionaries(fields, value), max_size=6))
-    leaves = []
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(("equals", "gt", "gte", "lt", "lte")))
-        operand = draw(value if op == "equals" else st.sampled_from(_ORDERED))
-        leaves.append(Lookup((draw(fields),), op, operand))
-    return rows, And.of(*leaves)
+    tree = st.recursive(
+        _lookalike_leaf(fields),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3).map(lambda cs: And(cs)),
+            st.lists(children, max_size=3).map(lambda cs: Or(cs)),
+            children.map(Not),
+        ),
+        max_leaves=4,
+    )
+    return rows, draw(tree)
 
 
 @settings(max_examples=pst.examples(300))
@@ -230,8 +273,10 @@ def _lookalike_case(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Condition]:
 def test_record_test_tells_lookalike_kinds_apart(
     case: tuple[list[dict[str, Any]], Condition],
 ) -> None:
-    """The specialised leaves (equality, comparisons, ANDs of them) over values of
-    different kinds that Python itself would compare: decided as ``matches`` does."""
+    """The specialised leaves (equality, comparisons, ``in``, ``startswith``,
+    ``exists``) and the groups over them (And, Or, Not, empty ones included), over
+    values of different kinds that Python itself would compare: decided as
+    ``matches`` does."""
     rows, cond = case
     test = record_test(cond)
     assert [test(row) for row in rows] == [cond.matches(row) for row in rows], cond

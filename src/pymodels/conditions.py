@@ -561,35 +561,71 @@ def record_test(cond: Condition) -> Callable[[Mapping[str, Any]], bool]:
     """A function deciding exactly what ``cond.matches`` decides, in fewer calls.
 
     For checking many records against one condition (a scan, a count, what an
-    engine could not filter). The common leaves, equality and comparisons with a
-    str or a number at a top-level field, get a test that skips the generic
-    evaluator's calls (a path walk, three kind lookups), and an AND is the AND of
-    its children's tests; they decide as the evaluator does (a str equals only a
+    engine could not filter). The common leaves at a top-level field (equality,
+    comparisons and ``in`` with str or number operands, ``startswith``,
+    ``exists``) get a test that skips the generic evaluator's calls (a path
+    walk, three kind lookups), and ``And``, ``Or`` and ``Not`` combine their
+    children's tests; they decide as the evaluator does (a str equals only a
     str; a number only an int or a float, never a bool or a Decimal). Anything
     else is ``cond.matches`` itself.
     """
-    if type(cond) is Lookup and len(cond.path) == 1:
-        name, op, value = cond.path[0], cond.op, cond.value
-        t = type(value)
-        if op == "equals":
-            if t is str:
-                return lambda r: r.get(name) == value
-            if t is int or t is float:
-                return lambda r: (
-                    (x := r.get(name)) == value and (type(x) is int or type(x) is float)
-                )
-        elif op in COMPARISONS:
-            cmp = COMPARISONS[op]
-            if t is str:
-                return lambda r: type(x := r.get(name)) is str and cmp(x, value)
-            if t is int or t is float:
-                return lambda r: (
-                    (type(x := r.get(name)) is int or type(x) is float) and cmp(x, value)
-                )
-    if type(cond) is And and cond.children:
+    if type(cond) is Lookup:
+        if len(cond.path) == 1:
+            leaf = _leaf_test(cond.path[0], cond.op, cond.value)
+            if leaf is not None:
+                return leaf
+        return cond.matches
+    if type(cond) is And or type(cond) is Or:
+        if not cond.children:
+            return cond.matches
         tests = [record_test(c) for c in cond.children]
+        if len(tests) == 1:
+            return tests[0]
+        if type(cond) is And:
+            if len(tests) == 2:
+                a, b = tests
+                return lambda r: a(r) and b(r)
+            return lambda r: all(test(r) for test in tests)
         if len(tests) == 2:
             a, b = tests
-            return lambda r: a(r) and b(r)
-        return lambda r: all(test(r) for test in tests)
+            return lambda r: a(r) or b(r)
+        return lambda r: any(test(r) for test in tests)
+    if type(cond) is Not:
+        inner = record_test(cond.child)
+        return lambda r: not inner(r)
     return cond.matches
+
+
+def _leaf_test(name: str, op: str, value: Any) -> Callable[[Mapping[str, Any]], bool] | None:
+    """:func:`record_test` of a lookup at the top-level field ``name``; ``None``
+    where only the generic evaluator decides."""
+    t = type(value)
+    if op == "equals":
+        if t is str:
+            return lambda r: r.get(name) == value
+        if t is int or t is float:
+            return lambda r: (x := r.get(name)) == value and (type(x) is int or type(x) is float)
+    elif op in COMPARISONS:
+        cmp = COMPARISONS[op]
+        if t is str:
+            return lambda r: type(x := r.get(name)) is str and cmp(x, value)
+        if t is int or t is float:
+            return lambda r: (type(x := r.get(name)) is int or type(x) is float) and cmp(x, value)
+    elif op == "in":
+        kinds = set(map(type, value))
+        # A set of the operands: int and float hash alike when equal (1 and 1.0),
+        # as strict equality has them; a stored value of another type never tests.
+        if kinds == {str}:
+            strs = frozenset(value)
+            return lambda r: type(x := r.get(name)) is str and x in strs
+        if kinds and kinds <= {int, float}:
+            numbers = frozenset(value)
+            return lambda r: (type(x := r.get(name)) is int or type(x) is float) and x in numbers
+    elif op == "startswith":
+        return lambda r: type(x := r.get(name)) is str and x.startswith(value)
+    elif op == "exists":
+        # get_path reads only dicts: a record of another mapping type has no fields.
+        if value:
+            return lambda r: type(r) is dict and name in r
+        return lambda r: type(r) is not dict or name not in r
+    return None
