@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import threading
 from decimal import Decimal
@@ -17,12 +18,37 @@ from pymodels.pks import _encode, _encode_run, new_pk, new_pks
 from pymodels.storage import batch_records
 from pymodels.testing.strategies import records
 from pymodels.testing.suite import run_in_threads
-from pymodels.values import stored_record, validate_record
+from pymodels.values import copy_value, stored_record, validate_record
 
 
 @given(records())
 def test_stored_record_is_validate_record_for_valid_records(record: dict[str, Any]) -> None:
     assert stored_record(record) == validate_record(record)
+
+
+def _containers(value: Any) -> list[Any]:
+    """Every list and dict in ``value``, itself included."""
+    if type(value) is dict:
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if type(value) is list:
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+@given(records())
+def test_copy_value_is_equal_and_shares_no_container(record: dict[str, Any]) -> None:
+    before = copy.deepcopy(record)
+    out = copy_value(record)
+    assert out == record
+    assert list(out) == list(record)  # key order kept
+    ours = {id(c) for c in _containers(record)}
+    assert not ours & {id(c) for c in _containers(out)}
+    for container in _containers(out):  # changing the copy leaves the original alone
+        if type(container) is dict:
+            container["__probe"] = 1
+        else:
+            container.append(1)
+    assert record == before
 
 
 @pytest.mark.parametrize(

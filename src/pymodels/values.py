@@ -372,11 +372,17 @@ def copy_value(value: Any) -> Any:
     """A copy of a domain value that shares no list or dict with it (scalars are immutable)."""
     t = type(value)
     # Scalars are kept without a call: records are mostly scalars, and a call per
-    # field was most of what a memory get or save cost.
+    # field was most of what a memory get or save cost. A dict is copied whole in C
+    # and only its lists and dicts replaced (a comprehension rebuilt every entry).
     if t is dict:
-        return {
-            k: copy_value(v) if type(v) is dict or type(v) is list else v for k, v in value.items()
-        }
+        out = value.copy()
+        for k, v in out.items():
+            t = type(v)
+            if t is list:
+                out[k] = [copy_value(x) if type(x) is dict or type(x) is list else x for x in v]
+            elif t is dict:
+                out[k] = copy_value(v)
+        return out
     if t is list:
         return [copy_value(v) if type(v) is dict or type(v) is list else v for v in value]
     return value
