@@ -373,7 +373,9 @@ def copy_value(value: Any) -> Any:
     t = type(value)
     # Scalars are kept without a call: records are mostly scalars, and a call per
     # field was most of what a memory get or save cost. A dict is copied whole in C
-    # and only its lists and dicts replaced (a comprehension rebuilt every entry).
+    # and only its lists and dicts replaced (a comprehension rebuilt every entry); a
+    # list in it is copied inline, the list branch below without its call (a record's
+    # list of tags is the common case: 0.1-0.3 us of a 3.5 us memory get).
     if t is dict:
         out = value.copy()
         for k, v in out.items():
