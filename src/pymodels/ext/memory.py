@@ -292,10 +292,27 @@ def _count_records(records: Iterable[Record], cond: Condition) -> int | None:
     return sum(1 for r in records if (type(x := r.get(name)) is int or type(x) is float) and x <= v)
 
 
-def _walk(
-    ns: _Namespace, test: Callable[[Any], bool], reverse: bool
-) -> Iterator[tuple[str, Record]]:
-    """The matching ``(pk, record)`` pairs in pk order, whatever is written meanwhile.
+def _matching(items: Iterable[tuple[str, Record]], cond: Condition) -> Iterator[tuple[str, Record]]:
+    """The ``(pk, record)`` pairs of ``items`` (no record None) that match ``cond``.
+
+    Every item, or equality to a str on a top-level field (the commonest unindexed
+    ``first()``), as a generator expression: its test runs inline in the
+    expression's frame, where ``filter`` with :func:`_item_test`'s lambda calls a
+    Python function per record (over 100,000 workload records a scan for a name
+    took 2.4x a plain loop through ``filter``, 1.3x this way). The test is
+    :func:`~pymodels.conditions.record_test`'s for that leaf.
+    """
+    if cond == ALL:
+        return iter(items)
+    if type(cond) is Lookup and len(cond.path) == 1 and cond.op == "equals":
+        name, value = cond.path[0], cond.value
+        if type(value) is str:
+            return ((pk, r) for pk, r in items if r.get(name) == value)
+    return filter(_item_test(cond), items)
+
+
+def _walk(ns: _Namespace, cond: Condition, reverse: bool) -> Iterator[tuple[str, Record]]:
+    """The ``(pk, record)`` pairs matching ``cond`` in pk order, whatever is written meanwhile.
 
     Walks the dict itself while its order is pk order. A write that changes its
     size stops a dict iteration (RuntimeError); the walk then goes on from the
@@ -304,7 +321,7 @@ def _walk(
     records = ns.records
     last: str | None = None
     if ns.in_pk_order:
-        hits = filter(test, reversed(records.items()) if reverse else records.items())
+        hits = _matching(reversed(records.items()) if reverse else records.items(), cond)
         while True:
             try:
                 item = next(hits)
@@ -323,14 +340,11 @@ def _walk(
     else:
         start = 0 if last is None else bisect.bisect_right(pks, last)
         rest = itertools.islice(pks, start, None)
+    test = _item_test(cond)
     for pk in rest:
         record = records.get(pk)
         if record is not None and test((pk, record)):
             yield pk, record
-
-
-def _any(item: Any) -> bool:
-    return True
 
 
 def _copied(item: tuple[str, Record]) -> Item:
@@ -363,11 +377,12 @@ class _Plan:
         self.exact = exact  # what it looks at are exactly the matches (no other condition)
         self.description = description
 
-    def hits(self, ns: _Namespace, test: Callable[[Any], bool]) -> Iterator[tuple[str, Record]]:
+    def hits(self, ns: _Namespace, cond: Condition) -> Iterator[tuple[str, Record]]:
         """The matching ``(pk, record)`` pairs, without a Python frame per record looked at."""
         pks = self.pks
         if pks is None:
-            return _walk(ns, test, self.reverse)
+            return _walk(ns, cond, self.reverse)
+        test = _item_test(cond)
         return filter(test, zip(pks, map(ns.records.get, pks), strict=False))  # type: ignore[arg-type]
 
     def count(self, ns: _Namespace, cond: Condition) -> int:
@@ -382,7 +397,7 @@ class _Plan:
             fast = _count_records(ns.records.values(), cond)
             return sum(map(test, ns.records.items())) if fast is None else fast
         except RuntimeError:  # the dict changed size meanwhile: count in pk order
-            return sum(1 for _ in _walk(ns, test, False))
+            return sum(1 for _ in _walk(ns, cond, False))
 
 
 # ---------------------------------------------------------------- the query
@@ -516,13 +531,13 @@ class Storage(BaseStorage):
             for pk, record in list(self._data().items()):
                 yield pk, copy_value(record)
             return
-        for pk, record in _walk(self._ns, _any, False):
+        for pk, record in _walk(self._ns, ALL, False):
             yield pk, copy_value(record)
 
     def _keys(self) -> Iterator[str]:
         if self._in_tx() is not None:
             return iter(list(self._data()))
-        return (pk for pk, _ in _walk(self._ns, _any, False))
+        return (pk for pk, _ in _walk(self._ns, ALL, False))
 
     def _count(self) -> int:
         return len(self._data())
@@ -591,7 +606,7 @@ class Storage(BaseStorage):
             sort_items(items, order or PK_ORDER)
             return map(_copied, itertools.islice(items, offset, stop))
         plan = self._plan(native, order)
-        hits = plan.hits(self._ns, _item_test(native))
+        hits = plan.hits(self._ns, native)
         if not plan.in_order:
             matched: list[Any] = list(hits)
             sort_items(matched, order or PK_ORDER)
