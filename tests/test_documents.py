@@ -92,6 +92,23 @@ def test_membership_includes_required_fields() -> None:
     assert Country._membership() == Q(name__exists=True, code__exists=True)
 
 
+def test_a_saved_document_stands_for_its_pk_in_partial_changes() -> None:
+    from pymodels import get_storage
+
+    with get_storage("memory://") as storage:
+        country = Country(name="Finland", code="FI")
+        storage.save(country, primary_key="c1")
+        pk = storage.save({"first_name": "A"})
+        assert storage.update(pk, home=country, visited=[country, "c2"]) == 1
+        assert storage.get(None, pk)["home"] == "c1"
+        assert storage.get(None, pk)["visited"] == ["c1", "c2"]
+        with pytest.raises(ValidationError, match="home: the Country given is not saved"):
+            storage.update(pk, home=Country(name="Sweden", code="SE"))
+        with pytest.raises(ValidationError, match="visited: the Country given is not saved"):
+            storage.update(pk, visited=[country, Country(name="Sweden", code="SE")])
+        assert storage.get(None, pk)["visited"] == ["c1", "c2"]  # nothing half-written
+
+
 def test_mapping_view() -> None:
     country = Country(name="Finland", code="FI")
     person = Person(first_name="A", birth_place=country)

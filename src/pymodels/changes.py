@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from .errors import ValidationError
-from .values import INT_MAX, INT_MIN, MISSING, check_field_name, validate_value
+from .values import INT_MAX, INT_MIN, MISSING, Referable, check_field_name, validate_value
 
 __all__ = ["Change", "apply_changes", "parse_changes"]
 
@@ -66,9 +66,7 @@ def parse_changes(changes: Mapping[str, Any]) -> list[Change]:
 
 def _documents_as_pks(key: str, value: Any) -> Any:
     """``value`` with saved documents as their pks (``value`` itself when it holds none)."""
-    from .documents import Document  # documents imports this module
-
-    if isinstance(value, Document):
+    if isinstance(value, Referable):
         if value.pk is None:
             raise ValidationError(
                 f"{key}: the {type(value).__name__} given is not saved, so it has no pk to "
@@ -76,7 +74,7 @@ def _documents_as_pks(key: str, value: Any) -> Any:
                 field=key,
             )
         return value.pk
-    if type(value) is list and any(isinstance(v, Document) for v in value):
+    if type(value) is list and any(isinstance(v, Referable) for v in value):
         return [_documents_as_pks(key, v) for v in value]
     return value
 

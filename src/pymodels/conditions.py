@@ -21,6 +21,7 @@ from .features import OPS
 from .values import (
     MISSING,
     ORDERED_KINDS,
+    Referable,
     freeze,
     get_path,
     kind_of,
@@ -374,10 +375,9 @@ def _documents_as_pks(path: tuple[str, ...], op: str, value: Any) -> Any:
 
     An unsaved document has no pk to match: InvalidQuery says so.
     """
-    from .documents import Document  # documents imports this module
 
     def pk_of(v: Any) -> Any:
-        if not isinstance(v, Document):
+        if not isinstance(v, Referable):
             return v
         if v.pk is None:
             raise InvalidQuery(
@@ -388,9 +388,9 @@ def _documents_as_pks(path: tuple[str, ...], op: str, value: Any) -> Any:
 
     if op not in _PK_OPS:
         return _NO_DOCUMENT
-    if isinstance(value, Document):
+    if isinstance(value, Referable):
         return pk_of(value)
-    if type(value) in (list, tuple) and any(isinstance(v, Document) for v in value):
+    if type(value) in (list, tuple) and any(isinstance(v, Referable) for v in value):
         return type(value)(pk_of(v) for v in value)
     return _NO_DOCUMENT
 

@@ -43,7 +43,7 @@ from . import codec
 from .changes import Change
 from .conditions import ALL, And, Condition, Lookup, Not, Q, one_edit, parse_key
 from .errors import ConfigurationError, ConflictError, InvalidQuery, PyModelsError, ValidationError
-from .values import MISSING, check_field_name, kind_of, strict_equal, validate_value
+from .values import MISSING, Referable, check_field_name, kind_of, strict_equal, validate_value
 
 if TYPE_CHECKING:
     from .query import BaseQuery
@@ -143,7 +143,7 @@ _new = object.__new__
 _UNSET: Any = object()
 
 
-class Document(pydantic.BaseModel):
+class Document(pydantic.BaseModel, Referable):
     """A record as a validated Python object; subclass it to declare fields."""
 
     model_config = pydantic.ConfigDict(

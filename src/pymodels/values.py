@@ -20,6 +20,7 @@ __all__ = [
     "MAX_DEPTH",
     "MISSING",
     "Kind",
+    "Referable",
     "check_field_name",
     "check_pk",
     "copy_value",
@@ -66,6 +67,19 @@ _RANK: Final = {k: i + 1 for i, k in enumerate(KINDS)}
 ORDERED_KINDS: frozenset[Kind] = frozenset(
     {"number", "decimal", "str", "bytes", "date", "datetime", "datetime_tz"}
 )
+
+
+class Referable:
+    """What stands for its pk as a lookup or change value: the base of
+    :class:`~pymodels.Document`, so that conditions and changes recognise a saved
+    document without importing the documents module above them."""
+
+    __slots__ = ()
+
+    @property
+    def pk(self) -> str | None:
+        """The pk, None until saved."""
+        raise NotImplementedError
 
 
 class _Missing:
