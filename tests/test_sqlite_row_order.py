@@ -197,6 +197,29 @@ def test_leaving_row_order_in_a_rolled_back_transaction_keeps_it(path: Path) -> 
         assert [d.pk for d in s.query()] == ["a", "m", "z"]
 
 
+def test_an_overwrite_refused_by_the_order_writes_when_another_left_it_meanwhile(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of a new pk below the greatest is refused while the table is in row order;
+    another connection leaving row order right after must not turn that into an error
+    (the refusal's cause is read again, and the view is gone by then)."""
+    with backend.Storage(path=str(path)) as s, backend.Storage(path=str(path)) as other:
+        s.save({"n": 1}, primary_key="m")
+        meta_columns = s._meta_columns
+        moved: list[bool] = []
+
+        def leave_meanwhile(conn: sqlite3.Connection) -> str | None:
+            if not moved:
+                moved.append(True)
+                other.save({"n": 2}, primary_key="b")  # below "m": drops the view, commits
+            return meta_columns(conn)
+
+        monkeypatch.setattr(s, "_meta_columns", leave_meanwhile)
+        s.save({"n": 0}, primary_key="a")  # refused by the order, then written
+        assert moved and not in_row_order(path)
+        assert [(d.pk, d["n"]) for d in s.query()] == [("a", 0), ("b", 2), ("m", 1)]
+
+
 def test_a_reader_learns_the_order_is_gone_in_every_read(path: Path) -> None:
     with backend.Storage(path=str(path)) as writer:
         writer.save_many({"n": i % 4, "s": f"v{i}"} for i in range(1200))

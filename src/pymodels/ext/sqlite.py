@@ -787,15 +787,21 @@ class Storage(SQLStorage):
                 params = (pk, body, self._columns_key, shadow.text, *hints)
                 if conn.execute(shadow.upsert, params).rowcount == 1:
                     return True
-                # Another connection added columns: learn them, then write again.
-                self._sync_columns(conn)
-                if self._shadow.text == shadow.text:
-                    if shadow.ordered and self._view_exists(conn):
-                        return None
-                    raise PyModelsError(
-                        f"sqlite: the list of shadow columns of {self._table!r} is missing "
-                        f"from {META_TABLE}; nothing was written"
-                    )
+                # Nothing written. Either another connection added columns (learn them,
+                # then write again) or, the list unchanged, the row order refused a new
+                # pk. The view is not looked at again: the upsert and this read are two
+                # statements, and another connection may leave row order between them
+                # (the caller retries under the write lock, where the view stays put).
+                text = self._meta_columns(conn)
+                if text is not None and text != shadow.text:
+                    self._sync_columns(conn)
+                    continue
+                if text is not None and shadow.ordered:
+                    return None
+                raise PyModelsError(
+                    f"sqlite: the list of shadow columns of {self._table!r} is missing "
+                    f"from {META_TABLE}; nothing was written"
+                )
 
     # ------------------------------------------------------------ row order
 
