@@ -220,6 +220,38 @@ def test_an_overwrite_refused_by_the_order_writes_when_another_left_it_meanwhile
         assert [(d.pk, d["n"]) for d in s.query()] == [("a", 0), ("b", 2), ("m", 1)]
 
 
+def test_an_index_is_made_in_one_transaction_with_its_check_of_the_order(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another connection cannot leave row order between create_index's check of it and
+    the CREATE INDEX (which would end the index in the rowid on a table out of order)."""
+    with (
+        backend.Storage(path=str(path)) as s,
+        backend.Storage(path=str(path), timeout=0.2) as other,
+    ):
+        s.save({"city": "x"}, primary_key="m")
+        view_exists = s._view_exists
+        tried: list[str] = []
+
+        def leave_meanwhile(conn: sqlite3.Connection) -> bool:
+            found = view_exists(conn)
+            if not tried:
+                try:
+                    other.save({"city": "y"}, primary_key="b")  # below "m": leaves row order
+                    tried.append("left")
+                except pymodels.LockTimeout:
+                    tried.append("waited")
+            return found
+
+        monkeypatch.setattr(s, "_view_exists", leave_meanwhile)
+        s.create_index("city")
+        assert tried == ["waited"]
+        other.save({"city": "y"}, primary_key="b")
+        assert not in_row_order(path)
+        assert index_sql(path) and all(sql.endswith(", pk)") for sql in index_sql(path))
+        assert [d.pk for d in s.query().where(city="y")] == ["b"]
+
+
 def test_a_reader_learns_the_order_is_gone_in_every_read(path: Path) -> None:
     with backend.Storage(path=str(path)) as writer:
         writer.save_many({"n": i % 4, "s": f"v{i}"} for i in range(1200))

@@ -1221,13 +1221,18 @@ class Storage(SQLStorage):
         fields = [k.path[0] for k in spec.keys if len(k.path) == 1 and not k.is_pk]
         if fields and not self._shadow.fields.issuperset(fields):
             self._add_fields(fields)
-        if self._rowid_order:
-            # An index of a table in row order ends in the rowid alone: make sure
-            # the table still is (one that left it closes its indexes with the pk).
-            with self._db() as conn:
-                if not self._view_exists(conn):
-                    self._use_pk_order()
-        super()._create_index(spec)
+        # One write transaction: the check of the order, the index and its entry in
+        # the meta table. Another connection leaving row order between the check and
+        # the CREATE INDEX would leave an index ending in the rowid alone on a table
+        # out of row order (right answers, but a sort on every ordered read).
+        with self._lock, self._atomic():
+            if self._rowid_order:
+                # An index of a table in row order ends in the rowid alone: make sure
+                # the table still is (one that left it closes its indexes with the pk).
+                with self._db() as conn:
+                    if not self._view_exists(conn):
+                        self._use_pk_order()
+            super()._create_index(spec)
         self._forget_indexes()
         if self.in_transaction:
             # Other threads may fill the caches before the index is committed.
