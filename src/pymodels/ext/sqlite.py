@@ -61,6 +61,7 @@ from ..backend import (
 from ._sql.compiler import PARAM, Compiler, Frag, valid_path
 from ._sql.connections import Guard, ThreadConnections
 from ._sql.encoding import RANK, dumps, dumps_each, loads, loads_rows
+from ._sql.order_repair import settled_page
 from ._sql.query import SQLQuery
 from ._sql.sqlite_dialect import (
     ROWID_COLUMN,
@@ -71,7 +72,7 @@ from ._sql.sqlite_dialect import (
     register_functions,
     shadow_names,
 )
-from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage, settled_page
+from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
 
 __all__ = ["Query", "Settings", "Storage", "features"]
 

@@ -19,10 +19,10 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ...backend import PK_ORDER, BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
+from ...backend import BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
 from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
-from .query import any_container, order_paths
+from .order_repair import settled_page
 
 __all__ = ["KEY_COLUMNS", "META_TABLE", "RECORD_COLUMNS", "SQLStorage"]
 
@@ -32,20 +32,6 @@ KEY_COLUMNS = "pk, NULL"
 
 #: The library's own table (format versions, index descriptions), beside the records.
 META_TABLE = "pymodels_meta"
-
-
-def settled_page(rows: list[Item], order: tuple[OrderKey, ...]) -> list[Item] | None:
-    """``rows``, a page the engine ordered by ``order``, or None where it may be wrong.
-
-    A list or dict at an order key sorts by the contract's rules, not the engine's:
-    the general path repairs that page. Pks are never lists or dicts.
-    """
-    if order is PK_ORDER:
-        return rows
-    paths = order_paths(order)
-    if paths and any_container(rows, paths):
-        return None
-    return rows
 
 
 class SQLStorage(BaseStorage):
