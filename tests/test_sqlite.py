@@ -48,6 +48,7 @@ from pymodels.errors import (
 from pymodels.ext import sqlite as backend
 from pymodels.ext._sql.encoding import dumps
 from pymodels.ext._sql.sqlite_dialect import SQLiteDialect, shadow_names
+from pymodels.ext.sqlite import _shadow, _storage
 from pymodels.testing import oracle
 from pymodels.testing import strategies as pst
 from pymodels.testing.suite import check_query_case, run_in_threads
@@ -99,7 +100,7 @@ def test_default_storage_is_sqlite_in_the_working_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pymodels.get_storage() as s:
-        assert type(s).__module__ == "pymodels.ext.sqlite"
+        assert s.backend == "pymodels.ext.sqlite"
         s.save({"a": 1})
     assert (tmp_path / "pymodels.db").exists()
 
@@ -864,10 +865,10 @@ def test_write_hints_are_the_ranks_the_expressions_give() -> None:
             (expected,) = raw.execute(
                 f"SELECT {rank}", (dumps({"f": value}),) * rank.count("?")
             ).fetchone()
-            hint = backend._hints({"f": value}, ("f",))
-            assert hint == ((expected,) if type(value) in backend._HINT else (None,)), value
+            hint = _shadow.hints_of({"f": value}, ("f",))
+            assert hint == ((expected,) if type(value) in _shadow.HINT else (None,)), value
             assert (hint == (None,)) == isinstance(value, (Decimal, bytes, dt.date)), value
-        assert backend._hints({}, ("f",)) == (0,)  # absent: rank 0, value NULL
+        assert _shadow.hints_of({}, ("f",)) == (0,)  # absent: rank 0, value NULL
 
 
 def test_every_write_gives_every_kind_the_columns_of_its_expressions(path: Path) -> None:
@@ -979,7 +980,7 @@ def test_differential_with_fields_kept_out_by_their_first_value(
     records, spec = case
     path = tmp_path / f"w-{uuid.uuid4().hex}.db"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(backend, "SHADOW_VALUE_MAX", 3)
+        mp.setattr(_storage, "SHADOW_VALUE_MAX", 3)
         with backend.Storage(path=str(path)) as storage:
             check_query_case(storage, records, spec)
             assert_shadow_columns_hold_their_expressions(storage)
@@ -1122,7 +1123,7 @@ def test_columns_added_in_a_transaction_stay_its_own_until_it_commits(
     # Another thread's connection cannot see a column added in an open transaction:
     # naming it there fails ("no column named ..."), so other threads keep querying
     # and writing through the columns already committed.
-    monkeypatch.setattr(backend, "SHADOW_RECHECK", 3600.0)  # no re-reading of the list
+    monkeypatch.setattr(_storage, "SHADOW_RECHECK", 3600.0)  # no re-reading of the list
     storage.save({"t": 1}, primary_key="old")
     assert storage.query().where(t=1).count() == 1
     inside, queried = threading.Event(), threading.Event()
@@ -1234,7 +1235,7 @@ def test_an_index_made_in_a_transaction_is_counted_from_once_committed(storage: 
 def test_fields_past_the_cap_are_queried_through_expressions(
     storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backend, "SHADOW_MAX", 2)
+    monkeypatch.setattr(_storage, "SHADOW_MAX", 2)
     storage.save_many([{"a": i, "b": i, "c": i, "d": i} for i in range(6)])
     assert shadow_fields(storage.settings.path) == ["a", "b"]
     assert '"v1:a"' in storage.query().where(a=1).explain()

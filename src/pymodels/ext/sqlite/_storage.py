@@ -1,25 +1,5 @@
-"""SQLite backend: the embedded default.
-
-Engine: SQLite 3.38+ through the standard library's :mod:`sqlite3` (JSON1 built
-in; tested with 3.40). Dependencies: none.
-Suits: applications and tools on one machine, tests, examples; several
-processes may share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``).
-Layout: one table per storage (setting ``table``, default ``documents``) with
-``pk TEXT PRIMARY KEY`` and ``body TEXT`` holding the record as tagged JSON
-(:mod:`pymodels.ext._sql.encoding`), and beside it two shadow columns per
-top-level field (up to :data:`SHADOW_MAX` fields; none for a field first written
-with a long value, :data:`SHADOW_VALUE_MAX`) holding the field's kind rank and
-value, written with ``body`` (docs/sqlite.md, "Shadow columns"); the library's
-own data lives in the separate table ``pymodels_meta``.
-Queries: every lookup runs in SQL (some through functions registered on each
-connection, such as ``pm_lower`` for ``str.lower()``); ordering, offset and
-limit too, except among lists and dicts at an order key, sorted in Python.
-Indexes are on the shadow columns the queries use (expression indexes for nested
-paths and for tables of the earlier format, which has no shadow columns).
-Limits: one writer at a time (SQLite's rule); ``sqlite://`` (in memory) lives
-as long as the storage and serialises its threads; list and dict values in a
-unique index compare by their JSON text (``[1]`` and ``[1.0]`` differ there).
-"""
+"""The SQLite storage: connections, the table and its formats, writes, row order,
+counting from indexes. The package's docstring is the backend's status header."""
 
 from __future__ import annotations
 
@@ -39,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 
-from ..backend import (
+from ...backend import (
     OPS,
     BaseQuery,
     BaseSettings,
@@ -58,12 +38,12 @@ from ..backend import (
     open_failure,
     url_path,
 )
-from ._sql.compiler import PARAM, Compiler, Frag, valid_path
-from ._sql.connections import Guard, ThreadConnections
-from ._sql.encoding import RANK, dumps, dumps_each, loads, loads_rows
-from ._sql.order_repair import settled_page
-from ._sql.query import SQLQuery
-from ._sql.sqlite_dialect import (
+from .._sql.compiler import PARAM, Compiler, Frag, valid_path
+from .._sql.connections import Guard, ThreadConnections
+from .._sql.encoding import dumps, dumps_each, loads, loads_rows
+from .._sql.order_repair import settled_page
+from .._sql.query import SQLQuery
+from .._sql.sqlite_dialect import (
     ROWID_COLUMN,
     ROWID_VIEW,
     ShadowDialect,
@@ -72,9 +52,10 @@ from ._sql.sqlite_dialect import (
     register_functions,
     shadow_names,
 )
-from ._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
+from .._sql.storage import META_TABLE, RECORD_COLUMNS, SQLStorage
+from ._shadow import DIALECT, HINT, Shadow, View, hints_of, view_of
 
-__all__ = ["Query", "Settings", "Storage", "features"]
+__all__ = ["Query", "Settings", "Storage", "features", "memory_features"]
 
 features = Features(
     # Every op runs in SQLite, some through functions registered per connection.
@@ -213,32 +194,6 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
     return None
 
 
-# One dialect for every storage: its caches of per-path SQL are shared.
-_DIALECT = SQLiteDialect()
-_COMPILER = Compiler(_DIALECT)
-#: A dialect and compiler per set of shadow fields (their caches hold SQL naming those
-#: columns), shared by every storage whose table has that set; () is the plain one.
-_SHADOWED: dict[tuple[tuple[str, ...], bool], tuple[SQLiteDialect, Compiler]] = {}
-_SHADOWED_MAX = 64
-
-
-def _dialect_for(
-    fields: tuple[str, ...], rowid_order: bool = False
-) -> tuple[SQLiteDialect, Compiler]:
-    """The dialect and compiler of a table whose shadow fields are ``fields``, in row
-    order or not (see :class:`SQLiteDialect`)."""
-    if not fields and not rowid_order:
-        return _DIALECT, _COMPILER
-    key = (fields, rowid_order)
-    found = _SHADOWED.get(key)
-    if found is None:
-        if len(_SHADOWED) >= _SHADOWED_MAX:
-            _SHADOWED.clear()
-        dialect = ShadowDialect(fields, rowid_order)
-        found = _SHADOWED[key] = (dialect, Compiler(dialect))
-    return found
-
-
 def _numbered(sql: str, first: int) -> str:
     """``sql`` with its parameter markers numbered ``?first``, ``?first+1``, ..."""
     parts = sql.split(PARAM)
@@ -246,132 +201,6 @@ def _numbered(sql: str, first: int) -> str:
     for n, part in enumerate(parts[1:], first):
         out.append(f"?{n}{part}")
     return "".join(out)
-
-
-class _Shadow(NamedTuple):
-    """A table's shadow columns as one storage knows them, with the statements writing them.
-
-    One immutable object, swapped whole when the columns change, so a thread
-    never pairs one column set's statement with another's guard.
-    """
-
-    #: The meta table's text listing the fields (the guard compares it); None: a
-    #: table of the legacy format, which has no shadow columns.
-    text: str | None
-    fields: frozenset[str]
-    #: The fields in slot order: the order of the hints each statement takes.
-    order: tuple[str, ...]
-    #: Quoted column names by field: (rank, value).
-    columns: dict[str, tuple[str, str]]
-    #: INSERT of (?1 pk, ?2 body, ?3... the record's hints), the columns computed
-    #: from ?2 (a clash raises).
-    bulk: str
-    #: The same, ``ON CONFLICT (pk) DO NOTHING``.
-    insert: str
-    #: The same as an upsert, guarded: it writes nothing unless the meta text is ?4
-    #: (name ?3), since an overwrite must reset every column the table has. The
-    #: hints are ?5...
-    upsert: str
-    #: ``body = ?1, <column> = <expression over ?1>, ...`` for an UPDATE, the hints
-    #: ?5... (?2 to ?4 are the caller's).
-    set_all: str
-    #: Whether ``insert`` and ``upsert`` keep the table's row order: they write a new
-    #: pk only above every pk the table holds, or once the table has left row order
-    #: (its view is gone); a lower one writes nothing (see Storage._store). ``bulk``
-    #: is checked by its caller instead (Storage._in_row_order).
-    ordered: bool
-
-
-class _View(NamedTuple):
-    """The shadow columns one connection can see, and the SQL written through them."""
-
-    shadow: _Shadow
-    dialect: SQLiteDialect
-    compiler: Compiler
-
-
-def _view_of(table: str, text: str | None, ordered: bool = False, rowid: bool = False) -> _View:
-    """The view of ``table`` whose shadow columns ``text`` lists (None: the legacy format),
-    written keeping its row order or not (``ordered``: its format's), read in row order
-    or not (``rowid``: whether it still was when last looked at)."""
-    dialect, compiler = _dialect_for(() if text is None else tuple(json.loads(text)), rowid)
-    return _View(_shadow_of(table, text, ordered), dialect, compiler)
-
-
-def _order_guard(table: str) -> str:
-    """True when a row with pk ``?1`` may be inserted with the next rowid: ``?1`` is above
-    every pk, or the table has left row order (its view is gone)."""
-    qtable = _DIALECT.ident(table)
-    view = _DIALECT.literal(table + ROWID_VIEW)
-    return (
-        f"(?1 > coalesce((SELECT max(pk) FROM {qtable}), '') OR NOT EXISTS "
-        f"(SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = {view}))"
-    )
-
-
-def _shadow_of(table: str, text: str | None, ordered: bool = False) -> _Shadow:
-    """The statements writing ``table`` with the shadow columns ``text`` lists."""
-    qtable = _DIALECT.ident(table)
-    fields: tuple[str, ...] = () if text is None else tuple(json.loads(text))
-    columns: dict[str, tuple[str, str]] = {}
-    names: list[str] = []
-    for slot, field in enumerate(fields, 1):
-        rank, value = (_DIALECT.ident(n) for n in shadow_names(slot, field))
-        columns[field] = (rank, value)
-        names += [rank, value]
-    cols = "".join(f", {n}" for n in names)
-    over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 3))
-    bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
-    guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
-    over2_hinted5 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
-    if ordered:
-        # A pk the table holds is overwritten in place (its rowid stays); a new one
-        # must keep the order.
-        guard += f" AND (EXISTS (SELECT 1 FROM {qtable} WHERE pk = ?1) OR {_order_guard(table)})"
-    # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
-    upsert = (
-        f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2_hinted5} WHERE {guard} "
-        "ON CONFLICT (pk) DO UPDATE SET body = excluded.body"
-        + "".join(f", {n} = excluded.{n}" for n in names)
-    )
-    set_all = "body = ?1" + "".join(
-        f", {rn} = {r}, {vn} = {v}"
-        for (rn, vn), (r, v) in zip(columns.values(), _shadow_exprs(fields, "?1", 5), strict=True)
-    )
-    if ordered:
-        insert = (
-            f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} "
-            f"WHERE {_order_guard(table)} ON CONFLICT (pk) DO NOTHING"
-        )
-    else:
-        insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
-    return _Shadow(text, frozenset(fields), fields, columns, bulk, insert, upsert, set_all, ordered)
-
-
-def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tuple[str, str]]:
-    """The rank and value of each field over the body ``source``, hints ``?first`` on.
-
-    Each field's hint (:func:`_hints`) is its rank when the record's value is of a
-    type ``dumps`` writes as plain JSON, else NULL. With a hint, the rank needs no
-    JSON call and the value is ``json_extract`` alone (the tag lookup of a value
-    that is not a tagged object is NULL, and rank 0 is an absent field or a JSON
-    null, whose value is NULL): one JSON call where the expressions make three (or
-    four, for a dict). Without one (a tagged value) the dialect's expressions
-    compute both. Either way the columns get what the expressions give.
-    """
-    out = []
-    for n, field in enumerate(fields, first):
-        path = (field,)
-        rank = over(_DIALECT.rank(path), source)
-        value = over(_DIALECT.value(path), source)
-        text = over(_DIALECT.text(path), source)
-        out.append(
-            (
-                f"coalesce(?{n}, {rank})",
-                f"CASE WHEN ?{n} IS NULL THEN {value} WHEN ?{n} THEN {text} END",
-            )
-        )
-    return out
 
 
 def _meta_value(conn: sqlite3.Connection, name: str) -> str | None:
@@ -389,28 +218,6 @@ def _long(value: Any) -> bool:
     return False
 
 
-#: The rank of a top-level value of these exact types, known before SQLite parses
-#: the body: ``dumps`` writes them as plain JSON (text, a number, true or false, an
-#: array, null, or an object none of whose keys is the tag ``"$"``, since field
-#: names never start with ``$``), ranked by the dialect's expression from
-#: ``json_type`` alone. Tagged kinds (Decimal, bytes, dates) get no hint: SQL
-#: computes theirs from the tag.
-_HINT: dict[type, int] = {
-    str: RANK["str"],
-    int: RANK["number"],
-    float: RANK["number"],
-    bool: RANK["bool"],
-    list: RANK["list"],
-    dict: RANK["dict"],
-    type(None): 0,
-}
-
-
-def _hints(record: dict[str, Any], order: tuple[str, ...]) -> tuple[int | None, ...]:
-    """The hint of each field of ``order`` for ``record`` (an absent field's is 0)."""
-    return tuple(map(_HINT.get, map(type, map(record.get, order))))
-
-
 def _untagged(literal: str) -> str:
     """The path literal of a field, given its own or its tag's (``'$."a"."$"'``)."""
     return literal[: -len(_TAG_PART)] + "'" if literal.endswith(_TAG_PART) else literal
@@ -425,7 +232,7 @@ def _path_of(literal: str) -> tuple[str, ...] | None:
         path = tuple(json.loads(f'"{part}"') for part in _PATH_PART.findall(text))
     except ValueError:
         return None
-    return path if path and _DIALECT.path_literal(path) == literal else None
+    return path if path and DIALECT.path_literal(path) == literal else None
 
 
 def _path_literal_of_rank(rank: str) -> str:
@@ -469,18 +276,18 @@ class Storage(SQLStorage):
     # through a view its own connection has. Knowing fewer columns than the table
     # has is always safe (the expression gives the same answer; the upsert's guard
     # sends the write round again).
-    _committed: _View
-    _pending: tuple[int, _View] | None
+    _committed: View
+    _pending: tuple[int, View] | None
 
     @property
-    def _view(self) -> _View:
+    def _view(self) -> View:
         pending = self._pending
         if pending is not None and pending[0] == threading.get_ident():
             return pending[1]
         return self._committed
 
     @property
-    def _shadow(self) -> _Shadow:
+    def _shadow(self) -> Shadow:
         return self._view.shadow
 
     @property
@@ -521,7 +328,7 @@ class Storage(SQLStorage):
             self.features = memory_features  # type: ignore[misc]
         self._table = self.settings.table
         self._qtable = f'"{self._table}"'
-        self._committed = _view_of(self._table, None)
+        self._committed = view_of(self._table, None)
         self._pending = None
         # Whether the table's format keeps row order (every write is guarded), and
         # whether it was still in row order when last looked at (reads use its view).
@@ -529,7 +336,7 @@ class Storage(SQLStorage):
         self._rowid_order = False
         self._rowid_view = self._table + ROWID_VIEW
         self._make_rowid_view = (
-            f"CREATE VIEW IF NOT EXISTS {_DIALECT.ident(self._rowid_view)} AS "
+            f"CREATE VIEW IF NOT EXISTS {DIALECT.ident(self._rowid_view)} AS "
             f"SELECT rowid AS {ROWID_COLUMN}, * FROM {self._qtable}"
         )
         self._prepare_statements()
@@ -775,7 +582,7 @@ class Storage(SQLStorage):
         """One write of ``record`` (:meth:`_store`'s); None where the row order refused it."""
         while True:
             shadow = self._shadow_for(record)
-            hints = _hints(record, shadow.order)
+            hints = hints_of(record, shadow.order)
             with self._db() as conn:
                 if not overwrite:
                     # A new row: columns this storage does not know of yet keep their
@@ -826,10 +633,10 @@ class Storage(SQLStorage):
         # built before the flag changed (it then fails once more and lands here again).
         committed = self._committed
         if committed.dialect.rowid_order != rowid:
-            self._committed = _view_of(self._table, committed.shadow.text, self._ordered, rowid)
+            self._committed = view_of(self._table, committed.shadow.text, self._ordered, rowid)
         pending = self._pending
         if pending is not None and pending[1].dialect.rowid_order != rowid:
-            view = _view_of(self._table, pending[1].shadow.text, self._ordered, rowid)
+            view = view_of(self._table, pending[1].shadow.text, self._ordered, rowid)
             self._pending = (pending[0], view)
 
     def _order_state(self, conn: sqlite3.Connection) -> tuple[str | None, bool]:
@@ -854,7 +661,7 @@ class Storage(SQLStorage):
     def _leave_row_order(self, conn: sqlite3.Connection) -> None:
         """Drop the row-order view and close each non-unique index with the pk again
         (inside a transaction, which a failure rolls back whole)."""
-        conn.execute(f"DROP VIEW IF EXISTS {_DIALECT.ident(self._rowid_view)}")
+        conn.execute(f"DROP VIEW IF EXISTS {DIALECT.ident(self._rowid_view)}")
         self._use_pk_order()
         self._remake_indexes(conn)
 
@@ -914,9 +721,9 @@ class Storage(SQLStorage):
         # connection added are harmless (absent fields, as for _store's INSERT).
         shadow = self._shadow
         n = len(records)
-        # _hints computed field by field over the whole batch and the rows made
+        # hints computed field by field over the whole batch and the rows made
         # by zip: no Python step per record (records are dicts: stored form).
-        hint, get = _HINT.get, dict.get
+        hint, get = HINT.get, dict.get
         hints = [map(hint, map(type, map(get, records, repeat(f, n)))) for f in shadow.order]
         rows = list(zip(pks, dumps_each(records), *hints, strict=True))
         with self._db() as conn:
@@ -976,7 +783,7 @@ class Storage(SQLStorage):
         alone until it commits (another connection cannot see a column added in
         it); otherwise they are committed, every connection's.
         """
-        view = _view_of(self._table, text, self._ordered, self._rowid_order)
+        view = view_of(self._table, text, self._ordered, self._rowid_order)
         if conn.in_transaction:
             self._pending = (threading.get_ident(), view)
         else:
@@ -1053,9 +860,9 @@ class Storage(SQLStorage):
                     # Rows written before (by earlier writes of the field in a full table,
                     # or by other programs) get the expressions' values now.
                     conn.execute(
-                        f"UPDATE {t} SET {rank} = {_DIALECT.rank(path)}, "
-                        f"{value} = {_DIALECT.value(path)} "
-                        f"WHERE {_DIALECT.json_type(path)} IS NOT NULL"
+                        f"UPDATE {t} SET {rank} = {DIALECT.rank(path)}, "
+                        f"{value} = {DIALECT.value(path)} "
+                        f"WHERE {DIALECT.json_type(path)} IS NOT NULL"
                     )
                 text = json.dumps(fields)
                 conn.execute(
@@ -1087,7 +894,7 @@ class Storage(SQLStorage):
         self._unshadowed = frozenset(kept)
         return [n for n in names if n not in self._unshadowed]
 
-    def _shadow_for(self, record: dict[str, Any]) -> _Shadow:
+    def _shadow_for(self, record: dict[str, Any]) -> Shadow:
         """The shadow columns to write ``record`` with: its new fields given theirs first."""
         shadow = self._shadow
         if not shadow.fields.issuperset(record) and not (
@@ -1106,7 +913,7 @@ class Storage(SQLStorage):
         if shadow.text is None or not shadow.fields:
             return 0
         sets = ", ".join(
-            f"{r} = {_DIALECT.rank((f,))}, {v} = {_DIALECT.value((f,))}"
+            f"{r} = {DIALECT.rank((f,))}, {v} = {DIALECT.value((f,))}"
             for f, (r, v) in shadow.columns.items()
         )
         with self._atomic():
@@ -1154,7 +961,7 @@ class Storage(SQLStorage):
                 f"AND (SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4 "
                 f"AND ({_numbered(leaf.frag.sql, 5 + len(shadow.order))})"
             )
-            hints = _hints(record, shadow.order)
+            hints = hints_of(record, shadow.order)
             params = (body, pk, self._columns_key, shadow.text, *hints, *leaf.frag.params)
             with self._db() as conn:
                 if conn.execute(sql, params).rowcount == 1:
@@ -1195,8 +1002,8 @@ class Storage(SQLStorage):
                     # The new body once (materialized), then the columns of the fields
                     # it changed computed from it, in the same statement.
                     sets = "".join(
-                        f", {columns[f][0]} = {over(_DIALECT.rank((f,)), 'n.b')}, "
-                        f"{columns[f][1]} = {over(_DIALECT.value((f,)), 'n.b')}"
+                        f", {columns[f][0]} = {over(DIALECT.rank((f,)), 'n.b')}, "
+                        f"{columns[f][1]} = {over(DIALECT.value((f,)), 'n.b')}"
                         for f in touched
                     )
                     sql = (
@@ -1280,7 +1087,7 @@ class Storage(SQLStorage):
                 second = untagged[1] if len(untagged) > 1 else ""
                 path2 = _path_of(second) if second else None
                 # The second key, when it is one: its rank expression right after the first key's.
-                lead = f"({rank}), ({_DIALECT.value(path)})"
+                lead = f"({rank}), ({DIALECT.value(path)})"
                 if path2 is None or not any(
                     f"{lead}{way}, ({self._dialect.rank(path2)})" in str(sql)
                     for way in ("", " DESC")
@@ -1328,7 +1135,7 @@ class Storage(SQLStorage):
         index = next((i for i in self._schema_indexes() if i.second in used), None)
         if index is None:
             return None
-        return self._walk_count(where, index.name, index.rank, _DIALECT.value(index.lead))
+        return self._walk_count(where, index.name, index.rank, DIALECT.value(index.lead))
 
     def _count_by_column_prefix(self, where: Frag) -> int | None:
         """:meth:`_count_by_prefix` over an index on shadow columns.
