@@ -719,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [x for x in names if x not in LIBRARIES]
     if unknown:
         parser.error(f"unknown libraries {unknown}; known: {', '.join(LIBRARIES)}")
+    taken = workload.provenance()
     want = json.loads(json.dumps(reference_answers(make_records(args.n))))
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     rss: dict[str, float] = {}
@@ -743,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in samples.items()
         if runs and name not in failed
     }
-    _print(args, names, medians, rss, failed)
+    _print(args, names, medians, rss, failed, taken)
     return 1 if failed else 0
 
 
@@ -761,7 +762,9 @@ def _print(
     medians: dict[str, dict[str, float]],
     rss: dict[str, float],
     failed: dict[str, str],
+    taken: str,
 ) -> None:
+    print(f"taken {taken}; load average at the end {workload.load_average()}")
     print(
         f"N={args.n:,}, medians of {args.runs} fresh processes per library, "
         f"ops per {'CPU ' if args.cpu else ''}second "

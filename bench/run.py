@@ -31,7 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workload import each, make_records, median_of, random_indices, rate, timed_loop
+from workload import (
+    each,
+    load_average,
+    make_records,
+    median_of,
+    provenance,
+    random_indices,
+    rate,
+    timed_loop,
+)
 
 import pymodels
 
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", default="10000,100000", help="record counts, comma-separated")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
+    print(f"taken {provenance()}")
     print(f"{'backend':<14}{'n':>8}  {'metric':<14}{'pymodels/s':>12}{'raw/s':>12}{'ratio':>9}")
     with contextlib.ExitStack() as stack:
         if "postgresql" in args.backends.split(","):
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["BENCH_MONGODB_URL"] = stack.enter_context(mongodb_url_for_tests())
         _report(args)
     print("ratio = raw / pymodels: how many times faster the raw engine is (1.00x = parity)")
+    print(f"load average at the end {load_average()}")
     return 0
 
 

@@ -50,7 +50,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from workload import CITIES
+from workload import CITIES, provenance
 
 BACKENDS = ("memory", "shelve", "sqlite", "tokyo_cabinet")
 #: The queries each worker iterates, and their labels in the table.
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown backends: {', '.join(unknown)}")
     load = [os.getloadavg()[0]]
+    print(f"taken {provenance()}")
     print("Peak resident memory of the client process while iterating a query to the end,")
     print("above its resident memory before it (each backend in a fresh process; a server")
     print("runs in its own processes, not counted)")

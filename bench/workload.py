@@ -7,11 +7,16 @@ engine sees the same data.
 
 from __future__ import annotations
 
+import datetime
 import gc
+import os
+import platform
 import random
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 CITIES = [f"city{i:02}" for i in range(50)]
@@ -102,3 +107,43 @@ def random_indices(n: int, count: int, seed: int) -> list[int]:
     """``count`` random indices below ``n`` (repeatable by seed)."""
     rng = random.Random(seed)
     return [rng.randrange(n) for _ in range(count)]
+
+
+def provenance() -> str:
+    """When, on what code and on how loaded a machine a run was taken, in one line.
+
+    Every figure the docs quote names its commit and the load beside it: printing
+    them with the figures saves copying them by hand. The commit is marked
+    ``+changes`` when tracked files differ from it (the figures are then of code no
+    commit holds).
+    """
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        code = "code of no known commit"
+    else:
+        code = f"commit {commit}{' +changes' if changed else ''}"
+    return (
+        f"{now}, {code}, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"load average {load_average()}"
+    )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
