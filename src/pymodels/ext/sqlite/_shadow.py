@@ -21,35 +21,30 @@ from .._sql.sqlite_dialect import ROWID_VIEW, ShadowDialect, SQLiteDialect, over
 from .._sql.storage import META_TABLE
 
 __all__ = [
-    "COMPILER",
     "DIALECT",
     "HINT",
     "Shadow",
     "View",
-    "dialect_for",
     "hints_of",
-    "order_guard",
-    "shadow_exprs",
-    "shadow_of",
     "view_of",
 ]
 
 # One dialect for every storage: its caches of per-path SQL are shared.
 DIALECT = SQLiteDialect()
-COMPILER = Compiler(DIALECT)
+_COMPILER = Compiler(DIALECT)
 #: A dialect and compiler per set of shadow fields (their caches hold SQL naming those
 #: columns), shared by every storage whose table has that set; () is the plain one.
 _SHADOWED: dict[tuple[tuple[str, ...], bool], tuple[SQLiteDialect, Compiler]] = {}
 _SHADOWED_MAX = 64
 
 
-def dialect_for(
+def _dialect_for(
     fields: tuple[str, ...], rowid_order: bool = False
 ) -> tuple[SQLiteDialect, Compiler]:
     """The dialect and compiler of a table whose shadow fields are ``fields``, in row
     order or not (see :class:`SQLiteDialect`)."""
     if not fields and not rowid_order:
-        return DIALECT, COMPILER
+        return DIALECT, _COMPILER
     key = (fields, rowid_order)
     found = _SHADOWED.get(key)
     if found is None:
@@ -106,11 +101,11 @@ def view_of(table: str, text: str | None, ordered: bool = False, rowid: bool = F
     """The view of ``table`` whose shadow columns ``text`` lists (None: the legacy format),
     written keeping its row order or not (``ordered``: its format's), read in row order
     or not (``rowid``: whether it still was when last looked at)."""
-    dialect, compiler = dialect_for(() if text is None else tuple(json.loads(text)), rowid)
-    return View(shadow_of(table, text, ordered), dialect, compiler)
+    dialect, compiler = _dialect_for(() if text is None else tuple(json.loads(text)), rowid)
+    return View(_shadow_of(table, text, ordered), dialect, compiler)
 
 
-def order_guard(table: str) -> str:
+def _order_guard(table: str) -> str:
     """True when a row with pk ``?1`` may be inserted with the next rowid: ``?1`` is above
     every pk, or the table has left row order (its view is gone)."""
     qtable = DIALECT.ident(table)
@@ -121,7 +116,7 @@ def order_guard(table: str) -> str:
     )
 
 
-def shadow_of(table: str, text: str | None, ordered: bool = False) -> Shadow:
+def _shadow_of(table: str, text: str | None, ordered: bool = False) -> Shadow:
     """The statements writing ``table`` with the shadow columns ``text`` lists."""
     qtable = DIALECT.ident(table)
     fields: tuple[str, ...] = () if text is None else tuple(json.loads(text))
@@ -132,14 +127,14 @@ def shadow_of(table: str, text: str | None, ordered: bool = False) -> Shadow:
         columns[field] = (rank, value)
         names += [rank, value]
     cols = "".join(f", {n}" for n in names)
-    over2 = "".join(f", {r}, {v}" for r, v in shadow_exprs(fields, "?2", 3))
+    over2 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 3))
     bulk = f"INSERT INTO {qtable} (pk, body{cols}) VALUES (?1, ?2{over2})"
     guard = f"(SELECT value FROM {META_TABLE} WHERE name = ?3) IS ?4"
-    over2_hinted5 = "".join(f", {r}, {v}" for r, v in shadow_exprs(fields, "?2", 5))
+    over2_hinted5 = "".join(f", {r}, {v}" for r, v in _shadow_exprs(fields, "?2", 5))
     if ordered:
         # A pk the table holds is overwritten in place (its rowid stays); a new one
         # must keep the order.
-        guard += f" AND (EXISTS (SELECT 1 FROM {qtable} WHERE pk = ?1) OR {order_guard(table)})"
+        guard += f" AND (EXISTS (SELECT 1 FROM {qtable} WHERE pk = ?1) OR {_order_guard(table)})"
     # The SELECT's WHERE also keeps SQLite from reading ON CONFLICT as a join clause.
     upsert = (
         f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2_hinted5} WHERE {guard} "
@@ -148,19 +143,19 @@ def shadow_of(table: str, text: str | None, ordered: bool = False) -> Shadow:
     )
     set_all = "body = ?1" + "".join(
         f", {rn} = {r}, {vn} = {v}"
-        for (rn, vn), (r, v) in zip(columns.values(), shadow_exprs(fields, "?1", 5), strict=True)
+        for (rn, vn), (r, v) in zip(columns.values(), _shadow_exprs(fields, "?1", 5), strict=True)
     )
     if ordered:
         insert = (
             f"INSERT INTO {qtable} (pk, body{cols}) SELECT ?1, ?2{over2} "
-            f"WHERE {order_guard(table)} ON CONFLICT (pk) DO NOTHING"
+            f"WHERE {_order_guard(table)} ON CONFLICT (pk) DO NOTHING"
         )
     else:
         insert = f"{bulk} ON CONFLICT (pk) DO NOTHING"
     return Shadow(text, frozenset(fields), fields, columns, bulk, insert, upsert, set_all, ordered)
 
 
-def shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tuple[str, str]]:
+def _shadow_exprs(fields: tuple[str, ...], source: str, first: int) -> list[tuple[str, str]]:
     """The rank and value of each field over the body ``source``, hints ``?first`` on.
 
     Each field's hint (:func:`hints_of`) is its rank when the record's value is of a
