@@ -201,6 +201,28 @@ def test_driver_errors_are_wrapped(storage: Any, server_url: str, table: str) ->
     assert isinstance(info.value.__cause__, psycopg.Error)
 
 
+def test_a_unique_index_refusing_a_write_is_named_by_its_fields(storage: Any, url: str) -> None:
+    # PostgreSQL's own message spells out the index's expressions (a DETAIL of CASE
+    # after CASE); pymodels names the fields, also for an index another storage made.
+    storage.create_index(("city", "-age"), unique=True)
+    storage.save({"city": "Oulu", "age": 3}, primary_key="first")
+    words = "unique index on city, age: another record holds the same value already"
+    with pymodels.get_storage(url) as other:
+        for s in (storage, other):
+            with pytest.raises(IntegrityError) as refused:
+                s.save({"city": "Oulu", "age": 3})
+            assert str(refused.value) == f"postgresql: {words}"
+    with pymodels.get_storage(url) as third:
+        # Inside a transaction the server answers nothing more until it is rolled
+        # back: the index is named as the server names it, with where to look.
+        with pytest.raises(IntegrityError) as refused, third.transaction():
+            third.save({"city": "Oulu", "age": 3})
+        assert "unique index pm_" in str(refused.value) and "indexes()" in str(refused.value)
+        assert "CASE" not in str(refused.value)
+        third.save({"city": "Oulu", "age": 4})  # the connection works on
+        assert len(third) == 2
+
+
 def test_a_row_locked_past_the_servers_lock_timeout(url: str, server_url: str, table: str) -> None:
     # libpq's options reach the server: lock_timeout makes a waiting write fail.
     with pymodels.get_storage(url + "&options=-c%20lock_timeout%3D200") as s:

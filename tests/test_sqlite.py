@@ -39,8 +39,10 @@ from pymodels import Document, Q
 from pymodels.backend import MISSING
 from pymodels.cli.app import main as cli_main
 from pymodels.errors import (
+    BulkWriteError,
     ConfigurationError,
     ConflictError,
+    IntegrityError,
     LockTimeout,
     NotSupported,
     PyModelsError,
@@ -273,6 +275,35 @@ def test_driver_errors_are_wrapped(tmp_path: Path) -> None:
         pymodels.get_storage(f"sqlite:///{bad}")
     assert not isinstance(info.value, sqlite3.Error)
     assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+@pytest.mark.parametrize(
+    ("index", "record", "named"),
+    [
+        ("email", {"email": "a@x"}, "unique index on email:"),  # shadow columns
+        ("home__city", {"home": {"city": "Oulu"}}, "unique index on home__city:"),  # expressions
+        (("city", "-age"), {"city": "Oulu", "age": 3}, "unique index on city, age:"),
+    ],
+)
+def test_a_unique_index_refusing_a_write_is_named_by_its_fields(
+    path: Path, index: Any, record: dict[str, Any], named: str
+) -> None:
+    # SQLite names shadow columns ("documents.r1:email, ...") or an index by its digest
+    # ("index 'pm_documents_...'"); the message names the fields either way, also
+    # when another storage made the index.
+    with backend.Storage(path=str(path)) as maker, backend.Storage(path=str(path)) as other:
+        maker.create_index(index, unique=True)
+        maker.save(record, primary_key="first")
+        for storage in (maker, other):
+            with pytest.raises(IntegrityError) as refused:
+                storage.save(record)
+            assert str(refused.value) == (
+                f"sqlite: {named} another record holds the same value already"
+            )
+        with pytest.raises(BulkWriteError) as failed:
+            other.save_many([{"n": 1}, record])
+        assert failed.value.index == 1 and named in str(failed.value)
+        assert len(other) == 1  # the batch rolled back
 
 
 # ------------------------------------------------------------------------ engine traps

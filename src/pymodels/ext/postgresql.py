@@ -286,6 +286,15 @@ class Storage(SQLStorage):
 
     def _translate(self, e: BaseException) -> BaseException | None:
         """The library's exception for a psycopg error (None: not a driver error)."""
+        if isinstance(e, psycopg.errors.UniqueViolation) and e.diag.constraint_name:
+            # Not the message: its DETAIL spells out the index's expressions.
+            index = e.diag.constraint_name
+            if self._unique_index(index) is None:
+                # Made by another storage: the meta table says what it indexes, where
+                # the connection still answers (not inside the aborted transaction).
+                with contextlib.suppress(PyModelsError):
+                    self._indexes()
+            return IntegrityError(f"postgresql: {self._unique_refusal(index)}")
         if isinstance(e, psycopg.errors.IntegrityError):
             return IntegrityError(f"postgresql: {e}")
         if not isinstance(e, psycopg.Error):
@@ -400,6 +409,7 @@ class Storage(SQLStorage):
             conn.execute("SELECT pg_advisory_xact_lock($1)", [DDL_LOCK])
             conn.execute(ddl)
             conn.execute(*self._dialect.render(self._remember_index(spec)))
+        self._learn_index(spec)
 
     def _update_many(self, pks: list[str], changes: list[Change]) -> int:
         compiled = self._dialect.update(changes)

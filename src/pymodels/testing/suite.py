@@ -568,8 +568,10 @@ class StorageTests:
             return
         storage.create_index("email", unique=True)
         storage.save({"email": "a@x"}, primary_key="1")
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError) as refused:
             storage.save({"email": "a@x"}, primary_key="2")
+        # Told in words a user reads: the field, not the engine's index definition.
+        assert "email" in str(refused.value) and len(str(refused.value)) < 200
         assert "2" not in storage
         storage.save({"email": 5}, primary_key="3")  # another kind never clashes with a str
         storage.save({"other": 1}, primary_key="4")

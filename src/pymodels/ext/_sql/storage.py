@@ -224,6 +224,40 @@ class SQLStorage(BaseStorage):
     def _create_index(self, spec: IndexSpec) -> None:
         self._rowcount(Frag(self._dialect.create_index(self._table, spec)))
         self._rowcount(self._remember_index(spec))
+        self._learn_index(spec)
+
+    # ------------------------------------------------------------ unique refusals
+
+    # The engines name a unique index that refused a write by its digest, or by its
+    # expressions (PostgreSQL's DETAIL spells out every CASE of them). Messages name
+    # its fields instead, as far as this storage has seen the index: made or listed
+    # by it (a backend may list the indexes on a miss, where its connection still
+    # answers).
+
+    def _learn_index(self, spec: IndexSpec) -> None:
+        """Remember what the index of ``spec`` is named, for :meth:`_unique_refusal`."""
+        if spec.unique:
+            named = self.__dict__.setdefault("_unique_named", {})
+            named[self._dialect.index_name(self._table, spec)] = spec
+
+    def _unique_refusal(self, index: str | None, fields: tuple[str, ...] = ()) -> str:
+        """A write a unique index refused, in words: the index's fields where known
+        (given, or from the index's name), else its name."""
+        spec = self._unique_index(index) if index else None
+        if spec is not None:
+            fields = tuple(k.key for k in spec.keys)
+        if fields:
+            what = f"unique index on {', '.join(fields)}"
+        elif index:
+            what = f"unique index {index} (indexes() lists what it indexes)"
+        else:
+            what = "a unique index"
+        return f"{what}: another record holds the same value already"
+
+    def _unique_index(self, index: str) -> IndexSpec | None:
+        """The unique index named ``index``, as this storage has seen it (None: not seen)."""
+        found: IndexSpec | None = self.__dict__.get("_unique_named", {}).get(index)
+        return found
 
     # Index names are digests: what each index is for is kept beside it, in
     # the library's own table, so indexes() can list them.
@@ -259,4 +293,6 @@ class SQLStorage(BaseStorage):
                 for key in spec["keys"]
             )
             specs.append(IndexSpec(keys, spec["unique"], spec["kind"]))
+        for found in specs:
+            self._learn_index(found)
         return specs

@@ -194,6 +194,29 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
     return None
 
 
+_UNIQUE_FAILED = "UNIQUE constraint failed: "
+#: A shadow column's name, as SQLite names it in a constraint's message.
+_SHADOW_COLUMN = re.compile(r"[rv][0-9]+:(.+)")
+
+
+def _unique_failed(message: str) -> tuple[str | None, tuple[str, ...]] | None:
+    """The index (by name) or the shadow fields a UNIQUE failure names; None where it
+    names anything else (the pk, a column another program added)."""
+    if not message.startswith(_UNIQUE_FAILED):
+        return None
+    rest = message[len(_UNIQUE_FAILED) :]
+    if rest.startswith("index '") and rest.endswith("'"):
+        return rest[len("index '") : -1], ()
+    fields: list[str] = []
+    for column in rest.split(", "):
+        shadow = _SHADOW_COLUMN.fullmatch(column.partition(".")[2])
+        if shadow is None:
+            return None
+        if shadow.group(1) not in fields:
+            fields.append(shadow.group(1))
+    return None, tuple(fields)
+
+
 def _numbered(sql: str, first: int) -> str:
     """``sql`` with its parameter markers numbered ``?first``, ``?first+1``, ..."""
     parts = sql.split(PARAM)
@@ -444,8 +467,22 @@ class Storage(SQLStorage):
         if self.closed:
             raise PyModelsError("sqlite storage is closed")
         if self._shared is not None:
-            return Guard(self._shared, _translate, self._lock)
-        return Guard(self._conns.get(), _translate)
+            return Guard(self._shared, self._translate, self._lock)
+        return Guard(self._conns.get(), self._translate)
+
+    def _translate(self, e: BaseException) -> BaseException | None:
+        """:func:`_translate`, with a unique index's refusal told in words."""
+        translated = _translate(e)
+        if type(translated) is IntegrityError:
+            failed = _unique_failed(str(e))
+            if failed is not None:
+                index, fields = failed
+                if index is not None and self._unique_index(index) is None:
+                    # Made by another connection: the meta table says what it indexes.
+                    with contextlib.suppress(PyModelsError):
+                        self._indexes()
+                return IntegrityError(f"sqlite: {self._unique_refusal(index, fields)}")
+        return translated
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         if not self._memory and not self.read_only:
