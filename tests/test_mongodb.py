@@ -174,6 +174,24 @@ def test_a_pk_naming_two_records_is_refused(storage: BaseStorage, raw: Any) -> N
         storage.save({"a": 3}, primary_key=str(oid))
 
 
+@needs_server
+def test_a_unique_index_refusing_a_write_names_its_fields_and_values(
+    storage: BaseStorage,
+) -> None:
+    # The SQL backends' words, and MongoDB's key values beside them.
+    storage.create_index(("city", "-age"), unique=True)
+    storage.create_index("home__city", unique=True)
+    storage.save({"city": "Oulu", "age": 3, "home": {"city": "Oulu"}})
+    with pytest.raises(IntegrityError) as refused:
+        storage.save({"city": "Oulu", "age": 3})
+    assert str(refused.value) == (
+        "mongodb: unique index on city, age: another record holds the same value already "
+        "({'city': 'Oulu', 'age': 3})"
+    )
+    with pytest.raises(IntegrityError, match=r"^mongodb: unique index on home__city: "):
+        storage.save({"home": {"city": "Oulu"}})
+
+
 # ------------------------------------------------------------------ values
 
 
@@ -319,7 +337,7 @@ def test_save_many_on_a_standalone_server_is_one_insert_per_batch(
         s.create_index("email", unique=True)
         s.save({"email": "taken"})
         items = [{"email": "a"}, {"email": "b"}, {"email": "taken"}, {"email": "c"}]
-        with pytest.raises(BulkWriteError, match="u_email") as info:
+        with pytest.raises(BulkWriteError, match="unique index on email: ") as info:
             s.save_many(items, batch_size=10)
         assert info.value.index == 2 and len(info.value.written_pks) == 2
         assert sorted(s.query().values("email")) == ["a", "b", "taken"]
@@ -362,11 +380,11 @@ def test_save_many_is_one_insert_per_batch(server: TemporaryMongo, collection_na
 
 
 @needs_server
-def test_duplicate_keys_name_the_index(storage: BaseStorage) -> None:
+def test_duplicate_keys_name_the_indexed_fields(storage: BaseStorage) -> None:
     storage.create_index(("city", "-age"))
     storage.create_index("email", unique=True)
     storage.save({"email": "a"})
-    with pytest.raises(IntegrityError, match="u_email"):
+    with pytest.raises(IntegrityError, match="unique index on email: "):
         storage.save({"email": "a"})
 
 

@@ -1018,6 +1018,14 @@ def _danger_probe(
 def _duplicate_message(details: Mapping[str, Any] | None) -> str:
     details = details or {}
     message = str(details.get("errmsg", "duplicate key"))
+    values = details.get("keyValue")
+    if isinstance(values, Mapping) and values and "_id" not in values:
+        # A unique index of pymodels' making: in the SQL backends' words, with the values.
+        fields = ", ".join(str(name).replace(".", "__") for name in values)
+        return (
+            f"unique index on {fields}: another record holds the same value already "
+            f"({dict(values)!r})"
+        )
     match = re.search(r"index: (\S+)", message)
     index = match.group(1) if match else details.get("keyPattern")
     return f"duplicate key in unique index {index} ({details.get('keyValue', message)})"
