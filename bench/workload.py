@@ -118,22 +118,9 @@ def provenance() -> str:
     commit holds).
     """
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    here = Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         code = "code of no known commit"
     else:
@@ -142,6 +129,15 @@ def provenance() -> str:
         f"{now}, {code}, {os.cpu_count()} CPUs ({platform.machine()}), "
         f"load average {load_average()}"
     )
+
+
+def _git(*args: str) -> str:
+    """What ``git`` prints for ``args`` in the checkout holding this script."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(
+        ["git", "-C", str(here), *args], capture_output=True, text=True, check=True, timeout=10
+    )
+    return done.stdout.strip()
 
 
 def load_average() -> str:

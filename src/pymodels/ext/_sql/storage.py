@@ -47,6 +47,12 @@ class SQLStorage(BaseStorage):
     @abc.abstractmethod
     def _compiler(self) -> Compiler: ...
 
+    def __init__(self, **settings: Any) -> None:
+        #: The unique indexes this storage made or listed, by the engine's name for
+        #: them (see _unique_refusal); before opening, which may list them.
+        self._unique_named: dict[str, IndexSpec] = {}
+        super().__init__(**settings)
+
     #: The table's name, and as it appears in SQL.
     _table: str
     _qtable: str
@@ -237,8 +243,7 @@ class SQLStorage(BaseStorage):
     def _learn_index(self, spec: IndexSpec) -> None:
         """Remember what the index of ``spec`` is named, for :meth:`_unique_refusal`."""
         if spec.unique:
-            named = self.__dict__.setdefault("_unique_named", {})
-            named[self._dialect.index_name(self._table, spec)] = spec
+            self._unique_named[self._dialect.index_name(self._table, spec)] = spec
 
     def _unique_refusal(self, index: str | None, fields: tuple[str, ...] = ()) -> str:
         """A write a unique index refused, in words: the index's fields where known
@@ -256,8 +261,7 @@ class SQLStorage(BaseStorage):
 
     def _unique_index(self, index: str) -> IndexSpec | None:
         """The unique index named ``index``, as this storage has seen it (None: not seen)."""
-        found: IndexSpec | None = self.__dict__.get("_unique_named", {}).get(index)
-        return found
+        return self._unique_named.get(index)
 
     # Index names are digests: what each index is for is kept beside it, in
     # the library's own table, so indexes() can list them.
