@@ -288,13 +288,7 @@ class Storage(SQLStorage):
         """The library's exception for a psycopg error (None: not a driver error)."""
         if isinstance(e, psycopg.errors.UniqueViolation) and e.diag.constraint_name:
             # Not the message: its DETAIL spells out the index's expressions.
-            index = e.diag.constraint_name
-            if self._unique_index(index) is None:
-                # Made by another storage: the meta table says what it indexes, where
-                # the connection still answers (not inside the aborted transaction).
-                with contextlib.suppress(PyModelsError):
-                    self._indexes()
-            return IntegrityError(f"postgresql: {self._unique_refusal(index)}")
+            return IntegrityError(f"postgresql: {self._unique_refusal(e.diag.constraint_name)}")
         if isinstance(e, psycopg.errors.IntegrityError):
             return IntegrityError(f"postgresql: {e}")
         if not isinstance(e, psycopg.Error):

@@ -15,11 +15,20 @@ creating an index, the short page of a cached statement.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ...backend import BaseStorage, Compiled, Condition, IndexSpec, Item, OrderKey
+from ...backend import (
+    BaseStorage,
+    Compiled,
+    Condition,
+    IndexSpec,
+    Item,
+    OrderKey,
+    PyModelsError,
+)
 from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
 from .order_repair import settled_page
@@ -236,9 +245,9 @@ class SQLStorage(BaseStorage):
 
     # The engines name a unique index that refused a write by its digest, or by its
     # expressions (PostgreSQL's DETAIL spells out every CASE of them). Messages name
-    # its fields instead, as far as this storage has seen the index: made or listed
-    # by it (a backend may list the indexes on a miss, where its connection still
-    # answers).
+    # its fields instead: from the indexes this storage made or listed, else from
+    # the meta table, where the connection still answers (PostgreSQL answers nothing
+    # inside a transaction a failed statement aborted).
 
     def _learn_index(self, spec: IndexSpec) -> None:
         """Remember what the index of ``spec`` is named, for :meth:`_unique_refusal`."""
@@ -248,7 +257,12 @@ class SQLStorage(BaseStorage):
     def _unique_refusal(self, index: str | None, fields: tuple[str, ...] = ()) -> str:
         """A write a unique index refused, in words: the index's fields where known
         (given, or from the index's name), else its name."""
-        spec = self._unique_index(index) if index else None
+        spec = self._unique_named.get(index) if index else None
+        if index and spec is None:
+            # Made by another storage: the meta table says what it indexes.
+            with contextlib.suppress(PyModelsError):
+                self._indexes()
+            spec = self._unique_named.get(index)
         if spec is not None:
             fields = tuple(k.key for k in spec.keys)
         if fields:
@@ -258,10 +272,6 @@ class SQLStorage(BaseStorage):
         else:
             what = "a unique index"
         return f"{what}: another record holds the same value already"
-
-    def _unique_index(self, index: str) -> IndexSpec | None:
-        """The unique index named ``index``, as this storage has seen it (None: not seen)."""
-        return self._unique_named.get(index)
 
     # Index names are digests: what each index is for is kept beside it, in
     # the library's own table, so indexes() can list them.

@@ -476,12 +476,7 @@ class Storage(SQLStorage):
         if type(translated) is IntegrityError:
             failed = _unique_failed(str(e))
             if failed is not None:
-                index, fields = failed
-                if index is not None and self._unique_index(index) is None:
-                    # Made by another connection: the meta table says what it indexes.
-                    with contextlib.suppress(PyModelsError):
-                        self._indexes()
-                return IntegrityError(f"sqlite: {self._unique_refusal(index, fields)}")
+                return IntegrityError(f"sqlite: {self._unique_refusal(*failed)}")
         return translated
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
