@@ -65,6 +65,30 @@ def test_unknown_backend_lists_the_known_ones() -> None:
         pymodels.get_storage("nosuchscheme://x")
 
 
+def test_a_misspelt_backend_is_answered_with_the_closest_known_name() -> None:
+    with pytest.raises(BackendNotFound, match=r"'sqlit' \(did you mean 'sqlite'\?\)"):
+        pymodels.get_storage({"backend": "sqlit"})
+    # A URL gets a scheme back, in the form a URL can hold (no "_").
+    with pytest.raises(BackendNotFound, match=r"'tyrant://' \(did you mean 'tokyo-tyrant://'\?\)"):
+        pymodels.get_storage("tyrant://127.0.0.1:1978")
+    with pytest.raises(BackendNotFound, match=r"'mongo_db://' \(did you mean 'mongodb://'\?\)"):
+        pymodels.get_storage("mongo_db://localhost/app")
+    with pytest.raises(BackendNotFound) as info:
+        pymodels.get_storage("nosuchscheme://x")
+    assert "did you mean" not in str(info.value)
+    assert info.value.name == "nosuchscheme://"
+
+
+def test_a_backend_name_with_an_underscore_serves_as_its_url_scheme() -> None:
+    """urllib reads no scheme in ``tokyo_tyrant://``; the registry reads its alias."""
+    from pymodels import ConnectionFailed
+
+    for scheme in ("tokyo_tyrant", "Tokyo_Tyrant", "tokyo-tyrant"):
+        # Port 1: nothing listens, so reaching the backend is proven by its own error.
+        with pytest.raises(ConnectionFailed, match=r"Tokyo Tyrant at 127\.0\.0\.1:1"):
+            pymodels.get_storage(f"{scheme}://127.0.0.1:1?timeout=0.5")
+
+
 def test_a_module_that_is_not_a_backend() -> None:
     with pytest.raises(ConfigurationError, match="lacks Storage, Query, features"):
         pymodels.get_storage({"backend": "pymodels.errors"})

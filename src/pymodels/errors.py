@@ -63,12 +63,16 @@ class ConfigurationError(PyModelsError):
 
 
 class BackendNotFound(ConfigurationError):
-    """No backend is known by that name; ``known`` lists the names that are."""
+    """No backend is known by that name; ``known`` lists the names that are.
 
-    def __init__(self, name: str, known: Sequence[str]) -> None:
+    ``suggestion`` is the known name (or URL scheme) closest to a misspelt one.
+    """
+
+    def __init__(self, name: str, known: Sequence[str], *, suggestion: str | None = None) -> None:
         self.name = name
         self.known = tuple(known)
-        super().__init__(f"unknown backend {name!r}; known backends: {', '.join(self.known)}")
+        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
+        super().__init__(f"unknown backend {name!r}{hint}; known backends: {', '.join(self.known)}")
 
 
 class StorageNotFound(ConfigurationError):

@@ -11,6 +11,7 @@ only ``Storage``). Third-party backends register under the entry-point group
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -101,10 +102,10 @@ def load_backend(name: str) -> ModuleType:
             except ModuleNotFoundError:  # a parent package is missing
                 spec = None
             if spec is None:
-                raise BackendNotFound(name, known_backends())
+                raise _not_found(name)
             module = _import(name, "")
         else:
-            raise BackendNotFound(name, known_backends())
+            raise _not_found(name)
     # Only Storage is required: the query class and the features are
     # Storage.query_class and Storage.features (modules name them Query and
     # features by convention, and the message lists those it lacks too).
@@ -140,7 +141,20 @@ def _backend_for_scheme(scheme: str) -> ModuleType:
         module = load_backend(module_name)
         if scheme in getattr(module.Storage, "url_schemes", ()):
             return module
-    raise BackendNotFound(f"{scheme}://", known_backends())
+    raise _not_found(scheme, scheme=True)
+
+
+def _not_found(name: str, *, scheme: bool = False) -> BackendNotFound:
+    """The error for an unknown backend name or URL scheme, with the closest known one."""
+    known = known_backends()
+    candidates = [*known, *(alias for alias, short in ALIASES.items() if short in known)]
+    if scheme:
+        # A URL scheme takes letters, digits, "+", "-" and "." only.
+        candidates = [c for c in candidates if "_" not in c]
+    close = difflib.get_close_matches(name.lower(), candidates, n=1)
+    suffix = "://" if scheme else ""
+    suggestion = f"{close[0]}{suffix}" if close else None
+    return BackendNotFound(f"{name}{suffix}", known, suggestion=suggestion)
 
 
 def url_path(url: str) -> str:
@@ -168,11 +182,16 @@ def get_storage(settings: Mapping[str, Any] | str | None = None, **overrides: An
     if settings is None:
         settings = DEFAULT_URL
     if isinstance(settings, str):
+        settings = _hyphenated_scheme(settings)
         try:
             scheme = urlsplit(settings).scheme
         except ValueError as e:  # "Invalid IPv6 URL" and the like
             raise ConfigurationError(f"{settings!r} is not a valid URL: {e}") from e
         if not scheme:
+            head, sep, _ = settings.partition("://")
+            if sep and head and "/" not in head:
+                # urllib read no scheme in "foo_bar://...": name the unknown backend.
+                raise _not_found(head, scheme=True)
             raise ConfigurationError(f"{settings!r} is not a URL (expected scheme://...)")
         module = _backend_for_scheme(scheme)
         try:
@@ -196,6 +215,20 @@ def get_storage(settings: Mapping[str, Any] | str | None = None, **overrides: An
     options.update(overrides)
     storage: BaseStorage = module.Storage(**options)
     return storage
+
+
+def _hyphenated_scheme(url: str) -> str:
+    """``tokyo_cabinet:///x.tct`` as ``tokyo-cabinet:///x.tct``.
+
+    Backend names hold ``_``, which a URL scheme cannot (urllib reads no scheme at all
+    in ``tokyo_cabinet://``), so a user who writes a backend's name as the scheme gets
+    its hyphenated alias. Other texts are returned as given.
+    """
+    head, sep, rest = url.partition("://")
+    hyphenated = head.lower().replace("_", "-")
+    if sep and "_" in head and (hyphenated in ALIASES or hyphenated in BUILTIN):
+        return f"{hyphenated}://{rest}"
+    return url
 
 
 #: The library's later name for :func:`get_storage`.
