@@ -343,7 +343,7 @@ class Storage(BaseStorage):
             hosts = _hosts_of(self._client) or [self._given_host()]
             host, _, port = hosts[0].rpartition(":")
             raise ConnectionFailed(
-                f"cannot reach MongoDB at {', '.join(hosts)}: {e}",
+                f"cannot reach MongoDB at {', '.join(hosts)}: {_unreachable_reason(e, hosts)}",
                 host=host or None,
                 port=int(port) if port.isdigit() else None,
             ) from e
@@ -1013,6 +1013,24 @@ def _danger_probe(
     if all(k.startswith("$") for k in cond) and "$type" not in cond:
         return {**flt, name: {**cond, **danger}}
     return None
+
+
+def _unreachable_reason(error: Exception, hosts: list[str]) -> str:
+    """pymongo's account of a server it could not reach, without what buries it.
+
+    A server selection timeout appends the whole topology description (a few hundred
+    characters of object reprs) and each server's configured socket timeouts; the
+    reason is the part before them. Texts of any other shape are kept whole.
+    """
+    text = str(error)
+    reason, timed_out, rest = text.partition(", Timeout: ")
+    reason = re.sub(r" \(configured timeouts: [^)]*\)", "", reason)
+    if len(hosts) == 1 and reason.startswith(f"{hosts[0]}: "):
+        reason = reason[len(hosts[0]) + 2 :]
+    if timed_out:
+        waited = rest.partition(",")[0]
+        reason = f"{reason} (no server answered within {waited})"
+    return reason
 
 
 def _duplicate_message(details: Mapping[str, Any] | None) -> str:
