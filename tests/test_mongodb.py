@@ -19,6 +19,7 @@ from pymodels import (
     BulkWriteError,
     ConfigurationError,
     ConnectionFailed,
+    CorruptData,
     IntegrityError,
     NotSupported,
 )
@@ -225,6 +226,24 @@ def test_records_of_other_programs_read_in_the_domain(storage: BaseStorage, raw:
     record = dict(storage.get(None, "x"))
     assert record == {"when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "n": {}}
     assert storage.query().where(gone__exists=False).count() == 1
+
+
+@needs_server
+def test_records_of_other_programs_outside_the_domain_are_corrupt_data(
+    storage: BaseStorage, raw: Any
+) -> None:
+    storage.save({"a": 1}, primary_key="ok")
+    raw.insert_one({"_id": "tag", "a": {"_pm": "nope"}})
+    raw.insert_one({"_id": "code", "a": [1, None]})
+    for pk, said in (("tag", "a broken tagged value"), ("code", "a list with null")):
+        with pytest.raises(CorruptData, match=f"record '{pk}': a holds {said}") as info:
+            storage.get(None, pk)
+        assert info.value.pk == pk
+    with pytest.raises(CorruptData) as info:
+        list(storage.query())
+    assert info.value.pk in ("tag", "code")
+    assert storage.query().count() == 3  # counting loads no record
+    assert dict(storage.get(None, "ok")) == {"a": 1}
 
 
 @needs_server

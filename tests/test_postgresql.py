@@ -31,6 +31,7 @@ from pymodels import IntegrityError, Q
 from pymodels.errors import (
     ConfigurationError,
     ConnectionFailed,
+    CorruptData,
     LockTimeout,
     NotSupported,
     PyModelsError,
@@ -331,6 +332,45 @@ def test_trap_jsonb_numbers(storage: Any, server_url: str, table: str) -> None:
     with raw(server_url) as c:
         (text,) = c.execute(f"SELECT body->>'big' FROM \"{table}\"").fetchone()
     assert text == "10000000000000000.0"  # positional, so it stays a float
+
+
+#: jsonb another program might store that holds no record, and what the error says.
+_NO_RECORD = {
+    "[1, 2]": "record 'bad' cannot be read back: it holds an array, not an object",
+    "5": "record 'bad' cannot be read back: it holds a number, not an object",
+    '"text"': "record 'bad' cannot be read back: it holds a string, not an object",
+    '{"$": "zzz"}': "a stored value cannot be read back: unknown tagged value",
+    '{"a": {"$": "Dnot-a-date"}}': "a stored value cannot be read back: unknown tagged value",
+}
+
+
+@pytest.mark.parametrize("body", list(_NO_RECORD))
+def test_a_body_that_holds_no_record_is_corrupt_data(
+    storage: Any, server_url: str, table: str, body: str
+) -> None:
+    storage.save_many([{"a": i} for i in range(3)])
+    with raw(server_url) as c:
+        c.execute(f'INSERT INTO "{table}" (pk, body) VALUES (%s, %s::jsonb)', ("bad", body))
+    # Every way a record is read: one, several, a page, a stream, an ordered page.
+    reads: list[Any] = [
+        lambda: storage.get(None, "bad"),
+        lambda: storage.get_many(None, ["bad"]),
+        lambda: list(storage.query()[3:4]),  # "bad" sorts after the generated pks
+        lambda: list(storage.query()),
+        lambda: list(storage.query().order_by("-a")[:10]),
+    ]
+    for read in reads:
+        with pytest.raises(CorruptData) as info:
+            read()
+        assert str(info.value).startswith(f"postgresql: table '{table}': ")
+        assert _NO_RECORD[body] in str(info.value)
+        # The pk where the row is known when the body is read: a decoded value that
+        # is no object. A tagged value fails inside the driver, before the row is.
+        assert info.value.pk == ("bad" if "record 'bad'" in _NO_RECORD[body] else None)
+    # What never loads a record still works, and the storage goes on working.
+    assert storage.query().count() == 4
+    storage.delete("bad")
+    assert len(list(storage.query())) == 3
 
 
 def test_trap_decimals_keep_their_digits_and_compare_by_value(storage: Any) -> None:

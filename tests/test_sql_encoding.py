@@ -171,6 +171,11 @@ def _json_texts(draw: st.DrawFn) -> str:
     return text[:at] + noise + text[at:]
 
 
+def _loads_any(pk: str, text: str) -> Any:
+    """loads_rows' fallback as a storage's, less its check that the value is an object."""
+    return encoding.loads(text)
+
+
 @given(_json_texts())
 def test_loads_reads_what_the_scanner_reads(text: str) -> None:
     # msgspec reads most texts; whatever it refuses the scanner reads as before. So
@@ -181,11 +186,12 @@ def test_loads_reads_what_the_scanner_reads(text: str) -> None:
         with pytest.raises(ValidationError):
             encoding.loads(text)
         with pytest.raises(ValidationError):
-            encoding.loads_rows([("k", text)])
+            encoding.loads_rows([("k", text)], _loads_any)
         return
     assert _same(encoding.loads(text), expected)
     assert _same(
-        encoding.loads_rows([("k", text), ("l", text)]), [("k", expected), ("l", expected)]
+        encoding.loads_rows([("k", text), ("l", text)], _loads_any),
+        [("k", expected), ("l", expected)],
     )
 
 

@@ -42,6 +42,7 @@ from pymodels.errors import (
     BulkWriteError,
     ConfigurationError,
     ConflictError,
+    CorruptData,
     IntegrityError,
     LockTimeout,
     NotSupported,
@@ -246,6 +247,76 @@ def test_foreign_nulls_read_as_absent(storage: Any, path: Path) -> None:
     assert dict(storage.get(None, "k")) == {"b": {"d": 1}}
     assert pks(storage.query().where(a__exists=False)) == ["k"]
     assert pks(storage.query().where(b__c__exists=True)) == []
+
+
+#: Bodies another program might store that hold no record, and what the error says.
+_NO_RECORD = {
+    "not json": "not valid JSON",
+    "[1, 2]": "it holds an array, not an object",
+    "5": "it holds a number, not an object",
+    '"text"': "it holds a string, not an object",
+    '{"$": "zzz"}': "unknown tagged value",
+    '{"a": {"$": "Dnot-a-date"}}': "tagged value",
+}
+
+
+@pytest.mark.parametrize("body", list(_NO_RECORD))
+def test_a_body_that_holds_no_record_is_corrupt_data_naming_its_pk(
+    storage: Any, path: Path, body: str
+) -> None:
+    storage.save_many([{"a": i} for i in range(3)])
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.execute("INSERT INTO documents (pk, body) VALUES ('bad', ?)", (body,))
+    raw.close()
+    # Every way a record is read: one, several, a page, a stream, an ordered page.
+    reads: list[Callable[[], Any]] = [
+        lambda: storage.get(None, "bad"),
+        lambda: storage.get_many(None, ["bad"]),
+        # "bad" sorts after the generated pks: the fourth in pk order.
+        lambda: list(storage.query()[3:4]),
+        lambda: list(storage.query()),
+        lambda: list(storage.query().order_by("-a")[:10]),
+    ]
+    for read in reads:
+        with pytest.raises(CorruptData) as info:
+            read()
+        assert info.value.pk == "bad" and info.value.path == str(path)
+        assert _NO_RECORD[body] in str(info.value)
+        assert str(info.value).startswith(f"sqlite: {path}, table 'documents': record 'bad'")
+    if body == "not json":
+        # A query that reads the body in SQL meets it before any pk is known.
+        with pytest.raises(CorruptData, match=r"WHERE NOT json_valid\(body\)") as info:
+            storage.query().where(a__exists=False).first()
+        assert info.value.path == str(path)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            found = conn.execute('SELECT pk FROM "documents" WHERE NOT json_valid(body)')
+            assert found.fetchall() == [("bad",)]
+    # What never loads a record still works, and finds the one to repair.
+    assert storage.query().count() == 4
+    assert "bad" in storage
+    storage.delete("bad")
+    assert len(list(storage.query())) == 3
+
+
+def test_a_damaged_file_or_another_kind_of_file_is_corrupt_data(tmp_path: Path) -> None:
+    other = tmp_path / "notes.db"
+    other.write_bytes(b"these are not the pages of a database\n" * 200)
+    with pytest.raises(CorruptData, match="not a SQLite database") as info:
+        pymodels.get_storage(f"sqlite:///{other}")
+    assert info.value.path == str(other)
+    damaged = tmp_path / "damaged.db"
+    with pymodels.get_storage(f"sqlite:///{damaged}") as s:
+        s.save_many([{"a": i, "text": "x" * 200} for i in range(2000)])
+    size = damaged.stat().st_size
+    with damaged.open("r+b") as f:  # the table's pages, past the schema's first page
+        f.seek(size // 2)
+        f.write(b"\xff" * 16384 * 4)
+    with (
+        pytest.raises(CorruptData, match="damaged") as info,
+        pymodels.get_storage(f"sqlite:///{damaged}") as s,
+    ):
+        list(s.query())
+    assert info.value.path == str(damaged)
 
 
 def test_a_lock_held_past_the_timeout(path: Path, storage: Any) -> None:

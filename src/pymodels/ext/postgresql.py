@@ -38,6 +38,7 @@ from ..backend import (
     Change,
     ConfigurationError,
     ConnectionFailed,
+    CorruptData,
     Features,
     IndexSpec,
     IntegrityError,
@@ -245,6 +246,7 @@ class Storage(SQLStorage):
         self._port = int(port)
         self._table = s.table
         self._qtable = f'"{self._table}"'
+        self._where = f"postgresql: table {self._table!r}"
         self._prepare_statements()
         self._conns = ThreadConnections(self._connect, _close_quietly, _reusable)
         self._cursor_names = itertools.count()
@@ -291,6 +293,9 @@ class Storage(SQLStorage):
             return IntegrityError(f"postgresql: {self._unique_refusal(e.diag.constraint_name)}")
         if isinstance(e, psycopg.errors.IntegrityError):
             return IntegrityError(f"postgresql: {e}")
+        if isinstance(e, CorruptData) and e.pk is None:
+            # loads_pg's, from inside the driver's fetch: where the row came from.
+            return CorruptData(f"{self._where}: {e}")
         if not isinstance(e, psycopg.Error):
             return None
         if isinstance(e, psycopg.errors.LockNotAvailable):
@@ -364,7 +369,7 @@ class Storage(SQLStorage):
             rows = conn.execute(
                 f"SELECT pk, body FROM {self._qtable} WHERE pk = ANY($1::text[])", [pks]
             ).fetchall()
-        found = dict(rows)
+        found = {pk: body if type(body) is dict else self._record(pk, body) for pk, body in rows}
         return [found.get(pk) for pk in pks]
 
     def _store_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
@@ -479,8 +484,12 @@ class Storage(SQLStorage):
                 cur.close()
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
-        # The driver decodes the bodies (set_json_loads): the rows are the records.
+        # The driver decodes the bodies (set_json_loads): the rows are the records,
+        # once each is known to be one (another program may have stored any jsonb).
         rows: list[Item] = self._fetchall(sql, params)
+        for pk, body in rows:
+            if type(body) is not dict:
+                self._record(pk, body)
         return rows
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -495,7 +504,8 @@ class Storage(SQLStorage):
         offset: int,
         limit: int | None,
     ) -> Generator[tuple[str, dict[str, Any]], None, None]:
-        return self._rows(where, order, offset, limit)
+        for pk, body in self._rows(where, order, offset, limit):
+            yield pk, body if type(body) is dict else self._record(pk, body)
 
     def _explain_select(
         self,

@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ...backend import INT_MAX, INT_MIN, KINDS, ValidationError, kind_of
+from ...backend import INT_MAX, INT_MIN, KINDS, CorruptData, ValidationError, kind_of
 
 __all__ = [
     "RANK",
@@ -56,6 +56,7 @@ __all__ = [
     "dumps_each",
     "dumps_pg",
     "dumps_pg_match",
+    "json_kind",
     "loads",
     "loads_pg",
     "loads_rows",
@@ -383,6 +384,8 @@ def _parse(scan: Any, text: str) -> Any:
             return scan(text, 0)[0]
         # Not an object or array (not written by pymodels): the full parser.
         return json.loads(text, object_hook=_object_hook)
+    except ValidationError:
+        raise  # a malformed tagged value: its own message says what is wrong with it
     except (ValueError, StopIteration) as e:
         raise ValidationError(f"stored value is not valid JSON: {text[:80]!r}") from e
 
@@ -394,6 +397,8 @@ def _parse(scan: Any, text: str) -> Any:
 # refuses what the scanner reads differently (NaN, 1e400, lone surrogates,
 # trailing text): those go on to the scanner, so the value never depends on it.
 _decode_plain: Final = msgspec.json.Decoder().decode
+#: The same, refusing any text whose top level is not an object (a stored record).
+_decode_record: Final = msgspec.json.Decoder(dict).decode
 _DecodeError: Final = msgspec.DecodeError
 
 
@@ -410,33 +415,52 @@ def loads(text: str) -> Any:
     return _parse(_scan_plain, text)
 
 
-def loads_rows(rows: list[Any]) -> list[tuple[str, Any]]:
-    """``(pk, loads(body))`` of each ``(pk, body)`` row: a query's page, decoded.
+def loads_rows(
+    rows: list[Any], record: Callable[[str, Any], dict[str, Any]]
+) -> list[tuple[str, Any]]:
+    """``(pk, record)`` of each ``(pk, body)`` row: a query's page, decoded.
 
-    :func:`loads`' test and common case written out in the loop: a page of ten
-    records otherwise spends a fifth of its decoding in calls.
+    A body msgspec reads as an object is the record; any other goes to
+    ``record(pk, body)``, which reads it with :func:`loads` or says why it holds
+    no record. :func:`loads`' test and common case are written out in the loop: a
+    page of ten records otherwise spends a fifth of its decoding in calls.
     """
     out: list[tuple[str, Any]] = []
     append = out.append
-    decode = _decode_plain
+    decode = _decode_record
     for pk, text in rows:
         if '"$"' not in text and "null" not in text:
             try:
                 append((pk, decode(text)))
                 continue
             except _DecodeError:
-                pass  # loads reads it as before, or says what is wrong
-        append((pk, loads(text)))
+                pass  # record() reads it as before, or says what is wrong
+        append((pk, record(pk, text)))
     return out
+
+
+_JSON_KINDS: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (``an array``, ``a number``)."""
+    if isinstance(value, int | float) and type(value) is not bool:
+        return "a number"
+    return _JSON_KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def loads_pg(data: bytes | bytearray | memoryview | str) -> Any:
     """The domain value of JSON text printed by PostgreSQL ``jsonb``."""
     text = data if isinstance(data, str) else bytes(data).decode()
     # parse_float costs a Python call per float: only where "0.00" (a -0.0) may be.
-    if "0.00" in text:
-        return _parse(_scan_pg, text)
-    return loads(text)
+    try:
+        if "0.00" in text:
+            return _parse(_scan_pg, text)
+        return loads(text)
+    except ValidationError as e:
+        # Raised inside the driver's fetch, where the row's pk is not known: the
+        # storage's error translation names the table.
+        raise CorruptData(f"a stored value cannot be read back: {e}") from e
 
 
 # --------------------------------------------------------- canonical equality

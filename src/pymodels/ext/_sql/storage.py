@@ -24,13 +24,16 @@ from ...backend import (
     BaseStorage,
     Compiled,
     Condition,
+    CorruptData,
     IndexSpec,
     Item,
     OrderKey,
     PyModelsError,
+    ValidationError,
 )
 from .compiler import PARAM, Compiler, Dialect, Frag
 from .connections import Guard
+from .encoding import json_kind
 from .order_repair import settled_page
 
 __all__ = ["KEY_COLUMNS", "META_TABLE", "RECORD_COLUMNS", "SQLStorage"]
@@ -130,7 +133,34 @@ class SQLStorage(BaseStorage):
 
     def _load(self, pk: str) -> dict[str, Any] | None:
         rows = self._fetchall(self._load_sql, (pk,))
-        return self._loads(rows[0][0]) if rows else None
+        return self._record(pk, rows[0][0]) if rows else None
+
+    #: Where records are kept, for messages: the backend, and the file and table.
+    _where: str
+    #: The file records are kept in (None: a server's table).
+    _file: str | None = None
+
+    def _record(self, pk: str, body: Any) -> dict[str, Any]:
+        """The record of the body stored under ``pk``, as the driver returned it.
+
+        Another program may have written a body that holds no record: text that is
+        not JSON, a malformed tagged value, or JSON other than an object. That
+        raises :class:`CorruptData` naming the pk, never a bare ``TypeError`` later.
+        """
+        try:
+            value = self._loads(body)
+        except ValidationError as e:
+            raise self._unreadable(pk, str(e)) from e
+        if type(value) is not dict:
+            raise self._unreadable(pk, f"it holds {json_kind(value)}, not an object")
+        return value
+
+    def _unreadable(self, pk: str, reason: str) -> CorruptData:
+        return CorruptData(
+            f"{self._where}: record {pk!r} cannot be read back: {reason}",
+            path=self._file,
+            pk=pk,
+        )
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
         body = self._dumps(record)
@@ -151,7 +181,7 @@ class SQLStorage(BaseStorage):
             return conn.execute(self._contains_sql, (pk,)).fetchone() is not None
 
     def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self._rows(None, None, 0, None)
+        return iter(self._select(None, None, 0, None))
 
     def _keys(self) -> Iterator[str]:
         for pk, _ in self._rows(None, None, 0, None, KEY_COLUMNS):

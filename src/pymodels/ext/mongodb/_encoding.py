@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from bson import Binary, Decimal128, ObjectId
 
-from ...backend import PyModelsError
+from ...backend import CorruptData, PyModelsError
 
 __all__ = [
     "TAG",
@@ -114,9 +114,7 @@ def decode_value(value: Any, where: str) -> Any:
         return out
     if t is list:
         if any(v is None for v in value):
-            raise PyModelsError(
-                f"mongodb: {where} holds a list with null, outside the value domain"
-            )
+            raise CorruptData(f"mongodb: {where} holds a list with null, outside the value domain")
         return [decode_value(v, where) for v in value]
     if isinstance(value, int):  # bson.Int64
         return int(value)
@@ -131,7 +129,7 @@ def decode_value(value: Any, where: str) -> Any:
     if t is ObjectId:
         # References written by other programs: read as their hex, written back as str.
         return str(value)
-    raise PyModelsError(f"mongodb: {where} holds a {t.__name__}, which is outside the value domain")
+    raise CorruptData(f"mongodb: {where} holds a {t.__name__}, which is outside the value domain")
 
 
 def _decode_tagged(value: dict[str, Any], where: str) -> Any:
@@ -148,23 +146,30 @@ def _decode_tagged(value: dict[str, Any], where: str) -> Any:
         if tag == AWARE:
             return full
     except (KeyError, TypeError, AttributeError, decimal.InvalidOperation) as e:
-        raise PyModelsError(f"mongodb: {where} holds a broken tagged value {value!r}") from e
-    raise PyModelsError(f"mongodb: {where} holds an unknown tagged value {value!r}")
+        raise CorruptData(f"mongodb: {where} holds a broken tagged value {value!r}") from e
+    raise CorruptData(f"mongodb: {where} holds an unknown tagged value {value!r}")
 
 
 def decode_record(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(pk, record)`` of a stored document."""
+    """``(pk, record)`` of a stored document.
+
+    A document another program stored with a value outside the domain raises
+    :class:`CorruptData` naming the pk (as ``pk``, and in the message with the field).
+    """
     pk = doc.pop("_id")
     if type(pk) is not str:
         if type(pk) is not ObjectId:
-            raise PyModelsError(
+            raise CorruptData(
                 f"mongodb: a record has _id {pk!r}; pymodels reads str and ObjectId _ids only"
             )
         pk = str(pk)
-    for k, v in list(doc.items()):
-        t = type(v)
-        if v is None:
-            del doc[k]
-        elif not (t is str or t is float or t is bool or t is int):
-            doc[k] = decode_value(v, f"{pk}: {k}")
+    try:
+        for k, v in list(doc.items()):
+            t = type(v)
+            if v is None:
+                del doc[k]
+            elif not (t is str or t is float or t is bool or t is int):
+                doc[k] = decode_value(v, f"record {pk!r}: {k}")
+    except CorruptData as e:
+        raise CorruptData(str(e), pk=pk) from e
     return pk, doc

@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
@@ -27,6 +27,7 @@ from ...backend import (
     Compiled,
     Condition,
     ConfigurationError,
+    CorruptData,
     Features,
     IndexSpec,
     IntegrityError,
@@ -40,7 +41,7 @@ from ...backend import (
 )
 from .._sql.compiler import PARAM, Compiler, Frag, valid_path
 from .._sql.connections import Guard, ThreadConnections
-from .._sql.encoding import dumps, dumps_each, loads, loads_rows
+from .._sql.encoding import dumps, dumps_each, loads_rows
 from .._sql.order_repair import settled_page
 from .._sql.query import SQLQuery
 from .._sql.sqlite_dialect import (
@@ -192,6 +193,16 @@ def _translate(e: BaseException, what: str = "sqlite") -> BaseException | None:
     if isinstance(e, sqlite3.Error):
         return PyModelsError(f"{what}: {e}")
     return None
+
+
+#: SQLite's primary result codes for a file it cannot read as a database.
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _damaged(e: BaseException) -> bool:
+    """Whether SQLite refused the file itself: damaged pages, or not a database at all."""
+    code = getattr(e, "sqlite_errorcode", None) if isinstance(e, sqlite3.DatabaseError) else None
+    return code is not None and code & 0xFF in _DAMAGE_CODES
 
 
 _UNIQUE_FAILED = "UNIQUE constraint failed: "
@@ -351,6 +362,9 @@ class Storage(SQLStorage):
             self.features = memory_features  # type: ignore[misc]
         self._table = self.settings.table
         self._qtable = f'"{self._table}"'
+        self._file = None if self._memory else str(path)
+        where = "memory" if self._file is None else self._file
+        self._where = f"sqlite: {where}, table {self._table!r}"
         self._committed = view_of(self._table, None)
         self._pending = None
         # Whether the table's format keeps row order (every write is guarded), and
@@ -446,11 +460,18 @@ class Storage(SQLStorage):
         except sqlite3.Error as e:
             if self._memory:
                 raise PyModelsError(f"cannot open an in-memory database: {e}") from e
-            raise PyModelsError(open_failure(str(path), e, write=not self.read_only)) from e
+            message = open_failure(str(path), e, write=not self.read_only)
+            if _damaged(e):
+                raise CorruptData(
+                    f"{message} (damaged, or not a SQLite database; if it was one, restore "
+                    "it from a copy)",
+                    path=str(path),
+                ) from e
+            raise PyModelsError(message) from e
         return conn
 
     def _fetch_records(self, sql: str, params: tuple[Any, ...]) -> list[Item]:
-        return loads_rows(self._fetchall(sql, params))
+        return loads_rows(self._fetchall(sql, params), self._record)
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """The rows of one statement (the hot path: no guard object for files)."""
@@ -458,7 +479,7 @@ class Storage(SQLStorage):
             try:
                 return self._conns.get().execute(sql, params).fetchall()
             except sqlite3.Error as e:
-                raise _translate(e) or e from e
+                raise self._translate(e) or e from e
         with self._db() as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -471,7 +492,23 @@ class Storage(SQLStorage):
         return Guard(self._conns.get(), self._translate)
 
     def _translate(self, e: BaseException) -> BaseException | None:
-        """:func:`_translate`, with a unique index's refusal told in words."""
+        """:func:`_translate`, with a unique index's refusal told in words and a damaged
+        file named as such."""
+        if _damaged(e):
+            return CorruptData(
+                f"{self._where}: the file is damaged or not a SQLite database ({e}); if it "
+                "was one, restore it from a copy",
+                path=self._file,
+            )
+        if isinstance(e, sqlite3.OperationalError) and str(e) == "malformed JSON":
+            # pymodels binds only JSON it wrote: the text is a body another program
+            # stored, which a query's JSON function met before any pk was known.
+            return CorruptData(
+                f"{self._where}: a stored body is not valid JSON, and SQLite's JSON "
+                f"functions refuse it; SELECT pk FROM {self._qtable} WHERE NOT "
+                "json_valid(body) lists such records",
+                path=self._file,
+            )
         translated = _translate(e)
         if type(translated) is IntegrityError:
             failed = _unique_failed(str(e))
@@ -585,7 +622,7 @@ class Storage(SQLStorage):
                 rows = conn.execute(
                     f"SELECT pk, body FROM {self._qtable} WHERE pk IN ({marks})", chunk
                 ).fetchall()
-            found.update((pk, loads(body)) for pk, body in rows)
+            found.update((pk, self._record(pk, body)) for pk, body in rows)
         return [found.get(pk) for pk in pks]
 
     def _store(self, pk: str, record: dict[str, Any], *, overwrite: bool) -> bool:
@@ -973,7 +1010,7 @@ class Storage(SQLStorage):
         except _RowOrderGone:
             self._use_pk_order()
             return self._select_page(condition, order, offset, limit)
-        return settled_page(loads_rows(rows), order)
+        return settled_page(loads_rows(rows, self._record), order)
 
     def _compare_and_store(
         self, pk: str, record: dict[str, Any], field: str, expected: Any
@@ -1317,8 +1354,7 @@ class Storage(SQLStorage):
                     batch = cursor.fetchmany(FETCH_SIZE)
                 if not batch:
                     return
-                for pk, body in batch:
-                    yield pk, loads(body) if decode else body
+                yield from loads_rows(batch, self._record) if decode else batch
         finally:
             # Left open past close() (an abandoned iterator collected later), the
             # connection is gone and so is the cursor: nothing to release, nothing to say.
