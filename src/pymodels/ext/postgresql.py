@@ -487,10 +487,7 @@ class Storage(SQLStorage):
         # The driver decodes the bodies (set_json_loads): the rows are the records,
         # once each is known to be one (another program may have stored any jsonb).
         rows: list[Item] = self._fetchall(sql, params)
-        for pk, body in rows:
-            if type(body) is not dict:
-                self._record(pk, body)
-        return rows
+        return [(pk, body if type(body) is dict else self._record(pk, body)) for pk, body in rows]
 
     def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._db() as conn:
