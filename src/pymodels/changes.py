@@ -10,6 +10,7 @@ semantics that the default hook (and any engine) follows.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -79,8 +80,15 @@ def _documents_as_pks(key: str, value: Any) -> Any:
     return value
 
 
-def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, Any]:
-    """A copy of ``record`` with partial changes applied (the reference semantics)."""
+def apply_changes(
+    record: dict[str, Any], changes: list[Change], pk: str | None = None
+) -> dict[str, Any]:
+    """A copy of ``record`` with partial changes applied (the reference semantics).
+
+    A change the record cannot take raises :class:`ValidationError` naming the
+    field, and the record when ``pk`` is given (a query's update changes many).
+    """
+    prefix = "update" if pk is None else f"update of record {pk!r}"
     out = copy.deepcopy(record)
     for change in changes:
         *parents, leaf = change.path
@@ -94,7 +102,7 @@ def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, An
                 nxt = target[part] = {}
             elif type(nxt) is not dict:
                 where = "__".join(change.path[: i + 1])
-                raise ValidationError(f"update: {where} is not a dict", field=where)
+                raise ValidationError(f"{prefix}: {where} is not a dict", field=where, pk=pk)
             target = nxt
         if target is None:
             continue
@@ -104,11 +112,17 @@ def apply_changes(record: dict[str, Any], changes: list[Change]) -> dict[str, An
         elif change.op == "inc":
             current = target.get(leaf, 0)
             if type(current) not in (int, float):
-                raise ValidationError(f"update: {key} is not a number", field=key)
+                raise ValidationError(f"{prefix}: {key} is not a number", field=key, pk=pk)
             result = current + change.value
             if type(result) is int and not INT_MIN <= result <= INT_MAX:
-                raise ValidationError(f"update: {key} would leave the int64 range", field=key)
-            target[leaf] = validate_value(result, key)
+                raise ValidationError(
+                    f"{prefix}: {key} would leave the int64 range", field=key, pk=pk
+                )
+            if type(result) is float and not math.isfinite(result):
+                raise ValidationError(
+                    f"{prefix}: {key} would overflow a float ({result})", field=key, pk=pk
+                )
+            target[leaf] = result
         else:
             target[leaf] = copy.deepcopy(change.value)
     return out

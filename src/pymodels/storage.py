@@ -339,13 +339,25 @@ class BaseStorage(abc.ABC):
         change fields in place (``features.partial_update``) override it.
         """
         with self._lock, self._atomic():
-            changed = 0
-            for pk in pks:
-                record = self._load(pk)
-                if record is not None:
-                    self._store(pk, apply_changes(record, changes), overwrite=True)
-                    changed += 1
-            return changed
+            if self.features.transactions:
+                changed = 0
+                for pk in pks:
+                    record = self._load(pk)
+                    if record is not None:
+                        self._store(pk, apply_changes(record, changes, pk), overwrite=True)
+                        changed += 1
+                return changed
+            # No transaction to roll back: a change that one record cannot take
+            # must be refused before any record is written, so every changed
+            # record is computed first (held in memory), then written.
+            updated = [
+                (pk, apply_changes(record, changes, pk))
+                for pk in pks
+                if (record := self._load(pk)) is not None
+            ]
+            for pk, record in updated:
+                self._store(pk, record, overwrite=True)
+            return len(updated)
 
     def _remove_many(self, pks: list[str]) -> int:
         """Delete the records under ``pks``; return how many existed (one transaction)."""

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIELD_NAMES",
     "OPS",
+    "UPDATE_OPS",
     "conditions",
     "examples",
     "field_names",
@@ -47,6 +48,7 @@ __all__ = [
     "texts",
     "to_q",
     "to_query",
+    "update_cases",
     "values",
 ]
 
@@ -515,6 +517,57 @@ def query_cases(
     """(pk -> record, QuerySpec): records first, then a query derived from them."""
     data = draw(record_sets(max_records, big_floats=big_floats))
     return data, draw(query_for(list(data.values()), big_floats=big_floats))
+
+
+# --- partial changes (update) --------------------------------------------------------------
+
+#: The ops of ``update()`` (docs/queries.md, "Bulk changes"): a last part named like one
+#: is reached by spelling ``__set``.
+UPDATE_OPS = ("set", "unset", "inc")
+
+# Increments at the edges: int64's bounds, the largest double, a negative zero.
+_AMOUNT_EDGES = [1, -1, 0.5, -0.0, 2**63 - 1, -(2**63), 1.7976931348623157e308, -1e308]
+
+
+@st.composite
+def _change(draw: st.DrawFn, rows: Records) -> tuple[str, Any]:
+    """One keyword change, ``(key, value)``, aimed at the paths of ``rows``."""
+    fresh = st.lists(field_names(), min_size=1, max_size=3).map(tuple)
+    path = draw(_pick(_paths(rows), fresh))
+    if draw(st.integers(0, 4)) == 0:
+        path = (*path, draw(field_names()))  # below a field: its value may not be a dict
+    op = draw(st.sampled_from(UPDATE_OPS))
+    if op == "unset":
+        return "__".join([*path, "unset"]), True
+    if op == "inc":
+        # Mostly numbers, often the field's own (doubling it is how a sum overflows);
+        # now and then a kind that inc refuses.
+        held = [v for row in rows for v in _at(row, path) if _kind(v) == "number"]
+        numbers = _pick(held, st.sampled_from(_AMOUNT_EDGES) | scalars_of_kind("number"))
+        return "__".join([*path, "inc"]), draw(_mostly(numbers, scalars()))
+    absent = st.none() | st.dictionaries(field_names(), st.none() | scalars(), max_size=2)
+    value = draw(_mostly(values(2), absent))
+    spelled = path[-1] in UPDATE_OPS or draw(st.booleans())
+    return "__".join([*path, "set"] if spelled else path), value
+
+
+@st.composite
+def update_cases(
+    draw: st.DrawFn, max_records: int = 6
+) -> tuple[dict[str, dict[str, Any]], QuerySpec, dict[str, Any]]:
+    """(pk -> record, QuerySpec, changes): records, a query derived from them, and the
+    keyword changes of ``update()`` (applied in their order) aimed at their fields.
+
+    Records holding floats beyond 2**53 (where an increment can overflow) come with the
+    empty query: comparing them with ints is left unspecified (see the module's notes).
+    """
+    every_record: st.SearchStrategy[tuple[dict[str, dict[str, Any]], QuerySpec]] = record_sets(
+        max_records, big_floats=True
+    ).map(lambda d: (d, {}))
+    data, spec = draw(query_cases(max_records) | every_record)
+    rows = list(data.values())
+    changes = dict(draw(st.lists(_change(rows), min_size=1, max_size=3)))
+    return data, spec, changes
 
 
 # --- specs to library queries (public API of docs/queries.md only) -------------------------

@@ -55,6 +55,7 @@ from pymodels import (
     get_storage,
     spill,
 )
+from pymodels.changes import apply_changes, parse_changes
 from pymodels.storage import BaseStorage
 from pymodels.values import MAX_DEPTH
 
@@ -438,6 +439,27 @@ class StorageTests:
         with pytest.raises(ValidationError):
             storage.update(pk, **{"$x": 1})
         assert dict(storage.get(None, pk)) == {"a": "text", "n": 1}
+        # Sums outside the domain: an engine's own arithmetic would give inf or wrap.
+        edges = {"f": 1e308, "g": -1e308, "i": 2**63 - 1, "j": -(2**63)}
+        big = storage.save(edges)
+        with pytest.raises(ValidationError, match=f"record {big!r}: f would overflow a float"):
+            storage.update(big, f__inc=1e308)
+        with pytest.raises(ValidationError, match="g would overflow a float"):
+            storage.update(big, g__inc=-1e308)
+        with pytest.raises(ValidationError, match="i would leave the int64 range"):
+            storage.update(big, i__inc=1)
+        with pytest.raises(ValidationError, match="j would leave the int64 range"):
+            storage.update(big, j__inc=-1)
+        assert identical(dict(storage.get(None, big)), edges)
+
+    def test_a_query_update_one_record_refuses_writes_no_record(self, storage: BaseStorage) -> None:
+        # On engines without transactions too: every change is computed before any write.
+        for i, n in enumerate([1, 2, "two", 4]):
+            storage.save({"n": n}, primary_key=f"k{i}")
+        with pytest.raises(ValidationError, match="record 'k2': n is not a number") as info:
+            storage.query().update(n__inc=1)
+        assert (info.value.pk, info.value.field) == ("k2", "n")
+        assert [storage.get(None, f"k{i}")["n"] for i in range(4)] == [1, 2, "two", 4]
 
     def test_query_update_honours_slice(self, storage: BaseStorage) -> None:
         for i in range(6):
@@ -1451,6 +1473,38 @@ class StorageTests:
             mp.setattr(spill, "RUN_SIZE", 3)
             mp.setattr(spill, "RUN_BLOCK", 2)
             check_query_case(storage, *case)
+
+    @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None, max_examples=pst.examples(400))
+    @given(case=pst.update_cases())
+    def test_updates_match_the_reference(
+        self,
+        storage: BaseStorage,
+        case: tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]],
+    ) -> None:
+        """Any records, any query, any changes: ``query.update`` leaves each record as
+        the reference semantics (:func:`pymodels.changes.apply_changes`) change it,
+        or raises ValidationError with no record written, on engines with
+        transactions and without, in place or through the generic path."""
+        records, spec, changes = case
+        storage.clear()
+        for pk, record in records.items():
+            storage.save(record, primary_key=pk)
+        before = {pk: stored_form(record) for pk, record in records.items()}
+        matched = oracle.run(records, spec)
+        q = pst.to_query(storage.query(), spec)
+        try:
+            parsed = parse_changes(changes)
+            expected = {pk: apply_changes(before[pk], parsed) for pk in matched}
+        except ValidationError:
+            with pytest.raises(ValidationError):
+                q.update(**changes)
+            expected = {}
+        else:
+            assert q.update(**changes) == len(matched)
+        after = {pk: dict(storage.get(None, pk)) for pk in storage}
+        assert after.keys() == before.keys()
+        for pk, record in after.items():
+            assert identical(record, expected.get(pk, before[pk])), (pk, record, changes)
 
     @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None)
     @given(record=pst.records(), pk=pst.primary_keys())

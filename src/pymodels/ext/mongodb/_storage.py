@@ -1049,6 +1049,10 @@ def _duplicate_message(details: Mapping[str, Any] | None) -> str:
     return f"duplicate key in unique index {index} ({details.get('keyValue', message)})"
 
 
+#: Doubles whose sum with an increment of at most this size stays finite.
+FLOAT_SAFE = 2.0**1022
+
+
 def _update_document(changes: list[Change]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """``(update document, guard)`` for changes MongoDB applies exactly where the guard holds.
 
@@ -1086,6 +1090,13 @@ def _update_document(changes: list[Change]) -> tuple[dict[str, Any], dict[str, A
                 bounds["$lte"] = INT_MAX - amount
             elif type(amount) is int and amount < 0:
                 bounds["$gte"] = INT_MIN - amount
+            elif type(amount) is float:
+                # MongoDB adds doubles into an infinity, which is outside the value
+                # domain. Both terms within 2**1022 sum within the largest double,
+                # with no rounding to reason about; the rest takes the generic path.
+                if abs(amount) > FLOAT_SAFE:
+                    return None
+                bounds |= {"$gte": -FLOAT_SAFE, "$lte": FLOAT_SAFE}
             guards.append({"$or": [{name: {"$exists": False}}, {name: bounds}]})
             document.setdefault("$inc", {})[name] = amount
     guard: dict[str, Any] = {"$and": guards} if guards else {}
