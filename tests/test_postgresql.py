@@ -436,6 +436,26 @@ def test_indexes_are_used_by_the_queries(storage: Any, server_url: str, table: s
     assert storage.query().where(tags__contains="t7").count() == 50
 
 
+def test_after_seeks_the_index_to_the_anchor(storage: Any) -> None:
+    # Keyset pagination: a row value on the order's terms bounds the statement,
+    # and the index on them starts there.
+    storage.create_index("n")
+    storage.save_many({"n": i, "s": f"s{i % 7}"} for i in range(300))
+    storage.save({"s": "absent n"})
+    q = storage.query().order_by("n")
+    anchor = q[200:201].first()
+    plan = q.after(anchor)[:10].explain()
+    assert "Index Cond: (ROW(" in plan and "engine from the anchor" in plan, plan
+    assert [d["n"] for d in q.after(anchor)[:3]] == [200, 201, 202]
+    # Descending, a record without n comes last: after any anchor.
+    down = storage.query().order_by("-n")
+    assert [d.get("n") for d in down.after(down[297:298].first())] == [1, 0, None]
+    assert [d.get("n") for d in down.after(down.where(n=0).first())] == [None]
+    by_s = storage.query().order_by("s")
+    middle = by_s[150:151].first()
+    assert [d.pk for d in by_s.after(middle)[:5]] == [d.pk for d in by_s[151:156]]
+
+
 def test_unique_index_compares_lists_as_lists(storage: Any) -> None:
     # (The suite checks the rest of unique indexes; SQLite compares lists by JSON text.)
     storage.create_index("email", unique=True)

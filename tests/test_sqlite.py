@@ -493,6 +493,36 @@ def test_indexes_are_used_by_the_queries(storage: Any) -> None:
     assert "USING INDEX" in plan
 
 
+def test_after_seeks_the_index_to_the_anchor(storage: Any) -> None:
+    # Keyset pagination: the anchor's first order key bounds the statement, so an
+    # index on it seeks there instead of reading every earlier row.
+    storage.create_index(("city", "-age"))
+    storage.save_many({"city": f"c{i % 5}", "age": i % 70, "i": i} for i in range(500))
+    for field in ("n", "tags"):  # an unindexed number and a list: bounded, not sought
+        storage.save({"city": "c1", "age": 5, field: [1] if field == "tags" else 2})
+    q = storage.query().where(city="c1").order_by("-age")
+    expected = [d.pk for d in q]
+    anchor = q[40:41].first()
+    plan = q.after(anchor)[:10].explain()
+    assert "SEARCH documents USING INDEX pm_documents_" in plan and "<=" in plan, plan
+    assert "TEMP B-TREE" not in plan and "engine from the anchor" in plan
+    assert [d.pk for d in q.after(anchor)[:10]] == expected[41:51]
+    by_city = storage.query().order_by("city", "-age")
+    middle = by_city[250:251].first()
+    assert "USING INDEX" in by_city.after(middle).explain()
+    assert [d.pk for d in by_city.after(middle)[:5]] == [d.pk for d in by_city[251:256]]
+    # The pk order (no order_by): in row order, a seek by rowid (tests/test_sqlite_row_order.py).
+    everyone = storage.query()
+    assert "(rowid>?)" in everyone.after(expected[3]).explain()
+    # A list and an absent value as anchors.
+    for field in ("tags", "n"):
+        q = storage.query().order_by(field)
+        anchor = q.where(**{f"{field}__exists": True}).first()
+        assert [d.pk for d in q.after(anchor)] == [d.pk for d in q][
+            [d.pk for d in q].index(anchor.pk) + 1 :
+        ]
+
+
 def test_meta_indexes_are_created_on_first_save(storage: Any, path: Path) -> None:
     class Person(Document):
         name: str

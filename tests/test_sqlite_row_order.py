@@ -272,6 +272,30 @@ def test_a_reader_learns_the_order_is_gone_in_every_read(path: Path) -> None:
                 r.close()
 
 
+def test_after_in_the_pk_order_seeks_by_rowid_then_by_pk_once_the_order_is_gone(
+    path: Path,
+) -> None:
+    with backend.Storage(path=str(path)) as writer:
+        pks = writer.save_many({"i": i} for i in range(1200))
+        reader = backend.Storage(path=str(path))
+        try:
+            q = reader.query()
+            plan = q.after(pks[600])[:5].explain()
+            assert "USING INTEGER PRIMARY KEY (rowid>?)" in plan, plan
+            assert [d.pk for d in q.after(pks[600])[:5]] == pks[601:606]
+            assert [d.pk for d in q.order_by("-pk").after(pks[600])[:2]] == pks[599:597:-1]
+            # Another connection leaves row order: the reader's statement, bound by the
+            # rowid of the anchor, is written again in pk order (and its bound with it).
+            writer.save({"i": -1}, primary_key="0")
+            assert not in_row_order(path) and reader._rowid_order
+            assert [d.pk for d in q.after(pks[600])[:5]] == pks[601:606]
+            assert not reader._rowid_order
+            assert [d.pk for d in q.after("0")][:2] == pks[:2]
+            assert "pk >= ?" in q.after(pks[600]).explain()
+        finally:
+            reader.close()
+
+
 def test_a_table_of_format_2_stays_in_pk_order(path: Path) -> None:
     # As the builds before row order made it: no view, and format 2.
     backend.Storage(path=str(path)).close()

@@ -332,6 +332,14 @@ class BaseQuery(Generic[D]):
             value = self._compiled_cache = self._compile(self.condition)
         return value
 
+    def _fetching(self, order: tuple[OrderKey, ...]) -> Compiled:
+        """The compiled condition, its native narrowed to ``after()``'s anchor if any."""
+        compiled = self._compiled
+        if self._after is None:
+            return compiled
+        native = self.storage._bound_after(compiled.native, order, *self._after)
+        return compiled._replace(native=native)
+
     def _residual_matches(self, order: tuple[OrderKey, ...]) -> Callable[[Item], bool] | None:
         """A predicate over ``(pk, record)`` items for what Python must still check, or
         None when the engine selects exactly."""
@@ -374,7 +382,7 @@ class BaseQuery(Generic[D]):
                 return iter(page)
         offset = self._offset
         order = self._full_order
-        compiled = self._compiled
+        compiled = self._fetching(order)
         exact = compiled.residual is None and self._after is None
         check = None if exact else self._residual_matches(order)
         if limit == 0:
@@ -382,8 +390,17 @@ class BaseQuery(Generic[D]):
         if self._engine_order(order, compiled.native):
             if check is None:
                 return self._engine_fetch(compiled.native, order, offset, limit)
-            stream = self._engine_fetch(compiled.native, order, 0, None)
             stop = None if limit is None else offset + limit
+            if stop is not None and compiled.native is not self._compiled.native:
+                # after() with a bound from the anchor: most rows the engine gives pass,
+                # so a page asks the engine for a few more than it needs (the anchor's
+                # ties on the first key come first) and streams only if they fall short.
+                asked = stop + 1 + AFTER_SLACK
+                head = list(self._engine_fetch(compiled.native, order, 0, asked))
+                passing = [item for item in head if check(item)]
+                if len(passing) >= stop or len(head) < asked:
+                    return iter(passing[offset:stop])
+            stream = self._engine_fetch(compiled.native, order, 0, None)
             return itertools.islice(filter(check, stream), offset, stop)
         return self._sorted_in_python(compiled, order, check, offset, limit)
 
@@ -448,7 +465,7 @@ class BaseQuery(Generic[D]):
 
     def _matching(self) -> Iterator[Item]:
         """Every matching record, unordered and unsliced (for counting and testing)."""
-        items = self._engine_fetch(self._compiled.native, None, 0, None)
+        items = self._engine_fetch(self._fetching(self._full_order).native, None, 0, None)
         check = self._residual_matches(self._full_order)
         return items if check is None else filter(check, items)
 
@@ -583,7 +600,7 @@ class BaseQuery(Generic[D]):
     def explain(self) -> str:
         """What the engine runs and what Python does after it."""
         order = self._full_order
-        compiled = self._compiled
+        compiled = self._fetching(order)
         native_order = self._engine_order(order, compiled.native)
         exact = compiled.residual is None and self._after is None
         offset, limit = (self._offset, self._limit) if exact else (0, None)
@@ -598,7 +615,9 @@ class BaseQuery(Generic[D]):
             f"order: {', '.join(map(str, order))} ({'engine' if native_order else 'python'})",
         ]
         if self._after is not None:
-            lines.append(f"after: pk {self._after[0]!r} (python)")
+            seeks = compiled.native is not self._compiled.native
+            how = "engine from the anchor, python past it" if seeks else "python"
+            lines.append(f"after: pk {self._after[0]!r} ({how})")
         if self._offset or self._limit is not None:
             lines.append(f"slice: offset {self._offset}, limit {self._limit}")
         return "\n".join(lines)
@@ -616,6 +635,10 @@ class BaseQuery(Generic[D]):
 
     # No __len__ (count() asks the engine): list(query) calls __len__ for a size hint,
     # and one that raised cost every list() an exception.
+
+
+#: Rows beyond a page and its anchor that an ``after()`` page asks the engine for at first.
+AFTER_SLACK = 8
 
 
 def _count(items: Iterable[Any]) -> int:

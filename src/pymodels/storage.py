@@ -110,6 +110,7 @@ OPTIONAL_HOOKS: tuple[str, ...] = (
     "_compile_condition",
     "_select",
     "_select_page",
+    "_bound_after",
     "_count_where",
     "_delete_where",
     "_explain_select",
@@ -425,6 +426,19 @@ class BaseStorage(abc.ABC):
         only when they are few (say, at most a page), else None, and the query streams.
         """
         return None
+
+    def _bound_after(
+        self, native: Any, order: tuple[OrderKey, ...], pk: str, record: Mapping[str, Any]
+    ) -> Any:
+        """``native`` narrowed to records at or after ``(pk, record)`` in ``order``.
+
+        For ``after()``: a superset is enough, since Python still drops every
+        record that is not strictly after the anchor. The default narrows
+        nothing, so the engine reads from the start of the order; an engine
+        that seeks an index to the anchor's first order key makes a deep
+        page cost what a first page costs.
+        """
+        return native
 
     def _count_where(self, native: Any) -> int:
         """How many records ``native`` selects."""

@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pymodels import (
@@ -1474,6 +1474,29 @@ class StorageTests:
             mp.setattr(spill, "RUN_BLOCK", 2)
             check_query_case(storage, *case)
 
+    @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None, max_examples=pst.examples(300))
+    @given(case=pst.query_cases(), data=st.data())
+    def test_after_continues_the_oracle_order(
+        self,
+        storage: BaseStorage,
+        case: tuple[dict[str, dict[str, Any]], dict[str, Any]],
+        data: st.DataObject,
+    ) -> None:
+        """Keyset pagination: after any record, matching or not, a query gives the
+        records of its oracle answer that come later in its order, whatever kinds the
+        order keys meet."""
+        records, spec = case
+        assume(records)
+        spec = {k: v for k, v in spec.items() if k not in ("offset", "limit")}
+        q, expected = check_query_case(storage, records, spec)
+        anchor = data.draw(st.sampled_from(sorted(records)), label="anchor")
+        # The anchor's place in the same order over every record.
+        position = {pk: i for i, pk in enumerate(oracle.run(records, _order_only(spec)))}
+        later = [pk for pk in expected if position[pk] > position[anchor]]
+        assert [d.pk for d in q.after(anchor)] == later
+        page = q.after(storage.get(None, anchor))[:2]
+        assert [d.pk for d in page] == later[:2]
+
     @settings(suppress_health_check=_SHARED_FIXTURE, deadline=None, max_examples=pst.examples(400))
     @given(case=pst.update_cases())
     def test_updates_match_the_reference(
@@ -1530,6 +1553,11 @@ def check_query_case(
     assert [d.pk for d in q] == expected
     assert q.count() == len(expected)
     return q, expected
+
+
+def _order_only(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec``'s order alone: a query over every record in the same order."""
+    return {"order_by": spec["order_by"]} if spec.get("order_by") else {}
 
 
 def run_in_threads(work: Callable[[int], None], count: int) -> None:

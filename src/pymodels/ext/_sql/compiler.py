@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from ...backend import (
@@ -43,6 +43,7 @@ from ...backend import (
     OrderKey,
     ValidationError,
     check_field_name,
+    get_path,
     kind_of,
 )
 
@@ -60,6 +61,9 @@ __all__ = [
 #: Where a bound parameter goes in fragment text (NUL never appears in SQL we write:
 #: field names and table names cannot hold it).
 PARAM: Final = "\x00"
+#: In a WHERE, ``PK_FROM + ">="`` (or ``"<="``) stands for "the pk order from the
+#: bound pk on": :meth:`Dialect.select` writes it in the terms of the relation it reads.
+PK_FROM: Final = "\x01"
 
 #: Condition shapes remembered per compiler, statements per dialect (each cache
 #: starts over when full).
@@ -186,6 +190,19 @@ class Dialect:
     def ordered_source(self, table: str) -> str:
         """The relation an ordered SELECT reads (the table itself, by default)."""
         return self.ident(table)
+
+    def pk_from(self, table: str, op: str, ordered: bool) -> str:
+        """What ``PK_FROM + op`` stands for, in a SELECT that reads
+        :meth:`ordered_source` (``ordered``) or the table itself."""
+        return f"pk {op} {PARAM}"
+
+    def _where(self, table: str, where: Frag, ordered: bool) -> str:
+        """``where``'s SQL with its ``PK_FROM`` bounds written out."""
+        sql = where.sql
+        if PK_FROM in sql:
+            for op in (">=", "<="):
+                sql = sql.replace(PK_FROM + op, self.pk_from(table, op, ordered))
+        return sql
 
     @staticmethod
     def dumps_body(value: Any, /) -> Any:
@@ -325,7 +342,7 @@ class Dialect:
         sql = f"SELECT {columns} FROM {source}"
         params: tuple[Any, ...] = ()
         if where is not None:
-            sql += f" WHERE {where.sql}"
+            sql += f" WHERE {self._where(table, where, bool(order))}"
             params += where.params
         if order:
             sql += f" ORDER BY {self.order_by(order)}"
@@ -365,11 +382,15 @@ class Dialect:
 
     def count(self, table: str, where: Frag | None) -> Frag:
         sql = f"SELECT count(*) FROM {self.ident(table)}"
-        return Frag(sql + f" WHERE {where.sql}", where.params) if where else Frag(sql)
+        if where is None:
+            return Frag(sql)
+        return Frag(sql + f" WHERE {self._where(table, where, False)}", where.params)
 
     def delete(self, table: str, where: Frag | None) -> Frag:
         sql = f"DELETE FROM {self.ident(table)}"
-        return Frag(sql + f" WHERE {where.sql}", where.params) if where else Frag(sql)
+        if where is None:
+            return Frag(sql)
+        return Frag(sql + f" WHERE {self._where(table, where, False)}", where.params)
 
     def index_name(self, table: str, spec: IndexSpec) -> str:
         """A stable name for an index: the table's, then a digest of what it indexes."""
@@ -412,6 +433,27 @@ class Dialect:
         return None
 
     # --------------------------------------------------------------- order
+
+    def at_or_after(self, key: OrderKey, pk: str, record: Mapping[str, Any]) -> Frag | None:
+        """A condition every record at or after ``(pk, record)`` meets, in an order
+        whose first key is ``key`` (for ``after()``); None where there is none.
+
+        Written on that key's ORDER BY terms, so that an index on them seeks to
+        the anchor. A superset: ties on ``key`` pass, and Python drops what
+        does not come after the anchor.
+        """
+        op = "<=" if key.descending else ">="
+        if key.is_pk:
+            return Frag(PK_FROM + op, (pk,))
+        value = get_path(record, key.path) if valid_path(key.path) else MISSING
+        if value is MISSING:
+            return None  # absent sorts first: the anchor is at the start
+        return self.value_bound(key.path, op, value)
+
+    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | None:
+        """:meth:`at_or_after` for an anchor holding ``value`` at ``path``: the ORDER
+        BY terms of ``path`` ``op`` (``>=``, or ``<=`` descending) the value's."""
+        return None
 
     def order_by(self, order: Sequence[OrderKey]) -> str:
         """The ORDER BY list for a full order (its last key is the pk)."""

@@ -191,6 +191,20 @@ class PostgresDialect(Dialect):
             return [f"{self.key(path)} DESC NULLS LAST", f"{self.num(path)} DESC"]
         return [f"{self.key(path)} NULLS FIRST", self.num(path)]
 
+    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | None:
+        k, sort_key_, num = kind_of(value), self.key(path), self.num(path)
+        # Descending, absent (a NULL key) sorts last: after any anchor.
+        absent = f" OR {sort_key_} IS NULL" if op == "<=" else ""
+        if k in ("list", "dict"):
+            # Two lists or two dicts are not ordered in SQL as the contract does: the kind only.
+            return Frag(f"({sort_key_} {op} '{'9' if k == 'list' else ':'}'{absent})")
+        # A row value on the ORDER BY terms: an index on them seeks to the anchor.
+        if k == "number":
+            row, params = f"('2', {PARAM}::numeric)", (repr(value),)
+        else:
+            row, params = f"({PARAM}::text, 0)", (self._key_of(value),)
+        return Frag(f"(({sort_key_}, {num}) {op} {row}{absent})", params)
+
     def _is_string(self, path: tuple[str, ...]) -> str:
         return f"{self.typeof(path)} = 'string'"
 

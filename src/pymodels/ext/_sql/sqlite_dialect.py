@@ -158,6 +158,18 @@ class SQLiteDialect(Dialect):
     def ordered_source(self, table: str) -> str:
         return self.ident(table + ROWID_VIEW) if self.rowid_order else self.ident(table)
 
+    def pk_from(self, table: str, op: str, ordered: bool) -> str:
+        if not (self.rowid_order and ordered):
+            return super().pk_from(table, op, ordered)
+        # In row order the rowids ascend as the pks do, so the bound is the rowid of
+        # the first pk from the anchor on: a seek in the pk index, then one in the
+        # table, where "pk >= ?" under ORDER BY rowid reads every row before it. Written
+        # here, when the statement is: a reader that finds row order gone writes the
+        # statement again in pk order, and the bound with it.
+        last = "" if op == ">=" else " DESC"
+        first = f"SELECT rowid FROM {self.ident(table)} WHERE pk {op} {PARAM} ORDER BY pk{last}"
+        return f"{self.tiebreak} {op} ({first} LIMIT 1)"
+
     def render(self, frag: Frag) -> tuple[str, tuple[Any, ...]]:
         return frag.sql.replace(PARAM, "?"), frag.params
 
@@ -256,6 +268,15 @@ class SQLiteDialect(Dialect):
 
     def _is_text(self, path: tuple[str, ...]) -> str:
         return f"{self.json_type(path)} = 'text'"
+
+    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | None:
+        rank, sort_value = self.order_terms(path, False)
+        k = kind_of(value)
+        if k in ("list", "dict"):
+            # SQL does not order two lists or two dicts as the contract does: the kind only.
+            return Frag(f"{rank} {op} {RANK[k]}")
+        # A row value: SQLite seeks an index on (rank, value) to it.
+        return Frag(f"({rank}, {sort_value}) {op} ({RANK[k]}, {PARAM})", (_bind(value),))
 
     # --------------------------------------------------------------- leaves
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ...backend import (
@@ -31,7 +31,7 @@ from ...backend import (
     PyModelsError,
     ValidationError,
 )
-from .compiler import PARAM, Compiler, Dialect, Frag
+from .compiler import PARAM, Compiler, Dialect, Frag, join
 from .connections import Guard
 from .encoding import json_kind
 from .order_repair import settled_page
@@ -253,6 +253,14 @@ class SQLStorage(BaseStorage):
         if statement is None:
             return None
         return settled_page(self._fetch_records(*statement), order)
+
+    def _bound_after(
+        self, native: Frag | None, order: tuple[OrderKey, ...], pk: str, record: Mapping[str, Any]
+    ) -> Frag | None:
+        start = self._dialect.at_or_after(order[0], pk, record)
+        if start is None:
+            return native
+        return start if native is None else join(" AND ", (native, start))
 
     def _count_where(self, where: Frag | None) -> int:
         return self._scalar(self._dialect.count(self._table, where))

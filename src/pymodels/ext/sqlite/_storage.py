@@ -39,7 +39,7 @@ from ...backend import (
     open_failure,
     url_path,
 )
-from .._sql.compiler import PARAM, Compiler, Frag, valid_path
+from .._sql.compiler import PARAM, PK_FROM, Compiler, Frag, valid_path
 from .._sql.connections import Guard, ThreadConnections
 from .._sql.encoding import dumps, dumps_each, loads_rows
 from .._sql.order_repair import settled_page
@@ -1168,6 +1168,8 @@ class Storage(SQLStorage):
         return found
 
     def _count_where(self, where: Frag | None) -> int:
+        if where is not None and PK_FROM in where.sql:
+            return super()._count_where(where)  # the dialect writes the bound out
         if where is not None and self._shadow.fields:
             try:
                 walked = self._count_by_column_prefix(where)
