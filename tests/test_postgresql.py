@@ -447,8 +447,14 @@ def test_after_seeks_the_index_to_the_anchor(storage: Any) -> None:
     plan = q.after(anchor)[:10].explain()
     assert "Index Cond: (ROW(" in plan and "engine from the anchor" in plan, plan
     assert [d["n"] for d in q.after(anchor)[:3]] == [200, 201, 202]
-    # Descending, a record without n comes last: after any anchor.
+    # Descending, a record without n comes last, after any anchor: the records up to
+    # the absent ones, then those, each part a walk of the index from where it starts.
     down = storage.query().order_by("-n")
+    plan = down.after(down[150:151].first())[:10].explain()
+    first, then = plan.split("\nthen: SELECT")
+    assert "Index Cond: (ROW(" in first and " OR " not in first, plan
+    assert "IS NULL" in then and "Index Cond" in then, plan
+    assert down.after(down[150:151].first()).count() == 150
     assert [d.get("n") for d in down.after(down[297:298].first())] == [1, 0, None]
     assert [d.get("n") for d in down.after(down.where(n=0).first())] == [None]
     by_s = storage.query().order_by("s")

@@ -49,6 +49,8 @@ from ...backend import (
 
 __all__ = [
     "PARAM",
+    "PK_FROM",
+    "Chain",
     "Compiler",
     "Dialect",
     "Frag",
@@ -85,6 +87,13 @@ class Frag(NamedTuple):
 
 TRUE: Final = Frag("TRUE")
 FALSE: Final = Frag("FALSE")
+
+
+class Chain(NamedTuple):
+    """WHERE clauses read one after another as one result: in an order, every row
+    of a part comes after every row of the parts before it (see ``after()``)."""
+
+    parts: tuple[Frag | None, ...]
 
 
 class Leaf(NamedTuple):
@@ -434,7 +443,7 @@ class Dialect:
 
     # --------------------------------------------------------------- order
 
-    def at_or_after(self, key: OrderKey, pk: str, record: Mapping[str, Any]) -> Frag | None:
+    def at_or_after(self, key: OrderKey, pk: str, record: Mapping[str, Any]) -> Frag | Chain | None:
         """A condition every record at or after ``(pk, record)`` meets, in an order
         whose first key is ``key`` (for ``after()``); None where there is none.
 
@@ -450,9 +459,10 @@ class Dialect:
             return None  # absent sorts first: the anchor is at the start
         return self.value_bound(key.path, op, value)
 
-    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | None:
+    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | Chain | None:
         """:meth:`at_or_after` for an anchor holding ``value`` at ``path``: the ORDER
-        BY terms of ``path`` ``op`` (``>=``, or ``<=`` descending) the value's."""
+        BY terms of ``path`` ``op`` (``>=``, or ``<=`` descending) the value's, or a
+        :class:`Chain` where no one condition an index serves says it."""
         return None
 
     def order_by(self, order: Sequence[OrderKey]) -> str:

@@ -35,7 +35,17 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from ...backend import INT_MAX, INT_MIN, Change, IndexSpec, kind_of
-from .compiler import FALSE, PARAM, Dialect, Frag, Leaf, independent, join, str_successor
+from .compiler import (
+    FALSE,
+    PARAM,
+    Chain,
+    Dialect,
+    Frag,
+    Leaf,
+    independent,
+    join,
+    str_successor,
+)
 from .encoding import RANK, decimal_paths, dumps_pg, dumps_pg_match, sort_key
 
 __all__ = ["PostgresDialect"]
@@ -191,19 +201,23 @@ class PostgresDialect(Dialect):
             return [f"{self.key(path)} DESC NULLS LAST", f"{self.num(path)} DESC"]
         return [f"{self.key(path)} NULLS FIRST", self.num(path)]
 
-    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | None:
+    def value_bound(self, path: tuple[str, ...], op: str, value: Any) -> Frag | Chain | None:
         k, sort_key_, num = kind_of(value), self.key(path), self.num(path)
-        # Descending, absent (a NULL key) sorts last: after any anchor.
-        absent = f" OR {sort_key_} IS NULL" if op == "<=" else ""
         if k in ("list", "dict"):
             # Two lists or two dicts are not ordered in SQL as the contract does: the kind only.
-            return Frag(f"({sort_key_} {op} '{'9' if k == 'list' else ':'}'{absent})")
-        # A row value on the ORDER BY terms: an index on them seeks to the anchor.
-        if k == "number":
-            row, params = f"('2', {PARAM}::numeric)", (repr(value),)
+            bound = Frag(f"{sort_key_} {op} '{'9' if k == 'list' else ':'}'")
+        elif k == "number":
+            # A row value on the ORDER BY terms: an index on them seeks to the anchor.
+            bound = Frag(f"({sort_key_}, {num}) {op} ('2', {PARAM}::numeric)", (repr(value),))
         else:
-            row, params = f"({PARAM}::text, 0)", (self._key_of(value),)
-        return Frag(f"(({sort_key_}, {num}) {op} {row}{absent})", params)
+            bound = Frag(f"({sort_key_}, {num}) {op} ({PARAM}::text, 0)", (self._key_of(value),))
+        if op == ">=":
+            return bound
+        # Descending, an absent value (a NULL key) sorts last, after any anchor, and no
+        # row value admits it. "bound OR key IS NULL" is served by bitmap scans and a
+        # sort of everything after the anchor; read one part after the other, each
+        # part is a walk of the index from where it starts.
+        return Chain((bound, Frag(f"{sort_key_} IS NULL")))
 
     def _is_string(self, path: tuple[str, ...]) -> str:
         return f"{self.typeof(path)} = 'string'"

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...backend import BaseQuery, Compiled, Item, OrderKey
+from .compiler import Chain
 from .order_repair import any_container, holds_container, order_paths, repair_order
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class SQLQuery(BaseQuery[Any]):
         offset: int,
         limit: int | None,
     ) -> Iterator[Item]:
+        if type(native) is Chain:
+            stop = None if limit is None else offset + limit
+            return itertools.islice(self._chained(native, order, stop), offset, stop)
         paths = () if order is None else order_paths(order)
         selected = self.storage._select(native, order, offset, limit)
         if isinstance(selected, list):
@@ -52,6 +56,18 @@ class SQLQuery(BaseQuery[Any]):
             rows = selected
         assert order is not None  # paths come from it
         return self._fetch_repairing(rows, native, order, offset, limit, paths)
+
+    def _chained(
+        self, chain: Chain, order: tuple[OrderKey, ...] | None, stop: int | None
+    ) -> Iterator[Item]:
+        """The rows of each part of ``chain`` in turn, ``stop`` of them at most."""
+        given = 0
+        for part in chain.parts:
+            if stop is not None and given >= stop:
+                return
+            for item in self._engine_fetch(part, order, 0, None if stop is None else stop - given):
+                given += 1
+                yield item
 
     def _fetch_repairing(
         self,
@@ -83,7 +99,14 @@ class SQLQuery(BaseQuery[Any]):
         yield from itertools.islice(repaired, offset + yielded, stop)
 
     def _engine_count(self, native: Any) -> int:
+        if type(native) is Chain:
+            return sum(self.storage._count_where(part) for part in native.parts)
         return self.storage._count_where(native)
+
+    def _engine_delete(self, native: Any) -> int | None:
+        if type(native) is Chain:
+            return None  # by pk
+        return self.storage._delete_where(native)
 
     def _engine_explain(
         self,
@@ -92,4 +115,9 @@ class SQLQuery(BaseQuery[Any]):
         offset: int,
         limit: int | None,
     ) -> str:
-        return self.storage._explain_select(compiled.native, order, offset, limit)
+        native = compiled.native
+        if type(native) is Chain:
+            return "\nthen: ".join(
+                self.storage._explain_select(part, order, 0, None) for part in native.parts
+            )
+        return self.storage._explain_select(native, order, offset, limit)

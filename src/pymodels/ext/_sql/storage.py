@@ -31,7 +31,7 @@ from ...backend import (
     PyModelsError,
     ValidationError,
 )
-from .compiler import PARAM, Compiler, Dialect, Frag, join
+from .compiler import PARAM, Chain, Compiler, Dialect, Frag, join
 from .connections import Guard
 from .encoding import json_kind
 from .order_repair import settled_page
@@ -256,11 +256,13 @@ class SQLStorage(BaseStorage):
 
     def _bound_after(
         self, native: Frag | None, order: tuple[OrderKey, ...], pk: str, record: Mapping[str, Any]
-    ) -> Frag | None:
+    ) -> Frag | Chain | None:
         start = self._dialect.at_or_after(order[0], pk, record)
         if start is None:
             return native
-        return start if native is None else join(" AND ", (native, start))
+        if isinstance(start, Chain):
+            return Chain(tuple(_both(native, part) for part in start.parts))
+        return _both(native, start)
 
     def _count_where(self, where: Frag | None) -> int:
         return self._scalar(self._dialect.count(self._table, where))
@@ -348,3 +350,10 @@ class SQLStorage(BaseStorage):
         for found in specs:
             self._learn_index(found)
         return specs
+
+
+def _both(a: Frag | None, b: Frag | None) -> Frag | None:
+    """Both conditions (None: every row)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return join(" AND ", (a, b))
