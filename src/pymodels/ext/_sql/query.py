@@ -104,9 +104,7 @@ class SQLQuery(BaseQuery[Any]):
         return self.storage._count_where(native)
 
     def _engine_delete(self, native: Any) -> int | None:
-        if type(native) is Chain:
-            return None  # by pk
-        return self.storage._delete_where(native)
+        return None if type(native) is Chain else super()._engine_delete(native)
 
     def _engine_explain(
         self,
